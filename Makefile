@@ -1,0 +1,29 @@
+# edgefleet — `make demo` runs the loop, `make test` runs the tests; both install what they need.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup check test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $@
+
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/edgefleet demo
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py --quick
+
+clean:
+	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache

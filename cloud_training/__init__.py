@@ -1,0 +1,1 @@
+"""Cloud training: per-device models on Spark, tracked in MLflow, exported as an edge bundle."""

@@ -1,0 +1,398 @@
+"""Per-device training: a pure function of one device's pandas frame.
+
+`train_device(frame, config, fleet_model)` gates the data, splits it by time, fits each
+candidate family, keeps the best one on the hold-out that fits the edge budget, and
+compares it with the fleet model. It never raises: any error becomes a `failed` result.
+Spark and MLflow code only wire it (see `spark_job.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import joblib
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_training.families import FAMILIES, make_estimator
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["trained", "fallback", "skipped", "failed"]
+LATENCY_SAMPLES = 25
+JOBLIB_COMPRESS_LEVEL = 3
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+class EdgeBudget(BaseModel):
+    """What one device model may cost on the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_model_bytes: int = Field(100_000, gt=0, description="largest model file (joblib and ONNX)")
+    max_predict_us: float = Field(2_000.0, gt=0, description="slowest single-row predict on the edge runtime")
+
+
+class TrainingConfig(BaseModel):
+    """Everything `train_device` needs besides the data; validated once on the driver."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    features: tuple[str, ...]
+    target: str = LABEL_COLUMN
+    families: tuple[str, ...] = tuple(FAMILIES)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    min_rows: int = Field(30, ge=4)
+    min_holdout_rows: int = Field(5, ge=1)
+    max_bad_row_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_staleness_days: float = Field(30.0, gt=0.0)
+    reference_ts_s: float | None = None
+    fleet_margin: float = Field(0.05, ge=0.0, lt=1.0)
+    budget: EdgeBudget = EdgeBudget()
+    export_onnx: bool = True
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"Unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
+        if not self.families:
+            raise ValueError("Name at least one model family")
+        if not self.features:
+            raise ValueError("Name at least one feature column")
+        return self
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    """One device's training outcome; one row of the Spark result table."""
+
+    device_id: str
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    family: str | None = None
+    n_rows: int = 0
+    n_dropped: int = 0
+    n_train: int = 0
+    n_holdout: int = 0
+    mse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
+    fleet_mse: float | None = None
+    fleet_mae: float | None = None
+    fleet_r2: float | None = None
+    model_bytes: int | None = None
+    onnx_bytes: int | None = None
+    predict_us: float | None = None
+    train_s: float = 0.0
+    last_ts_s: float | None = None
+    candidates: str | None = None
+    joblib_blob: bytes | None = None
+    onnx_blob: bytes | None = None
+
+    @classmethod
+    def skipped(cls, device_id: str, reason: str, detail: str, **counts: Any) -> DeviceResult:
+        """Return the result of a device that a data-quality gate kept out of training."""
+        return cls(device_id=device_id, status="skipped", reason=reason, detail=detail, **counts)
+
+    @classmethod
+    def failed(cls, device_id: str, reason: str, detail: str, **counts: Any) -> DeviceResult:
+        """Return the result of a device whose training raised or produced no usable model."""
+        return cls(device_id=device_id, status="failed", reason=reason, detail=detail[:2000], **counts)
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the result as a flat dict matching RESULT_DDL."""
+        return dataclasses.asdict(self)
+
+
+_DDL_TYPES = {"str": "string", "int": "bigint", "float": "double", "bytes": "binary"}
+
+
+def _ddl() -> str:
+    parts = []
+    for f in dataclasses.fields(DeviceResult):
+        base = str(f.type).split("|")[0].strip()
+        parts.append(f"{f.name} {_DDL_TYPES[base]}")
+    return ", ".join(parts)
+
+
+RESULT_DDL = _ddl()
+RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(DeviceResult))
+_NULLABLE_INTS = tuple(
+    f.name for f in dataclasses.fields(DeviceResult) if str(f.type).startswith("int") and "None" in str(f.type)
+)
+
+
+def results_frame(results: list[DeviceResult]) -> pd.DataFrame:
+    """Return results as a frame whose dtypes match RESULT_DDL (nullable ints stay ints)."""
+    frame = pd.DataFrame([r.to_row() for r in results], columns=list(RESULT_COLUMNS))
+    for name in _NULLABLE_INTS:
+        frame[name] = frame[name].astype("Int64")
+    return frame
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A device's frame after the data-quality gates, split by time."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_holdout: np.ndarray
+    y_holdout: np.ndarray
+    n_rows: int
+    n_dropped: int
+    last_ts_s: float
+
+
+def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) -> Prepared | DeviceResult:
+    """Apply the data-quality gates and the time-ordered split, or return why the device is skipped."""
+    n_rows = len(frame)
+    if n_rows < config.min_rows:
+        return DeviceResult.skipped(
+            device_id, "too_few_rows", f"{n_rows} rows; at least {config.min_rows} are needed", n_rows=n_rows
+        )
+    columns = [*config.features, config.target]
+    values = frame[columns].to_numpy(dtype=float)
+    ts = pd.to_datetime(frame[TS_COLUMN], utc=True)
+    good = np.isfinite(values).all(axis=1) & ts.notna().to_numpy()
+    n_dropped = int((~good).sum())
+    if n_dropped > config.max_bad_row_fraction * n_rows:
+        bad_cols = [c for c, col_ok in zip(columns, np.isfinite(values).all(axis=0), strict=True) if not col_ok]
+        return DeviceResult.skipped(
+            device_id,
+            "non_finite_values",
+            f"{n_dropped} of {n_rows} rows have NaN/inf or no timestamp (columns: {', '.join(bad_cols) or 'ts'}); "
+            f"at most {config.max_bad_row_fraction:.0%} may",
+            n_rows=n_rows,
+            n_dropped=n_dropped,
+        )
+    counts: dict[str, Any] = {"n_rows": n_rows, "n_dropped": n_dropped}
+    order = np.argsort(ts[good].to_numpy(), kind="stable")
+    values = values[good][order]
+    ts_s = ((ts[good] - _EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)[order]
+    n = values.shape[0]
+    if n < config.min_rows:
+        return DeviceResult.skipped(
+            device_id, "too_few_rows", f"{n} usable rows; at least {config.min_rows} are needed", **counts
+        )
+    last_ts_s = float(ts_s[-1])
+    counts["last_ts_s"] = last_ts_s
+    if config.reference_ts_s is not None:
+        age_days = (config.reference_ts_s - last_ts_s) / 86_400.0
+        if age_days > config.max_staleness_days:
+            return DeviceResult.skipped(
+                device_id,
+                "stale_data",
+                f"newest reading is {age_days:.1f} days older than the fleet's; limit {config.max_staleness_days:g}",
+                **counts,
+            )
+    y = values[:, -1]
+    if float(np.std(y)) <= 1e-9 * max(1.0, abs(float(np.mean(y)))):
+        return DeviceResult.skipped(
+            device_id, "constant_label", f"label is constant ({y[0]:g}): stuck sensor?", **counts
+        )
+    n_holdout = max(config.min_holdout_rows, math.ceil(n * config.holdout_fraction))
+    cut = n - n_holdout
+    x = values[:, :-1]
+    return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s)
+
+
+def holdout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    """Return (mse, mae, r2); r2 is 0 when the hold-out label is constant."""
+    err = y_true - y_pred
+    mse = float(np.mean(err**2))
+    mae = float(np.mean(np.abs(err)))
+    var = float(np.var(y_true))
+    r2 = 1.0 - mse / var if var > 0 else 0.0
+    return mse, mae, r2
+
+
+def estimator_seed(device_id: str, seed: int) -> int:
+    """Return a stable seed per device, so retraining the same data gives the same model."""
+    return (zlib.crc32(device_id.encode()) ^ seed) & 0x7FFFFFFF
+
+
+def dump_joblib(model: Any) -> bytes:
+    """Serialise a fitted model to compressed joblib bytes."""
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer, compress=JOBLIB_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def to_onnx_bytes(model: Any, n_features: int) -> bytes:
+    """Convert a fitted scikit-learn model to ONNX (float32 input named `input`)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onnx_model = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, n_features]))])
+    return bytes(onnx_model.SerializeToString())
+
+
+def predict_latency_us(model: Any, onnx_blob: bytes | None, row: np.ndarray) -> float:
+    """Return the median single-row predict time on the runtime the edge will use."""
+    if onnx_blob is not None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(onnx_blob, options, providers=["CPUExecutionProvider"])
+        feed = {"input": row.astype(np.float32)}
+
+        def call() -> object:
+            return session.run(None, feed)
+    else:
+
+        def call() -> object:
+            return model.predict(row)
+
+    call()
+    samples = []
+    for _ in range(LATENCY_SAMPLES):
+        start = time.perf_counter_ns()
+        call()
+        samples.append(time.perf_counter_ns() - start)
+    return float(np.median(samples)) / 1_000.0
+
+
+@dataclass
+class _Candidate:
+    family: str
+    model: Any = None
+    mse: float = math.inf
+    mae: float = math.inf
+    r2: float = -math.inf
+    blob: bytes | None = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        if self.error:
+            return {"family": self.family, "error": self.error}
+        return {"family": self.family, "mse": self.mse, "bytes": len(self.blob or b"")}
+
+
+def _fit_candidate(family: str, data: Prepared, seed: int) -> _Candidate:
+    try:
+        model = make_estimator(family, seed)
+        model.fit(data.x_train, data.y_train)
+        pred = model.predict(data.x_holdout)
+        if not np.isfinite(pred).all():
+            raise ValueError("model predicts NaN/inf on the hold-out")
+        mse, mae, r2 = holdout_metrics(data.y_holdout, pred)
+        return _Candidate(family, model, mse, mae, r2, dump_joblib(model))
+    except Exception as err:  # a family failing leaves the others in the race
+        return _Candidate(family, error=f"{type(err).__name__}: {err}"[:300])
+
+
+def train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any = None) -> DeviceResult:
+    """Train, select and check one device's model; never raise."""
+    started = time.perf_counter()
+    device_id = str(frame[DEVICE_COLUMN].iloc[0]) if len(frame) else "<empty>"
+    try:
+        with warnings.catch_warnings():
+            # Outcomes are recorded per device; library warnings would flood worker logs.
+            warnings.simplefilter("ignore")
+            result = _train_device(frame, config, fleet_model, device_id)
+    except Exception as err:  # one device failing never fails the batch
+        logger.warning("device %s failed: %s", device_id, err)
+        result = DeviceResult.failed(device_id, "exception", f"{type(err).__name__}: {err}", n_rows=len(frame))
+    return dataclasses.replace(result, train_s=time.perf_counter() - started)
+
+
+def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any, device_id: str) -> DeviceResult:
+    data = prepare_device(frame, config, device_id)
+    if isinstance(data, DeviceResult):
+        return data
+    counts: dict[str, Any] = {
+        "n_rows": data.n_rows,
+        "n_dropped": data.n_dropped,
+        "n_train": len(data.y_train),
+        "n_holdout": len(data.y_holdout),
+        "last_ts_s": data.last_ts_s,
+    }
+    seed = estimator_seed(device_id, config.seed)
+    candidates = [_fit_candidate(family, data, seed) for family in config.families]
+    counts["candidates"] = json.dumps([c.summary() for c in candidates])
+    fitted = sorted((c for c in candidates if c.error is None), key=lambda c: c.mse)
+    if not fitted:
+        errors = "; ".join(f"{c.family}: {c.error}" for c in candidates)
+        return DeviceResult.failed(device_id, "all_candidates_failed", errors, **counts)
+    budget = config.budget
+    rejected = []
+    for cand in fitted:
+        assert cand.blob is not None
+        if len(cand.blob) > budget.max_model_bytes:
+            rejected.append(f"{cand.family}: {len(cand.blob)} B > {budget.max_model_bytes} B")
+            continue
+        onnx_blob = None
+        if config.export_onnx:
+            try:
+                onnx_blob = to_onnx_bytes(cand.model, len(config.features))
+            except Exception as err:  # the edge falls back to joblib for families ONNX cannot express
+                logger.info("device %s: %s does not convert to ONNX: %s", device_id, cand.family, err)
+            if onnx_blob is not None and len(onnx_blob) > budget.max_model_bytes:
+                onnx_blob = None
+        latency_us = predict_latency_us(cand.model, onnx_blob, data.x_holdout[:1])
+        if latency_us > budget.max_predict_us:
+            rejected.append(f"{cand.family}: {latency_us:.0f} us > {budget.max_predict_us:g} us")
+            continue
+        return _compare_with_fleet(device_id, cand, onnx_blob, latency_us, data, config, fleet_model, counts)
+    return DeviceResult.failed(
+        device_id, "over_budget", "no candidate fits the edge budget: " + "; ".join(rejected), **counts
+    )
+
+
+def _compare_with_fleet(
+    device_id: str,
+    cand: _Candidate,
+    onnx_blob: bytes | None,
+    latency_us: float,
+    data: Prepared,
+    config: TrainingConfig,
+    fleet_model: Any,
+    counts: dict[str, Any],
+) -> DeviceResult:
+    status: Status = "trained"
+    reason = detail = None
+    fleet_mse = fleet_mae = fleet_r2 = None
+    if fleet_model is not None:
+        fleet_mse, fleet_mae, fleet_r2 = holdout_metrics(data.y_holdout, fleet_model.predict(data.x_holdout))
+        if cand.mse > fleet_mse * (1.0 - config.fleet_margin):
+            status, reason = "fallback", "poor_model"
+            detail = (
+                f"device {cand.family} mse {cand.mse:.4g} does not beat fleet mse {fleet_mse:.4g} "
+                f"by {config.fleet_margin:.0%}"
+            )
+    assert cand.blob is not None
+    return DeviceResult(
+        device_id=device_id,
+        status=status,
+        reason=reason,
+        detail=detail,
+        family=cand.family,
+        mse=cand.mse,
+        mae=cand.mae,
+        r2=cand.r2,
+        fleet_mse=fleet_mse,
+        fleet_mae=fleet_mae,
+        fleet_r2=fleet_r2,
+        model_bytes=len(cand.blob),
+        onnx_bytes=len(onnx_blob) if onnx_blob is not None else None,
+        predict_us=latency_us,
+        joblib_blob=cand.blob,
+        onnx_blob=onnx_blob,
+        **counts,
+    )

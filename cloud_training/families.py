@@ -1,0 +1,44 @@
+"""Candidate model families, each sized for an edge device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def _ridge(seed: int) -> Any:
+    return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+
+
+def _random_forest(seed: int) -> Any:
+    # Bounded leaves keep a forest around 20 KB instead of sklearn's multi-MB default.
+    return RandomForestRegressor(n_estimators=16, max_leaf_nodes=32, min_samples_leaf=3, n_jobs=1, random_state=seed)
+
+
+def _gradient_boosting(seed: int) -> Any:
+    return GradientBoostingRegressor(n_estimators=60, max_depth=3, learning_rate=0.1, subsample=0.9, random_state=seed)
+
+
+def _fleet_gradient_boosting(seed: int) -> Any:
+    return GradientBoostingRegressor(n_estimators=150, max_depth=4, learning_rate=0.1, subsample=0.7, random_state=seed)
+
+
+FAMILIES: dict[str, Callable[[int], Any]] = {
+    "ridge": _ridge,
+    "random_forest": _random_forest,
+    "gradient_boosting": _gradient_boosting,
+}
+FLEET_FAMILIES: dict[str, Callable[[int], Any]] = {**FAMILIES, "fleet_gradient_boosting": _fleet_gradient_boosting}
+
+
+def make_estimator(family: str, seed: int) -> Any:
+    """Return an unfitted estimator of `family`."""
+    try:
+        return FLEET_FAMILIES[family](seed)
+    except KeyError:
+        raise ValueError(f"Unknown model family {family!r}; choose from {', '.join(FLEET_FAMILIES)}") from None

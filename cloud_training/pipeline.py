@@ -1,0 +1,164 @@
+"""The training session: read history, train fleet + device models on Spark, export, track, register."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cloud_training.export import write_bundle
+from cloud_training.fleet import train_fleet
+from cloud_training.report import STATUSES, summarize, write_plots
+from cloud_training.settings import TrainSettings
+from cloud_training.spark_job import (
+    StageProgress,
+    collect_fleet_sample,
+    default_parallelism,
+    fleet_facts,
+    partitions_for,
+    read_history_spark,
+    spark_session,
+    train_all_devices,
+)
+from cloud_training.tracking import RegisteredBundle, Tracker
+from edgefleet.bundle import BundleManifest
+from edgefleet.errors import EdgefleetError
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class TrainingOutcome:
+    """What a training session produced and how long each phase took."""
+
+    bundle_dir: Path
+    manifest: BundleManifest
+    results: pd.DataFrame
+    summary: dict[str, Any]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    registered: RegisteredBundle | None = None
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def models_per_s(self) -> float:
+        """Devices processed per second, end to end without JVM start."""
+        return len(self.results) / max(self.timings_s["end_to_end_s"], 1e-9)
+
+
+def run_training(settings: TrainSettings, on_progress: ProgressCallback | None = None) -> TrainingOutcome:
+    """Run one training session end to end."""
+    timings: dict[str, float] = {}
+    tracker = (
+        None if settings.tracking == "off" else Tracker(settings.tracking_uri, settings.experiment, settings.tracking)
+    )
+    with spark_session(settings.master, settings.driver_memory) as handle:
+        timings["jvm_start_s"] = handle.jvm_start_s
+        started = time.perf_counter()
+        spark = handle.session
+        df, features = read_history_spark(spark, settings.history, settings.features)
+        df = df.persist()
+        n_devices, newest_ts_s = fleet_facts(df)
+        config = settings.training_config(features, newest_ts_s)
+        n_partitions = partitions_for(n_devices, default_parallelism(spark))
+        spark.conf.set("spark.sql.shuffle.partitions", str(n_partitions))
+        logger.info("training %d devices in %d partitions on %s", n_devices, n_partitions, settings.master)
+
+        phase = time.perf_counter()
+        sample = collect_fleet_sample(df, config, max(1, settings.fleet_max_rows // n_devices))
+        try:
+            fleet = train_fleet(sample, config)
+        except ValueError as err:
+            raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
+        timings["fleet_s"] = time.perf_counter() - phase
+
+        run_id = tracker.start(_params(settings, features, n_devices, n_partitions)) if tracker else None
+        try:
+            phase = time.perf_counter()
+            result_df = train_all_devices(df, config, fleet.joblib_blob, n_partitions)
+            if on_progress is not None:
+                with StageProgress(spark, on_progress):
+                    results = result_df.toPandas()
+            else:
+                results = result_df.toPandas()
+            timings["train_s"] = time.perf_counter() - phase
+            df.unpersist()
+        except BaseException:
+            if tracker:
+                tracker.abort()
+            raise
+    try:
+        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started)
+    except BaseException:
+        if tracker:
+            tracker.abort()
+        raise
+
+
+def _export_and_track(
+    settings: TrainSettings,
+    tracker: Tracker | None,
+    run_id: str | None,
+    results: pd.DataFrame,
+    fleet: Any,
+    config: Any,
+    timings: dict[str, float],
+    started: float,
+) -> TrainingOutcome:
+    phase = time.perf_counter()
+    device_run_ids = tracker.log_device_runs(results, config.features) if tracker and tracker.mode == "nested" else {}
+    timings["nested_runs_s"] = time.perf_counter() - phase
+
+    phase = time.perf_counter()
+    manifest = write_bundle(settings.out, results, fleet, config, run_id, device_run_ids)
+    timings["export_s"] = time.perf_counter() - phase
+
+    summary = summarize(results)
+    plots = write_plots(results, settings.out.parent / f"{settings.out.name}-plots") if settings.plots else []
+    registered = None
+    phase = time.perf_counter()
+    if tracker:
+        registered = tracker.finish(
+            _metrics(summary, timings, len(results)),
+            results,
+            plots,
+            settings.out,
+            config.features,
+            settings.registered_model,
+        )
+    timings["tracking_s"] = time.perf_counter() - phase + timings["nested_runs_s"]
+    timings["end_to_end_s"] = time.perf_counter() - started
+    return TrainingOutcome(
+        bundle_dir=settings.out,
+        manifest=manifest,
+        results=results.drop(columns=["joblib_blob", "onnx_blob"]),
+        summary=summary,
+        timings_s=timings,
+        run_id=run_id,
+        registered=registered,
+        plots=plots,
+    )
+
+
+def _params(settings: TrainSettings, features: tuple[str, ...], n_devices: int, n_partitions: int) -> dict[str, Any]:
+    params: dict[str, Any] = settings.model_dump(exclude={"features"})
+    params.update(features=",".join(features), n_devices=n_devices, n_partitions=n_partitions)
+    return params
+
+
+def _metrics(summary: dict[str, Any], timings: dict[str, float], n_devices: int) -> dict[str, float]:
+    metrics: dict[str, float] = {f"devices_{s}": float(summary["counts"][s]) for s in STATUSES}
+    for column, qs in summary["quantiles"].items():
+        for q, value in qs.items():
+            metrics[f"holdout_{column}_{q}"] = value
+    metrics["device_beats_fleet"] = float(summary["device_beats_fleet"])
+    metrics["mean_model_bytes"] = summary["mean_model_bytes"]
+    metrics.update({k: v for k, v in timings.items()})
+    return metrics

@@ -1,0 +1,233 @@
+"""Spark wiring: session, history input, and the grouped-map UDFs around the pure functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cloud_training.device_training import RESULT_DDL, TrainingConfig, results_frame, train_device
+from cloud_training.fleet import fleet_sample
+from edgefleet.errors import HistoryError
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format, infer_features
+
+logger = logging.getLogger(__name__)
+
+# Native thread pools per Python worker: Spark already runs one task per core.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ARROW_NUM_THREADS": "1",
+}
+DEVICES_PER_PARTITION = 40
+
+
+@dataclass(frozen=True)
+class SparkHandle:
+    """A running session, how long the JVM took to start, and its scratch dir."""
+
+    session: SparkSession
+    jvm_start_s: float
+    local_dir: Path
+    owned: bool
+
+
+@contextmanager
+def spark_session(master: str, driver_memory: str = "4g", app_name: str = "edgefleet-train") -> Iterator[SparkHandle]:
+    """Start (or join, under spark-submit) a Spark session; remove its scratch files afterwards."""
+    active = SparkSession.getActiveSession()
+    local_dir = Path(tempfile.mkdtemp(prefix="edgefleet-spark-"))
+    started = time.perf_counter()
+    if active is not None:
+        handle = SparkHandle(active, 0.0, local_dir, owned=False)
+    else:
+        # Local-mode Python workers inherit the driver's environment, not spark.executorEnv.
+        os.environ.update(SINGLE_THREAD_ENV)
+        # SparkContext launches workers with $PYSPARK_PYTHON (default `python3` on PATH), which
+        # may not be this environment's interpreter.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (
+            SparkSession.builder.master(master)
+            .appName(app_name)
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.driver.memory", driver_memory)
+            .config("spark.driver.maxResultSize", "0")
+            .config("spark.local.dir", str(local_dir))
+            .config("spark.sql.session.timeZone", "UTC")
+            # pandas writes nanosecond timestamps; read them as longs and convert below.
+            .config("spark.sql.legacy.parquet.nanosAsLong", "true")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            # Coalescing squeezes a few-MB shuffle into one partition: one core busy.
+            .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
+            .config("spark.pyspark.python", sys.executable)
+            .config("spark.pyspark.driver.python", sys.executable)
+            .config("spark.python.worker.reuse", "true")
+        )
+        for key, value in {**SINGLE_THREAD_ENV, "TMPDIR": str(local_dir)}.items():
+            builder = builder.config(f"spark.executorEnv.{key}", value)
+        session = builder.getOrCreate()
+        session.sparkContext.setLogLevel("ERROR")
+        handle = SparkHandle(session, time.perf_counter() - started, local_dir, owned=True)
+    try:
+        yield handle
+    finally:
+        if handle.owned:
+            handle.session.stop()
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """Return the number of task slots."""
+    return max(1, int(spark.sparkContext.defaultParallelism))
+
+
+def partitions_for(n_devices: int, slots: int) -> int:
+    """Choose partitions: enough for balance and progress, few enough to keep task overhead low."""
+    return max(slots, min(slots * 32, -(-n_devices // DEVICES_PER_PARTITION)))
+
+
+def read_history_spark(
+    spark: SparkSession, path: Path, features: tuple[str, ...] | None
+) -> tuple[DataFrame, tuple[str, ...]]:
+    """Read history (parquet, CSV, JSON Lines, or the lake) into a typed Spark frame."""
+    fmt = history_format(path)
+    reader = spark.read
+    if fmt in ("parquet", "lake"):
+        df = reader.parquet(str(path))
+    elif fmt == "csv":
+        df = reader.option("header", True).option("inferSchema", True).csv(str(path))
+    else:
+        df = reader.json(str(path))
+    check_columns(df.columns, features)
+    if features is None:
+        numeric = [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
+        features = infer_features(df.columns, numeric)
+    ts = _timestamp_column(df.schema[TS_COLUMN].dataType)
+    return (
+        df.select(
+            F.col(DEVICE_COLUMN).cast("string").alias(DEVICE_COLUMN),
+            ts.alias(TS_COLUMN),
+            *(F.col(c).cast("double").alias(c) for c in features),
+            F.col(LABEL_COLUMN).cast("double").alias(LABEL_COLUMN),
+        ).where(F.col(DEVICE_COLUMN).isNotNull()),
+        features,
+    )
+
+
+def _timestamp_column(ts_type: T.DataType) -> Any:
+    ts = F.col(TS_COLUMN)
+    if isinstance(ts_type, T.TimestampType | T.TimestampNTZType):
+        return ts
+    if isinstance(ts_type, T.NumericType):  # epoch numbers: tell the unit by magnitude
+        magnitude = F.abs(ts)
+        return (
+            F.when(magnitude > 1e17, F.timestamp_micros((ts / 1000).cast("long")))
+            .when(magnitude > 1e14, F.timestamp_micros(ts.cast("long")))
+            .when(magnitude > 1e11, F.timestamp_millis(ts.cast("long")))
+            .otherwise(F.timestamp_seconds(ts))
+        )
+    return F.to_timestamp(ts)
+
+
+def fleet_facts(df: DataFrame) -> tuple[int, float | None]:
+    """Return (number of devices, newest reading as epoch seconds)."""
+    row = df.agg(F.countDistinct(DEVICE_COLUMN).alias("n"), F.max(TS_COLUMN).alias("newest")).first()
+    if row is None or row["n"] == 0:
+        raise HistoryError("History has no rows with a device_id")
+    newest = row["newest"]
+    return int(row["n"]), (pd.Timestamp(newest).tz_localize("UTC").timestamp() if newest is not None else None)
+
+
+def collect_fleet_sample(df: DataFrame, config: TrainingConfig, rows_per_device: int) -> pd.DataFrame:
+    """Gather each device's sampled training rows on the driver, for the fleet model."""
+    schema = ", ".join(f"`{c}` double" for c in (*config.features, config.target))
+
+    def fleet_sample_udf(pdf: pd.DataFrame) -> pd.DataFrame:
+        return fleet_sample(pdf, config, rows_per_device)
+
+    return df.groupBy(DEVICE_COLUMN).applyInPandas(fleet_sample_udf, schema=schema).toPandas()
+
+
+_FLEET_CACHE: dict[int, Any] = {}
+
+
+def _fleet_model(blob: bytes | None) -> Any:
+    if blob is None:
+        return None
+    key = hash(blob)
+    if key not in _FLEET_CACHE:  # once per Python worker, reused across its tasks
+        import io
+
+        import joblib
+
+        _FLEET_CACHE.clear()
+        _FLEET_CACHE[key] = joblib.load(io.BytesIO(blob))
+    return _FLEET_CACHE[key]
+
+
+def make_train_udf(config: TrainingConfig, fleet_blob: bytes | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Return the grouped-map function that trains one device per call."""
+
+    def train_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            result = train_device(pdf, config, _fleet_model(fleet_blob))
+        return results_frame([result])
+
+    return train_device_udf
+
+
+def train_all_devices(df: DataFrame, config: TrainingConfig, fleet_blob: bytes | None, n_partitions: int) -> DataFrame:
+    """Return the lazy per-device result frame: `groupBy(device_id).applyInPandas(train_device_udf)`."""
+    return (
+        df.repartition(n_partitions, DEVICE_COLUMN)
+        .groupBy(DEVICE_COLUMN)
+        .applyInPandas(make_train_udf(config, fleet_blob), schema=RESULT_DDL)
+    )
+
+
+class StageProgress:
+    """Poll Spark's status tracker and report (done, total) tasks of the running job."""
+
+    def __init__(self, spark: SparkSession, on_progress: Callable[[int, int], None], interval_s: float = 0.5) -> None:
+        self._tracker = spark.sparkContext.statusTracker()
+        self._on_progress = on_progress
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spark-progress", daemon=True)
+
+    def __enter__(self) -> StageProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            done = total = 0
+            for stage_id in self._tracker.getActiveStageIds():
+                info = self._tracker.getStageInfo(stage_id)
+                if info is not None:
+                    done += info.numCompletedTasks
+                    total += info.numTasks
+            if total:
+                self._on_progress(done, total)

@@ -1,0 +1,359 @@
+"""The model bundle contract: manifest, verification, and a lazy, verifying model reader.
+
+A bundle is a directory: `manifest.json`, `fleet.joblib` (+ `fleet.onnx`) and
+`models/<device>.joblib` (+ `.onnx`). Every file is listed in the manifest with its
+sha256; readers check the hash of each file before they unpickle it. Only load
+bundles you built: joblib files are pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefleet.errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_SCHEMA = "edgefleet.bundle/1"
+MANIFEST_NAME = "manifest.json"
+MODELS_DIR = "models"
+DeviceStatus = Literal["trained", "fallback", "skipped", "failed"]
+ModelKind = Literal["device", "fleet"]
+Runtime = Literal["auto", "onnx", "joblib"]
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ModelFile(_Frozen):
+    """One file of the bundle, as the manifest pins it."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+class HoldoutMetrics(_Frozen):
+    """Error of a model on a device's time-ordered hold-out."""
+
+    mse: float
+    mae: float
+    r2: float
+    n: int
+
+
+class FeatureStats(_Frozen):
+    """Reference statistics of one feature over the fleet's training data."""
+
+    mean: float
+    std: float
+    p01: float
+    p99: float
+
+
+class FleetEntry(_Frozen):
+    """The fleet model: fallback for unknown devices and devices whose own model is poor."""
+
+    family: str
+    joblib: ModelFile
+    onnx: ModelFile | None = None
+    n_train: int
+    holdout: HoldoutMetrics | None = None
+
+
+class DeviceEntry(_Frozen):
+    """One device's outcome: its model files, or why it has none."""
+
+    status: DeviceStatus
+    reason: str | None = None
+    detail: str | None = None
+    family: str | None = None
+    joblib: ModelFile | None = None
+    onnx: ModelFile | None = None
+    n_train: int = 0
+    n_holdout: int = 0
+    holdout: HoldoutMetrics | None = None
+    fleet_holdout: HoldoutMetrics | None = None
+    predict_us: float | None = None
+    mlflow_run_id: str | None = None
+
+
+class BundleManifest(_Frozen):
+    """The bundle's manifest.json."""
+
+    schema_id: Literal["edgefleet.bundle/1"] = Field(default="edgefleet.bundle/1", alias="schema")
+    bundle_version: str
+    created_at: str
+    features: tuple[str, ...]
+    target: str
+    libraries: dict[str, str]
+    feature_stats: dict[str, FeatureStats]
+    fleet: FleetEntry
+    devices: dict[str, DeviceEntry]
+    mlflow_run_id: str | None = None
+
+    def files(self) -> Iterable[ModelFile]:
+        """Yield every file the manifest pins."""
+        entries: list[FleetEntry | DeviceEntry] = [self.fleet, *self.devices.values()]
+        for entry in entries:
+            for model_file in (entry.joblib, entry.onnx):
+                if model_file is not None:
+                    yield model_file
+
+    def to_json(self) -> str:
+        """Serialise with the contract's field names."""
+        return self.model_dump_json(by_alias=True, indent=1)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_file_stem(device_id: str) -> str:
+    """Return a filesystem-safe, collision-free file stem for a device id."""
+    if _SAFE_NAME.match(device_id) and device_id != "fleet":
+        return device_id
+    return "id-" + hashlib.sha256(device_id.encode()).hexdigest()[:24]
+
+
+def read_manifest(bundle_dir: Path) -> BundleManifest:
+    """Parse and validate manifest.json, or raise BundleError saying what is wrong."""
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"Bundle directory not found: {bundle_dir}")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; this is not an edgefleet bundle (run `edgefleet train` to build one)")
+    try:
+        return BundleManifest.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{path}: invalid manifest at {where}: {first['msg']}") from err
+
+
+@dataclass(frozen=True)
+class BundleProblem:
+    """One reason a bundle does not match its manifest."""
+
+    file: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem}"
+
+
+def _resolve_inside(bundle_dir: Path, rel: str) -> Path | None:
+    candidate = (bundle_dir / rel).resolve()
+    root = bundle_dir.resolve()
+    return candidate if candidate.is_relative_to(root) and not Path(rel).is_absolute() else None
+
+
+def verify_bundle(bundle_dir: Path) -> list[BundleProblem]:
+    """Check every pinned file's presence, size and sha256, and flag unpinned model files."""
+    try:
+        manifest = read_manifest(bundle_dir)
+    except BundleError as err:
+        return [BundleProblem(MANIFEST_NAME, str(err))]
+    problems: list[BundleProblem] = []
+    pinned: set[Path] = set()
+    for model_file in manifest.files():
+        path = _resolve_inside(bundle_dir, model_file.path)
+        if path is None:
+            problems.append(BundleProblem(model_file.path, "path points outside the bundle"))
+            continue
+        pinned.add(path)
+        if not path.is_file():
+            problems.append(BundleProblem(model_file.path, "missing"))
+        elif path.stat().st_size != model_file.size_bytes:
+            problems.append(
+                BundleProblem(model_file.path, f"size {path.stat().st_size} != manifest {model_file.size_bytes}")
+            )
+        elif sha256_file(path) != model_file.sha256:
+            problems.append(BundleProblem(model_file.path, "sha256 does not match the manifest (file was modified)"))
+    root = bundle_dir.resolve()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME and path not in pinned:
+            problems.append(BundleProblem(str(path.relative_to(root)), "not listed in the manifest"))
+    return problems
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which model serves a device, and why when it is not the device's own."""
+
+    kind: ModelKind
+    device_id: str | None
+    fallback_reason: str | None
+
+
+class _OnnxModel:
+    """Single-threaded onnxruntime session with a scikit-learn-like predict."""
+
+    def __init__(self, data: bytes) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=float).reshape(-1)
+
+
+class BundleReader:
+    """Open a bundle and serve models lazily, verifying each file's sha256 before loading it.
+
+    Models live in an LRU bounded by `cache_bytes` (file sizes as the proxy).
+    """
+
+    def __init__(self, bundle_dir: Path, runtime: Runtime = "auto", cache_bytes: int = 256 << 20) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir)
+        self.runtime = runtime
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self._fill = np.array([self.manifest.feature_stats[f].mean for f in self.manifest.features])
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.manifest.features
+
+    def route(self, device_id: str) -> Route:
+        """Return the model that serves `device_id`."""
+        entry = self.manifest.devices.get(device_id)
+        if entry is None or entry.joblib is None:
+            return Route("fleet", None, "no_model")
+        if entry.status == "fallback":
+            return Route("fleet", None, "poor_model")
+        if entry.status != "trained":
+            return Route("fleet", None, "no_model")
+        return Route("device", device_id, None)
+
+    def _pick_file(self, joblib_file: ModelFile, onnx_file: ModelFile | None) -> tuple[ModelFile, str]:
+        if self.runtime != "joblib" and onnx_file is not None:
+            return onnx_file, "onnx"
+        if self.runtime == "onnx":
+            raise BundleError(f"{joblib_file.path}: no ONNX file in the bundle; use runtime 'auto' or 'joblib'")
+        return joblib_file, "joblib"
+
+    def model(self, route: Route) -> Any:
+        """Return the loaded model for a route (from cache, or verified from disk)."""
+        key = route.device_id or "\x00fleet"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[0]
+        if route.device_id is None:
+            entry_files: tuple[ModelFile, ModelFile | None] = (self.manifest.fleet.joblib, self.manifest.fleet.onnx)
+        else:
+            device = self.manifest.devices[route.device_id]
+            assert device.joblib is not None  # route() only sends trained devices here
+            entry_files = (device.joblib, device.onnx)
+        model_file, kind = self._pick_file(*entry_files)
+        data = self._read_verified(model_file)
+        model = _OnnxModel(data) if kind == "onnx" else _load_joblib(data, model_file.path)
+        with self._lock:
+            self._cache[key] = (model, len(data))
+            self._cached_bytes += len(data)
+            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+                _, (_, size) = self._cache.popitem(last=False)
+                self._cached_bytes -= size
+        return model
+
+    def _read_verified(self, model_file: ModelFile) -> bytes:
+        path = _resolve_inside(self.bundle_dir, model_file.path)
+        if path is None:
+            raise BundleError(f"{model_file.path}: path points outside the bundle; refusing it")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise BundleError(f"{model_file.path}: cannot read ({err})") from err
+        if sha256_bytes(data) != model_file.sha256:
+            raise BundleError(f"{model_file.path}: sha256 does not match the manifest; refusing to load it")
+        return data
+
+    def predict(self, device_id: str, x: np.ndarray) -> tuple[np.ndarray, Route]:
+        """Predict rows of one device; rows with missing features use the fleet model on filled values."""
+        x = np.asarray(x, dtype=float).reshape(-1, len(self.features))
+        route = self.route(device_id)
+        out = np.empty(x.shape[0])
+        complete = np.isfinite(x).all(axis=1)
+        if complete.any():
+            out[complete] = self.model(route).predict(x[complete])
+        if not complete.all():
+            filled = np.where(np.isfinite(x[~complete]), x[~complete], self._fill)
+            out[~complete] = self.model(Route("fleet", None, "missing_features")).predict(filled)
+        return out, route
+
+
+def _load_joblib(data: bytes, name: str) -> Any:
+    import joblib
+
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as err:  # a corrupt pickle can raise almost anything
+        raise BundleError(f"{name}: cannot load model ({type(err).__name__}: {err})") from err
+
+
+def inspect_bundle(bundle_dir: Path) -> dict[str, Any]:
+    """Summarise a bundle for humans and scripts."""
+    manifest = read_manifest(bundle_dir)
+    statuses: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for entry in manifest.devices.values():
+        statuses[entry.status] = statuses.get(entry.status, 0) + 1
+        if entry.reason:
+            reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
+    sizes = [f.size_bytes for e in manifest.devices.values() for f in (e.joblib,) if f is not None]
+    total = sum(f.size_bytes for f in manifest.files())
+    return {
+        "bundle_version": manifest.bundle_version,
+        "created_at": manifest.created_at,
+        "features": list(manifest.features),
+        "target": manifest.target,
+        "devices": len(manifest.devices),
+        "status_counts": statuses,
+        "reason_counts": reasons,
+        "fleet_family": manifest.fleet.family,
+        "mean_device_model_bytes": float(np.mean(sizes)) if sizes else 0.0,
+        "total_bytes": total,
+        "libraries": manifest.libraries,
+        "mlflow_run_id": manifest.mlflow_run_id,
+    }
+
+
+def manifest_json_dict(manifest: BundleManifest) -> dict[str, Any]:
+    """Return the manifest as the JSON-ready dict that is written to disk."""
+    result: dict[str, Any] = json.loads(manifest.to_json())
+    return result

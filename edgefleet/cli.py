@@ -1,0 +1,223 @@
+"""The `edgefleet` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgefleet.errors import EdgefleetError
+
+logger = logging.getLogger("edgefleet")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def cmd_generate_history(args: argparse.Namespace) -> int:
+    from edgefleet.history import HistorySpec, generate_history, write_history
+
+    spec = HistorySpec(
+        n_devices=args.devices,
+        rows_per_device=args.rows,
+        seed=args.seed,
+        interval_s=args.interval_s,
+        bad_fraction=args.bad_fraction,
+    )
+    frame = generate_history(spec)
+    path = write_history(frame, Path(args.out))
+    print(f"wrote {len(frame):,} readings from {spec.n_devices:,} devices to {path}")
+    return 0
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from cloud_training.settings import TrainSettings
+
+    flags = {
+        "history": args.history,
+        "out": args.out,
+        "features": _csv(args.features) if args.features else None,
+        "master": args.master,
+        "tracking": args.tracking,
+        "tracking_uri": args.tracking_uri,
+        "experiment": args.experiment,
+        "registered_model": args.registered_model,
+        "families": _csv(args.families) if args.families else None,
+        "max_model_bytes": int(args.max_model_kb * 1000) if args.max_model_kb else None,
+        "max_predict_us": args.max_predict_us,
+        "fleet_margin": args.fleet_margin,
+        "min_rows": args.min_rows,
+        "fleet_max_rows": args.fleet_max_rows,
+        "onnx": False if args.no_onnx else None,
+        "seed": args.seed,
+    }
+    return TrainSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cloud_training.pipeline import run_training
+    from edgefleet.console import render_training, training_progress
+
+    settings = _train_settings(args)
+    with training_progress(enabled=not args.quiet) as on_progress:
+        outcome = run_training(settings, on_progress)
+    render_training(outcome)
+    if args.json:
+        print(json.dumps({"summary": outcome.summary, "timings_s": outcome.timings_s}, default=str))
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from edgefleet.bundle import read_manifest, verify_bundle
+
+    problems = verify_bundle(Path(args.path))
+    if problems:
+        for problem in problems:
+            print(f"BAD {problem}", file=sys.stderr)
+        print(f"bundle {args.path}: {len(problems)} problem(s); do not deploy it", file=sys.stderr)
+        return 1
+    manifest = read_manifest(Path(args.path))
+    print(
+        f"bundle {args.path} OK: version {manifest.bundle_version}, {sum(1 for _ in manifest.files())} files verified"
+    )
+    return 0
+
+
+def cmd_bundle_inspect(args: argparse.Namespace) -> int:
+    from edgefleet.bundle import inspect_bundle
+
+    info = inspect_bundle(Path(args.path))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    from edgefleet.console import render_inspect
+
+    render_inspect(info)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from cloud_training.scoring import score_with_bundle, score_with_pyfunc
+    from cloud_training.spark_job import read_history_spark, spark_session
+    from edgefleet.bundle import read_manifest
+
+    bundle = Path(args.bundle)
+    features = read_manifest(bundle).features
+    with spark_session(args.master, app_name="edgefleet-score") as handle:
+        df, _ = read_history_spark(handle.session, Path(args.history), features)
+        if args.model_uri:
+            scored = score_with_pyfunc(handle.session, df, args.model_uri, features)
+        else:
+            scored = score_with_bundle(handle.session, df, bundle)
+        scored.write.mode("overwrite").parquet(args.out)
+        n = handle.session.read.parquet(args.out).count()
+    print(f"scored {n:,} rows into {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgefleet.demo import run_demo
+
+    return run_demo(Path(args.workdir), devices=args.devices, rows=args.rows, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `edgefleet`."""
+    parser = argparse.ArgumentParser(prog="edgefleet", description="One ML model per IoT device, Spark to the edge.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate-history", help="write a seeded fleet history (parquet)")
+    gen.add_argument("--devices", type=int, required=True)
+    gen.add_argument("--rows", type=int, required=True, help="readings per device")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="output .parquet path")
+    gen.add_argument("--interval-s", type=float, default=300.0, help="seconds between readings")
+    gen.add_argument("--bad-fraction", type=float, default=0.0, help="share of devices given a data fault")
+    gen.set_defaults(func=cmd_generate_history)
+
+    train = sub.add_parser("train", help="train one model per device on Spark, export and register the bundle")
+    train.add_argument("--history", required=True, help="parquet/CSV/JSON Lines file or dir, or a lake dir")
+    train.add_argument("--out", help="bundle directory (default out/bundle)")
+    train.add_argument("--features", help="comma-separated feature columns (default: numeric columns)")
+    train.add_argument("--master", help="Spark master (default local[*], or $SPARK_MASTER)")
+    train.add_argument("--tracking", choices=["scalable", "nested", "off"])
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    train.add_argument("--experiment")
+    train.add_argument("--registered-model")
+    train.add_argument("--families", help="comma-separated: ridge,random_forest,gradient_boosting")
+    train.add_argument("--max-model-kb", type=float, help="edge budget: largest model file, kB")
+    train.add_argument("--max-predict-us", type=float, help="edge budget: slowest single-row predict, us")
+    train.add_argument("--fleet-margin", type=float, help="share by which a device model must beat the fleet")
+    train.add_argument("--min-rows", type=int)
+    train.add_argument("--fleet-max-rows", type=int)
+    train.add_argument("--no-onnx", action="store_true", help="export joblib files only")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true", help="also print summary and timings as JSON")
+    train.set_defaults(func=cmd_train)
+
+    bundle = sub.add_parser("bundle", help="check or describe a model bundle")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    verify = bundle_sub.add_parser("verify", help="check every file against the manifest's sha256")
+    verify.add_argument("path")
+    verify.set_defaults(func=cmd_bundle_verify)
+    inspect = bundle_sub.add_parser("inspect", help="summarise a bundle")
+    inspect.add_argument("path")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_bundle_inspect)
+
+    score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
+    score.add_argument("--history", required=True)
+    score.add_argument("--bundle", required=True, help="bundle directory (features and fallback)")
+    score.add_argument("--out", required=True, help="output parquet directory")
+    score.add_argument(
+        "--model-uri", help="score through mlflow.pyfunc.spark_udf, e.g. models:/edgefleet-fleet@champion"
+    )
+    score.add_argument("--master", default="local[*]")
+    score.set_defaults(func=cmd_score)
+
+    demo = sub.add_parser("demo", help="generate history, train, verify and score: the whole cloud side")
+    demo.add_argument("--workdir", default="out/demo")
+    demo.add_argument("--devices", type=int, default=200)
+    demo.add_argument("--rows", type=int, default=400)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _validation_message(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "settings"
+        lines.append(f"  {where}: {item['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user mistakes print a message and exit 2, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EdgefleetError as err:
+        print(f"edgefleet: error: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        print(f"edgefleet: error: {_validation_message(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgefleet: interrupted", file=sys.stderr)
+        return 130

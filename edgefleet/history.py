@@ -1,0 +1,181 @@
+"""Fleet history: generate a seeded one, and read real ones (parquet, CSV, JSON Lines, lake)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgefleet.errors import HistoryError
+from edgefleet.physics import FEATURES, device_ids, device_seed, make_profile
+
+logger = logging.getLogger(__name__)
+
+DEVICE_COLUMN = "device_id"
+TS_COLUMN = "ts"
+LABEL_COLUMN = "label"
+# Columns that are never model features, even when numeric (lake bookkeeping).
+RESERVED_COLUMNS = frozenset({DEVICE_COLUMN, TS_COLUMN, LABEL_COLUMN, "seq", "date", "schema"})
+RESERVED_PREFIXES = ("prediction_", "edge_", "_")
+DATA_FAULTS: tuple[str, ...] = ("few_rows", "nan_labels", "constant_label", "stale", "broken_sensor")
+
+
+@dataclass(frozen=True)
+class HistorySpec:
+    """What `generate_history` produces."""
+
+    n_devices: int
+    rows_per_device: int
+    seed: int = 0
+    interval_s: float = 300.0
+    end_ts: str = "2026-11-01T00:00:00Z"
+    bad_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.n_devices < 1:
+            raise HistoryError("--devices must be at least 1")
+        if self.rows_per_device < 1:
+            raise HistoryError("--rows must be at least 1")
+        if not 0.0 <= self.bad_fraction <= 1.0:
+            raise HistoryError("--bad-fraction must be between 0 and 1")
+        if self.interval_s <= 0:
+            raise HistoryError("--interval-s must be positive")
+
+
+def device_history(device_id: str, seed: int, n_rows: int, end_ts_s: float, interval_s: float) -> pd.DataFrame:
+    """Return one healthy device's history: `n_rows` readings ending at `end_ts_s`."""
+    profile = make_profile(device_id, seed)
+    rng = np.random.default_rng(device_seed(seed, device_id) ^ 0x5EED)
+    ts_s = end_ts_s - interval_s * np.arange(n_rows - 1, -1, -1, dtype=float)
+    x = profile.features(ts_s, rng)
+    frame = pd.DataFrame(x, columns=list(FEATURES))
+    frame.insert(0, TS_COLUMN, pd.to_datetime(ts_s, unit="s", utc=True))
+    frame.insert(0, DEVICE_COLUMN, device_id)
+    frame[LABEL_COLUMN] = profile.label(x, rng)
+    return frame
+
+
+def apply_data_fault(frame: pd.DataFrame, fault: str, rng: np.random.Generator) -> pd.DataFrame:
+    """Return `frame` damaged the way field devices damage their data."""
+    frame = frame.copy()
+    if fault == "few_rows":
+        return frame.tail(3).reset_index(drop=True)
+    if fault == "nan_labels":
+        frame.loc[rng.random(len(frame)) < 0.6, LABEL_COLUMN] = np.nan
+    elif fault == "constant_label":
+        frame[LABEL_COLUMN] = float(frame[LABEL_COLUMN].iloc[0])
+    elif fault == "stale":
+        frame[TS_COLUMN] = frame[TS_COLUMN] - pd.Timedelta(days=90)
+    elif fault == "broken_sensor":
+        # Finite but absurd readings: passes NaN/inf checks, breaks the fit itself.
+        frame[FEATURES[0]] = 1e300
+    else:
+        raise HistoryError(f"Unknown data fault {fault!r}; use one of {', '.join(DATA_FAULTS)}")
+    return frame
+
+
+def generate_history(spec: HistorySpec) -> pd.DataFrame:
+    """Return a seeded fleet history; a `bad_fraction` of devices get a data fault."""
+    end_ts_s = pd.Timestamp(spec.end_ts).timestamp()
+    fault_rng = np.random.default_rng(spec.seed + 1)
+    frames = []
+    for device_id in device_ids(spec.n_devices):
+        frame = device_history(device_id, spec.seed, spec.rows_per_device, end_ts_s, spec.interval_s)
+        if fault_rng.random() < spec.bad_fraction:
+            fault = DATA_FAULTS[int(fault_rng.integers(len(DATA_FAULTS)))]
+            frame = apply_data_fault(frame, fault, fault_rng)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_history(frame: pd.DataFrame, out: Path) -> Path:
+    """Write history as parquet (atomically) and return the path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_parquet(tmp, index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+    tmp.replace(out)
+    return out
+
+
+def history_format(path: Path) -> str:
+    """Return the format of a history source: `parquet`, `csv`, `json` or `lake`."""
+    if not path.exists():
+        raise HistoryError(f"History not found: {path}. Pass a parquet/CSV/JSON Lines file or a lake directory.")
+    if path.is_dir():
+        if any(p.is_dir() and p.name.startswith("date=") for p in path.iterdir()):
+            return "lake"
+        suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))}
+        for fmt, known in (("parquet", {".parquet"}), ("csv", {".csv"}), ("json", {".jsonl", ".json"})):
+            if suffixes and suffixes <= known:
+                return fmt
+        raise HistoryError(
+            f"Cannot tell the format of directory {path} (found {sorted(suffixes) or 'no files'}); "
+            "use one format per directory: .parquet, .csv or .jsonl"
+        )
+    suffix = path.suffix.lower()
+    formats = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".csv": "csv",
+        ".jsonl": "json",
+        ".json": "json",
+        ".ndjson": "json",
+    }
+    if suffix not in formats:
+        raise HistoryError(f"Unknown history file type {suffix!r} for {path}; use .parquet, .csv or .jsonl")
+    return formats[suffix]
+
+
+def infer_features(columns: Sequence[str], numeric: Sequence[str]) -> tuple[str, ...]:
+    """Return the feature columns: numeric columns that are not reserved bookkeeping."""
+    numeric_set = set(numeric)
+    features = tuple(
+        c for c in columns if c in numeric_set and c not in RESERVED_COLUMNS and not c.startswith(RESERVED_PREFIXES)
+    )
+    if not features:
+        raise HistoryError(
+            "History has no numeric feature columns besides device_id, ts and label; "
+            "add feature columns or name them with --features"
+        )
+    return features
+
+
+def check_columns(columns: Sequence[str], features: Sequence[str] | None) -> None:
+    """Raise a HistoryError naming what is missing when required columns are absent."""
+    required = [DEVICE_COLUMN, TS_COLUMN, LABEL_COLUMN, *(features or ())]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise HistoryError(
+            f"History lacks column(s) {', '.join(missing)}; it has {', '.join(columns)}. "
+            "Training needs device_id, ts, label and the feature columns."
+        )
+
+
+def read_history(path: Path, features: Sequence[str] | None = None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Read a history source into pandas with normalised dtypes; return it and its features."""
+    fmt = history_format(path)
+    try:
+        if fmt in ("parquet", "lake"):
+            frame = pd.read_parquet(path)
+        elif fmt == "csv":
+            files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+            frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        else:
+            files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json")) if path.is_dir() else [path]
+            frame = pd.concat([pd.read_json(f, lines=True) for f in files], ignore_index=True)
+    except (OSError, ValueError) as err:
+        raise HistoryError(f"Cannot read {fmt} history {path}: {err}") from err
+    check_columns(list(frame.columns), features)
+    if features is None:
+        numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+        features = infer_features(list(frame.columns), numeric)
+    frame = frame[[DEVICE_COLUMN, TS_COLUMN, *features, LABEL_COLUMN]].copy()
+    frame[DEVICE_COLUMN] = frame[DEVICE_COLUMN].astype(str)
+    frame[TS_COLUMN] = pd.to_datetime(frame[TS_COLUMN], utc=True, errors="coerce")
+    for column in (*features, LABEL_COLUMN):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    return frame, tuple(features)

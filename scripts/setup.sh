@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything edgefleet needs on a fresh Debian machine: Java for Spark, a venv with all extras.
+set -euo pipefail
+VENV=${1:-.venv}
+PYTHON=${PYTHON:-python3}
+
+need_apt=()
+if ! java -version >/dev/null 2>&1; then need_apt+=(openjdk-17-jre-headless); fi
+if ! "$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need_apt[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_apt[*]} (Spark needs Java 17+), then run 'make setup' again" >&2
+    exit 1
+  fi
+fi
+
+"$PYTHON" - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"setup: Python >= 3.11 is required, found {sys.version.split()[0]}; set PYTHON=python3.11")
+PY
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[edge,training,dev]"
+echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -1))"

@@ -1,0 +1,117 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloud_training.device_training import (
+    RESULT_COLUMNS,
+    RESULT_DDL,
+    EdgeBudget,
+    TrainingConfig,
+    prepare_device,
+    results_frame,
+    train_device,
+)
+from cloud_training.fleet import fleet_sample, train_fleet
+from edgefleet.history import apply_data_fault, device_history
+from edgefleet.physics import FEATURES
+from tests.conftest import END_TS_S
+
+CONFIG = TrainingConfig(features=FEATURES, reference_ts_s=END_TS_S)
+
+
+def device(device_id="dev-x", rows=300, seed=4):
+    return device_history(device_id, seed, rows, END_TS_S, 300.0)
+
+
+def faulty(fault, device_id="dev-bad"):
+    return apply_data_fault(device(device_id), fault, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    frames = [device(f"dev-{i}") for i in range(12)]
+    return train_fleet(pd.concat([fleet_sample(f, CONFIG, 300) for f in frames]), CONFIG)
+
+
+def test_device_models_beat_the_fleet_model_on_their_own_holdout(fleet):
+    results = [train_device(device(f"dev-{i}"), CONFIG, fleet.model) for i in range(12)]
+    assert all(r.status == "trained" for r in results)
+    assert sum(r.mse < r.fleet_mse for r in results) >= 11
+    assert np.median([r.mse for r in results]) < 0.2 * np.median([r.fleet_mse for r in results])
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("few_rows", "too_few_rows"),
+        ("nan_labels", "non_finite_values"),
+        ("constant_label", "constant_label"),
+        ("stale", "stale_data"),
+    ],
+)
+def test_bad_device_is_skipped_with_a_reason_code(fault, reason):
+    result = train_device(faulty(fault), CONFIG)
+    assert (result.status, result.reason) == ("skipped", reason)
+    assert result.detail and result.joblib_blob is None
+
+
+def test_a_fit_that_raises_becomes_a_failed_row_carrying_the_error():
+    result = train_device(faulty("broken_sensor"), CONFIG)
+    assert (result.status, result.reason) == ("failed", "all_candidates_failed")
+    assert "ridge: ValueError" in result.detail
+
+
+def test_an_unexpected_frame_becomes_a_failed_row_not_an_exception():
+    result = train_device(device().drop(columns=["load_pct"]), CONFIG)
+    assert (result.status, result.reason) == ("failed", "exception")
+    assert "KeyError" in result.detail and "load_pct" in result.detail
+
+
+def test_a_few_bad_rows_are_dropped_and_counted_not_fatal():
+    frame = device()
+    frame.loc[frame.index[:10], "label"] = np.nan
+    result = train_device(frame, CONFIG)
+    assert (result.status, result.n_dropped, result.n_rows) == ("trained", 10, 300)
+
+
+def test_holdout_is_the_most_recent_readings_whatever_the_input_order():
+    frame = device()
+    data = prepare_device(frame.sample(frac=1.0, random_state=0), CONFIG, "dev-x")
+    newest = frame.sort_values("ts").tail(len(data.y_holdout))
+    np.testing.assert_allclose(data.y_holdout, newest["label"].to_numpy())
+    assert len(data.y_holdout) == 60 and len(data.y_train) == 240
+
+
+def test_edge_budget_in_bytes_keeps_only_models_that_fit():
+    tight = CONFIG.model_copy(update={"budget": EdgeBudget(max_model_bytes=2_000)})
+    result = train_device(device(), tight)
+    assert result.family == "ridge" and result.model_bytes <= 2_000
+
+
+def test_no_candidate_within_the_budget_fails_the_device_with_over_budget():
+    impossible = CONFIG.model_copy(update={"budget": EdgeBudget(max_model_bytes=10)})
+    result = train_device(device(), impossible)
+    assert (result.status, result.reason) == ("failed", "over_budget")
+    assert "10 B" in result.detail
+
+
+def test_device_model_that_does_not_beat_the_fleet_by_the_margin_is_marked_fallback(fleet):
+    demanding = CONFIG.model_copy(update={"fleet_margin": 0.999})
+    result = train_device(device(), demanding, fleet.model)
+    assert (result.status, result.reason) == ("fallback", "poor_model")
+    assert result.joblib_blob is not None  # kept, so an operator can still switch it on
+
+
+def test_result_rows_match_the_spark_schema():
+    frame = results_frame([train_device(device(), CONFIG), train_device(faulty("few_rows"), CONFIG)])
+    assert tuple(frame.columns) == RESULT_COLUMNS
+    assert [part.split()[0] for part in RESULT_DDL.split(", ")] == list(RESULT_COLUMNS)
+    assert len(dataclasses.fields(train_device(device(), CONFIG))) == len(RESULT_COLUMNS)
+    assert str(frame["model_bytes"].dtype) == "Int64"
+
+
+def test_config_rejects_unknown_family_and_says_which_exist():
+    with pytest.raises(ValueError, match="choose from ridge, random_forest, gradient_boosting"):
+        TrainingConfig(features=FEATURES, families=("xgboost",))

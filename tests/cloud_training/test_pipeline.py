@@ -1,0 +1,118 @@
+"""Real local Spark and a real MLflow sqlite store and registry."""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cloud_training.pipeline import run_training
+from cloud_training.settings import TrainSettings
+from cloud_training.spark_job import partitions_for
+from edgefleet.bundle import read_manifest, verify_bundle
+from edgefleet.history import HistorySpec, generate_history, write_history
+from edgefleet.lake import append_to_lake
+from tests.conftest import BAD_DEVICES
+
+
+def test_per_device_models_beat_the_fleet_model_on_generated_data(trained):
+    results = trained.results.set_index("device_id")
+    healthy = results.drop(index=list(BAD_DEVICES))
+    assert (healthy["status"] == "trained").mean() >= 0.9
+    assert (healthy["mse"] < healthy["fleet_mse"]).mean() >= 0.9
+    assert healthy["mse"].median() < 0.2 * healthy["fleet_mse"].median()
+
+
+def test_bad_devices_are_isolated_with_reasons_while_the_rest_train(trained):
+    results = trained.results.set_index("device_id")
+    for device_id, (_, reason) in BAD_DEVICES.items():
+        assert results.loc[device_id, "reason"] == reason, device_id
+        assert results.loc[device_id, "status"] in ("skipped", "failed")
+    assert len(results) == 24 + len(BAD_DEVICES)
+    assert trained.summary["counts"]["trained"] + trained.summary["counts"]["fallback"] == 24
+
+
+def test_bundle_verifies_and_records_every_device_with_status_and_metrics(trained):
+    assert verify_bundle(trained.bundle_dir) == []
+    manifest = read_manifest(trained.bundle_dir)
+    assert set(manifest.devices) == set(trained.results["device_id"])
+    model = manifest.devices["dev-00000"]
+    assert model.joblib.size_bytes <= 100_000 and model.onnx is not None
+    assert model.holdout.n == model.n_holdout > 0 and model.fleet_holdout is not None
+    assert manifest.devices["bad-stale"].status == "skipped" and manifest.devices["bad-stale"].joblib is None
+    assert manifest.mlflow_run_id == trained.run_id
+    assert {"scikit-learn", "joblib", "onnxruntime"} <= set(manifest.libraries)
+
+
+def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(trained):
+    client = MlflowClient()
+    run = client.get_run(trained.run_id)
+    assert run.data.metrics["devices_trained"] + run.data.metrics["devices_fallback"] == 24
+    assert "holdout_mse_p50" in run.data.metrics and "train_s" in run.data.metrics
+    top = {a.path for a in client.list_artifacts(trained.run_id)}
+    assert {"results", "plots", "bundle"} <= top
+    table = mlflow.artifacts.download_artifacts(run_id=trained.run_id, artifact_path="results")
+    results = pd.read_parquet(next(Path(table).glob("*.parquet")))
+    assert set(results["device_id"]) == set(trained.results["device_id"])
+    plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
+    assert plots == {"plots/holdout_error.png", "plots/device_vs_fleet.png"}
+    child_runs = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{trained.run_id}'"
+    )
+    assert child_runs == []  # scalable mode: no per-device runs
+
+
+def test_first_registration_sets_champion_and_a_later_one_does_not_move_it(trained, tmp_path):
+    client = MlflowClient()
+    assert trained.registered.champion
+    assert str(client.get_model_version_by_alias("fleet-under-test", "champion").version) == "1"
+    history = write_history(
+        generate_history(HistorySpec(n_devices=6, rows_per_device=120, seed=5)), tmp_path / "h.parquet"
+    )
+    again = run_training(
+        TrainSettings(
+            history=history,
+            out=tmp_path / "bundle",
+            tracking_uri=mlflow.get_tracking_uri(),
+            registered_model="fleet-under-test",
+            plots=False,
+        )
+    )
+    assert (again.registered.version, again.registered.champion) == ("2", False)
+    assert str(client.get_model_version_by_alias("fleet-under-test", "champion").version) == "1"
+
+
+def test_nested_tracking_creates_one_child_run_per_device(spark, tmp_path):
+    frame = generate_history(HistorySpec(n_devices=5, rows_per_device=120, seed=8, bad_fraction=0.0))
+    outcome = run_training(
+        TrainSettings(
+            history=write_history(frame, tmp_path / "h.parquet"),
+            out=tmp_path / "bundle",
+            tracking="nested",
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            registered_model="nested-under-test",
+            plots=False,
+        )
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_run(outcome.run_id).info.experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{outcome.run_id}'")
+    assert sorted(r.info.run_name for r in children) == sorted(frame["device_id"].unique())
+    manifest = read_manifest(outcome.bundle_dir)
+    assert {e.mlflow_run_id for e in manifest.devices.values()} == {r.info.run_id for r in children}
+
+
+def test_training_reads_the_telemetry_lake(spark, tmp_path):
+    frame = generate_history(HistorySpec(n_devices=4, rows_per_device=200, seed=6, interval_s=900))
+    append_to_lake(tmp_path / "lake", frame.assign(seq=range(len(frame)), prediction_value=0.0))
+    outcome = run_training(
+        TrainSettings(history=tmp_path / "lake", out=tmp_path / "bundle", tracking="off", plots=False)
+    )
+    assert set(outcome.results["status"]) == {"trained"}
+    assert read_manifest(outcome.bundle_dir).features == ("temperature_c", "humidity_pct", "vibration_mm_s", "load_pct")
+
+
+@pytest.mark.parametrize(("devices", "slots", "expected"), [(10, 2, 2), (400, 2, 10), (100_000, 2, 64)])
+def test_partitions_keep_every_core_busy_without_tiny_tasks(devices, slots, expected):
+    assert partitions_for(devices, slots) == expected

@@ -1,0 +1,56 @@
+"""The CLI as a user runs it: a real subprocess, exit codes, and messages instead of tracebacks."""
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+
+from edgefleet.bundle import read_manifest
+
+
+def edgefleet(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_generate_history_writes_the_requested_fleet(tmp_path):
+    run = edgefleet("generate-history", "--devices", 7, "--rows", 30, "--seed", 1, "--out", tmp_path / "h.parquet")
+    assert run.returncode == 0, run.stderr
+    frame = pd.read_parquet(tmp_path / "h.parquet")
+    assert frame["device_id"].nunique() == 7 and len(frame) == 210
+
+
+def test_bundle_verify_exits_nonzero_naming_the_tampered_file(small_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(small_bundle, bundle)
+    assert edgefleet("bundle", "verify", bundle).returncode == 0
+    victim = read_manifest(bundle).fleet.onnx.path
+    (bundle / victim).write_bytes(b"tampered")
+    run = edgefleet("bundle", "verify", bundle)
+    assert run.returncode == 1
+    assert f"BAD {victim}" in run.stderr and "do not deploy" in run.stderr
+
+
+def test_bundle_inspect_summarises_status_counts(small_bundle):
+    run = edgefleet("bundle", "inspect", small_bundle, "--json")
+    assert run.returncode == 0, run.stderr
+    assert '"skipped"' in run.stdout and '"fallback": 1' in run.stdout
+
+
+def test_train_on_a_missing_file_says_so_without_a_traceback(tmp_path):
+    run = edgefleet("train", "--history", tmp_path / "nope.parquet", "--tracking", "off", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "History not found" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_train_with_an_unknown_family_says_which_exist(tmp_path):
+    run = edgefleet("train", "--history", "h.parquet", "--families", "xgboost", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "use some of: ridge, random_forest, gradient_boosting" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bundle_verify_on_a_directory_that_is_not_a_bundle(tmp_path):
+    run = edgefleet("bundle", "verify", tmp_path)
+    assert run.returncode == 1 and "not an edgefleet bundle" in run.stderr
