@@ -453,7 +453,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     metrics = build_metrics(args, load_avg_1m, serial, spark, seed, scale)
     meets = meets_targets(metrics)
     print_report(metrics, meets)
-    return rounded({**metrics, "targets": TARGETS, "meets": meets})
+    payload: dict[str, Any] = rounded({**metrics, "targets": TARGETS, "meets": meets})
+    return payload
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,6 +44,7 @@ class TrainingOutcome:
     summary: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    tracking_uri: str | None = None
     registered: RegisteredBundle | None = None
     plots: list[Path] = field(default_factory=list)
 
@@ -142,6 +143,7 @@ def _export_and_track(
         summary=summary,
         timings_s=timings,
         run_id=run_id,
+        tracking_uri=tracker.tracking_uri if tracker else None,
         registered=registered,
         plots=plots,
     )

@@ -46,13 +46,15 @@ def test_bundle_verifies_and_records_every_device_with_status_and_metrics(traine
 
 
 def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(trained):
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
     run = client.get_run(trained.run_id)
     assert run.data.metrics["devices_trained"] + run.data.metrics["devices_fallback"] == 24
     assert "holdout_mse_p50" in run.data.metrics and "train_s" in run.data.metrics
     top = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"results", "plots", "bundle"} <= top
-    table = mlflow.artifacts.download_artifacts(run_id=trained.run_id, artifact_path="results")
+    table = mlflow.artifacts.download_artifacts(
+        run_id=trained.run_id, artifact_path="results", tracking_uri=trained.tracking_uri
+    )
     results = pd.read_parquet(next(Path(table).glob("*.parquet")))
     assert set(results["device_id"]) == set(trained.results["device_id"])
     plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
@@ -64,7 +66,7 @@ def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(train
 
 
 def test_first_registration_sets_champion_and_a_later_one_does_not_move_it(trained, tmp_path):
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
     assert trained.registered.champion
     assert str(client.get_model_version_by_alias("fleet-under-test", "champion").version) == "1"
     history = write_history(
@@ -74,7 +76,7 @@ def test_first_registration_sets_champion_and_a_later_one_does_not_move_it(train
         TrainSettings(
             history=history,
             out=tmp_path / "bundle",
-            tracking_uri=mlflow.get_tracking_uri(),
+            tracking_uri=trained.tracking_uri,
             registered_model="fleet-under-test",
             plots=False,
         )

@@ -1,5 +1,6 @@
 """Batch scoring: the grouped-map UDF, the registered pyfunc on Spark, and direct calls agree."""
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ def test_pyfunc_spark_udf_and_direct_predictions_agree(spark, trained, tmp_path)
         direct.update(zip(zip(group["device_id"], group["ts"], strict=True), values, strict=True))
 
     by_udf = score_with_bundle(spark, df, trained.bundle_dir).toPandas()
+    mlflow.set_tracking_uri(trained.tracking_uri)  # other tests may have pointed MLflow elsewhere
+    mlflow.set_registry_uri(trained.tracking_uri)
     model_uri = "models:/fleet-under-test@champion"
     by_spark_pyfunc = score_with_pyfunc(spark, df, model_uri, features).toPandas()
     by_pyfunc = mlflow.pyfunc.load_model(model_uri).predict(frame[["device_id", *features]])
