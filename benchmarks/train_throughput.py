@@ -46,12 +46,16 @@ from typing import Any
 os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
 import joblib
+import mlflow
+import mlflow.sklearn
 import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
+from sklearn.ensemble import RandomForestRegressor
 from threadpoolctl import threadpool_limits
 
-from cloud_training.device_training import DeviceResult, TrainingConfig, train_device
-from cloud_training.fleet import fleet_sample, train_fleet
+from cloud_training.device_training import DeviceResult, TrainingConfig, results_frame, train_device
+from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
 from cloud_training.pipeline import TrainingOutcome, run_training
 from cloud_training.settings import TrainSettings
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, HistorySpec, generate_history, write_history
@@ -185,7 +189,8 @@ def train_settings(workdir: Path, history: Path) -> TrainSettings:
 def baseline_config(settings: TrainSettings, frame: pd.DataFrame) -> TrainingConfig:
     """Build the TrainingConfig the pipeline would build: physics features, newest reading as reference."""
     reference_ts_s = pd.Timestamp(frame[TS_COLUMN].max()).timestamp()
-    return settings.training_config(FEATURES, reference_ts_s)
+    rows_per_device = max(1, settings.fleet_max_rows // frame[DEVICE_COLUMN].nunique())
+    return settings.training_config(FEATURES, reference_ts_s, fleet_rows_per_device=rows_per_device)
 
 
 def device_frames(frame: pd.DataFrame) -> list[pd.DataFrame]:
@@ -194,24 +199,24 @@ def device_frames(frame: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialBaseline:
-    """Train the fleet model, then loop `train_device` over every device on one core."""
+    """Loop `train_device` over every device on one core, then fit and judge against the fleet model."""
     config = baseline_config(settings, frame)
     groups = device_frames(frame)
-    rows_per_device = max(1, settings.fleet_max_rows // len(groups))
     with threadpool_limits(limits=1):
+        train_device(groups[0], config)  # warm-up: lazy imports (skl2onnx, onnxruntime) not timed
         started = time.perf_counter()
-        samples = [fleet_sample(group, config, rows_per_device) for group in groups]
-        fleet = train_fleet(pd.concat([s for s in samples if not s.empty], ignore_index=True), config)
-        fleet_s = time.perf_counter() - started
-        train_device(groups[0], config, fleet.model)  # warm-up: lazy imports (skl2onnx, onnxruntime) not timed
-        started = time.perf_counter()
-        results: list[DeviceResult] = [train_device(group, config, fleet.model) for group in groups]
+        results: list[DeviceResult] = [train_device(group, config) for group in groups]
         loop_s = time.perf_counter() - started
+        started = time.perf_counter()
+        table = results_frame(results)
+        fleet = train_fleet(pooled_fleet_rows(table, config), config)
+        judged = judge_against_fleet(table, fleet, config)
+        fleet_s = time.perf_counter() - started
     return SerialBaseline(
         n_devices=len(groups),
         fleet_s=fleet_s,
         loop_s=loop_s,
-        statuses=dict(Counter(r.status for r in results)),
+        statuses=dict(Counter(judged["status"])),
         families={r.device_id: str(r.family) for r in results},
     )
 
@@ -246,9 +251,6 @@ def healthy_devices(frame: pd.DataFrame, n_devices: int, min_rows: int) -> list[
 
 def seed_experiment(workdir: Path) -> str:
     """Point MLflow at the seed recipe's own sqlite db and return its experiment id."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     uri = f"sqlite:///{workdir}/seed-mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -268,10 +270,6 @@ def pickled_size_bytes(model: Any) -> int:
 
 def run_seed_recipe(frame: pd.DataFrame, n_devices: int, workdir: Path, min_rows: int) -> SeedRecipe:
     """Log a default forest per device in a nested MLflow run, with MLflow's defaults (requirements inferred)."""
-    import mlflow
-    import mlflow.sklearn
-    from sklearn.ensemble import RandomForestRegressor
-
     experiment_id = seed_experiment(workdir)
     total_s = fit_s = 0.0
     sizes = []

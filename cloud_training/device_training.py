@@ -17,7 +17,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import joblib
 import numpy as np
@@ -29,10 +29,10 @@ from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["trained", "fallback", "skipped", "failed"]
 LATENCY_SAMPLES = 25
 JOBLIB_COMPRESS_LEVEL = 3
 _EPOCH = pd.Timestamp(0, tz="UTC")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class EdgeBudget(BaseModel):
@@ -61,6 +61,7 @@ class TrainingConfig(BaseModel):
     fleet_margin: float = Field(0.05, ge=0.0, lt=1.0)
     budget: EdgeBudget = EdgeBudget()
     export_onnx: bool = True
+    fleet_rows_per_device: int = Field(0, ge=0, description="training rows each device contributes to the fleet model")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -102,6 +103,8 @@ class DeviceResult:
     candidates: str | None = None
     joblib_blob: bytes | None = None
     onnx_blob: bytes | None = None
+    holdout_blob: bytes | None = None
+    fleet_rows_blob: bytes | None = None
 
     @classmethod
     def skipped(cls, device_id: str, reason: str, detail: str, **counts: Any) -> DeviceResult:
@@ -118,6 +121,8 @@ class DeviceResult:
         return dataclasses.asdict(self)
 
 
+# Columns that carry data to the driver, not facts to report or log.
+BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "holdout_blob", "fleet_rows_blob")
 _DDL_TYPES = {"str": "string", "int": "bigint", "float": "double", "bytes": "binary"}
 
 
@@ -220,6 +225,35 @@ def holdout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, floa
     return mse, mae, r2
 
 
+def encode_rows(rows: np.ndarray) -> bytes:
+    """Pack a float matrix (features then label) for the trip to the driver."""
+    return np.ascontiguousarray(rows, dtype=np.float64).tobytes()
+
+
+def decode_rows(blob: bytes, n_columns: int) -> np.ndarray:
+    """Unpack a matrix packed by `encode_rows`."""
+    return np.frombuffer(blob, dtype=np.float64).reshape(-1, n_columns)
+
+
+def fleet_rows(data: Prepared, config: TrainingConfig, device_id: str) -> bytes | None:
+    """Return a seeded sample of the device's *training* rows (never its hold-out) for the fleet model."""
+    rows = np.column_stack([data.x_train, data.y_train])
+    if config.fleet_rows_per_device == 0 or np.abs(rows).max() > FLOAT32_MAX:
+        return None  # values no edge runtime (float32) can carry do not teach the fleet model
+    if rows.shape[0] > config.fleet_rows_per_device:
+        rng = np.random.default_rng(estimator_seed(device_id, config.seed))
+        rows = rows[np.sort(rng.choice(rows.shape[0], config.fleet_rows_per_device, replace=False))]
+    return encode_rows(rows)
+
+
+def judge(device_mse: float, fleet_mse: float, margin: float, family: str | None) -> tuple[str, str | None, str | None]:
+    """Return (status, reason, detail): `fallback` unless the device beats the fleet by `margin`."""
+    if device_mse <= fleet_mse * (1.0 - margin):
+        return "trained", None, None
+    detail = f"device {family} mse {device_mse:.4g} does not beat fleet mse {fleet_mse:.4g} by {margin:.0%}"
+    return "fallback", "poor_model", detail
+
+
 def estimator_seed(device_id: str, seed: int) -> int:
     """Return a stable seed per device, so retraining the same data gives the same model."""
     return (zlib.crc32(device_id.encode()) ^ seed) & 0x7FFFFFFF
@@ -281,7 +315,10 @@ class _Candidate:
     def summary(self) -> dict[str, Any]:
         if self.error:
             return {"family": self.family, "error": self.error}
-        return {"family": self.family, "mse": self.mse, "bytes": len(self.blob or b"")}
+        summary: dict[str, Any] = {"family": self.family, "mse": self.mse}
+        if self.blob is not None:
+            summary["bytes"] = len(self.blob)
+        return summary
 
 
 def _fit_candidate(family: str, data: Prepared, seed: int) -> _Candidate:
@@ -292,7 +329,7 @@ def _fit_candidate(family: str, data: Prepared, seed: int) -> _Candidate:
         if not np.isfinite(pred).all():
             raise ValueError("model predicts NaN/inf on the hold-out")
         mse, mae, r2 = holdout_metrics(data.y_holdout, pred)
-        return _Candidate(family, model, mse, mae, r2, dump_joblib(model))
+        return _Candidate(family, model, mse, mae, r2)
     except Exception as err:  # a family failing leaves the others in the race
         return _Candidate(family, error=f"{type(err).__name__}: {err}"[:300])
 
@@ -325,15 +362,15 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
     }
     seed = estimator_seed(device_id, config.seed)
     candidates = [_fit_candidate(family, data, seed) for family in config.families]
-    counts["candidates"] = json.dumps([c.summary() for c in candidates])
     fitted = sorted((c for c in candidates if c.error is None), key=lambda c: c.mse)
     if not fitted:
         errors = "; ".join(f"{c.family}: {c.error}" for c in candidates)
         return DeviceResult.failed(device_id, "all_candidates_failed", errors, **counts)
     budget = config.budget
     rejected = []
-    for cand in fitted:
-        assert cand.blob is not None
+    chosen = None
+    for cand in fitted:  # best hold-out error first; serialise only as far as needed
+        cand.blob = dump_joblib(cand.model)
         if len(cand.blob) > budget.max_model_bytes:
             rejected.append(f"{cand.family}: {len(cand.blob)} B > {budget.max_model_bytes} B")
             continue
@@ -349,7 +386,11 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
         if latency_us > budget.max_predict_us:
             rejected.append(f"{cand.family}: {latency_us:.0f} us > {budget.max_predict_us:g} us")
             continue
-        return _compare_with_fleet(device_id, cand, onnx_blob, latency_us, data, config, fleet_model, counts)
+        chosen = (cand, onnx_blob, latency_us)
+        break
+    counts["candidates"] = json.dumps([c.summary() for c in candidates])
+    if chosen is not None:
+        return _compare_with_fleet(device_id, *chosen, data, config, fleet_model, counts)
     return DeviceResult.failed(
         device_id, "over_budget", "no candidate fits the edge budget: " + "; ".join(rejected), **counts
     )
@@ -365,17 +406,15 @@ def _compare_with_fleet(
     fleet_model: Any,
     counts: dict[str, Any],
 ) -> DeviceResult:
-    status: Status = "trained"
+    status: str = "trained"
     reason = detail = None
     fleet_mse = fleet_mae = fleet_r2 = None
+    holdout_blob = None
     if fleet_model is not None:
         fleet_mse, fleet_mae, fleet_r2 = holdout_metrics(data.y_holdout, fleet_model.predict(data.x_holdout))
-        if cand.mse > fleet_mse * (1.0 - config.fleet_margin):
-            status, reason = "fallback", "poor_model"
-            detail = (
-                f"device {cand.family} mse {cand.mse:.4g} does not beat fleet mse {fleet_mse:.4g} "
-                f"by {config.fleet_margin:.0%}"
-            )
+        status, reason, detail = judge(cand.mse, fleet_mse, config.fleet_margin, cand.family)
+    else:  # the driver judges against the fleet model once it is trained
+        holdout_blob = encode_rows(np.column_stack([data.x_holdout, data.y_holdout]))
     assert cand.blob is not None
     return DeviceResult(
         device_id=device_id,
@@ -394,5 +433,7 @@ def _compare_with_fleet(
         predict_us=latency_us,
         joblib_blob=cand.blob,
         onnx_blob=onnx_blob,
+        holdout_blob=holdout_blob,
+        fleet_rows_blob=fleet_rows(data, config, device_id),
         **counts,
     )

@@ -25,7 +25,8 @@ def _gradient_boosting(seed: int) -> Any:
 
 
 def _fleet_gradient_boosting(seed: int) -> Any:
-    return GradientBoostingRegressor(n_estimators=150, max_depth=4, learning_rate=0.1, subsample=0.7, random_state=seed)
+    # Sized to fit in ~1.5 s on 20k rows: it runs on the driver while the executors wait.
+    return GradientBoostingRegressor(n_estimators=80, max_depth=4, learning_rate=0.1, subsample=0.5, random_state=seed)
 
 
 FAMILIES: dict[str, Callable[[int], Any]] = {

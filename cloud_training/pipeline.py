@@ -11,13 +11,13 @@ from typing import Any
 
 import pandas as pd
 
+from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig
 from cloud_training.export import write_bundle
-from cloud_training.fleet import train_fleet
+from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
 from cloud_training.report import STATUSES, summarize, write_plots
 from cloud_training.settings import TrainSettings
 from cloud_training.spark_job import (
     StageProgress,
-    collect_fleet_sample,
     default_parallelism,
     fleet_facts,
     partitions_for,
@@ -28,6 +28,7 @@ from cloud_training.spark_job import (
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest
 from edgefleet.errors import EdgefleetError
+from edgefleet.history import DEVICE_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -64,39 +65,32 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         timings["jvm_start_s"] = handle.jvm_start_s
         started = time.perf_counter()
         spark = handle.session
-        df, features = read_history_spark(spark, settings.history, settings.features)
-        df = df.persist()
-        n_devices, newest_ts_s = fleet_facts(df)
-        config = settings.training_config(features, newest_ts_s)
+        raw, features = read_history_spark(spark, settings.history, settings.features)
+        n_devices, newest_ts_s = fleet_facts(raw)
+        config = settings.training_config(
+            features, newest_ts_s, fleet_rows_per_device=max(1, settings.fleet_max_rows // n_devices)
+        )
         n_partitions = partitions_for(n_devices, default_parallelism(spark))
         spark.conf.set("spark.sql.shuffle.partitions", str(n_partitions))
+        timings["read_s"] = time.perf_counter() - started
         logger.info("training %d devices in %d partitions on %s", n_devices, n_partitions, settings.master)
-
-        phase = time.perf_counter()
-        sample = collect_fleet_sample(df, config, max(1, settings.fleet_max_rows // n_devices))
-        try:
-            fleet = train_fleet(sample, config)
-        except ValueError as err:
-            raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
-        timings["fleet_s"] = time.perf_counter() - phase
 
         run_id = tracker.start(_params(settings, features, n_devices, n_partitions)) if tracker else None
         try:
             phase = time.perf_counter()
-            result_df = train_all_devices(df, config, fleet.joblib_blob, n_partitions)
+            result_df = train_all_devices(raw.repartition(n_partitions, DEVICE_COLUMN), config)
             if on_progress is not None:
                 with StageProgress(spark, on_progress):
                     results = result_df.toPandas()
             else:
                 results = result_df.toPandas()
             timings["train_s"] = time.perf_counter() - phase
-            df.unpersist()
         except BaseException:
             if tracker:
                 tracker.abort()
             raise
     try:
-        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started)
+        return _export_and_track(settings, tracker, run_id, results, config, timings, started)
     except BaseException:
         if tracker:
             tracker.abort()
@@ -108,11 +102,18 @@ def _export_and_track(
     tracker: Tracker | None,
     run_id: str | None,
     results: pd.DataFrame,
-    fleet: Any,
-    config: Any,
+    config: TrainingConfig,
     timings: dict[str, float],
     started: float,
 ) -> TrainingOutcome:
+    phase = time.perf_counter()
+    try:
+        fleet = train_fleet(pooled_fleet_rows(results, config), config)
+    except ValueError as err:
+        raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
+    results = judge_against_fleet(results, fleet, config)
+    timings["fleet_s"] = time.perf_counter() - phase
+
     phase = time.perf_counter()
     device_run_ids = tracker.log_device_runs(results, config.features) if tracker and tracker.mode == "nested" else {}
     timings["nested_runs_s"] = time.perf_counter() - phase
@@ -121,10 +122,10 @@ def _export_and_track(
     manifest = write_bundle(settings.out, results, fleet, config, run_id, device_run_ids)
     timings["export_s"] = time.perf_counter() - phase
 
+    phase = time.perf_counter()
     summary = summarize(results)
     plots = write_plots(results, settings.out.parent / f"{settings.out.name}-plots") if settings.plots else []
     registered = None
-    phase = time.perf_counter()
     if tracker:
         registered = tracker.finish(
             _metrics(summary, timings, len(results)),
@@ -139,7 +140,7 @@ def _export_and_track(
     return TrainingOutcome(
         bundle_dir=settings.out,
         manifest=manifest,
-        results=results.drop(columns=["joblib_blob", "onnx_blob"]),
+        results=results.drop(columns=list(BLOB_COLUMNS)),
         summary=summary,
         timings_s=timings,
         run_id=run_id,

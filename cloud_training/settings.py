@@ -34,7 +34,7 @@ class TrainSettings(BaseSettings):
     min_rows: int = 30
     max_staleness_days: float = 30.0
     fleet_margin: float = 0.05
-    fleet_max_rows: int = Field(100_000, ge=100)
+    fleet_max_rows: int = Field(20_000, ge=100)
     max_model_bytes: int = 100_000
     max_predict_us: float = 2_000.0
     onnx: bool = True
@@ -56,7 +56,9 @@ class TrainSettings(BaseSettings):
             raise ValueError("Set --tracking-uri to e.g. sqlite:///mlflow.db, a directory, or http://host:5000")
         return value
 
-    def training_config(self, features: tuple[str, ...], reference_ts_s: float | None) -> TrainingConfig:
+    def training_config(
+        self, features: tuple[str, ...], reference_ts_s: float | None, fleet_rows_per_device: int = 0
+    ) -> TrainingConfig:
         """Return the config that the per-device function receives."""
         return TrainingConfig(
             features=features,
@@ -68,5 +70,6 @@ class TrainSettings(BaseSettings):
             fleet_margin=self.fleet_margin,
             budget=EdgeBudget(max_model_bytes=self.max_model_bytes, max_predict_us=self.max_predict_us),
             export_onnx=self.onnx,
+            fleet_rows_per_device=fleet_rows_per_device,
             seed=self.seed,
         )

@@ -21,7 +21,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cloud_training.device_training import RESULT_DDL, TrainingConfig, results_frame, train_device
-from cloud_training.fleet import fleet_sample
 from edgefleet.errors import HistoryError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format, infer_features
 
@@ -83,6 +82,8 @@ def spark_session(master: str, driver_memory: str = "4g", app_name: str = "edgef
             builder = builder.config(f"spark.executorEnv.{key}", value)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("ERROR")
+        # Spark's default of 200 shuffle partitions turns a small aggregate into 200 tasks.
+        session.conf.set("spark.sql.shuffle.partitions", str(4 * default_parallelism(session)))
         handle = SparkHandle(session, time.perf_counter() - started, local_dir, owned=True)
     try:
         yield handle
@@ -147,60 +148,39 @@ def _timestamp_column(ts_type: T.DataType) -> Any:
 
 def fleet_facts(df: DataFrame) -> tuple[int, float | None]:
     """Return (number of devices, newest reading as epoch seconds)."""
-    row = df.agg(F.countDistinct(DEVICE_COLUMN).alias("n"), F.max(TS_COLUMN).alias("newest")).first()
+    newest_us = F.unix_micros(F.max(TS_COLUMN))  # epoch in Spark: no local-timezone round trip
+    row = df.agg(F.countDistinct(DEVICE_COLUMN).alias("n"), newest_us.alias("newest_us")).first()
     if row is None or row["n"] == 0:
         raise HistoryError("History has no rows with a device_id")
-    newest = row["newest"]
-    return int(row["n"]), (pd.Timestamp(newest).tz_localize("UTC").timestamp() if newest is not None else None)
+    newest = row["newest_us"]
+    return int(row["n"]), (newest / 1e6 if newest is not None else None)
 
 
-def collect_fleet_sample(df: DataFrame, config: TrainingConfig, rows_per_device: int) -> pd.DataFrame:
-    """Gather each device's sampled training rows on the driver, for the fleet model."""
-    schema = ", ".join(f"`{c}` double" for c in (*config.features, config.target))
-
-    def fleet_sample_udf(pdf: pd.DataFrame) -> pd.DataFrame:
-        return fleet_sample(pdf, config, rows_per_device)
-
-    return df.groupBy(DEVICE_COLUMN).applyInPandas(fleet_sample_udf, schema=schema).toPandas()
+_THREADS_LIMITED: list[Any] = []
 
 
-_FLEET_CACHE: dict[int, Any] = {}
+def _limit_native_threads() -> None:
+    # Once per Python worker: the env vars cover OpenMP/BLAS started after them, this covers
+    # libraries already loaded; per call it would cost a library scan each time.
+    if not _THREADS_LIMITED:
+        from threadpoolctl import threadpool_limits
+
+        _THREADS_LIMITED.append(threadpool_limits(limits=1))
 
 
-def _fleet_model(blob: bytes | None) -> Any:
-    if blob is None:
-        return None
-    key = hash(blob)
-    if key not in _FLEET_CACHE:  # once per Python worker, reused across its tasks
-        import io
-
-        import joblib
-
-        _FLEET_CACHE.clear()
-        _FLEET_CACHE[key] = joblib.load(io.BytesIO(blob))
-    return _FLEET_CACHE[key]
-
-
-def make_train_udf(config: TrainingConfig, fleet_blob: bytes | None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def make_train_udf(config: TrainingConfig) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Return the grouped-map function that trains one device per call."""
 
     def train_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1):
-            result = train_device(pdf, config, _fleet_model(fleet_blob))
-        return results_frame([result])
+        _limit_native_threads()
+        return results_frame([train_device(pdf, config)])
 
     return train_device_udf
 
 
-def train_all_devices(df: DataFrame, config: TrainingConfig, fleet_blob: bytes | None, n_partitions: int) -> DataFrame:
+def train_all_devices(df: DataFrame, config: TrainingConfig) -> DataFrame:
     """Return the lazy per-device result frame: `groupBy(device_id).applyInPandas(train_device_udf)`."""
-    return (
-        df.repartition(n_partitions, DEVICE_COLUMN)
-        .groupBy(DEVICE_COLUMN)
-        .applyInPandas(make_train_udf(config, fleet_blob), schema=RESULT_DDL)
-    )
+    return df.groupBy(DEVICE_COLUMN).applyInPandas(make_train_udf(config), schema=RESULT_DDL)
 
 
 class StageProgress:

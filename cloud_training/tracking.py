@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.exceptions import RestException
 from mlflow.tracking import MlflowClient
 
+from cloud_training.device_training import BLOB_COLUMNS
 from cloud_training.gateway import BUNDLE_ARTIFACT, BundleGateway
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Tracker:
     ) -> RegisteredBundle | None:
         """Log aggregates, tables, plots and the bundle; register the bundle's pyfunc model."""
         mlflow.log_metrics(metrics)
-        table = results.drop(columns=["joblib_blob", "onnx_blob"], errors="ignore")
+        table = results.drop(columns=list(BLOB_COLUMNS), errors="ignore")
         with io.BytesIO() as buffer:
             table.to_parquet(buffer, index=False)
             path = bundle_dir.parent / f".{bundle_dir.name}-device_results.parquet"

@@ -44,15 +44,13 @@ def spark() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build a bundle with the pure functions (no Spark): 6 devices, one poor, one skipped."""
-    from cloud_training.device_training import TrainingConfig, results_frame, train_device
+    from cloud_training.device_training import TrainingConfig
     from cloud_training.export import write_bundle
-    from cloud_training.fleet import fleet_sample, train_fleet
+    from cloud_training.fleet import train_fleet_locally
 
     history = fleet_history(6, 240, seed=11)
-    config = TrainingConfig(features=FEATURES, reference_ts_s=END_TS_S)
-    groups = [g for _, g in history.groupby("device_id")]
-    fleet = train_fleet(pd.concat([fleet_sample(g, config, 200) for g in groups]), config)
-    results = results_frame([train_device(g, config, fleet.model) for g in groups])
+    config = TrainingConfig(features=FEATURES, reference_ts_s=END_TS_S, fleet_rows_per_device=200)
+    results, fleet = train_fleet_locally((g for _, g in history.groupby("device_id")), config)
     # One device whose own model is judged poor, so the bundle has a `fallback` entry.
     poor = results.index[results["status"] == "trained"][0]
     results.loc[poor, ["status", "reason"]] = ["fallback", "poor_model"]

@@ -1,7 +1,6 @@
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cloud_training.device_training import (
@@ -13,7 +12,7 @@ from cloud_training.device_training import (
     results_frame,
     train_device,
 )
-from cloud_training.fleet import fleet_sample, train_fleet
+from cloud_training.fleet import train_fleet_locally
 from edgefleet.history import apply_data_fault, device_history
 from edgefleet.physics import FEATURES
 from tests.conftest import END_TS_S
@@ -30,9 +29,14 @@ def faulty(fault, device_id="dev-bad"):
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    frames = [device(f"dev-{i}") for i in range(12)]
-    return train_fleet(pd.concat([fleet_sample(f, CONFIG, 300) for f in frames]), CONFIG)
+def local_run():
+    config = CONFIG.model_copy(update={"fleet_rows_per_device": 300})
+    return train_fleet_locally([device(f"dev-{i}") for i in range(12)], config)
+
+
+@pytest.fixture(scope="module")
+def fleet(local_run):
+    return local_run[1]
 
 
 def test_device_models_beat_the_fleet_model_on_their_own_holdout(fleet):
@@ -40,6 +44,15 @@ def test_device_models_beat_the_fleet_model_on_their_own_holdout(fleet):
     assert all(r.status == "trained" for r in results)
     assert sum(r.mse < r.fleet_mse for r in results) >= 11
     assert np.median([r.mse for r in results]) < 0.2 * np.median([r.fleet_mse for r in results])
+
+
+def test_judging_on_the_driver_matches_judging_inside_the_device_function(local_run, fleet):
+    results, _ = local_run
+    for row in results.itertuples():
+        inline = train_device(device(row.device_id), CONFIG, fleet.model)
+        assert (inline.status, inline.family) == (row.status, row.family)
+        assert inline.fleet_mse == pytest.approx(row.fleet_mse)
+    assert results["holdout_blob"].isna().all()  # consumed on the driver, never exported
 
 
 @pytest.mark.parametrize(
