@@ -54,11 +54,17 @@ from mlflow.tracking import MlflowClient
 from sklearn.ensemble import RandomForestRegressor
 from threadpoolctl import threadpool_limits
 
-from cloud_training.device_training import DeviceResult, TrainingConfig, results_frame, train_device
+from cloud_training.device_training import (
+    DeviceResult,
+    TrainingConfig,
+    gate_stale_devices,
+    results_frame,
+    train_device,
+)
 from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
 from cloud_training.pipeline import TrainingOutcome, run_training
 from cloud_training.settings import TrainSettings
-from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, HistorySpec, generate_history, write_history
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, HistorySpec, generate_history, write_history
 from edgefleet.physics import FEATURES
 
 DESCRIPTION = "Benchmark per-device training: serial loop vs Spark pipeline vs the MLflow seed recipe."
@@ -187,10 +193,8 @@ def train_settings(workdir: Path, history: Path) -> TrainSettings:
 
 
 def baseline_config(settings: TrainSettings, frame: pd.DataFrame) -> TrainingConfig:
-    """Build the TrainingConfig the pipeline would build: physics features, newest reading as reference."""
-    reference_ts_s = pd.Timestamp(frame[TS_COLUMN].max()).timestamp()
-    rows_per_device = max(1, settings.fleet_max_rows // frame[DEVICE_COLUMN].nunique())
-    return settings.training_config(FEATURES, reference_ts_s, fleet_rows_per_device=rows_per_device)
+    """Build the TrainingConfig the pipeline builds (staleness is judged afterwards, as on the driver)."""
+    return settings.training_config(FEATURES)
 
 
 def device_frames(frame: pd.DataFrame) -> list[pd.DataFrame]:
@@ -208,8 +212,8 @@ def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialB
         results: list[DeviceResult] = [train_device(group, config) for group in groups]
         loop_s = time.perf_counter() - started
         started = time.perf_counter()
-        table = results_frame(results)
-        fleet = train_fleet(pooled_fleet_rows(table, config), config)
+        table = gate_stale_devices(results_frame(results), config.max_staleness_days)
+        fleet = train_fleet(pooled_fleet_rows(table, config, settings.fleet_max_rows), config)
         judged = judge_against_fleet(table, fleet, config)
         fleet_s = time.perf_counter() - started
     return SerialBaseline(

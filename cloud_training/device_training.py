@@ -215,6 +215,26 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
     return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s)
 
 
+def gate_stale_devices(results: pd.DataFrame, max_staleness_days: float) -> pd.DataFrame:
+    """Skip devices whose newest reading lags the fleet's newest by more than the limit (on the driver)."""
+    newest_s = results["last_ts_s"].max()
+    if pd.isna(newest_s):
+        return results
+    age_days = (newest_s - results["last_ts_s"]) / 86_400.0
+    stale = (age_days > max_staleness_days) & results["status"].isin(["trained", "fallback"])
+    if not stale.any():
+        return results
+    results = results.copy()
+    results.loc[stale, "detail"] = [
+        f"newest reading is {age:.1f} days older than the fleet's; limit {max_staleness_days:g}"
+        for age in age_days[stale]
+    ]
+    results.loc[stale, ["status", "reason"]] = ["skipped", "stale_data"]
+    cleared = ["family", "mse", "mae", "r2", "model_bytes", "onnx_bytes", "predict_us", *BLOB_COLUMNS]
+    results.loc[stale, cleared] = None
+    return results
+
+
 def holdout_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
     """Return (mse, mae, r2); r2 is 0 when the hold-out label is constant."""
     err = y_true - y_pred

@@ -19,6 +19,7 @@ from cloud_training.device_training import (
     TrainingConfig,
     decode_rows,
     dump_joblib,
+    gate_stale_devices,
     holdout_metrics,
     judge,
     results_frame,
@@ -72,13 +73,17 @@ def train_fleet(rows: np.ndarray, config: TrainingConfig) -> FleetModel:
     return FleetModel(model, FLEET_FAMILY, len(y), dump_joblib(model), onnx_blob, stats)
 
 
-def pooled_fleet_rows(results: pd.DataFrame, config: TrainingConfig) -> np.ndarray:
-    """Stack the training rows that devices with a model sent for the fleet model."""
+def pooled_fleet_rows(results: pd.DataFrame, config: TrainingConfig, max_rows: int | None = None) -> np.ndarray:
+    """Stack the training rows that devices with a model sent, subsampled (seeded) to `max_rows`."""
     n_columns = len(config.features) + 1
     blobs = results.loc[results["status"].isin(["trained", "fallback"]), "fleet_rows_blob"].dropna()
     if blobs.empty:
         return np.empty((0, n_columns))
-    return np.vstack([decode_rows(blob, n_columns) for blob in blobs])
+    rows = np.vstack([decode_rows(blob, n_columns) for blob in blobs])
+    if max_rows is not None and rows.shape[0] > max_rows:
+        rng = np.random.default_rng(config.seed)
+        rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
+    return rows
 
 
 def judge_against_fleet(results: pd.DataFrame, fleet: FleetModel, config: TrainingConfig) -> pd.DataFrame:
@@ -106,8 +111,12 @@ def judge_against_fleet(results: pd.DataFrame, fleet: FleetModel, config: Traini
     return results
 
 
-def train_fleet_locally(frames: Iterable[pd.DataFrame], config: TrainingConfig) -> tuple[pd.DataFrame, FleetModel]:
+def train_fleet_locally(
+    frames: Iterable[pd.DataFrame], config: TrainingConfig, fleet_max_rows: int | None = None
+) -> tuple[pd.DataFrame, FleetModel]:
     """Train every device, then the fleet model, in this process: the Spark job's logic without Spark."""
-    results = results_frame([train_device(frame, config) for frame in frames])
-    fleet = train_fleet(pooled_fleet_rows(results, config), config)
+    results = gate_stale_devices(
+        results_frame([train_device(frame, config) for frame in frames]), config.max_staleness_days
+    )
+    fleet = train_fleet(pooled_fleet_rows(results, config, fleet_max_rows), config)
     return judge_against_fleet(results, fleet, config), fleet

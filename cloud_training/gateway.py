@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from cloud_training.predict import predict_frame
 from edgefleet.bundle import BundleReader
 
 BUNDLE_ARTIFACT = "bundle"
+# MLflow 3 nags at class definition when predict() has no type hints; ours is deliberate.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class BundleGateway(PythonModel):

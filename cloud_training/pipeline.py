@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig
+from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig, gate_stale_devices
 from cloud_training.export import write_bundle
 from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
 from cloud_training.report import STATUSES, summarize, write_plots
@@ -19,11 +19,10 @@ from cloud_training.settings import TrainSettings
 from cloud_training.spark_job import (
     StageProgress,
     default_parallelism,
-    fleet_facts,
-    partitions_for,
     read_history_spark,
     spark_session,
     train_all_devices,
+    training_partitions,
 )
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest
@@ -66,16 +65,14 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         started = time.perf_counter()
         spark = handle.session
         raw, features = read_history_spark(spark, settings.history, settings.features)
-        n_devices, newest_ts_s = fleet_facts(raw)
-        config = settings.training_config(
-            features, newest_ts_s, fleet_rows_per_device=max(1, settings.fleet_max_rows // n_devices)
-        )
-        n_partitions = partitions_for(n_devices, default_parallelism(spark))
+        # Staleness is judged on the driver from each device's newest reading: no extra pass.
+        config = settings.training_config(features)
+        n_partitions = training_partitions(default_parallelism(spark))
         spark.conf.set("spark.sql.shuffle.partitions", str(n_partitions))
         timings["read_s"] = time.perf_counter() - started
-        logger.info("training %d devices in %d partitions on %s", n_devices, n_partitions, settings.master)
+        logger.info("training in %d partitions on %s", n_partitions, settings.master)
 
-        run_id = tracker.start(_params(settings, features, n_devices, n_partitions)) if tracker else None
+        run_id = tracker.start(_params(settings, features, n_partitions)) if tracker else None
         try:
             phase = time.perf_counter()
             result_df = train_all_devices(raw.repartition(n_partitions, DEVICE_COLUMN), config)
@@ -85,6 +82,8 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
             else:
                 results = result_df.toPandas()
             timings["train_s"] = time.perf_counter() - phase
+            if results.empty:
+                raise EdgefleetError(f"History {settings.history} has no rows with a device_id")
         except BaseException:
             if tracker:
                 tracker.abort()
@@ -107,8 +106,9 @@ def _export_and_track(
     started: float,
 ) -> TrainingOutcome:
     phase = time.perf_counter()
+    results = gate_stale_devices(results, config.max_staleness_days)
     try:
-        fleet = train_fleet(pooled_fleet_rows(results, config), config)
+        fleet = train_fleet(pooled_fleet_rows(results, config, settings.fleet_max_rows), config)
     except ValueError as err:
         raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
     results = judge_against_fleet(results, fleet, config)
@@ -150,9 +150,9 @@ def _export_and_track(
     )
 
 
-def _params(settings: TrainSettings, features: tuple[str, ...], n_devices: int, n_partitions: int) -> dict[str, Any]:
+def _params(settings: TrainSettings, features: tuple[str, ...], n_partitions: int) -> dict[str, Any]:
     params: dict[str, Any] = settings.model_dump(exclude={"features"})
-    params.update(features=",".join(features), n_devices=n_devices, n_partitions=n_partitions)
+    params.update(features=",".join(features), n_partitions=n_partitions)
     return params
 
 

@@ -35,6 +35,7 @@ class TrainSettings(BaseSettings):
     max_staleness_days: float = 30.0
     fleet_margin: float = 0.05
     fleet_max_rows: int = Field(20_000, ge=100)
+    fleet_rows_per_device: int = Field(50, ge=1)
     max_model_bytes: int = 100_000
     max_predict_us: float = 2_000.0
     onnx: bool = True
@@ -51,14 +52,12 @@ class TrainSettings(BaseSettings):
 
     @field_validator("tracking_uri")
     @classmethod
-    def _no_skinny_sqlite(cls, value: str) -> str:
+    def _tracking_uri_given(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("Set --tracking-uri to e.g. sqlite:///mlflow.db, a directory, or http://host:5000")
         return value
 
-    def training_config(
-        self, features: tuple[str, ...], reference_ts_s: float | None, fleet_rows_per_device: int = 0
-    ) -> TrainingConfig:
+    def training_config(self, features: tuple[str, ...], reference_ts_s: float | None = None) -> TrainingConfig:
         """Return the config that the per-device function receives."""
         return TrainingConfig(
             features=features,
@@ -70,6 +69,6 @@ class TrainSettings(BaseSettings):
             fleet_margin=self.fleet_margin,
             budget=EdgeBudget(max_model_bytes=self.max_model_bytes, max_predict_us=self.max_predict_us),
             export_onnx=self.onnx,
-            fleet_rows_per_device=fleet_rows_per_device,
+            fleet_rows_per_device=self.fleet_rows_per_device,
             seed=self.seed,
         )

@@ -1,5 +1,6 @@
 """The CLI as a user runs it: a real subprocess, exit codes, and messages instead of tracebacks."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,9 +10,20 @@ import pandas as pd
 from edgefleet.bundle import read_manifest
 
 
+def clean_env(**extra):
+    """Return the environment a user's shell would have: no MLflow URI set by in-process tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SPARK_MASTER"))}
+    return {**env, **extra}
+
+
 def edgefleet(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "edgefleet", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "edgefleet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=clean_env(),
     )
 
 
@@ -54,3 +66,21 @@ def test_train_with_an_unknown_family_says_which_exist(tmp_path):
 def test_bundle_verify_on_a_directory_that_is_not_a_bundle(tmp_path):
     run = edgefleet("bundle", "verify", tmp_path)
     assert run.returncode == 1 and "not an edgefleet bundle" in run.stderr
+
+
+def test_train_from_the_cli_prints_a_summary_and_leaves_no_temp_files(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    assert edgefleet("generate-history", "--devices", 6, "--rows", 80, "--out", tmp_path / "h.parquet").returncode == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "train", "--history", "h.parquet", "--master", "local[2]", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=clean_env(TMPDIR=str(scratch)),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Training summary: 6 devices" in run.stdout and "alias champion" in run.stdout
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "out" / "bundle" / "manifest.json").exists()
+    assert list(scratch.iterdir()) == []  # Spark scratch and worker temp files are removed
