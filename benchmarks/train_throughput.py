@@ -221,7 +221,7 @@ def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialB
         fleet_s=fleet_s,
         loop_s=loop_s,
         statuses=dict(Counter(judged["status"])),
-        families={r.device_id: str(r.family) for r in results},
+        families={str(d): str(f) for d, f in zip(judged["device_id"], judged["family"], strict=True)},
     )
 
 

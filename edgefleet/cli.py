@@ -103,6 +103,12 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifest_validate(args: argparse.Namespace) -> int:
+    from edgefleet.deployment import manifest_validate_main, parse_variables
+
+    return manifest_validate_main(args.path, parse_variables(args.var))
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from cloud_training.scoring import score_with_bundle, score_with_pyfunc
     from cloud_training.spark_job import read_history_spark, spark_session
@@ -173,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_bundle_inspect)
+
+    manifest = sub.add_parser("manifest", help="check the IoT Edge deployment manifest")
+    manifest_sub = manifest.add_subparsers(dest="manifest_command", required=True)
+    manifest_validate = manifest_sub.add_parser("validate", help="check structure, routes and module endpoints offline")
+    manifest_validate.add_argument(
+        "path",
+        nargs="?",
+        default="deployment/deployment.template.json",
+        help="manifest or template (default: %(default)s)",
+    )
+    manifest_validate.add_argument(
+        "--var", action="append", metavar="NAME=VALUE", help="expand ${NAME}; once given, every placeholder needs one"
+    )
+    manifest_validate.set_defaults(func=cmd_manifest_validate)
 
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
     score.add_argument("--history", required=True)
