@@ -14,7 +14,7 @@ from edgefleet.bundle import BundleReader
 
 BUNDLE_ARTIFACT = "bundle"
 # MLflow 3 nags at class definition when predict() has no type hints; ours is deliberate.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class BundleGateway(PythonModel):

@@ -104,9 +104,19 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest_validate(args: argparse.Namespace) -> int:
-    from edgefleet.deployment import manifest_validate_main, parse_variables
+    from edgefleet.deployment import load_deployment, parse_variables, validate_deployment
 
-    return manifest_validate_main(args.path, parse_variables(args.var))
+    variables = parse_variables(args.var)
+    problems = validate_deployment(args.path, variables=variables)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    errors = sum(problem.severity == "error" for problem in problems)
+    if errors:
+        print(f"{args.path}: {errors} error(s); fix them before deploying", file=sys.stderr)
+        return 1
+    deployment = load_deployment(args.path, variables)
+    print(f"OK: {len(deployment.modules)} modules, {len(deployment.routes)} routes")
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:

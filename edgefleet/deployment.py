@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ __all__ = [
     "Problem",
     "Severity",
     "load_deployment",
-    "manifest_validate_main",
     "parse_deployment",
     "parse_variables",
     "validate_deployment",
@@ -735,17 +733,3 @@ def parse_variables(items: Iterable[str] | None) -> dict[str, str] | None:
             raise DeploymentError(f"bad variable {item!r}: write NAME=VALUE, e.g. BUNDLE_VERSION=20261121-abc123")
         variables[name] = value
     return variables
-
-
-def manifest_validate_main(path: str | Path, variables: Mapping[str, str] | None = None) -> int:
-    """Print every problem of a manifest and a summary; return 1 if any is an error, else 0."""
-    problems = validate_deployment(path, variables=variables)
-    for problem in problems:
-        print(problem, file=sys.stderr)  # noqa: T201
-    errors = sum(problem.severity == "error" for problem in problems)
-    if errors:
-        print(f"{path}: {errors} error(s); fix them before deploying", file=sys.stderr)  # noqa: T201
-        return 1
-    deployment = load_deployment(path, variables)
-    print(f"OK: {len(deployment.modules)} modules, {len(deployment.routes)} routes")  # noqa: T201
-    return 0

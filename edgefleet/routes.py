@@ -25,6 +25,7 @@ import logging
 import math
 import operator
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, NoReturn
@@ -185,19 +186,19 @@ def _parse_body(message: Message, system_properties: Mapping[str, str]) -> objec
 # ---------------------------------------------------------------------------------------------
 
 
-class Expr:
+class Expr(ABC):
     """A node of a parsed WHERE condition."""
 
     __slots__ = ()
 
     @property
+    @abstractmethod
     def static_type(self) -> str:
         """Return the type known when parsing: string, number, bool, null, undefined or any."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, context: _Context) -> Value:
         """Return the node's value for one message."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

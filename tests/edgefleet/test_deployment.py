@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from edgefleet.cli import main
 from edgefleet.deployment import (
     CREATE_OPTIONS_CHUNK,
     Deployment,
     DeploymentError,
     Problem,
     load_deployment,
-    manifest_validate_main,
     parse_deployment,
     parse_variables,
     validate_deployment,
@@ -378,7 +378,7 @@ def test_a_file_that_is_not_json_is_reported_with_its_line(tmp_path):
 
 
 def test_manifest_validate_main_prints_ok_for_the_shipped_template(capsys):
-    assert manifest_validate_main(str(TEMPLATE)) == 0
+    assert main(["manifest", "validate", str(TEMPLATE)]) == 0
     assert capsys.readouterr().out.strip() == "OK: 2 modules, 6 routes"
 
 
@@ -388,7 +388,7 @@ def test_manifest_validate_main_prints_errors_and_warnings_and_fails(tmp_path, c
     agent(manifest)["modules"]["sensor"]["status"] = "paused"
     path = tmp_path / "deployment.json"
     path.write_text(json.dumps(manifest), encoding="utf-8")
-    assert manifest_validate_main(str(path)) == 1
+    assert main(["manifest", "validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert 'ERROR module "sensor": "status" is "paused"' in err
     assert 'WARNING module "inference": no route reads output "alerts"' in err
