@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,18 +12,47 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from cloud_training.predict import predict_frame
-from edgefleet.bundle import BundleReader
+from edgefleet.bundle import MANIFEST_NAME, BundleReader
+from edgefleet.errors import BundleError
 
 BUNDLE_ARTIFACT = "bundle"
 # MLflow 3 nags at class definition when predict() has no type hints; ours is deliberate.
 warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
+ARCHIVE_NAME = "bundle.tar"
+
+
+def pack_bundle(bundle_dir: Path, out_dir: Path) -> Path:
+    """Write the bundle directory as one uncompressed tar (models are already compressed)."""
+    archive = out_dir / ARCHIVE_NAME
+    with tarfile.open(archive, "w") as tar:
+        tar.add(bundle_dir, arcname=BUNDLE_ARTIFACT)
+    return archive
+
+
+def unpack_bundle(archive: Path) -> Path:
+    """Extract a packed bundle next to the archive (or to a temp dir if that is read-only)."""
+    if archive.is_dir():
+        return archive
+    for parent in (archive.parent, Path(tempfile.mkdtemp(prefix="edgefleet-bundle-"))):
+        target = parent / f"{archive.stem}.extracted"
+        try:
+            if not (target / BUNDLE_ARTIFACT / MANIFEST_NAME).exists():
+                with tarfile.open(archive) as tar:
+                    tar.extractall(target, filter="data")  # refuses links and paths outside target
+            return target / BUNDLE_ARTIFACT
+        except PermissionError:
+            continue
+    raise BundleError(f"{archive}: cannot extract the bundle anywhere writable")
+
+
 class BundleGateway(PythonModel):
     """Serve a whole fleet bundle as one MLflow model."""
 
     def load_context(self, context: Any) -> None:
-        self._reader = BundleReader(Path(context.artifacts[BUNDLE_ARTIFACT]), runtime="joblib")
+        bundle_dir = unpack_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        self._reader = BundleReader(bundle_dir, runtime="joblib")
 
     # No type hints on the inputs: MLflow 3 would read them as a schema; the signature is explicit.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from mlflow.exceptions import RestException
 from mlflow.tracking import MlflowClient
 
 from cloud_training.device_training import BLOB_COLUMNS
-from cloud_training.gateway import BUNDLE_ARTIFACT, BundleGateway
+from cloud_training.gateway import BUNDLE_ARTIFACT, BundleGateway, pack_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,12 @@ class Tracker:
             path.unlink(missing_ok=True)
         for artifact in artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="plots")
-        mlflow.log_artifacts(str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
-        registered = self._log_pyfunc(bundle_dir, features, registered_model)
+        # One archive, not one artifact per model file: 10,000 devices are 20,000 files,
+        # which MLflow would copy one by one, twice (run artifact and pyfunc model).
+        with tempfile.TemporaryDirectory(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}-archive-") as scratch:
+            archive = pack_bundle(bundle_dir, Path(scratch))
+            mlflow.log_artifact(str(archive), artifact_path=BUNDLE_ARTIFACT)
+            registered = self._log_pyfunc(archive, features, registered_model)
         mlflow.end_run()
         return registered
 
@@ -180,7 +185,7 @@ class Tracker:
             mlflow.end_run(status="FAILED")
 
     def _log_pyfunc(
-        self, bundle_dir: Path, features: tuple[str, ...], registered_model: str | None
+        self, archive: Path, features: tuple[str, ...], registered_model: str | None
     ) -> RegisteredBundle | None:
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
@@ -192,7 +197,7 @@ class Tracker:
         with warnings.catch_warnings():
             # We pass an explicit signature; MLflow's type-hint and input-example hints do not apply.
             warnings.simplefilter("ignore", UserWarning)
-            info = self._log_gateway(bundle_dir, signature)
+            info = self._log_gateway(archive, signature)
         if not registered_model:
             return None
         model_version = with_backoff(lambda: mlflow.register_model(info.model_uri, registered_model))
@@ -202,11 +207,11 @@ class Tracker:
             self.client.set_registered_model_alias(registered_model, CHAMPION_ALIAS, model_version.version)
         return RegisteredBundle(info.model_uri, registered_model, str(model_version.version), champion)
 
-    def _log_gateway(self, bundle_dir: Path, signature: Any) -> Any:
+    def _log_gateway(self, archive: Path, signature: Any) -> Any:
         return mlflow.pyfunc.log_model(
             name=PYFUNC_NAME,
             python_model=BundleGateway(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            artifacts={BUNDLE_ARTIFACT: str(archive)},
             code_paths=[str(p) for p in _PACKAGE_DIRS],
             pip_requirements=pinned_requirements(),
             signature=signature,

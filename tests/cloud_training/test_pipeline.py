@@ -6,6 +6,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from cloud_training.gateway import unpack_bundle
 from cloud_training.pipeline import run_training
 from cloud_training.settings import TrainSettings
 from edgefleet.bundle import read_manifest, verify_bundle
@@ -55,6 +56,12 @@ def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(train
     )
     results = pd.read_parquet(next(Path(table).glob("*.parquet")))
     assert set(results["device_id"]) == set(trained.results["device_id"])
+    archive = mlflow.artifacts.download_artifacts(
+        run_id=trained.run_id, artifact_path="bundle/bundle.tar", tracking_uri=trained.tracking_uri
+    )
+    logged = unpack_bundle(Path(archive))
+    assert verify_bundle(logged) == []
+    assert read_manifest(logged).bundle_version == trained.manifest.bundle_version
     plots = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
     assert plots == {"plots/holdout_error.png", "plots/device_vs_fleet.png"}
     child_runs = client.search_runs(
