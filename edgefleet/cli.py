@@ -119,6 +119,37 @@ def cmd_manifest_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edgehub(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edgefleet.deployment import load_deployment, parse_variables
+    from edgefleet.edgehub.standin import EdgeHubStandIn, StandInSettings, run_standin
+
+    deployment = load_deployment(args.deployment, parse_variables(args.var))
+    modules = tuple(deployment.modules)
+    settings = StandInSettings(
+        state_dir=Path(args.state_dir),
+        lake_dir=Path(args.lake),
+        edge_device=args.edge_device,
+        modules=modules,
+        routes=tuple(deployment.routes),
+        desired={m: deployment.desired(m) for m in modules},
+        ip_base=args.ip_base,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def ready(standin: EdgeHubStandIn) -> None:
+        for module in modules:
+            env_file = settings.state_dir / "modules" / f"{module}.env"
+            print(f"{module}: GatewayHostName={standin.module_host(module)}, env in {env_file}")
+        print("edgeHub stand-in running; Ctrl-C to stop")
+
+    run_standin(settings, stop, ready)
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from cloud_training.scoring import score_with_bundle, score_with_pyfunc
     from cloud_training.spark_job import read_history_spark, spark_session
@@ -203,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--var", action="append", metavar="NAME=VALUE", help="expand ${NAME}; once given, every placeholder needs one"
     )
     manifest_validate.set_defaults(func=cmd_manifest_validate)
+
+    edgehub = sub.add_parser("edgehub", help="run the offline edgeHub stand-in (Mosquitto per module, router, lake)")
+    edgehub.add_argument("--deployment", default="deployment/deployment.template.json")
+    edgehub.add_argument("--var", action="append", metavar="NAME=VALUE")
+    edgehub.add_argument("--edge-device", default="edge1")
+    edgehub.add_argument("--state-dir", default="out/edgehub")
+    edgehub.add_argument("--lake", default="out/lake")
+    edgehub.add_argument("--ip-base", default="127.0.77", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    edgehub.set_defaults(func=cmd_edgehub)
 
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
     score.add_argument("--history", required=True)

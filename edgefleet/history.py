@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from edgefleet.errors import HistoryError
+from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES
 from edgefleet.physics import FEATURES, device_ids, device_seed, make_profile
 
 logger = logging.getLogger(__name__)
@@ -18,9 +19,9 @@ logger = logging.getLogger(__name__)
 DEVICE_COLUMN = "device_id"
 TS_COLUMN = "ts"
 LABEL_COLUMN = "label"
-# Columns that are never model features, even when numeric (lake bookkeeping).
-RESERVED_COLUMNS = frozenset({DEVICE_COLUMN, TS_COLUMN, LABEL_COLUMN, "seq", "date", "schema"})
-RESERVED_PREFIXES = ("prediction_", "edge_", "_")
+# Columns that are never model features, even when numeric (lake bookkeeping): defined once.
+RESERVED_COLUMNS = RESERVED_FEATURE_NAMES
+RESERVED_PREFIXES = RESERVED_FEATURE_PREFIXES
 DATA_FAULTS: tuple[str, ...] = ("few_rows", "nan_labels", "constant_label", "stale", "broken_sensor")
 
 

@@ -46,7 +46,8 @@ TS_MAX = datetime(2262, 1, 1, tzinfo=UTC)
 # Lake rows are flat: a feature with one of these names would collide with a bookkeeping column,
 # and training ignores these names and prefixes (kept in step with edgefleet/history.py, which
 # cannot be imported here because it needs pandas).
-RESERVED_FEATURE_NAMES = frozenset({"device_id", "seq", "ts", "label", "date", "schema"})
+# Lake and history columns that are never features (edgefleet.history reads these too).
+RESERVED_FEATURE_NAMES = frozenset({"device_id", "seq", "ts", "label", "date", "schema", "source_module"})
 RESERVED_FEATURE_PREFIXES = ("prediction_", "edge_", "_")
 
 # Reason codes: the `.reason` of a MessageError and the `reason` of a dead letter.

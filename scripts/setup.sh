@@ -7,13 +7,17 @@ PYTHON=${PYTHON:-python3}
 need_apt=()
 if ! java -version >/dev/null 2>&1; then need_apt+=(openjdk-17-jre-headless); fi
 if ! "$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+# The offline edgeHub stand-in and the tests run real Mosquitto brokers.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then need_apt+=(mosquitto); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} with apt-get"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # Debian enables a system broker on :1883; ours run on their own addresses, so stop it.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
   else
-    echo "setup: please install ${need_apt[*]} (Spark needs Java 17+), then run 'make setup' again" >&2
+    echo "setup: please install ${need_apt[*]} (Spark needs Java 17+, the tests need mosquitto), then run 'make setup' again" >&2
     exit 1
   fi
 fi
@@ -29,4 +33,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[edge,training,dev]"
-echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -1))"
+echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -1), $(command -v mosquitto || echo /usr/sbin/mosquitto))"
