@@ -370,6 +370,10 @@ def build_metrics(
         "mean_model_bytes": spark.mean_model_bytes,
         "scale_minutes": scale.wall_s / 60.0 if scale else None,
         "scale_mean_model_bytes": scale.mean_model_bytes if scale else None,
+        # Same per-device work as the serial loop (same rows per device), so the ratio holds.
+        "scale_models_per_s": scale.outcome.models_per_s if scale else None,
+        "scale_speedup_vs_serial": scale.outcome.models_per_s / serial.models_per_s if scale else None,
+        "scale_timings_s": scale.outcome.timings_s if scale else None,
     }
 
 
@@ -414,7 +418,7 @@ def print_report(metrics: dict[str, Any], meets: dict[str, bool | None]) -> None
             "seed_model_bytes_mean",
             "speedup_per_model_vs_seed",
         ),
-        "scale": ("scale_minutes", "scale_mean_model_bytes"),
+        "scale": ("scale_minutes", "scale_models_per_s", "scale_speedup_vs_serial", "scale_mean_model_bytes"),
     }
     for title, names in sections.items():
         say(f"-- {title}")

@@ -129,8 +129,8 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
     deployment = load_deployment(args.deployment, parse_variables(args.var))
     modules = tuple(deployment.modules)
     settings = StandInSettings(
-        state_dir=Path(args.state_dir),
-        lake_dir=Path(args.lake),
+        state_dir=Path(args.state_dir).resolve(),  # env files must work from any directory
+        lake_dir=Path(args.lake).resolve(),
         edge_device=args.edge_device,
         modules=modules,
         routes=tuple(deployment.routes),
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--master", default="local[*]")
     score.set_defaults(func=cmd_score)
 
-    demo = sub.add_parser("demo", help="generate history, train, verify and score: the whole cloud side")
+    demo = sub.add_parser("demo", help="generate history, train on Spark, register and verify the bundle: the cloud side")
     demo.add_argument("--workdir", default="out/demo")
     demo.add_argument("--devices", type=int, default=200)
     demo.add_argument("--rows", type=int, default=400)
