@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--master", default="local[*]")
     score.set_defaults(func=cmd_score)
 
-    demo = sub.add_parser("demo", help="generate history, train on Spark, register and verify the bundle: the cloud side")
+    demo = sub.add_parser("demo", help="generate history, train on Spark, register and verify the bundle")
     demo.add_argument("--workdir", default="out/demo")
     demo.add_argument("--devices", type=int, default=200)
     demo.add_argument("--rows", type=int, default=400)
