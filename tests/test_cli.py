@@ -7,7 +7,7 @@ import sys
 
 import pandas as pd
 
-from edgefleet.bundle import read_manifest
+from edgefleet.bundle import BundleReader, read_manifest
 
 
 def clean_env(**extra):
@@ -84,3 +84,21 @@ def test_train_from_the_cli_prints_a_summary_and_leaves_no_temp_files(tmp_path):
     assert "Training summary: 6 devices" in run.stdout and "alias champion" in run.stdout
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "out" / "bundle" / "manifest.json").exists()
     assert list(scratch.iterdir()) == []  # Spark scratch and worker temp files are removed
+
+
+def test_score_from_the_cli_writes_predictions_with_their_model_and_fallback_reason(small_bundle, tmp_path):
+    assert edgefleet("generate-history", "--devices", 3, "--rows", 20, "--out", tmp_path / "h.parquet").returncode == 0
+    run = edgefleet(
+        "score", "--history", tmp_path / "h.parquet", "--bundle", small_bundle, "--out", tmp_path / "scored",
+        "--master", "local[2]",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "scored 60 rows" in run.stdout
+    scored = pd.read_parquet(tmp_path / "scored")
+    assert len(scored) == 60 and scored["prediction"].notna().all()
+    routes = BundleReader(small_bundle).route
+    for device_id, rows in scored.groupby("device_id"):
+        route = routes(str(device_id))
+        assert set(rows["prediction_model"]) == {route.kind}
+        assert set(rows["prediction_fallback_reason"].fillna("none")) == {route.fallback_reason or "none"}
+    assert "device" in set(scored["prediction_model"])
