@@ -201,7 +201,7 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
             return DeviceResult.skipped(
                 device_id,
                 "stale_data",
-                f"newest reading is {age_days:.1f} days older than the fleet's; limit {config.max_staleness_days:g}",
+                stale_detail(age_days, config.max_staleness_days),
                 **counts,
             )
     y = values[:, -1]
@@ -215,6 +215,11 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
     return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s)
 
 
+def stale_detail(age_days: float, max_staleness_days: float) -> str:
+    """Say how far behind the fleet a device's newest reading is."""
+    return f"newest reading is {age_days:.1f} days older than the fleet's; limit {max_staleness_days:g}"
+
+
 def gate_stale_devices(results: pd.DataFrame, max_staleness_days: float) -> pd.DataFrame:
     """Skip devices whose newest reading lags the fleet's newest by more than the limit (on the driver)."""
     newest_s = results["last_ts_s"].max()
@@ -225,10 +230,7 @@ def gate_stale_devices(results: pd.DataFrame, max_staleness_days: float) -> pd.D
     if not stale.any():
         return results
     results = results.copy()
-    results.loc[stale, "detail"] = [
-        f"newest reading is {age:.1f} days older than the fleet's; limit {max_staleness_days:g}"
-        for age in age_days[stale]
-    ]
+    results.loc[stale, "detail"] = [stale_detail(age, max_staleness_days) for age in age_days[stale]]
     results.loc[stale, ["status", "reason"]] = ["skipped", "stale_data"]
     cleared = ["family", "mse", "mae", "r2", "model_bytes", "onnx_bytes", "predict_us", *BLOB_COLUMNS]
     results.loc[stale, cleared] = None
