@@ -259,6 +259,27 @@ class BundleReader:
             return Route("fleet", None, "no_model")
         return Route("device", device_id, None)
 
+    @property
+    def fill_values(self) -> np.ndarray:
+        """Return the fleet means used in place of missing features, in feature order."""
+        return self._fill
+
+    @property
+    def cached_bytes(self) -> int:
+        """Return the file bytes of the models held in the cache."""
+        with self._lock:
+            return self._cached_bytes
+
+    def cached(self, route: Route) -> Any | None:
+        """Return a route's model if it is loaded, without loading it."""
+        key = route.device_id or "\x00fleet"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is None:
+                return None
+            self._cache.move_to_end(key)
+            return hit[0]
+
     def _pick_file(self, joblib_file: ModelFile, onnx_file: ModelFile | None) -> tuple[ModelFile, str]:
         if self.runtime != "joblib" and onnx_file is not None:
             return onnx_file, "onnx"

@@ -253,6 +253,8 @@ class Reading:
     ts: datetime
     features: tuple[tuple[str, float], ...]
     label: float | None = None
+    # When the edge's sensor module received the reading (it stamps it; devices do not send it).
+    received_ts: datetime | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.device_id, "device_id", MAX_DEVICE_ID_CHARS, BAD_DEVICE_ID)
@@ -271,6 +273,10 @@ class Reading:
             label = _number(self.label, "label")
             if label is not self.label:
                 object.__setattr__(self, "label", label)
+        if self.received_ts is not None:
+            received_ts = _utc(self.received_ts, "received_ts")
+            if received_ts is not self.received_ts:
+                object.__setattr__(self, "received_ts", received_ts)
 
     def feature(self, name: str) -> float | None:
         """Return the value of feature `name`, or None when the reading lacks it."""
@@ -296,7 +302,13 @@ class Reading:
         }
         if self.label is not None:
             obj["label"] = self.label
+        if self.received_ts is not None:
+            obj["received_ts"] = format_ts(self.received_ts)
         return obj
+
+    def stamped(self, received_ts: datetime) -> Reading:
+        """Return this reading with the edge's receive time set."""
+        return Reading(self.device_id, self.seq, self.ts, self.features, self.label, received_ts)
 
 
 def parse_reading(obj: object) -> Reading:
@@ -321,8 +333,10 @@ def parse_reading(obj: object) -> Reading:
         _fail(MISSING_FIELD, f"reading has no {err.args[0]!r}")
     if type(features) is not dict:
         _fail(WRONG_TYPE, f"features must be an object of name: number, got {_kind(features)}")
+    received_text = obj.get("received_ts")
+    received_ts = None if received_text is None else parse_ts(received_text, "received_ts")
     # `"label": null` is read as absent: serialisers write a missing value as null.
-    return Reading(device_id, seq, parse_ts(ts_text), tuple(features.items()), obj.get("label"))
+    return Reading(device_id, seq, parse_ts(ts_text), tuple(features.items()), obj.get("label"), received_ts)
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -405,6 +419,14 @@ def encode_json(obj: object) -> bytes:
         _fail(reason, f"cannot encode object as JSON: {err}")
     except TypeError as err:
         _fail(WRONG_TYPE, f"cannot encode object as JSON: {err}")
+
+
+BATCH_OVERHEAD_BYTES = len(_BATCH_HEAD) + len(_BATCH_TAIL)
+
+
+def batch_envelope(items: Sequence[bytes]) -> bytes:
+    """Wrap already-encoded reading objects in one batch envelope."""
+    return _BATCH_HEAD + b",".join(items) + _BATCH_TAIL
 
 
 def encode_batches(objs: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes]:
@@ -496,6 +518,7 @@ class EdgeInfo:
 def prediction_json_obj(reading: Reading, prediction: PredictionInfo, edge: EdgeInfo) -> dict[str, Any]:
     """Return the Prediction message: the telemetry object plus `prediction` and `edge`."""
     obj = reading.to_json_obj()
+    obj.pop("received_ts", None)  # `edge.received_ts` carries it: no need to pay for it twice upstream
     obj["prediction"] = prediction.to_json_obj()
     obj["edge"] = edge.to_json_obj()
     return obj

@@ -185,7 +185,9 @@ class EdgeHubStandIn:
             hosts = [self.module_host(module) for module in self.modules]
             self.certs = ensure_certs(self.state_dir, ips=hosts, hostnames=["localhost"])
             for module, host in zip(self.modules, hosts, strict=True):
-                broker = Broker(self.state_dir / "brokers", module, [Listener(host, GATEWAY_PORT, self.certs)])
+                broker = Broker(
+                    self.state_dir / "brokers", module, [Listener(host, GATEWAY_PORT, self.certs)], persistent=True
+                )
                 self._brokers.append(broker)
                 broker.start()
             upstream = self._external_upstream

@@ -1,0 +1,1 @@
+"""The inference module: telemetry in, per-device (or fleet) predictions out."""

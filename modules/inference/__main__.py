@@ -1,0 +1,26 @@
+"""Run the inference module: settings → module client → InferenceService.run(stop_event)."""
+
+from __future__ import annotations
+
+import sys
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.module_runtime import configure_logging, create_module_client, load_settings, stop_event_on_signals
+from modules.inference.service import InferenceService
+from modules.inference.settings import InferenceSettings
+
+
+def main() -> int:
+    """Start the module; exit 2 with a message on a configuration mistake or a refused bundle."""
+    try:
+        settings = load_settings(InferenceSettings)
+        configure_logging(settings.log_level)
+        stop_event = stop_event_on_signals()
+        return InferenceService(settings, create_module_client()).run(stop_event)
+    except EdgefleetError as err:
+        print(f"inference: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

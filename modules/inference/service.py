@@ -1,0 +1,537 @@
+"""The inference service: telemetry in, one prediction per reading out, bad input dead-lettered.
+
+Threads: the SDK's handler thread only queues what arrives; one worker decodes, routes and
+predicts (many readings per model call); one loader thread reads device models into the LRU
+(sha256-checked), so a cache miss delays only that device's readings, never the message path;
+the outbox threads send. On SIGTERM the worker finishes what is queued, the outbox drains,
+and what edgeHub hands over after that is kept in a spool file and answered on the next start.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgefleet.bundle import Route, verify_bundle
+from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
+from edgefleet.errors import BundleError
+from edgefleet.messages import (
+    BATCH_OVERHEAD_BYTES,
+    BATCH_SCHEMA,
+    DEADLETTER_SCHEMA,
+    DeadLetter,
+    EdgeInfo,
+    MessageError,
+    PredictionInfo,
+    Reading,
+    batch_envelope,
+    decode_payload,
+    encode_json,
+    format_ts,
+    prediction_json_obj,
+)
+from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox
+from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
+from modules.inference.settings import InferenceDesired, InferenceSettings
+
+logger = logging.getLogger(__name__)
+
+ALERT_SCHEMA = "edgefleet.alert/1"
+DRAIN_TIMEOUT_S = 30.0
+HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
+SPOOL_DIR = "spool"
+SHOWN_PROBLEMS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    body: bytes
+    received_s: float  # wall clock, for latency when the sensor did not stamp the reading
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    predictor: Predictor
+    device_id: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Swap:
+    predictor: Predictor
+
+
+_Item = _Input | _Loaded | _Swap
+
+
+def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Predictor:
+    """Verify every file of the bundle against its manifest, then open it; raise BundleError if it does not match."""
+    problems = verify_bundle(settings.bundle_dir)
+    if problems:
+        shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise BundleError(
+            f"refusing bundle {settings.bundle_dir}: {len(problems)} file(s) do not match its manifest\n"
+            f"{shown}{more}\nRebuild the bundle with `edgefleet train`, or check it with `edgefleet bundle verify`"
+        )
+    return Predictor(
+        settings.bundle_dir,
+        cache_mb=settings.model_cache_mb,
+        mode=settings.predictor,
+        poor_model_threshold=poor_model_threshold,
+    )
+
+
+def desired_from(current: InferenceDesired, patch: Mapping[str, Any]) -> InferenceDesired:
+    """Return `current` with a twin desired patch applied; raise ValueError saying what is wrong."""
+    changes = {key: value for key, value in patch.items() if not key.startswith("$")}
+    try:
+        return InferenceDesired.model_validate({**current.model_dump(by_alias=True), **changes})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
+        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
+
+
+class InferenceService:
+    """Predict every reading that arrives on input `telemetry` with its device's model."""
+
+    def __init__(self, settings: InferenceSettings, client: Any) -> None:
+        self.settings = settings
+        self.desired = InferenceDesired()
+        self.config_error: str | None = None
+        self.predictor = open_bundle(settings, self.desired.poor_model_threshold)
+        logger.info(
+            "Bundle %s: %d devices, features %s",
+            self.predictor.version,
+            len(self.predictor.reader.manifest.devices),
+            ", ".join(self.predictor.features),
+        )
+        self.link = EdgeLink(client, INFERENCE)
+        self.outbox = Outbox(self.link.send, threads=2)
+        self.latency = LatencyWindow()
+        self._inbox: queue.Queue[_Item] = queue.Queue()
+        self._loads: queue.Queue[tuple[Predictor, str] | None] = queue.Queue()
+        self._loading: set[str] = set()
+        self._pending: dict[str, list[tuple[Reading, list[float], float]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._fallbacks: Counter[str] = Counter()
+        self._deadletters: Counter[str] = Counter()
+        self._handover: list[_Input] | None = None  # set while stopping: late arrivals go to the spool
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # inbox items not yet fully processed
+        self._last_arrival_s = 0.0
+        self._alerted: set[str] = set()
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def on_input(self, input_name: str, body: bytes, properties: Mapping[str, str]) -> None:
+        """Queue one message from edgeHub (the SDK's handler thread; never blocks for long)."""
+        item = _Input(input_name, body, time.time())
+        with self._lock:
+            self._last_arrival_s = time.monotonic()
+            if self._handover is not None:
+                self._handover.append(item)
+                return
+            self._busy += 1
+        self._inbox.put(item)
+
+    def _post(self, item: _Item) -> None:
+        with self._lock:
+            self._busy += 1
+        self._inbox.put(item)
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            first = self._inbox.get()
+            items = [first]
+            readings_budget = self.settings.max_readings_per_round
+            while len(items) < readings_budget:
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process(items)
+            except Exception:  # the worker must survive anything one round throws
+                logger.exception("Unexpected error in a processing round of %d item(s)", len(items))
+                with self._lock:
+                    self._counters["internal_errors"] += 1
+            finally:
+                with self._lock:
+                    self._busy -= len(items)
+                    if self._busy == 0:
+                        self._idle.notify_all()
+
+    def _process(self, items: list[_Item]) -> None:
+        ready: dict[tuple[str | None, str | None, bool], tuple[Choice, list[tuple[Reading, list[float], float]]]] = {}
+        predictor = self.predictor
+
+        def add(choice: Choice, reading: Reading, row: list[float], received_s: float) -> None:
+            key = (choice.route.device_id, choice.route.fallback_reason, choice.fill)
+            group = ready.get(key)
+            if group is None:
+                group = ready[key] = (choice, [])
+            group[1].append((reading, row, received_s))
+
+        def place(reading: Reading, received_s: float) -> None:
+            choice, row = predictor.choose(reading)
+            if choice.route.device_id is not None and predictor.ready_model(choice.route) is None:
+                self._pending[choice.route.device_id].append((reading, row, received_s))
+                if choice.route.device_id not in self._loading:
+                    self._loading.add(choice.route.device_id)
+                    self._loads.put((predictor, choice.route.device_id))
+                return
+            add(choice, reading, row, received_s)
+
+        for item in items:
+            if isinstance(item, _Input):
+                for reading, received_s in self._decode(item):
+                    place(reading, received_s)
+            elif isinstance(item, _Loaded):
+                self._loading.discard(item.device_id)
+                waiting = self._pending.pop(item.device_id, [])
+                if item.error is not None:
+                    self._alert(MODEL_ERROR, f"device {item.device_id}: {item.error}", key=f"load:{item.device_id}")
+                for reading, _row, received_s in waiting:
+                    place(reading, received_s)
+            else:
+                predictor = self.predictor = item.predictor
+                waiting = [entry for entries in self._pending.values() for entry in entries]
+                self._pending.clear()
+                self._loading.clear()
+                for reading, _row, received_s in waiting:
+                    place(reading, received_s)
+        if ready:
+            self._predict_and_send(predictor, list(ready.values()))
+
+    def _decode(self, item: _Input) -> list[tuple[Reading, float]]:
+        source = f"{INFERENCE.name}/{item.name}"
+        with self._lock:
+            self._counters["messages_in"] += 1
+        try:
+            readings, errors = decode_payload(item.body, self.settings.max_message_bytes)
+        except MessageError as err:
+            self._dead_letter(DeadLetter.from_error(err, source, item.body))
+            return []
+        for item_err, bad in errors:
+            self._dead_letter(DeadLetter.from_item(item_err, source, bad))
+        with self._lock:
+            self._counters["readings_in"] += len(readings)
+        return [
+            (reading, reading.received_ts.timestamp() if reading.received_ts is not None else item.received_s)
+            for reading in readings
+        ]
+
+    def _predict_and_send(self, predictor: Predictor, groups: list[tuple[Choice, list[Any]]]) -> None:
+        edge_device = self.settings.edge_device_id
+        version = predictor.version
+        encoded: list[bytes] = []
+        latencies: list[float] = []
+        fallbacks: Counter[str] = Counter()
+        for choice, entries in groups:
+            model = predictor.ready_model(choice.route)
+            values = predictor.predict(model, choice, [row for _, row, _ in entries])
+            route: Route = choice.route
+            info_cache: dict[float, PredictionInfo] = {}
+            done_s = time.time()
+            for (reading, _row, received_s), value in zip(entries, values, strict=True):
+                info = info_cache.get(value)
+                if info is None:
+                    info = info_cache[value] = PredictionInfo(value, route.kind, version, route.fallback_reason)
+                latency_ms = round((done_s - received_s) * 1000, 3)
+                latencies.append(latency_ms)
+                edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
+                encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
+            if route.fallback_reason is not None:
+                fallbacks[route.fallback_reason] += len(entries)
+        for body in pack(encoded, self.settings.predictions_max_bytes):
+            self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
+        self.latency.add_many(latencies)
+        with self._lock:
+            self._counters["predictions"] += len(encoded)
+            self._counters["device_model"] += len(encoded) - sum(fallbacks.values())
+            self._fallbacks.update(fallbacks)
+
+    def _load_loop(self) -> None:
+        while True:
+            job = self._loads.get()
+            if job is None:
+                return
+            predictor, device_id = job
+            started = time.perf_counter()
+            error = predictor.load(device_id)
+            with self._lock:
+                self._counters["model_loads"] += 1
+                if error is not None:
+                    self._counters["model_load_errors"] += 1
+            if error is None:
+                logger.debug("Loaded model of %s in %.1f ms", device_id, (time.perf_counter() - started) * 1000)
+            else:
+                logger.error("Model of %s cannot be used; serving the fleet model: %s", device_id, error)
+            self._post(_Loaded(predictor, device_id, error))
+
+    # -- dead letters and alerts ------------------------------------------------------------------
+
+    def _dead_letter(self, dead: DeadLetter) -> None:
+        with self._lock:
+            self._deadletters[dead.reason] += 1
+        logger.debug("Dead-lettered: %s (%s)", dead.reason, dead.detail)
+        self.outbox.put(
+            DEADLETTER, encode_json(dead.to_json_obj()), {"schema": DEADLETTER_SCHEMA, "reason": dead.reason}
+        )
+
+    def _alert(self, kind: str, detail: str, key: str | None = None) -> None:
+        """Send one alert upstream (once per `key`)."""
+        key = key or kind
+        with self._lock:
+            if key in self._alerted:
+                return
+            self._alerted.add(key)
+        alert = {
+            "schema": ALERT_SCHEMA,
+            "kind": kind,
+            "detail": detail,
+            "edge_device": self.settings.edge_device_id,
+            "module": INFERENCE.name,
+            "ts": format_ts(datetime.now(UTC)),
+        }
+        self.outbox.put(ALERTS, encode_json(alert), {"schema": ALERT_SCHEMA, "kind": kind})
+
+    # -- twin and methods -------------------------------------------------------------------------
+
+    def apply_desired(self, patch: Mapping[str, Any]) -> None:
+        """Apply desired properties (the full set at start, or a patch while running)."""
+        try:
+            desired = desired_from(self.desired, patch)
+        except ValueError as err:
+            logger.error("%s", err)
+            self.config_error = str(err)
+            self.link.report(self.reported())
+            return
+        self.desired, self.config_error = desired, None
+        logging.getLogger().setLevel(desired.log_level)
+        if desired.poor_model_threshold != self.predictor.poor_model_threshold:
+            self.predictor.set_poor_model_threshold(desired.poor_model_threshold)
+        self._check_version()
+        logger.info(
+            "Desired: expectedBundleVersion=%s poorModelThreshold=%s logLevel=%s",
+            desired.expected_bundle_version,
+            desired.poor_model_threshold,
+            desired.log_level,
+        )
+        self.link.report(self.reported())
+
+    def _check_version(self) -> None:
+        expected = self.desired.expected_bundle_version
+        if expected is not None and expected != self.predictor.version:
+            logger.error("Bundle version %s is loaded but the deployment expects %s", self.predictor.version, expected)
+            self._alert(
+                "bundle_version_mismatch",
+                f"loaded bundle {self.predictor.version}, deployment expects {expected}",
+                key=f"version:{self.predictor.version}:{expected}",
+            )
+
+    def bundle_status(self) -> str:
+        """Return 'ok', or 'version_mismatch' when the twin expects another bundle."""
+        expected = self.desired.expected_bundle_version
+        return "ok" if expected is None or expected == self.predictor.version else "version_mismatch"
+
+    def stats(self) -> dict[str, Any]:
+        """Return the module's counters and latency percentiles."""
+        with self._lock:
+            counters: dict[str, Any] = dict(self._counters)
+            counters["fallbacks"] = dict(self._fallbacks)
+            counters["deadletters"] = dict(self._deadletters)
+            counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
+        counters["latency"] = self.latency.percentiles()
+        counters["cached_model_bytes"] = self.predictor.reader.cached_bytes
+        counters["outbox"] = self.outbox.stats()
+        return counters
+
+    def reset(self) -> dict[str, Any]:
+        """Zero the counters; return their values before."""
+        before = self.stats()
+        with self._lock:
+            self._counters.clear()
+            self._fallbacks.clear()
+            self._deadletters.clear()
+        self.latency.reset()
+        self.outbox.reset()
+        return before
+
+    def reload(self, payload: Any = None) -> tuple[int, Any]:
+        """Re-verify and reopen the bundle directory; keep the current bundle if it is refused."""
+        try:
+            predictor = open_bundle(self.settings, self.desired.poor_model_threshold)
+        except BundleError as err:
+            logger.error("Reload refused: %s", err)
+            return 409, {"error": str(err), "bundleVersion": self.predictor.version}
+        self._post(_Swap(predictor))
+        previous = self.predictor.version
+        self.predictor = predictor
+        self._check_version()
+        logger.info("Reloaded bundle %s (was %s)", predictor.version, previous)
+        self.link.report(self.reported())
+        return 200, {
+            "bundleVersion": predictor.version,
+            "previous": previous,
+            "devices": len(predictor.reader.manifest.devices),
+        }
+
+    def reported(self) -> dict[str, Any]:
+        """Return the twin's reported properties."""
+        stats = self.stats()
+        outbox = stats.pop("outbox")
+        return {
+            "bundleVersion": self.predictor.version,
+            "expectedBundleVersion": self.desired.expected_bundle_version,
+            "bundleStatus": self.bundle_status(),
+            "poorModelThreshold": self.desired.poor_model_threshold,
+            "logLevel": self.desired.log_level,
+            "configError": self.config_error,
+            "counters": {
+                **stats,
+                "messages_out": outbox["sent"].get(PREDICTIONS, 0),
+                "units_4kb": outbox["units_4kb"].get(PREDICTIONS, 0),
+            },
+        }
+
+    # -- spool: messages taken from edgeHub but not answered before a stop -------------------------
+
+    def _spool_dir(self) -> Path:
+        return self.settings.state_dir / SPOOL_DIR
+
+    def _write_spool(self, items: list[_Input]) -> None:
+        if not items:
+            return
+        folder = self._spool_dir()
+        path = folder / f"{time.time_ns()}.jsonl"
+        lines = [_spool_line(item) for item in items]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, path)
+            logger.info("Kept %d message(s) that arrived while stopping in %s", len(items), path)
+        except OSError as err:
+            logger.error("LOST %d message(s): cannot write the spool %s (%s); set STATE_DIR", len(items), path, err)
+
+    def _replay_spool(self) -> list[Path]:
+        files = sorted(self._spool_dir().glob("*.jsonl")) if self._spool_dir().is_dir() else []
+        for path in files:
+            count = 0
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                    item = _Input(record["input"], base64.b64decode(record["body"]), float(record["received_s"]))
+                except (ValueError, KeyError, TypeError):
+                    logger.error("Skipping a damaged line in %s", path)
+                    continue
+                self._post(item)
+                count += 1
+            logger.info("Replaying %d message(s) kept at the last stop (%s)", count, path.name)
+        return files
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads, connect, apply the twin and replay the spool."""
+        self._worker = threading.Thread(target=self._work_loop, name="inference-worker", daemon=True)
+        self._loader = threading.Thread(target=self._load_loop, name="inference-loader", daemon=True)
+        self._worker.start()
+        self._loader.start()
+        self.link.on_input(self.on_input)
+        self.link.on_desired_patch(self.apply_desired)
+        self.link.on_method("stats", lambda payload: (200, self.stats()))
+        self.link.on_method("reset", lambda payload: (200, self.reset()))
+        self.link.on_method("reload", self.reload)
+        self.link.connect()
+        self.apply_desired(self.link.desired())
+        replayed = self._replay_spool()
+        if replayed:
+            threading.Thread(target=self._forget_spool, args=(replayed,), daemon=True).start()
+
+    def _forget_spool(self, files: list[Path]) -> None:
+        if self.wait_idle(DRAIN_TIMEOUT_S) and self.outbox.drain(DRAIN_TIMEOUT_S):
+            for path in files:
+                path.unlink(missing_ok=True)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every queued message (and every reading waiting for its model) is answered."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._busy or self._loading:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    def stop(self) -> None:
+        """Answer what has arrived, send it, disconnect; keep late arrivals in the spool."""
+        with self._lock:
+            self._handover = []  # from now on, arrivals wait in memory for the spool
+        if not self.wait_idle(DRAIN_TIMEOUT_S):
+            logger.error("Stopping with %d message(s) not processed", self._busy)
+        if not self.outbox.drain(DRAIN_TIMEOUT_S):
+            logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
+        self.link.report(self.reported())
+        self.link.shutdown()
+        # The SDK may still hand over messages it acknowledged just before disconnecting.
+        while time.monotonic() - self._last_arrival_s < HANDOVER_QUIET_S:
+            time.sleep(HANDOVER_QUIET_S / 3)
+        with self._lock:
+            late, self._handover = self._handover or [], None
+        self._write_spool(late)
+        self.outbox.close()
+        self._loads.put(None)
+
+    def run(self, stop_event: threading.Event) -> int:
+        """Run until `stop_event` is set; report the twin every `report_interval_s`."""
+        self.start()
+        logger.info("Inference module ready")
+        try:
+            while not stop_event.wait(self.settings.report_interval_s):
+                self.link.report(self.reported())
+        finally:
+            self.stop()
+        return 0
+
+
+def _spool_line(item: _Input) -> str:
+    body = base64.b64encode(item.body).decode()
+    return json.dumps({"input": item.name, "received_s": item.received_s, "body": body})
+
+
+def pack(encoded: list[bytes], max_bytes: int) -> list[bytes]:
+    """Pack encoded objects into as few batch envelopes of at most `max_bytes` as possible."""
+    batches: list[bytes] = []
+    current: list[bytes] = []
+    size = BATCH_OVERHEAD_BYTES
+    for item in encoded:
+        added = len(item) + (1 if current else 0)
+        if current and size + added > max_bytes:
+            batches.append(batch_envelope(current))
+            current, size, added = [], BATCH_OVERHEAD_BYTES, len(item)
+        current.append(item)
+        size += added
+    if current:
+        batches.append(batch_envelope(current))
+    return batches

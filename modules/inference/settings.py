@@ -1,0 +1,71 @@
+"""Typed settings of the inference module, validated once at start; twin desired properties on top."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from edgefleet.module_runtime import LOG_LEVELS, ModuleSettings
+from modules.inference.predictor import PredictorMode
+
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
+
+
+def _env(name: str) -> Any:
+    return AliasChoices(name.lower(), name)
+
+
+class InferenceSettings(ModuleSettings):
+    """Environment of the inference module (the deployment manifest's `env`)."""
+
+    bundle_dir: Path = Field(validation_alias=_env("BUNDLE_DIR"))
+    model_cache_mb: int = Field(64, ge=1, validation_alias=_env("MODEL_CACHE_MB"))
+    # Where messages taken from edgeHub but not yet answered are kept across a restart.
+    state_dir: Path = Field(Path("/tmp/edgefleet-inference"), validation_alias=_env("STATE_DIR"))
+    max_message_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))
+    # Predictions are packed into messages of at most this size; IoT Hub bills each 4 KB started.
+    predictions_max_bytes: int = Field(
+        64 * 1024, ge=4096, le=256 * 1024, validation_alias=_env("PREDICTIONS_MAX_BYTES")
+    )
+    # "bundle" in production; the other two exist to measure against (benchmarks/edge_throughput.py).
+    predictor: PredictorMode = Field("bundle", validation_alias=_env("PREDICTOR"))
+    max_readings_per_round: int = Field(2000, ge=1, validation_alias=_env("MAX_READINGS_PER_ROUND"))
+
+    @field_validator("bundle_dir")
+    @classmethod
+    def _bundle_exists(cls, value: Path) -> Path:
+        if not (value / "manifest.json").is_file():
+            raise ValueError(
+                f"BUNDLE_DIR {str(value)!r} holds no manifest.json; point it at a bundle from `edgefleet train`"
+            )
+        return value
+
+
+class InferenceDesired(BaseModel):
+    """The inference module's twin desired properties (the manifest's `inference.properties.desired`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    expected_bundle_version: str | None = Field(None, alias="expectedBundleVersion")
+    poor_model_threshold: float = Field(1.0, ge=0, alias="poorModelThreshold")
+    log_level: str = Field("INFO", alias="logLevel")
+
+    @field_validator("expected_bundle_version")
+    @classmethod
+    def _resolved(cls, value: str | None) -> str | None:
+        if value is not None and _PLACEHOLDER.search(value):
+            raise ValueError(
+                f"{value!r} is an unexpanded placeholder; build the manifest with the bundle's version "
+                "(edgefleet manifest build --var BUNDLE_VERSION=...) or remove the property"
+            )
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"logLevel {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value.upper()

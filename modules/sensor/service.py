@@ -1,0 +1,306 @@
+"""The sensor service: field MQTT in, validated, stamped and batched telemetry out to edgeHub."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
+from edgefleet.messages import (
+    BATCH_SCHEMA,
+    DEADLETTER_SCHEMA,
+    OVERSIZE,
+    DeadLetter,
+    MessageError,
+    decode_payload,
+    encode_json,
+)
+from edgefleet.module_runtime import EdgeLink, Outbox
+from modules.sensor.batcher import Batcher
+from modules.sensor.sequence import SequenceTracker, Verdict
+from modules.sensor.settings import SensorDesired, SensorSettings
+
+logger = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+FIELD_QOS = 1
+# Mosquitto's reconnect backoff for the field link: quick first retry, capped so a restarted
+# broker is picked up within seconds.
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 5.0
+
+
+def desired_from(current: SensorDesired, patch: Mapping[str, Any]) -> SensorDesired:
+    """Return `current` with a twin desired patch applied; raise ValueError saying what is wrong."""
+    changes = {key: value for key, value in patch.items() if not key.startswith("$")}
+    try:
+        return SensorDesired.model_validate({**current.model_dump(by_alias=True), **changes})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
+        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
+
+
+class SensorService:
+    """Subscribe to the field broker and forward readings to the `telemetry` output."""
+
+    def __init__(self, settings: SensorSettings, client: Any, field_client: mqtt.Client | None = None) -> None:
+        self.settings = settings
+        self.link = EdgeLink(client, SENSOR)
+        self.desired = SensorDesired()
+        self.config_error: str | None = None
+        self.outbox = Outbox(self.link.send, threads=2, max_pending=settings.max_pending_batches)
+        self._lock = threading.Condition()
+        self._batcher = Batcher(self.desired.batch_window_ms, self.desired.max_batch_bytes)
+        self._sequences = SequenceTracker()
+        self._counters: Counter[str] = Counter()
+        self._deadletters: Counter[str] = Counter()
+        self._field_connected = False
+        self._subscribed: str | None = None
+        self._stopping = threading.Event()
+        self.field = field_client or self._make_field_client()
+
+    # -- field MQTT -------------------------------------------------------------------------------
+
+    def _make_field_client(self) -> mqtt.Client:
+        # A persistent session (clean_session=False, fixed client id): while the sensor restarts or
+        # reconnects, the field broker queues our QoS 1 readings instead of dropping them.
+        field = mqtt.Client(client_id=self.settings.field_client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        if self.settings.field_mqtt_user is not None and self.settings.field_mqtt_password is not None:
+            field.username_pw_set(self.settings.field_mqtt_user, self.settings.field_mqtt_password.get_secret_value())
+        field.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        field.on_connect = self._on_field_connect
+        field.on_disconnect = self._on_field_disconnect
+        field.on_message = self._on_field_message
+        return field
+
+    def _on_field_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
+        if rc != 0:
+            logger.error("Field broker refused the connection: %s", mqtt.connack_string(rc))
+            return
+        logger.info("Connected to the field broker %s:%d", self.settings.field_mqtt_host, self.settings.field_mqtt_port)
+        with self._lock:
+            self._field_connected = True
+            self._subscribed = None  # subscribe again: the broker may have lost our session
+        self._sync_subscription()
+
+    def _on_field_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
+        with self._lock:
+            self._field_connected = False
+        if rc != 0 and not self._stopping.is_set():
+            logger.warning("Lost the field broker (%s); reconnecting", mqtt.error_string(rc))
+
+    def _sync_subscription(self) -> None:
+        """Subscribe to the desired topic when enabled; unsubscribe otherwise."""
+        with self._lock:
+            if not self._field_connected:
+                return
+            wanted = self.desired.field_topic if self.desired.enabled else None
+            current = self._subscribed
+            if wanted == current:
+                return
+            self._subscribed = wanted
+        if current is not None:
+            self.field.unsubscribe(current)
+            logger.info("Unsubscribed from %s", current)
+        if wanted is not None:
+            self.field.subscribe(wanted, qos=FIELD_QOS)
+            logger.info("Subscribed to %s", wanted)
+
+    def _on_field_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle_payload(msg.topic, msg.payload)
+        except Exception:  # never let one reading kill the field client's network thread
+            logger.exception("Unexpected error handling a reading from %s", msg.topic)
+            self._dead_letter(DeadLetter("internal_error", "see the sensor's log", f"sensor/{msg.topic}", ""))
+
+    # -- readings ---------------------------------------------------------------------------------
+
+    def handle_payload(self, topic: str, payload: bytes) -> None:
+        """Validate, stamp and queue the readings of one field message; dead-letter the bad ones."""
+        received = datetime.now(UTC)
+        source = f"sensor/{topic}"
+        with self._lock:
+            self._counters["field_messages"] += 1
+            max_reading_bytes = min(self.settings.max_reading_bytes, self.desired.max_reading_bytes())
+        try:
+            readings, errors = decode_payload(payload, max_bytes=self.settings.max_field_message_bytes)
+        except MessageError as err:
+            self._dead_letter(DeadLetter.from_error(err, source, payload))
+            return
+        for item_err, item in errors:
+            self._dead_letter(DeadLetter.from_item(item_err, source, item))
+        full_batches: list[bytes] = []
+        oversize: list[DeadLetter] = []
+        with self._lock:
+            for reading in readings:
+                self._counters["readings"] += 1
+                if self._sequences.observe(reading.device_id, reading.seq) is Verdict.DUPLICATE:
+                    continue  # a QoS 1 redelivery: forwarded already
+                body = encode_json(reading.stamped(received).to_json_obj())
+                if len(body) > max_reading_bytes:
+                    too_big = MessageError(OVERSIZE, f"reading is {len(body)} bytes; at most {max_reading_bytes} fit")
+                    oversize.append(DeadLetter.from_error(too_big, source, body))
+                    continue
+                full = self._batcher.add(body, time.monotonic())
+                if full is not None:
+                    full_batches.append(full)
+                self._counters["forwarded"] += 1
+            self._lock.notify()
+        for dead in oversize:
+            self._dead_letter(dead)
+        for batch in full_batches:
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: bytes) -> None:
+        self.outbox.put(TELEMETRY, batch, {"schema": BATCH_SCHEMA})
+
+    def _dead_letter(self, dead: DeadLetter) -> None:
+        with self._lock:
+            self._deadletters[dead.reason] += 1
+        logger.debug("Dead-lettered a reading: %s (%s)", dead.reason, dead.detail)
+        self.outbox.put(DEADLETTER, encode_json(dead.to_json_obj()), _dead_props(dead))
+
+    def _flush_loop(self) -> None:
+        """Send the open batch when its window has passed."""
+        while True:
+            with self._lock:
+                deadline = self._batcher.deadline()
+                now = time.monotonic()
+                if self._stopping.is_set():
+                    return
+                if deadline is None or deadline > now:
+                    self._lock.wait(None if deadline is None else deadline - now)
+                    continue
+                batch = self._batcher.take()
+            if batch is not None:
+                self._send_batch(batch)
+
+    # -- twin and methods -------------------------------------------------------------------------
+
+    def apply_desired(self, patch: Mapping[str, Any]) -> None:
+        """Apply desired properties (the full set at start, or a patch while running)."""
+        try:
+            desired = desired_from(self.desired, patch)
+        except ValueError as err:
+            logger.error("%s", err)
+            with self._lock:
+                self.config_error = str(err)
+            self.link.report(self.reported())
+            return
+        full = None
+        with self._lock:
+            self.desired, self.config_error = desired, None
+            if (desired.batch_window_ms, desired.max_batch_bytes) != (
+                self._batcher.window_ms,
+                self._batcher.max_bytes,
+            ):
+                full = self._batcher.take()
+                self._batcher = Batcher(desired.batch_window_ms, desired.max_batch_bytes)
+            self._lock.notify()
+        if full is not None:
+            self._send_batch(full)
+        logger.info(
+            "Desired: topic=%s enabled=%s window=%d ms max=%d bytes",
+            desired.field_topic,
+            desired.enabled,
+            desired.batch_window_ms,
+            desired.max_batch_bytes,
+        )
+        self._sync_subscription()
+        self.link.report(self.reported())
+
+    def stats(self) -> dict[str, Any]:
+        """Return the module's counters."""
+        with self._lock:
+            counters: dict[str, Any] = dict(self._counters)
+            counters.update(self._sequences.counters())
+            counters["deadletters"] = dict(self._deadletters)
+            counters["field_connected"] = self._field_connected
+            counters["subscribed"] = self._subscribed
+            counters["open_batch_readings"] = len(self._batcher)
+        counters["outbox"] = self.outbox.stats()
+        return counters
+
+    def reset(self) -> dict[str, Any]:
+        """Zero the counters; return their values before."""
+        before = self.stats()
+        with self._lock:
+            self._counters.clear()
+            self._deadletters.clear()
+            self._sequences.reset()
+        self.outbox.reset()
+        return before
+
+    def reported(self) -> dict[str, Any]:
+        """Return the twin's reported properties: effective settings, counters, last config error."""
+        stats = self.stats()
+        outbox = stats.pop("outbox")
+        return {
+            "batchWindowMs": self.desired.batch_window_ms,
+            "maxBatchBytes": self.desired.max_batch_bytes,
+            "fieldTopic": self.desired.field_topic,
+            "enabled": self.desired.enabled,
+            "configError": self.config_error,
+            "counters": {
+                **stats,
+                "batches_sent": outbox["sent"].get(TELEMETRY, 0),
+                "units_4kb": outbox["units_4kb"].get(TELEMETRY, 0),
+            },
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to edgeHub, read the twin, then start reading the field broker."""
+        self.link.on_desired_patch(self.apply_desired)
+        self.link.on_method("stats", lambda payload: (200, self.stats()))
+        self.link.on_method("reset", lambda payload: (200, self.reset()))
+        self.link.connect()
+        self.apply_desired(self.link.desired())
+        if self.desired.field_topic is None:
+            logger.error("No fieldTopic in the twin: set sensor.properties.desired.fieldTopic in the deployment")
+        self._flusher = threading.Thread(target=self._flush_loop, name="sensor-flush", daemon=True)
+        self._flusher.start()
+        self.field.connect_async(
+            self.settings.field_mqtt_host, self.settings.field_mqtt_port, self.settings.field_keepalive_s
+        )
+        self.field.loop_start()
+
+    def stop(self) -> None:
+        """Stop reading the field, send what is batched and queued, then disconnect."""
+        self._stopping.set()
+        # Disconnecting first keeps the field session: the broker queues what arrives meanwhile.
+        self.field.disconnect()
+        self.field.loop_stop()
+        with self._lock:
+            self._lock.notify_all()
+            last = self._batcher.take()
+        if last is not None:
+            self._send_batch(last)
+        if not self.outbox.drain(DRAIN_TIMEOUT_S):
+            logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
+        self.link.report(self.reported())
+        self.outbox.close()
+        self.link.shutdown()
+
+    def run(self, stop_event: threading.Event) -> int:
+        """Run until `stop_event` is set; report the twin every `report_interval_s`."""
+        self.start()
+        try:
+            while not stop_event.wait(self.settings.report_interval_s):
+                self.link.report(self.reported())
+        finally:
+            self.stop()
+        return 0
+
+
+def _dead_props(dead: DeadLetter) -> dict[str, str]:
+    return {"schema": DEADLETTER_SCHEMA, "reason": dead.reason}

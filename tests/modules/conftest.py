@@ -1,0 +1,186 @@
+"""Fixtures for the edge modules: a real field Mosquitto, the stand-in, modules as real processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pandas as pd
+import pytest
+
+from edgefleet.bundle import read_manifest
+from edgefleet.deployment import Deployment, load_deployment
+from edgefleet.local_edge import LocalEdge
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "deployment" / "deployment.template.json"
+_blocks = itertools.count(1)
+
+
+def next_ip_base() -> str:
+    """Return a loopback block no other stand-in of this test run uses (the SDK always dials port 8883)."""
+    return f"127.{200 + os.getpid() % 50}.{next(_blocks)}"
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
+    """Poll until `check` returns something truthy; fail with its last value on timeout."""
+    deadline = time.monotonic() + timeout_s
+    value = check()
+    while not value:
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s (last value: {value!r})")
+        time.sleep(interval_s)
+        value = check()
+    return value
+
+
+def reading(device_id: str, seq: int, features: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """Return one telemetry object as a field device sends it."""
+    ts = datetime(2026, 11, 21, tzinfo=UTC) + timedelta(seconds=seq)
+    obj = {
+        "schema": "edgefleet.telemetry/1",
+        "device_id": device_id,
+        "seq": seq,
+        "ts": ts.isoformat().replace("+00:00", "Z"),
+        "features": features
+        if features is not None
+        else {"temperature_c": 21.5 + seq % 7, "humidity_pct": 40.0, "vibration_mm_s": 1.5, "load_pct": 55.0},
+    }
+    obj.update(extra)
+    return obj
+
+
+class FieldPublisher:
+    """A field device gateway: one paho client publishing QoS 1 to the field broker."""
+
+    def __init__(self, port: int, client_id: str = "test-field-devices") -> None:
+        self.client = mqtt.Client(client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+        # Keep fewer than 65,535 messages queued: paho reuses message ids beyond that.
+        self.client.max_queued_messages_set(50_000)
+        self.client.max_inflight_messages_set(200)
+        self.client.reconnect_delay_set(0.1, 2)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, payload: bytes | str | dict[str, Any], topic: str | None = None) -> None:
+        """Publish one payload (a dict is sent as JSON to its device's topic)."""
+        if isinstance(payload, dict):
+            topic = topic or f"fleet/{payload.get('device_id', 'x')}/telemetry"
+            payload = json.dumps(payload)
+        info = self.client.publish(topic or "fleet/raw/telemetry", payload, qos=1)
+        while info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # back-pressure: wait for acknowledgements
+            time.sleep(0.01)
+            info = self.client.publish(topic or "fleet/raw/telemetry", payload, qos=1)
+        self.infos.append(info)
+
+    def publish_all(self, payloads: Iterable[bytes | str | dict[str, Any]], rate_per_s: float | None = None) -> None:
+        """Publish many payloads, optionally paced."""
+        started = time.monotonic()
+        for index, payload in enumerate(payloads):
+            if rate_per_s:
+                delay = started + index / rate_per_s - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            self.publish(payload)
+
+    def wait_acked(self, timeout_s: float = 60.0) -> None:
+        """Wait until the broker acknowledged everything published."""
+        wait_for(lambda: all(info.is_published() for info in self.infos), timeout_s)
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def lake_rows(edge: LocalEdge) -> pd.DataFrame:
+    """Flush the stand-in's sink and return every lake row."""
+    sink = edge.standin.sink
+    assert sink is not None
+    sink.flush()
+    files = sorted(edge.lake_dir.glob("date=*/*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["device_id", "seq", "source_module"])
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+
+
+def deadletters(edge: LocalEdge) -> list[dict[str, Any]]:
+    """Return the dead letters the local IoT Hub sink received."""
+    records: list[dict[str, Any]] = []
+    for path in sorted((edge.lake_dir / "_deadletters").glob("*.jsonl")):
+        records.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return records
+
+
+@pytest.fixture(scope="session")
+def deployment() -> Deployment:
+    """The real deployment template (placeholders left as written)."""
+    return load_deployment(TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def bundle_version(small_bundle: Path) -> str:
+    return read_manifest(small_bundle).bundle_version
+
+
+StartEdge = Callable[..., LocalEdge]
+
+
+@pytest.fixture
+def start_edge(tmp_path: Path, deployment: Deployment, small_bundle: Path, bundle_version: str) -> Iterator[StartEdge]:
+    """Return a function that starts a LocalEdge with the real manifest; everything is stopped afterwards."""
+    started: list[LocalEdge] = []
+
+    def start(**kwargs: Any) -> LocalEdge:
+        overrides = kwargs.pop("desired_overrides", {})
+        overrides.setdefault("inference", {}).setdefault("expectedBundleVersion", bundle_version)
+        module_env = kwargs.pop("module_env", {})
+        for module in kwargs.get("modules", ("sensor", "inference")):
+            module_env.setdefault(module, {}).setdefault("REPORT_INTERVAL_S", "0.5")
+        edge = LocalEdge(
+            tmp_path / f"edge{len(started)}",
+            kwargs.pop("deployment", deployment),
+            bundle_dir=kwargs.pop("bundle_dir", small_bundle),
+            ip_base=next_ip_base(),
+            desired_overrides=overrides,
+            module_env=module_env,
+            flush_every_s=0.5,
+            **kwargs,
+        )
+        started.append(edge)
+        edge.start()
+        return edge
+
+    yield start
+    errors = []
+    for edge in reversed(started):
+        try:
+            edge.stop()
+        except Exception as err:  # stop everything, then report
+            errors.append(err)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def publisher_factory() -> Iterator[Callable[[LocalEdge], FieldPublisher]]:
+    """Return a function that connects a field publisher to an edge's field broker."""
+    made: list[FieldPublisher] = []
+
+    def make(edge: LocalEdge) -> FieldPublisher:
+        publisher = FieldPublisher(edge.field_port, client_id=f"test-field-{len(made)}-{threading.get_ident()}")
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.close()
