@@ -676,6 +676,15 @@ class Latency:
     achieved_rate_per_s: float
     stats: dict[str, Any]
     sensor_stats: dict[str, Any]
+    segments_ms: dict[str, dict[str, float]]  # p50/p99 of each leg of the path
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """Return p50 and p99 of `values` (empty dict when there are none)."""
+    if not values:
+        return {}
+    p50, p99 = np.percentile(np.asarray(values, dtype=float), [50, 99])
+    return {"p50": float(p50), "p99": float(p99)}
 
 
 def run_latency(session: EdgeSession, devices: list[str], rate_per_s: float, duration_s: float) -> Latency:
@@ -687,26 +696,39 @@ def run_latency(session: EdgeSession, devices: list[str], rate_per_s: float, dur
     published = session.field.publish(devices, readings, rate_per_s=rate_per_s, keep_times=True)
     upstream.wait_predictions(target, timeout_for(readings))
     kept = upstream.kept()
-    arrival: dict[tuple[str, int], float] = {}
+    # Each prediction carries the sensor's receive stamp and the inference's own latency (receipt to
+    # prediction done): with our publish and arrival times, that splits the path in three legs.
+    arrival: dict[tuple[str, int], tuple[float, float, float]] = {}
     for arrived_s, body in kept:
         for item in json.loads(body)["readings"]:
-            arrival[(item["device_id"], item["seq"])] = arrived_s
-    latencies = np.array(
-        [(arrival[key] - sent) * 1000 for key, sent in published.sent_times() if key in arrival], dtype=float
-    )
-    p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99])) if latencies.size else (None, None)
+            edge_info = item["edge"]
+            sensor_s = datetime.fromisoformat(edge_info["received_ts"]).timestamp()
+            predicted_s = sensor_s + edge_info["latency_ms"] / 1000
+            arrival[(item["device_id"], item["seq"])] = (sensor_s, predicted_s, arrived_s)
+    totals: list[float] = []
+    legs: dict[str, list[float]] = {"field_to_sensor": [], "sensor_to_prediction": [], "prediction_to_upstream": []}
+    for key, sent in published.sent_times():
+        if key not in arrival:
+            continue
+        sensor_s, predicted_s, arrived_s = arrival[key]
+        totals.append((arrived_s - sent) * 1000)
+        legs["field_to_sensor"].append((sensor_s - sent) * 1000)
+        legs["sensor_to_prediction"].append((predicted_s - sensor_s) * 1000)
+        legs["prediction_to_upstream"].append((arrived_s - predicted_s) * 1000)
+    total = percentiles(totals)
     achieved = readings / max(published.last_publish_s - published.first_publish_s, 1e-9)
     return Latency(
         rate_per_s=rate_per_s,
         duration_s=duration_s,
         readings=readings,
-        matched=int(latencies.size),
-        p50_ms=p50,
-        p99_ms=p99,
-        max_ms=float(latencies.max()) if latencies.size else None,
+        matched=len(totals),
+        p50_ms=total.get("p50"),
+        p99_ms=total.get("p99"),
+        max_ms=max(totals) if totals else None,
         achieved_rate_per_s=achieved,
         stats=session.stats("inference"),
         sensor_stats=session.stats("sensor"),
+        segments_ms={name: percentiles(values) for name, values in legs.items()},
     )
 
 
@@ -861,7 +883,6 @@ def measure_synthetic(
         edge.start_module("inference", wait=False)
         first = upstream.wait_predictions(target, 60.0)
         first_prediction_s = upstream.last_arrival_s - spawned_s if first else None
-        marks = startup_marks(edge.processes["inference"].log_path, spawned_s)
         say(
             f"    first prediction {first_prediction_s or math.nan:.2f} s after spawn; serving {n_served:,} devices ..."
         )
@@ -873,6 +894,8 @@ def measure_synthetic(
         serve_s = upstream.last_arrival_s - published.first_publish_s
         rss, hwm = rss_mb(session.pid("inference"))
         stats = session.stats("inference")
+        # Read now, not at the first prediction: the module logs "ready" only after it answered the waiting reading.
+        marks = startup_marks(edge.processes["inference"].log_path, spawned_s)
         say("    stopping the edge ...")
     started = time.perf_counter()
     problems = verify_bundle(path)
@@ -1023,6 +1046,8 @@ def print_report(metrics: dict[str, Any], meets: dict[str, bool | None], targets
         say(f"-- {title}")
         for name in names:
             say(f"  {name:<48} {fmt(metrics.get(name))}{target_note(name, meets, targets)}")
+    for name, values in (metrics["latency_legs_ms"] or {}).items():
+        say(f"  {'latency leg ' + name:<48} p50 {fmt(values.get('p50'))}, p99 {fmt(values.get('p99'))}")
     marks = ", ".join(f"{name} {fmt(value)}" for name, value in metrics["bundle10k_startup_marks_s"].items())
     say(f"  {'bundle10k startup (s after spawn, module log)':<48} {marks}")
     say("-- every run (readings/s)")
@@ -1177,6 +1202,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "latency_matched": f"{latency.matched}/{latency.readings}" if latency else None,
         "batch_window_ms": batch_window_ms,
         "max_batch_bytes": max_batch_bytes,
+        "latency_legs_ms": latency.segments_ms if latency else None,
         "inference_reported_latency_ms": lat_stats.get("latency"),
         "bundle10k_devices": synthetic.devices_in_bundle,
         "bundle10k_model_mb": synthetic.bundle_mb,

@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.endpoints import ModuleEndpoints
@@ -42,6 +43,7 @@ __all__ = [
     "create_module_client",
     "load_settings",
     "stop_event_on_signals",
+    "touch_health",
     "units_4kb",
 ]
 
@@ -72,15 +74,21 @@ class ModuleSettings(BaseSettings):
     )
     # On a device the runtime sets IOTEDGE_DEVICEID; the stand-in's connection string names it.
     edge_device: str | None = Field(None, validation_alias=AliasChoices("edge_device", "IOTEDGE_DEVICEID"))
+    # Touched after every twin report; the image's HEALTHCHECK reads its age.
+    health_file: Path | None = Field(None, validation_alias=AliasChoices("health_file", "HEALTH_FILE"))
     edgehub_connection_string: SecretStr | None = Field(
         None, validation_alias=AliasChoices("edgehub_connection_string", "EdgeHubConnectionString")
     )
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL is {value!r}; set one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @model_validator(mode="after")
-    def _check_common(self) -> ModuleSettings:
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(f"LOG_LEVEL is {self.log_level!r}; set one of {', '.join(LOG_LEVELS)}")
-        object.__setattr__(self, "log_level", self.log_level.upper())
+    def _edge_device_from_connection_string(self) -> ModuleSettings:
         if self.edge_device is None and self.edgehub_connection_string is not None:
             parts = dict(
                 part.split("=", 1)
@@ -96,6 +104,16 @@ class ModuleSettings(BaseSettings):
         return self.edge_device or "local"
 
 
+def touch_health(path: Path | None) -> None:
+    """Mark the module healthy now (the container's HEALTHCHECK checks the file's age)."""
+    if path is None:
+        return
+    try:
+        path.touch()
+    except OSError as err:
+        logger.warning("Cannot touch the health file %s: %s", path, err)
+
+
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -106,7 +124,8 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            where = ".".join(str(part) for part in problem["loc"]) or "settings"
+            # Field names are the environment variables' names in lower case.
+            where = ".".join(str(part) for part in problem["loc"]).upper() or "settings"
             lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
         raise ModuleStartError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
 

@@ -43,7 +43,7 @@ from edgefleet.messages import (
     format_ts,
     prediction_json_obj,
 )
-from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox
+from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox, touch_health
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceDesired, InferenceSettings
 
@@ -510,6 +510,7 @@ class InferenceService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
+                touch_health(self.settings.health_file)
         finally:
             self.stop()
         return 0

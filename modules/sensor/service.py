@@ -23,7 +23,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
-from edgefleet.module_runtime import EdgeLink, Outbox
+from edgefleet.module_runtime import EdgeLink, Outbox, touch_health
 from modules.sensor.batcher import Batcher
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorDesired, SensorSettings
@@ -297,6 +297,8 @@ class SensorService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
+                if self._field_connected:
+                    touch_health(self.settings.health_file)
         finally:
             self.stop()
         return 0

@@ -96,7 +96,7 @@ class FieldPublisher:
         """Wait until the broker acknowledged everything published."""
         # `is_published()` raises for a message published while disconnected, though paho keeps it
         # queued and sends it after reconnecting; the flag it reads is set on PUBACK either way.
-        wait_for(lambda: all(info._published for info in self.infos), timeout_s)  # noqa: SLF001
+        wait_for(lambda: all(info._published for info in self.infos), timeout_s)
 
     def close(self) -> None:
         """Disconnect."""

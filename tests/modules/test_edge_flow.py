@@ -82,7 +82,7 @@ def test_where_route_filters_dead_letters_by_reason(start_edge, publisher_factor
     publisher.wait_acked()
 
     def sensor_dead():
-        status, stats = edge.method("sensor", "stats")
+        _status, stats = edge.method("sensor", "stats")
         return stats if sum(stats["deadletters"].values()) >= 2 else None
 
     stats = wait_for(sensor_dead)
@@ -205,7 +205,7 @@ def test_inference_dead_letters_malformed_messages_sent_to_its_input(start_edge)
     from edgefleet.routes import Message
 
     for body in (b"\xff\xfe", b"[]", b'{"schema":"edgefleet.batch/1","readings":[{"schema":"edgefleet.telemetry/1"}]}'):
-        router._deliver(  # noqa: SLF001 - the router's delivery path, as a route would call it
+        router._deliver(
             next(r.sink for r in edge.deployment.routes if r.name == "sensorToInference"),
             Message("edge1", "sensor", "telemetry", {}, {"contentType": "application/json"}, body),
         )

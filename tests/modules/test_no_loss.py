@@ -81,7 +81,7 @@ def test_restarting_the_edgehub_broker_of_the_inference_module_loses_no_reading(
     publisher = publisher_factory(edge)
     thread = _stream(publisher, devices)
     time.sleep(READINGS / RATE_PER_S / 3)
-    broker = edge.standin._brokers[edge.standin.modules.index("inference")]  # noqa: SLF001
+    broker = edge.standin._brokers[edge.standin.modules.index("inference")]
     broker.stop()
     time.sleep(1.0)
     broker.start()

@@ -1,0 +1,46 @@
+"""Sensor settings and twin desired properties."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.module_runtime import ModuleStartError, load_settings
+from modules.sensor.service import desired_from
+from modules.sensor.settings import SensorDesired, SensorSettings
+
+
+def test_desired_patch_changes_only_what_it_names_and_ignores_twin_metadata():
+    desired = desired_from(SensorDesired(), {"batchWindowMs": 50, "$version": 4})
+    assert desired.batch_window_ms == 50
+    assert desired.max_batch_bytes == SensorDesired().max_batch_bytes
+
+
+@pytest.mark.parametrize(
+    ("patch", "hint"),
+    [
+        ({"batchWindowMs": -1}, "batchWindowMs"),
+        ({"maxBatchBytes": 10}, "maxBatchBytes"),
+        ({"fieldTopic": "fleet/#/telemetry"}, "'#' must be"),
+        ({"batchWindowMS": 5}, "batchWindowMS"),  # a typo is named, not ignored
+    ],
+)
+def test_bad_desired_patch_is_rejected_with_the_property_named(patch, hint):
+    with pytest.raises(ValueError, match="keeping the previous values") as rejected:
+        desired_from(SensorDesired(), patch)
+    assert hint in str(rejected.value)
+
+
+def test_edge_device_comes_from_the_dev_connection_string():
+    settings = load_settings(
+        SensorSettings,
+        field_mqtt_host="localhost",
+        edgehub_connection_string="HostName=h;GatewayHostName=127.0.0.1;DeviceId=edge7;ModuleId=sensor;SharedAccessKey=a",
+    )
+    assert settings.edge_device_id == "edge7"
+
+
+def test_settings_errors_name_every_problem():
+    with pytest.raises(ModuleStartError) as failure:
+        load_settings(SensorSettings, field_mqtt_host="h", field_mqtt_port=0, log_level="LOUD")
+    text = str(failure.value)
+    assert "FIELD_MQTT_PORT" in text and "LOG_LEVEL" in text
