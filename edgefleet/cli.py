@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -150,6 +151,40 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edge(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edgefleet.bundle import read_manifest
+    from edgefleet.deployment import load_deployment
+    from edgefleet.local_edge import LocalEdge
+
+    bundle = Path(args.bundle).resolve()
+    version = read_manifest(bundle).bundle_version
+    deployment = load_deployment(args.deployment)
+    workdir = Path(args.workdir).resolve()
+    edge = LocalEdge(
+        workdir,
+        deployment,
+        bundle_dir=bundle,
+        ip_base=args.ip_base,
+        edge_device=args.edge_device,
+        desired_overrides={"inference": {"expectedBundleVersion": version}},
+        lake_dir=Path(args.lake).resolve(),
+        field_port=args.field_port,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with edge:
+        topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
+        print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
+        print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        print("stopping: modules finish in-flight readings, then the lake is flushed")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from cloud_training.scoring import score_with_bundle, score_with_pyfunc
     from cloud_training.spark_job import read_history_spark, spark_session
@@ -243,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     edgehub.add_argument("--lake", default="out/lake")
     edgehub.add_argument("--ip-base", default="127.0.77", help="modules connect to <ip-base>.10, .11, ... port 8883")
     edgehub.set_defaults(func=cmd_edgehub)
+
+    edge = sub.add_parser(
+        "edge", help="run the whole edge locally: field broker, edgeHub stand-in, sensor and inference modules"
+    )
+    edge.add_argument("--bundle", required=True, help="model bundle the inference module serves")
+    edge.add_argument("--deployment", default="deployment/deployment.template.json")
+    edge.add_argument("--workdir", default="out/edge")
+    edge.add_argument("--lake", default="out/lake")
+    edge.add_argument("--edge-device", default="edge1")
+    edge.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    edge.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
+    edge.set_defaults(func=cmd_edge)
 
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
     score.add_argument("--history", required=True)

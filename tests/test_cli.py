@@ -102,3 +102,48 @@ def test_score_from_the_cli_writes_predictions_with_their_model_and_fallback_rea
         assert set(rows["prediction_model"]) == {route.kind}
         assert set(rows["prediction_fallback_reason"].fillna("none")) == {route.fallback_reason or "none"}
     assert "device" in set(scored["prediction_model"])
+
+
+def test_edge_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake(small_bundle, tmp_path):
+    import json
+    import signal
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from edgefleet.local_edge import free_port
+    from tests.modules.conftest import next_ip_base, reading, wait_for
+
+    port = free_port()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["edge", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args += ["--ip-base", next_ip_base(), "--field-port", port]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=repo,
+        env=clean_env(),
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("edge running"), banner + process.stdout.read()
+        device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+        client = mqtt.Client(client_id="cli-test", clean_session=True)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish(f"fleet/{device}/telemetry", json.dumps(reading(device, 1)), qos=1).wait_for_publish()
+        client.disconnect()
+        client.loop_stop()
+        time.sleep(1.5)  # the reading travels through both modules before we stop
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=90)[0]
+    assert process.returncode == 0, output
+    files = wait_for(lambda: list((tmp_path / "lake").glob("date=*/*.parquet")), timeout_s=5)
+    rows = pd.concat(pd.read_parquet(path) for path in files)
+    predicted = rows[rows["source_module"] == "inference"]
+    assert list(predicted["device_id"]) == [device]
+    assert predicted.iloc[0]["prediction_model"] == "device"
