@@ -157,6 +157,9 @@ def create_module_client() -> Any:
     """Create the azure-iot-device module client from the IoT Edge (or dev) environment."""
     from azure.iot.device import IoTHubModuleClient
 
+    from edgefleet.mqtt_tuning import enable_tcp_nodelay
+
+    enable_tcp_nodelay()  # also covers the sensor's field client, created later in this process
     try:
         # Keep retrying the connection forever: edgeHub restarts are routine on a device.
         return IoTHubModuleClient.create_from_edge_environment(connection_retry=True, keep_alive=30)

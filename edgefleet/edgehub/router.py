@@ -52,6 +52,7 @@ from edgefleet.edgehub.topics import (
     twin_response_topic,
 )
 from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.routes import Message, Route, RouteSink, route_message
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class _Link:
         self._window = threading.Condition()
         self._outstanding = 0
         self._sub_mids: set[int] = set()
+        enable_tcp_nodelay()
         client = mqtt.Client(client_id=ROUTER_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
         if address.ca_file is not None:
             # Hostname (here: IP) checking stays on: the router trusts the broker like a module does.

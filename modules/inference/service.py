@@ -161,8 +161,7 @@ class InferenceService:
         while True:
             first = self._inbox.get()
             items = [first]
-            readings_budget = self.settings.max_readings_per_round
-            while len(items) < readings_budget:
+            while len(items) < self.settings.max_messages_per_round:
                 try:
                     items.append(self._inbox.get_nowait())
                 except queue.Empty:

@@ -22,7 +22,8 @@ class InferenceSettings(ModuleSettings):
     """Environment of the inference module (the deployment manifest's `env`)."""
 
     bundle_dir: Path = Field(validation_alias=_env("BUNDLE_DIR"))
-    model_cache_mb: int = Field(64, ge=1, validation_alias=_env("MODEL_CACHE_MB"))
+    # Estimated memory of loaded models (an ONNX session holds ~8x its file); ~1,000 forests at 256.
+    model_cache_mb: int = Field(256, ge=1, validation_alias=_env("MODEL_CACHE_MB"))
     # Where messages taken from edgeHub but not yet answered are kept across a restart.
     state_dir: Path = Field(Path("/tmp/edgefleet-inference"), validation_alias=_env("STATE_DIR"))
     max_message_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))
@@ -32,7 +33,8 @@ class InferenceSettings(ModuleSettings):
     )
     # "bundle" in production; the other two exist to measure against (benchmarks/edge_throughput.py).
     predictor: PredictorMode = Field("bundle", validation_alias=_env("PREDICTOR"))
-    max_readings_per_round: int = Field(2000, ge=1, validation_alias=_env("MAX_READINGS_PER_ROUND"))
+    # Input messages taken per processing round (each a sensor batch of ~15-20 readings).
+    max_messages_per_round: int = Field(100, ge=1, validation_alias=_env("MAX_MESSAGES_PER_ROUND"))
 
     @field_validator("bundle_dir")
     @classmethod
