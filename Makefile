@@ -24,6 +24,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --quick
+	$(BIN)/python benchmarks/edge_throughput.py --quick
 
 clean:
 	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache
