@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.endpoints import ModuleEndpoints
@@ -39,6 +39,7 @@ __all__ = [
     "ModuleSettings",
     "ModuleStartError",
     "Outbox",
+    "apply_desired_patch",
     "configure_logging",
     "create_module_client",
     "load_settings",
@@ -115,6 +116,17 @@ def touch_health(path: Path | None) -> None:
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+DesiredT = TypeVar("DesiredT", bound=BaseModel)
+
+
+def apply_desired_patch(current: DesiredT, patch: Mapping[str, Any]) -> DesiredT:
+    """Return `current` with a twin desired patch applied; raise ValueError naming each bad property."""
+    changes = {key: value for key, value in patch.items() if not key.startswith("$")}  # $version, $metadata
+    try:
+        return type(current).model_validate({**current.model_dump(by_alias=True), **changes})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
+        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:

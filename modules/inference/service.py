@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from edgefleet.bundle import Route, verify_bundle
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
@@ -43,7 +41,7 @@ from edgefleet.messages import (
     format_ts,
     prediction_json_obj,
 )
-from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox, touch_health
+from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox, apply_desired_patch, touch_health
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceDesired, InferenceSettings
 
@@ -94,16 +92,6 @@ def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Pre
         mode=settings.predictor,
         poor_model_threshold=poor_model_threshold,
     )
-
-
-def desired_from(current: InferenceDesired, patch: Mapping[str, Any]) -> InferenceDesired:
-    """Return `current` with a twin desired patch applied; raise ValueError saying what is wrong."""
-    changes = {key: value for key, value in patch.items() if not key.startswith("$")}
-    try:
-        return InferenceDesired.model_validate({**current.model_dump(by_alias=True), **changes})
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
-        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
 
 
 class InferenceService:
@@ -318,7 +306,7 @@ class InferenceService:
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
         """Apply desired properties (the full set at start, or a patch while running)."""
         try:
-            desired = desired_from(self.desired, patch)
+            desired = apply_desired_patch(self.desired, patch)
         except ValueError as err:
             logger.error("%s", err)
             self.config_error = str(err)
@@ -454,7 +442,6 @@ class InferenceService:
         """Start the worker threads, connect, apply the twin and replay the spool."""
         self._worker = threading.Thread(target=self._work_loop, name="inference-worker", daemon=True)
         self._loader = threading.Thread(target=self._load_loop, name="inference-loader", daemon=True)
-        self._worker.start()
         self._loader.start()
         self.link.on_input(self.on_input)
         self.link.on_desired_patch(self.apply_desired)
@@ -463,6 +450,9 @@ class InferenceService:
         self.link.on_method("reload", self.reload)
         self.link.connect()
         self.apply_desired(self.link.desired())
+        # Only now: readings that arrived while the twin was read wait in the queue, so none is
+        # routed with defaults the deployment overrides (poorModelThreshold).
+        self._worker.start()
         replayed = self._replay_spool()
         if replayed:
             threading.Thread(target=self._forget_spool, args=(replayed,), daemon=True).start()

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from pydantic import ValidationError
 
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
 from edgefleet.messages import (
@@ -23,7 +22,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
-from edgefleet.module_runtime import EdgeLink, Outbox, touch_health
+from edgefleet.module_runtime import EdgeLink, Outbox, apply_desired_patch, touch_health
 from modules.sensor.batcher import Batcher
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorDesired, SensorSettings
@@ -36,16 +35,6 @@ FIELD_QOS = 1
 # broker is picked up within seconds.
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
-
-
-def desired_from(current: SensorDesired, patch: Mapping[str, Any]) -> SensorDesired:
-    """Return `current` with a twin desired patch applied; raise ValueError saying what is wrong."""
-    changes = {key: value for key, value in patch.items() if not key.startswith("$")}
-    try:
-        return SensorDesired.model_validate({**current.model_dump(by_alias=True), **changes})
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
-        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
 
 
 class SensorService:
@@ -188,7 +177,7 @@ class SensorService:
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
         """Apply desired properties (the full set at start, or a patch while running)."""
         try:
-            desired = desired_from(self.desired, patch)
+            desired = apply_desired_patch(self.desired, patch)
         except ValueError as err:
             logger.error("%s", err)
             with self._lock:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from edgefleet.bundle import read_manifest
 from edgefleet.messages import Reading, encode_json
-from edgefleet.module_runtime import LatencyWindow, units_4kb
+from edgefleet.module_runtime import LatencyWindow, apply_desired_patch, units_4kb
 from modules.inference.predictor import Predictor
-from modules.inference.service import desired_from, pack
+from modules.inference.service import pack
 from modules.inference.settings import InferenceDesired
 
 
@@ -59,7 +59,7 @@ def test_pack_fills_messages_up_to_the_limit_so_4kb_units_are_not_wasted():
 
 def test_inference_desired_refuses_an_unexpanded_bundle_version_placeholder():
     try:
-        desired_from(InferenceDesired(), {"expectedBundleVersion": "${BUNDLE_VERSION}"})
+        apply_desired_patch(InferenceDesired(), {"expectedBundleVersion": "${BUNDLE_VERSION}"})
     except ValueError as err:
         assert "placeholder" in str(err)
     else:

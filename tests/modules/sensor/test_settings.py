@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.module_runtime import ModuleStartError, load_settings
-from modules.sensor.service import desired_from
+from edgefleet.module_runtime import ModuleStartError, apply_desired_patch, load_settings
 from modules.sensor.settings import SensorDesired, SensorSettings
 
 
 def test_desired_patch_changes_only_what_it_names_and_ignores_twin_metadata():
-    desired = desired_from(SensorDesired(), {"batchWindowMs": 50, "$version": 4})
+    desired = apply_desired_patch(SensorDesired(), {"batchWindowMs": 50, "$version": 4})
     assert desired.batch_window_ms == 50
     assert desired.max_batch_bytes == SensorDesired().max_batch_bytes
 
@@ -26,7 +25,7 @@ def test_desired_patch_changes_only_what_it_names_and_ignores_twin_metadata():
 )
 def test_bad_desired_patch_is_rejected_with_the_property_named(patch, hint):
     with pytest.raises(ValueError, match="keeping the previous values") as rejected:
-        desired_from(SensorDesired(), patch)
+        apply_desired_patch(SensorDesired(), patch)
     assert hint in str(rejected.value)
 
 
