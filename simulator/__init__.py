@@ -1,0 +1,1 @@
+"""The field device simulator: thousands of seeded devices publishing telemetry over MQTT."""
