@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -151,18 +150,32 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_edge(args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
     from edgefleet.local_edge import LocalEdge
+    from edgefleet.up import run_up
 
     bundle = Path(args.bundle).resolve()
     version = read_manifest(bundle).bundle_version
     deployment = load_deployment(args.deployment)
     workdir = Path(args.workdir).resolve()
+    simulation = None
+    progress: dict[str, object] = {}
+    if args.simulate:
+        from simulator.profile import load_profile
+        from simulator.run import run_simulation
+
+        profile = load_profile(Path(args.simulate))
+
+        def simulation(port: int, stop: threading.Event) -> object:
+            return run_simulation(
+                profile, stop, host="127.0.0.1", port=port, duration_s=args.duration_s, on_progress=progress.update
+            )
+
     edge = LocalEdge(
         workdir,
         deployment,
@@ -175,13 +188,21 @@ def cmd_edge(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with edge:
         topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
         print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
-        print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop")
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-        print("stopping: modules finish in-flight readings, then the lake is flushed")
+        print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop", flush=True)
+        result = run_up(
+            edge,
+            stop,
+            duration_s=args.duration_s,
+            simulation=simulation,
+            simulator_progress=progress,
+            live=sys.stderr.isatty(),
+        )
+        print("stopping: modules finish in-flight readings, then the lake is flushed", flush=True)
+    print(f"stopped after {result.duration_s:.0f} s; lake in {edge.lake_dir}")
     return 0
 
 
@@ -279,17 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     edgehub.add_argument("--ip-base", default="127.0.77", help="modules connect to <ip-base>.10, .11, ... port 8883")
     edgehub.set_defaults(func=cmd_edgehub)
 
-    edge = sub.add_parser(
-        "edge", help="run the whole edge locally: field broker, edgeHub stand-in, sensor and inference modules"
+    up = sub.add_parser(
+        "up", help="run the whole edge locally (field broker, edgeHub stand-in, sensor, inference, lake sink)"
     )
-    edge.add_argument("--bundle", required=True, help="model bundle the inference module serves")
-    edge.add_argument("--deployment", default="deployment/deployment.template.json")
-    edge.add_argument("--workdir", default="out/edge")
-    edge.add_argument("--lake", default="out/lake")
-    edge.add_argument("--edge-device", default="edge1")
-    edge.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
-    edge.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
-    edge.set_defaults(func=cmd_edge)
+    up.add_argument("--bundle", required=True, help="model bundle the inference module serves")
+    up.add_argument("--simulate", metavar="PROFILE", help="also run the device simulator with this profile")
+    up.add_argument("--duration-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    up.add_argument("--deployment", default="deployment/deployment.template.json")
+    up.add_argument("--workdir", default="out/edge")
+    up.add_argument("--lake", default="out/lake")
+    up.add_argument("--edge-device", default="edge1")
+    up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    up.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
+    up.set_defaults(func=cmd_up)
 
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
     score.add_argument("--history", required=True)

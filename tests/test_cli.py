@@ -104,7 +104,7 @@ def test_score_from_the_cli_writes_predictions_with_their_model_and_fallback_rea
     assert "device" in set(scored["prediction_model"])
 
 
-def test_edge_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake(small_bundle, tmp_path):
+def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake(small_bundle, tmp_path):
     import json
     import signal
     import time
@@ -116,7 +116,7 @@ def test_edge_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_la
 
     port = free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = ["edge", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args = ["up", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
     args += ["--ip-base", next_ip_base(), "--field-port", port]
     process = subprocess.Popen(
         [sys.executable, "-m", "edgefleet", *map(str, args)],
