@@ -126,15 +126,16 @@ BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "holdout_blob", "fleet_rows_blob")
 _DDL_TYPES = {"str": "string", "int": "bigint", "float": "double", "bytes": "binary"}
 
 
-def _ddl() -> str:
+def dataclass_ddl(cls: type) -> str:
+    """Return the Spark DDL of a flat dataclass whose fields are str, int, float or bytes (optionally None)."""
     parts = []
-    for f in dataclasses.fields(DeviceResult):
+    for f in dataclasses.fields(cls):
         base = str(f.type).split("|")[0].strip()
         parts.append(f"{f.name} {_DDL_TYPES[base]}")
     return ", ".join(parts)
 
 
-RESULT_DDL = _ddl()
+RESULT_DDL = dataclass_ddl(DeviceResult)
 RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(DeviceResult))
 _NULLABLE_INTS = tuple(
     f.name for f in dataclasses.fields(DeviceResult) if str(f.type).startswith("int") and "None" in str(f.type)

@@ -7,6 +7,8 @@ import logging
 import platform
 import shutil
 import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -88,17 +90,58 @@ def write_bundle(
     device_run_ids: dict[str, str] | None = None,
 ) -> BundleManifest:
     """Write the bundle to `out_dir` atomically (staging dir, then rename) and return its manifest."""
+    with staged_bundle_dir(out_dir) as staging:
+        manifest = _write_contents(staging, results, fleet, config, mlflow_run_id, device_run_ids or {})
+    return manifest
+
+
+@contextmanager
+def staged_bundle_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty staging dir (with `models/`) beside `out_dir`; swap it into place if the block succeeds."""
     if out_dir.exists() and not (out_dir / MANIFEST_NAME).exists() and any(out_dir.iterdir()):
         raise BundleError(f"{out_dir} exists and is not a bundle; choose an empty or new --out directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     (staging / MODELS_DIR).mkdir(parents=True)
     try:
-        manifest = _write_contents(staging, results, fleet, config, mlflow_run_id, device_run_ids or {})
+        yield staging
         _swap_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+
+
+def write_device_entry(root: Path, row: dict[str, Any], mlflow_run_id: str | None = None) -> DeviceEntry:
+    """Write one result row's model files under `root` and return its manifest entry."""
+    stem = f"{MODELS_DIR}/{model_file_stem(str(row['device_id']))}"
+    joblib_file = onnx_file = None
+    if row["joblib_blob"] is not None:
+        joblib_file = _write(root, stem + ".joblib", row["joblib_blob"])
+        if row["onnx_blob"] is not None:
+            onnx_file = _write(root, stem + ".onnx", row["onnx_blob"])
+    return DeviceEntry(
+        status=row["status"],
+        reason=_optional_str(row["reason"]),
+        detail=_optional_str(row["detail"]),
+        family=_optional_str(row["family"]),
+        joblib=joblib_file,
+        onnx=onnx_file,
+        n_train=int(row["n_train"]),
+        n_holdout=int(row["n_holdout"]),
+        holdout=_metrics(row["mse"], row["mae"], row["r2"], row["n_holdout"]),
+        fleet_holdout=_metrics(row["fleet_mse"], row["fleet_mae"], row["fleet_r2"], row["n_holdout"]),
+        predict_us=_optional_float(row["predict_us"]),
+        mlflow_run_id=mlflow_run_id,
+    )
+
+
+def content_version(created: datetime, fleet: FleetEntry, devices: Mapping[str, DeviceEntry]) -> str:
+    """Return `<UTC time>-<hash of the fleet's and each device's model sha256, in device order>`."""
+    content = hashlib.sha256(fleet.joblib.sha256.encode())
+    for device_id in sorted(devices):
+        joblib_file = devices[device_id].joblib
+        if joblib_file is not None:
+            content.update(joblib_file.sha256.encode())
+    return f"{created:%Y%m%dT%H%M%SZ}-{content.hexdigest()[:8]}"
 
 
 def _write_contents(
@@ -116,35 +159,13 @@ def _write_contents(
         n_train=fleet.n_train,
         holdout=pooled_fleet_holdout(results),
     )
-    devices: dict[str, DeviceEntry] = {}
-    content = hashlib.sha256(fleet_entry.joblib.sha256.encode())
     rows: list[dict[str, Any]] = results.sort_values("device_id").to_dict("records")  # type: ignore[assignment]
-    for row in rows:
-        device_id = str(row["device_id"])
-        stem = f"{MODELS_DIR}/{model_file_stem(device_id)}"
-        joblib_file = onnx_file = None
-        if row["joblib_blob"] is not None:
-            joblib_file = _write(root, stem + ".joblib", row["joblib_blob"])
-            content.update(joblib_file.sha256.encode())
-            if row["onnx_blob"] is not None:
-                onnx_file = _write(root, stem + ".onnx", row["onnx_blob"])
-        devices[device_id] = DeviceEntry(
-            status=row["status"],
-            reason=_optional_str(row["reason"]),
-            detail=_optional_str(row["detail"]),
-            family=_optional_str(row["family"]),
-            joblib=joblib_file,
-            onnx=onnx_file,
-            n_train=int(row["n_train"]),
-            n_holdout=int(row["n_holdout"]),
-            holdout=_metrics(row["mse"], row["mae"], row["r2"], row["n_holdout"]),
-            fleet_holdout=_metrics(row["fleet_mse"], row["fleet_mae"], row["fleet_r2"], row["n_holdout"]),
-            predict_us=_optional_float(row["predict_us"]),
-            mlflow_run_id=device_run_ids.get(device_id),
-        )
+    devices = {
+        str(row["device_id"]): write_device_entry(root, row, device_run_ids.get(str(row["device_id"]))) for row in rows
+    }
     created = datetime.now(UTC)
     manifest = BundleManifest(
-        bundle_version=f"{created:%Y%m%dT%H%M%SZ}-{content.hexdigest()[:8]}",
+        bundle_version=content_version(created, fleet_entry, devices),
         created_at=created.isoformat(timespec="seconds"),
         features=config.features,
         target=config.target,

@@ -123,7 +123,7 @@ def read_history_spark(
     if features is None:
         numeric = [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
         features = infer_features(df.columns, numeric)
-    ts = _timestamp_column(df.schema[TS_COLUMN].dataType)
+    ts = timestamp_column(df.schema[TS_COLUMN].dataType)
     return (
         df.select(
             F.col(DEVICE_COLUMN).cast("string").alias(DEVICE_COLUMN),
@@ -135,7 +135,8 @@ def read_history_spark(
     )
 
 
-def _timestamp_column(ts_type: T.DataType) -> Any:
+def timestamp_column(ts_type: T.DataType) -> Any:
+    """Return the `ts` column as a Spark timestamp, whatever type the source stored it as."""
     ts = F.col(TS_COLUMN)
     if isinstance(ts_type, T.TimestampType | T.TimestampNTZType):
         return ts
@@ -153,7 +154,8 @@ def _timestamp_column(ts_type: T.DataType) -> Any:
 _THREADS_LIMITED: list[Any] = []
 
 
-def _limit_native_threads() -> None:
+def limit_native_threads() -> None:
+    """Limit native thread pools to one thread, once per Python worker."""
     # Once per Python worker: the env vars cover OpenMP/BLAS started after them, this covers
     # libraries already loaded; per call it would cost a library scan each time.
     if not _THREADS_LIMITED:
@@ -166,7 +168,7 @@ def make_train_udf(config: TrainingConfig) -> Callable[[pd.DataFrame], pd.DataFr
     """Return the grouped-map function that trains one device per call."""
 
     def train_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
-        _limit_native_threads()
+        limit_native_threads()
         return results_frame([train_device(pdf, config)])
 
     return train_device_udf

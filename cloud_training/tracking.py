@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import mlflow
 import pandas as pd
-from mlflow.exceptions import RestException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from cloud_training.device_training import BLOB_COLUMNS
@@ -110,9 +110,9 @@ class Tracker:
         with_backoff(lambda: mlflow.set_experiment(experiment))
         self.run_id: str | None = None
 
-    def start(self, params: dict[str, Any]) -> str:
+    def start(self, params: dict[str, Any], run_name: str = "edgefleet-train") -> str:
         """Open the parent run and log the session's parameters."""
-        run = with_backoff(lambda: mlflow.start_run(run_name="edgefleet-train"))
+        run = with_backoff(lambda: mlflow.start_run(run_name=run_name))
         self.run_id = run.info.run_id
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         return self.run_id
@@ -156,8 +156,9 @@ class Tracker:
         bundle_dir: Path,
         features: tuple[str, ...],
         registered_model: str | None,
+        claim_champion: bool = True,
     ) -> RegisteredBundle | None:
-        """Log aggregates, tables, plots and the bundle; register the bundle's pyfunc model."""
+        """Log aggregates, tables, plots and the bundle; register it (the first version claims `champion` if asked)."""
         mlflow.log_metrics(metrics)
         table = results.drop(columns=list(BLOB_COLUMNS), errors="ignore")
         with io.BytesIO() as buffer:
@@ -175,7 +176,7 @@ class Tracker:
         with tempfile.TemporaryDirectory(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}-archive-") as scratch:
             archive = pack_bundle(bundle_dir, Path(scratch))
             mlflow.log_artifact(str(archive), artifact_path=BUNDLE_ARTIFACT)
-            registered = self._log_pyfunc(archive, features, registered_model)
+            registered = self._log_pyfunc(archive, features, registered_model, claim_champion)
         mlflow.end_run()
         return registered
 
@@ -184,8 +185,23 @@ class Tracker:
         if mlflow.active_run() is not None:
             mlflow.end_run(status="FAILED")
 
+    def set_champion(self, registered_model: str, model_version: str) -> None:
+        """Point the `champion` alias at a registered version."""
+        with_backoff(lambda: self.client.set_registered_model_alias(registered_model, CHAMPION_ALIAS, model_version))
+
+    def champion_version(self, registered_model: str) -> str | None:
+        """Return the version the `champion` alias points at, or None when it is not set."""
+        try:
+            aliases = with_backoff(lambda: self.client.get_registered_model(registered_model).aliases)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        version = aliases.get(CHAMPION_ALIAS)
+        return None if version is None else str(version)
+
     def _log_pyfunc(
-        self, archive: Path, features: tuple[str, ...], registered_model: str | None
+        self, archive: Path, features: tuple[str, ...], registered_model: str | None, claim_champion: bool = True
     ) -> RegisteredBundle | None:
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
@@ -202,7 +218,7 @@ class Tracker:
             return None
         model_version = with_backoff(lambda: mlflow.register_model(info.model_uri, registered_model))
         aliases = self.client.get_registered_model(registered_model).aliases
-        champion = CHAMPION_ALIAS not in aliases
+        champion = claim_champion and CHAMPION_ALIAS not in aliases
         if champion:  # first registration; the retraining gate moves it later
             self.client.set_registered_model_alias(registered_model, CHAMPION_ALIAS, model_version.version)
         return RegisteredBundle(info.model_uri, registered_model, str(model_version.version), champion)

@@ -228,7 +228,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet.demo import run_demo
 
-    return run_demo(Path(args.workdir), devices=args.devices, rows=args.rows, seed=args.seed)
+    return run_demo(
+        Path(args.workdir),
+        devices=args.devices,
+        rows=args.rows,
+        seed=args.seed,
+        edge_seconds=args.edge_seconds,
+        rate_per_s=args.rate,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,11 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--master", default="local[*]")
     score.set_defaults(func=cmd_score)
 
-    demo = sub.add_parser("demo", help="generate history, train on Spark, register and verify the bundle")
+    demo = sub.add_parser("demo", help="the whole loop: history, Spark training, the edge with the simulator, retrain")
     demo.add_argument("--workdir", default="out/demo")
     demo.add_argument("--devices", type=int, default=200)
     demo.add_argument("--rows", type=int, default=400)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--edge-seconds", type=float, default=90.0, help="how long the edge runs before the retrain")
+    demo.add_argument("--rate", type=float, default=2.0, help="readings per second per simulated device")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -141,7 +141,7 @@ def plots(lake: pd.DataFrame, markers: Mapping[str, datetime] | None = None) -> 
         series = group.set_index("ts")["abs_error"].rolling("30s").mean()
         ax.plot(series.index, series.to_numpy(), label=f"{kind} model", linewidth=1)
     for name, when in (markers or {}).items():
-        ax.axvline(pd.Timestamp(when), color="grey", linestyle="--", linewidth=1)
+        ax.axvline(pd.Timestamp(when), color="grey", linestyle="--", linewidth=1)  # type: ignore[arg-type]
         ax.annotate(name, (pd.Timestamp(when), ax.get_ylim()[1]), fontsize=8, va="top")
     ax.set_ylabel("|prediction − truth| (30 s mean)")
     ax.legend(loc="upper left", fontsize=8)
