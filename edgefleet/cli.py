@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--devices", type=int, default=200)
     demo.add_argument("--rows", type=int, default=400)
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--edge-seconds", type=float, default=90.0, help="how long the edge runs before the retrain")
+    demo.add_argument("--edge-seconds", type=float, default=60.0, help="how long the edge runs before the retrain")
     demo.add_argument("--rate", type=float, default=2.0, help="readings per second per simulated device")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -25,7 +25,7 @@ TEMPLATE = REPO / "deployment" / "deployment.template.json"
 
 
 def run_demo(
-    workdir: Path, devices: int, rows: int, seed: int, edge_seconds: float = 90.0, rate_per_s: float = 2.0
+    workdir: Path, devices: int, rows: int, seed: int, edge_seconds: float = 60.0, rate_per_s: float = 2.0
 ) -> int:
     """Run the loop; return 0 when every step worked and no reading was lost."""
     from cloud_training.pipeline import run_training

@@ -198,14 +198,23 @@ class SimulatorProfile(_Strict):
     faults: FaultRates = Field(default_factory=FaultRates)
     drift: tuple[DriftEvent, ...] = Field((), description="concept drift events")
 
-    @field_validator("start_ts")
+    @field_validator("start_ts", mode="before")
     @classmethod
-    def _check_start(cls, value: datetime | str) -> datetime | str:
-        if isinstance(value, datetime):
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError("has no timezone: write UTC with a Z, e.g. 2026-11-01T00:00:00Z")
-            return value.astimezone(UTC)
-        return value
+    def _parse_start(cls, value: object) -> datetime | str:
+        # One clear message instead of pydantic's two (one per member of the union).
+        example = "e.g. 2026-11-01T00:00:00Z, or 'now'"
+        if value == "now":
+            return "now"
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(f"is not an ISO-8601 time ({example})") from None
+        if not isinstance(value, datetime):
+            raise ValueError(f"needs a date and a time in UTC ({example})")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("has no timezone: write UTC with a Z, e.g. 2026-11-01T00:00:00Z")
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _check_fleet(self) -> SimulatorProfile:
@@ -302,7 +311,7 @@ def parse_profile(data: object, source: str = "profile") -> SimulatorProfile:
     try:
         return SimulatorProfile.model_validate(data)
     except ValidationError as err:
-        lines = [_describe_error(item) for item in err.errors()]
+        lines = _describe_errors(err.errors())
         raise ProfileError(
             f"invalid simulator profile {source}:\n" + "\n".join(f"  {line}" for line in lines)
         ) from None
@@ -336,19 +345,36 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _walk(loc: Sequence[int | str]) -> tuple[type[BaseModel], str | None]:
-    """Return the model that holds the last known key of `loc`, and that key."""
+    """Return the model that holds the last known key of `loc`, and that key (None: the model itself)."""
     model: type[BaseModel] = SimulatorProfile
     key: str | None = None
     for part in loc:
         if isinstance(part, int):
             continue
-        if part not in model.model_fields:
-            break  # a union tag (e.g. `datetime`) or an unknown key: stay at the last model
-        key = part
-        inner = _model_classes(model.model_fields[part].annotation)
-        if inner:
+        if key is not None:
+            inner = _model_classes(model.model_fields[key].annotation)
+            if not inner:
+                break  # a union tag (e.g. `datetime`) below a plain field
             model, key = inner[0], None
+        if part not in model.model_fields:
+            break  # an unknown key: report it against the model that lacks it
+        key = part
     return model, key
+
+
+def _closest(unknown: str, allowed: Sequence[str]) -> str | None:
+    """Return the allowed key the user most likely meant."""
+    prefixed = [key for key in allowed if key.startswith(unknown) or unknown.startswith(key)]
+    close = prefixed or difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _describe_errors(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Describe each error, leaving out a container's knock-on complaints about an item that failed."""
+    nested = {tuple(item["loc"][:i]) for item in items for i in range(1, len(item["loc"]))}
+    return [
+        _describe_error(item) for item in items if not (item["type"] == "too_short" and tuple(item["loc"]) in nested)
+    ]
 
 
 def _describe_error(item: Mapping[str, Any]) -> str:
@@ -357,10 +383,9 @@ def _describe_error(item: Mapping[str, Any]) -> str:
     where = _location(loc)
     model, key = _walk(loc)
     if item["type"] == "extra_forbidden":
-        unknown = str(loc[-1])
         allowed = list(model.model_fields)
-        close = difflib.get_close_matches(unknown, allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = _closest(str(loc[-1]), allowed)
+        hint = f"did you mean {close!r}? " if close else ""
         return f"{where}: unknown key; {hint}allowed keys: {', '.join(allowed)}"
     message = str(item["msg"]).removeprefix("Value error, ")
     description = model.model_fields[key].description if key is not None else None

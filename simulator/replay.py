@@ -14,11 +14,11 @@ import csv
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES, TELEMETRY_SCHEMA, format_ts
+from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES, TELEMETRY_SCHEMA
 from simulator.errors import SimulatorError
 from simulator.stream import Emission
 
@@ -28,7 +28,7 @@ REPLAY_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": 
 # Columns that are never features, as in edgefleet.history (plus the sensor's receive stamp).
 _NOT_FEATURES = RESERVED_FEATURE_NAMES | {"received_ts", "features"}
 # Epoch numbers: the unit is guessed from the magnitude, as edgefleet.history reads them.
-_EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
+_EPOCH_UNITS = ((10**17, 10**9), (10**14, 10**6), (10**11, 10**3))
 
 
 class _ReplayError(SimulatorError):
@@ -88,7 +88,7 @@ def _emissions(path: Path, rows: Iterator[tuple[int, dict[str, Any]]], topic_tem
             "schema": TELEMETRY_SCHEMA,
             "device_id": device_id,
             "seq": seq,
-            "ts": format_ts(ts),
+            "ts": _format_ts(ts),
             "features": features,
         }
         if label is not None:
@@ -105,13 +105,25 @@ def _emissions(path: Path, rows: Iterator[tuple[int, dict[str, Any]]], topic_tem
         yield Emission(ts_s - first_ts_s, device_id, seq, topic, payload, duplicate, (), valid, complete)
 
 
+def _format_ts(ts: datetime) -> str:
+    """Format a UTC time as ISO-8601 with Z, as precise as it is (seconds, ms or µs)."""
+    if not ts.microsecond:
+        spec = "seconds"
+    elif ts.microsecond % 1000 == 0:
+        spec = "milliseconds"
+    else:
+        spec = "microseconds"
+    return ts.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
 def _timestamp(value: object, where: str) -> datetime:
+    number: int | float
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        number = value
     elif isinstance(value, str) and value.strip():
         text = value.strip()
         try:
-            number = float(text)
+            number = int(text) if text.lstrip("-").isdigit() else float(text)
         except ValueError:
             try:
                 ts = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
@@ -123,12 +135,12 @@ def _timestamp(value: object, where: str) -> datetime:
         raise _ReplayError(f"{where}: needs a ts (ISO-8601 or epoch seconds)")
     if not math.isfinite(number):
         raise _ReplayError(f"{where}: ts {value!r} is not a time")
-    for threshold, per_second in _EPOCH_UNITS:
-        if abs(number) >= threshold:
-            number /= per_second
-            break
+    per_second = next((per_second for threshold, per_second in _EPOCH_UNITS if abs(number) >= threshold), 1)
     try:
-        return datetime.fromtimestamp(number, UTC)
+        if isinstance(number, int):  # exact: epoch ms/µs/ns as a float would lose the last digits
+            seconds, rest = divmod(number, per_second)
+            return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=rest * 1_000_000 // per_second)
+        return datetime.fromtimestamp(number / per_second, UTC)
     except (OverflowError, OSError, ValueError):
         raise _ReplayError(f"{where}: ts {value!r} is out of range") from None
 

@@ -273,10 +273,7 @@ class _Device:
         n = self.n_features
         row: list[float] = values[1 : n + 1]
         faults: list[str] = []
-        if self.stuck_left:
-            row[self.stuck_j] = self.stuck_value
-            self.stuck_left -= 1
-        if u[_STUCK] < rates[_STUCK]:
+        if u[_STUCK] < rates[_STUCK]:  # a new episode replaces one still running
             j = int(u[_FEATURE_PICK[_STUCK]] * n)
             self.stuck_j = j
             self.stuck_value = self.prev_values[j + 1] if self.prev_values is not None else row[j]
@@ -284,6 +281,9 @@ class _Device:
             self.stuck_left = self.stuck_readings - 1
             faults.append("stuck")
             counts[_STUCK] += 1
+        elif self.stuck_left:
+            row[self.stuck_j] = self.stuck_value
+            self.stuck_left -= 1
         self.prev_values = values  # the true values: a stuck episode starting next repeats these
         if u[_SPIKE] < rates[_SPIKE]:
             row[int(u[_FEATURE_PICK[_SPIKE]] * n)] *= self.spike_factor

@@ -12,6 +12,8 @@ import pytest
 from edgefleet.history import HistorySpec, apply_data_fault, device_history, generate_history, write_history
 from edgefleet.physics import FEATURES
 
+pytest_plugins = ["tests.edge_fixtures"]
+
 END_TS_S = pd.Timestamp("2026-11-01T00:00:00Z").timestamp()
 BAD_DEVICES = {
     "bad-few-rows": ("few_rows", "too_few_rows"),

@@ -112,7 +112,7 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
     import paho.mqtt.client as mqtt
 
     from edgefleet.local_edge import free_port
-    from tests.modules.conftest import next_ip_base, reading, wait_for
+    from tests.edge_fixtures import next_ip_base, reading, wait_for
 
     port = free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

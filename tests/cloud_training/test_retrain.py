@@ -258,6 +258,10 @@ def test_cron_run_without_improvement_keeps_the_alias_and_every_model(first, wor
     report = json.loads(printed.strip().splitlines()[-1])
     assert report["alias_moved"] is False and report["summary"]["improved"] == 0
     assert report["summary"]["picked_by_reason"].get("skipped") == 1  # picked again, still no model
+    # The new device's model was built from these very rows: retrained, it ties, and a tie keeps the champion.
+    new_device = next(d for d in report["decisions"] if d["device_id"] == NEW_DEVICE)
+    assert (new_device["reasons"], new_device["kept"]) == ("new_data", "champion")
+    assert new_device["challenger_mse"] == new_device["champion_mse"]
     assert "Retraining" in printed
     second = read_manifest(out)
     assert {d: e.joblib for d, e in second.devices.items()} == {d: e.joblib for d, e in first.manifest.devices.items()}

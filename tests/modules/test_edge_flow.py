@@ -8,7 +8,7 @@ from collections import Counter
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import parse_deployment
-from tests.modules.conftest import deadletters, lake_rows, reading, wait_for
+from tests.edge_fixtures import deadletters, lake_rows, reading, wait_for
 
 
 def _predictions(edge, expected: int):

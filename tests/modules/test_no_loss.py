@@ -6,7 +6,7 @@ import threading
 import time
 
 from edgefleet.bundle import read_manifest
-from tests.modules.conftest import lake_rows, reading, wait_for
+from tests.edge_fixtures import lake_rows, reading, wait_for
 
 READINGS = 3000
 RATE_PER_S = 600.0

@@ -6,7 +6,7 @@ import json
 
 from edgefleet.messages import decode_payload, encode_json
 from modules.sensor.batcher import Batcher
-from tests.modules.conftest import reading
+from tests.edge_fixtures import reading
 
 
 def test_batcher_never_exceeds_max_bytes_and_keeps_every_reading_in_order():

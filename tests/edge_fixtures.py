@@ -1,4 +1,4 @@
-"""Fixtures for the edge modules: a real field Mosquitto, the stand-in, modules as real processes."""
+"""Edge fixtures (a plugin of the root conftest): a real field Mosquitto, the stand-in, modules as real processes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from edgefleet.bundle import read_manifest
 from edgefleet.deployment import Deployment, load_deployment
 from edgefleet.local_edge import LocalEdge
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "deployment" / "deployment.template.json"
 _blocks = itertools.count(1)
 
