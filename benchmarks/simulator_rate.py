@@ -45,8 +45,8 @@ from simulator.run import run_simulation
 from simulator.stream import TelemetryStream
 
 GOAL_RATE_PER_S = 5_000.0
-FULL = {"readings": 60_000, "repeats": 5, "devices": 1_000, "paced_s": 10.0}
-QUICK = {"readings": 20_000, "repeats": 3, "devices": 500, "paced_s": 4.0}
+FULL: dict[str, Any] = {"readings": 60_000, "repeats": 5, "devices": 1_000, "paced_s": 10.0}
+QUICK: dict[str, Any] = {"readings": 20_000, "repeats": 3, "devices": 500, "paced_s": 4.0}
 
 
 def bench_profile(devices: int, readings: int, qos: int, port: int) -> SimulatorProfile:
@@ -133,11 +133,14 @@ def generation_rate(profile: SimulatorProfile) -> float:
 def paced_run(devices: int, duration_s: float, port: int) -> dict[str, Any]:
     """Run at the goal rate in real time (speed 1); return the achieved rate and the worst lag."""
     rate_per_s = GOAL_RATE_PER_S / devices
+    base = bench_profile(devices, int(GOAL_RATE_PER_S * duration_s), 1, port)
     profile = with_overrides(
-        bench_profile(devices, int(GOAL_RATE_PER_S * duration_s), 1, port),
+        base,
         device_types=[{"name": "paced", "count": devices, "rate_per_s": rate_per_s}],
         duration_s=duration_s,
         speed=1.0,
+        # Silent devices would lower the rate on purpose; every other fault stays on.
+        faults={**base.faults.model_dump(), "silent_device_rate": 0.0},
         mqtt={"port": port, "qos": 1, "client_id": "bench-paced"},
     )
     report = run_simulation(profile, threading.Event(), port=port)

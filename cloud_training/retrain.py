@@ -277,6 +277,42 @@ def pick_reasons(entry: DeviceEntry | None, n_fresh: int, live_mse: float, polic
     return reasons
 
 
+def drift_start(squared_errors: np.ndarray, min_after: int, reference_mse: float | None, min_ratio: float = 2.0) -> int:
+    """Return where the champion's error jumps (0: no rise found), by CUSUM over the squared errors.
+
+    Rows before a device's concept drift follow the old relation; a challenger trained on them
+    as well learns a blend of the two and serves neither. One change point: the split where the
+    cumulative error departs most from its overall trend while the mean after it is higher,
+    found in O(n) with cumulative sums.
+    """
+    n = len(squared_errors)
+    min_before = max(1, min_after // 2)  # a handful of lucky early rows is not an "old relation"
+    if n < min_before + min_after:
+        return 0
+    # On a log scale: squared errors are heavy-tailed, and a few large ones would pull the split.
+    cumulative = np.concatenate([[0.0], np.cumsum(np.log1p(squared_errors))])
+    splits = np.arange(min_before, n - min_after + 1)
+    before = cumulative[splits] / splits
+    after = (cumulative[n] - cumulative[splits]) / (n - splits)
+    rise = after - before
+    # |S_k - k/n S_n| = k(n-k)/n * (mean after - mean before): weights the rise by how many rows
+    # back it, so a few large errors near the end do not win over a sustained jump.
+    statistic = np.where(rise > 0, splits * (n - splits) / n * rise, 0.0)
+    best = int(np.argmax(statistic))
+    if statistic[best] <= 0:
+        return 0
+    split = int(splits[best])
+    # Only a real drift counts: before the split the champion still fits (within `min_ratio` of
+    # its hold-out error), after it it does not. Errors that wander with the features' daily
+    # cycles while the champion is off all along give no split: the challenger then uses every row.
+    if reference_mse is None:
+        return 0
+    bound = min_ratio * reference_mse
+    fits_before = float(np.mean(squared_errors[:split])) <= bound
+    off_after = float(np.mean(squared_errors[split:])) > bound
+    return split if fits_before and off_after else 0
+
+
 def fresh_readings(frame: pd.DataFrame, features: tuple[str, ...]) -> pd.DataFrame:
     """Return one usable row per reading (finite features and label), oldest first."""
     readings = frame.drop_duplicates(subset=[TS_COLUMN, SEQ_COLUMN]) if SEQ_COLUMN in frame else frame
@@ -354,6 +390,15 @@ def _retrain_device(
     if not reasons:
         return not_trained, RetrainDecision(**base, decision=_not_picked_detail(champion.entry, live_mse, policy))
     base["pick_reasons"] = ",".join(reasons)
+    if "drift" in reasons:
+        # Train and judge on the rows after the drift only (they are what the device does now).
+        min_after = policy.training.min_rows + policy.min_fresh_holdout_rows
+        errors = (np.asarray(champion.served.predict(x), dtype=float) - y) ** 2
+        start = drift_start(errors, min_after, reference_mse(champion.entry), policy.drift_factor)
+        if start:
+            fresh = fresh.iloc[start:]
+            n_fresh = len(fresh)
+            base["n_fresh"] = n_fresh
     n_holdout = min(n_fresh, max(policy.min_fresh_holdout_rows, math.ceil(n_fresh * policy.fresh_holdout_fraction)))
     base["n_fresh_holdout"] = n_holdout
     holdout = fresh.iloc[n_fresh - n_holdout :]

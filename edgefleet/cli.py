@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="also print summary and timings as JSON")
     train.set_defaults(func=cmd_train)
 
+    from cloud_training.retrain_cli import register as register_retrain
+    from simulator.cli import register as register_simulate
+
+    register_retrain(sub)
+    register_simulate(sub)
+
     bundle = sub.add_parser("bundle", help="check or describe a model bundle")
     bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
     verify = bundle_sub.add_parser("verify", help="check every file against the manifest's sha256")

@@ -74,6 +74,8 @@ def run_demo(
             out=workdir / "bundle-retrained",
             tracking_uri=tracking_uri,
             registered_model="edgefleet-demo",
+            # The stream continues the generated history (simulated time), before the bundle was built.
+            since=first["simulation"]["start_ts"],
         )
     )
     console.print(

@@ -61,6 +61,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._connected = threading.Event()
         self._refused = False
+        self._auth_refused = False
         self._closing = False
         client = mqtt.Client(client_id=settings.client_id, clean_session=True, protocol=mqtt.MQTTv311)
         if settings.tls_ca_file is not None:
@@ -98,7 +99,8 @@ class MqttPublisher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
         if rc != mqtt.CONNACK_ACCEPTED:
-            self.last_error = mqtt.connack_string(rc)
+            self.last_error = mqtt.connack_string(rc).rstrip(".")
+            self._auth_refused = rc in (mqtt.CONNACK_REFUSED_BAD_USERNAME_PASSWORD, mqtt.CONNACK_REFUSED_NOT_AUTHORIZED)
             self._refused = True
             logger.error("Broker %s refused the connection: %s", self.address, self.last_error)
             return
@@ -113,11 +115,11 @@ class MqttPublisher:
         self._connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = "connection failed (is the broker running and the address right?)"
+        self.last_error = "nothing accepted the connection there"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
         self._connected.clear()
-        if self._closing:
+        if self._closing or self._refused:  # the refusal's reason says more than "connection refused"
             return
         self.disconnects += 1
         self.last_error = mqtt.error_string(rc)
@@ -129,8 +131,8 @@ class MqttPublisher:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def connect(self) -> None:
-        """Connect (paho's loop thread keeps reconnecting later); raise if the broker is not there in time."""
+    def connect(self) -> bool:
+        """Connect (paho's loop thread reconnects later); return False if stopped first, raise if no broker in time."""
         logger.info("Connecting to %s as %r", self.address, self.settings.client_id)
         try:
             self.client.connect_async(self.host, self.port, keepalive=self.settings.keepalive_s)
@@ -139,14 +141,24 @@ class MqttPublisher:
         self.client.loop_start()
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while not self._connected.wait(0.05):
-            if self._refused or time.monotonic() > deadline or self._stop.is_set():
+            if self._stop.is_set():
                 self.close()
-                reason = self.last_error or "no answer"
+                return False
+            if self._refused:
+                self.close()
+                hint = "; check mqtt.username and mqtt.password" if self._auth_refused else ""
+                raise SimulatorError(
+                    f"the MQTT broker at {self.address} refused the connection: {self.last_error}{hint}"
+                )
+            if time.monotonic() > deadline:
+                self.close()
+                reason = (self.last_error or "no answer").rstrip(".")
                 raise SimulatorError(
                     f"cannot connect to the MQTT broker at {self.address} within "
                     f"{self.settings.connect_timeout_s:g} s: {reason}. Start the broker, or point the simulator "
                     "at it with --host/--port (or mqtt.host/mqtt.port in the profile)"
                 )
+        return True
 
     def close(self) -> None:
         """Disconnect and stop paho's loop thread."""

@@ -4,8 +4,10 @@ Rows need `device_id` and `ts` (ISO-8601, or epoch seconds/ms/µs/ns); `seq` is 
 device from 0 in file order when absent); `label` is optional. Features are the other numeric
 columns (the same rule as `edgefleet.history`), or a JSON Lines row's `features` object when it
 is a telemetry message. Values are sent as recorded: an empty cell leaves the feature out, a
-recorded NaN is sent as NaN. Offsets are seconds after the first row's `ts`, so the publisher
-can keep the original pacing (× speed). Only the standard library is used: no pandas.
+recorded NaN is sent as NaN. A reading is `complete` when it has every `edgefleet.physics`
+feature (what the bundle's models take), as for simulated readings. Offsets are seconds after
+the first row's `ts`, so the publisher can keep the original pacing (× speed). Only the
+standard library is used: no pandas.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES, TELEMETRY_SCHEMA
+from edgefleet.physics import FEATURES
 from simulator.errors import SimulatorError
 from simulator.stream import Emission
 
@@ -170,7 +173,7 @@ def _optional_number(value: object, name: str, where: str) -> float | None:
 
 
 def _features(row: dict[str, Any], where: str, from_json: bool) -> tuple[dict[str, float], bool, bool]:
-    """Return the row's features, whether none was left empty, and whether all are finite."""
+    """Return the row's features, whether it has every physics feature, and whether all are finite."""
     nested = row.get("features")
     if isinstance(nested, dict):
         items = list(nested.items())
@@ -185,13 +188,12 @@ def _features(row: dict[str, Any], where: str, from_json: bool) -> tuple[dict[st
             and not (from_json and isinstance(value, str))
         ]
     features: dict[str, float] = {}
-    complete = True
     for name, value in items:
         number = _optional_number(value, f"feature {name!r}", where)
-        if number is None:
-            complete = False
-            continue
-        features[name] = number
+        if number is not None:  # an empty cell: the device did not send that feature
+            features[name] = number
     if not features:
         raise _ReplayError(f"{where}: no feature values (numeric columns other than device_id, ts, seq, label)")
+    # Complete as the simulator means it: every physics feature (what the bundle's models take) is there.
+    complete = all(name in features for name in FEATURES)
     return features, complete, all(math.isfinite(value) for value in features.values())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,9 +24,7 @@ from simulator.stream import FAULT_TYPES, DeviceStats, Emission
 __all__ = ["REPORT_SCHEMA", "DeviceReport", "ReportBuilder", "SimulationReport", "totals", "write_report"]
 
 REPORT_SCHEMA = "edgefleet.simulator-report/1"
-# The sensor's bookkeeping (modules/sensor/sequence.py): how many recent seqs it remembers per
-# device to spot a duplicate, and how far below the highest seq a reading means a counter reset.
-_RECENT_SEQS = 256
+# The sensor's rule (modules/sensor/sequence.py): a seq this far below the highest seen is a counter reset.
 _RESET_BELOW = 10_000
 
 
@@ -70,6 +67,7 @@ class SimulationReport:
     devices: tuple[DeviceReport, ...]
     seed: int | None = None
     start_ts: str | None = None
+    end_ts: str | None = None  # simulated time of the last reading taken: a follow-up run can start here
     planned_duration_s: float | None = None
     drift: tuple[Mapping[str, Any], ...] = ()
     source: str | None = None
@@ -96,6 +94,7 @@ class SimulationReport:
             "seed": self.seed,
             "started_at": format_ts(self.started_at),
             "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
             "planned_duration_s": self.planned_duration_s,
             "elapsed_s": round(self.elapsed_s, 3),
             "stopped_early": self.stopped_early,
@@ -120,7 +119,7 @@ def write_report(report: SimulationReport, path: Path) -> Path:
 class _Tally:
     """One device's counters while a run is going (mutable, private to the builder)."""
 
-    __slots__ = ("duplicates_sent", "first_seq", "high", "last_seq", "recent", "recent_set", "sent")
+    __slots__ = ("duplicates_sent", "first_seq", "high", "last_seq", "sent")
 
     def __init__(self) -> None:
         self.sent = 0
@@ -128,14 +127,6 @@ class _Tally:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.high: int | None = None  # the edge's view: highest valid seq seen
-        self.recent: deque[int] = deque(maxlen=_RECENT_SEQS)
-        self.recent_set: set[int] = set()
-
-    def remember(self, seq: int) -> None:
-        if len(self.recent) == _RECENT_SEQS:
-            self.recent_set.discard(self.recent[0])
-        self.recent.append(seq)
-        self.recent_set.add(seq)
 
 
 class ReportBuilder:
@@ -169,24 +160,23 @@ class ReportBuilder:
             # Dead-lettered before the edge looks at seqs: the seq stays a gap at the edge.
             self.non_finite += 1
             return
+        if emission.duplicate:
+            # The sensor remembers its last 256 seqs per device; a copy follows its original
+            # closely (a replayed file's repeats too, as a rule), so it is always recognised.
+            self.edge_duplicates += 1
+            return
         high = tally.high
         if high is None:
             tally.high = seq
-        elif seq in tally.recent_set:
-            self.edge_duplicates += 1
-            return
         elif seq > high:
             self.seq_missing += seq - high - 1
             tally.high = seq
         elif high - seq > _RESET_BELOW or seq == 0:
             self.seq_resets += 1
             tally.high = seq
-            tally.recent.clear()
-            tally.recent_set.clear()
         else:
             self.seq_late += 1
             self.seq_missing = max(0, self.seq_missing - 1)
-        tally.remember(seq)
         self.valid += 1
         if not emission.complete:
             self.missing_features += 1

@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from edgefleet.messages import format_ts
 from simulator.fleet import FleetPlan
 from simulator.profile import MqttSettings, SimulatorProfile
 from simulator.publisher import MqttPublisher
@@ -60,12 +61,9 @@ def run_simulation(
     start_ts: datetime | None = None,
     report_path: Path | None = None,
 ) -> SimulationReport:
-    """Publish the profile's fleet until its duration ends or `stop_event` is set; return the report.
-
-    `host`/`port` override the profile's broker, `duration_s` its duration and `speed` its pacing.
-    Everything generated is published and the broker's acknowledgements are awaited (at most
-    `mqtt.drain_timeout_s`) before returning; with `report_path` the report is also written as JSON.
-    """
+    """Publish the profile's fleet until its duration ends or `stop_event` is set; return the report."""
+    # host/port override the profile's broker, duration_s its duration, speed its pacing. Everything
+    # generated is published and acknowledged (at most mqtt.drain_timeout_s) before this returns.
     stream = TelemetryStream.from_profile(profile, duration_s=duration_s, start_ts=start_ts)
     plan = stream.plan
     logger.info(
@@ -130,6 +128,7 @@ def _simulation_fields(stream: TelemetryStream, plan: FleetPlan) -> dict[str, An
     return {
         "seed": plan.seed,
         "start_ts": plan.start_ts_text(),
+        "end_ts": format_ts(plan.start_ts + timedelta(seconds=round(stream.reached_s(), 3))),
         "planned_duration_s": plan.duration_s,
         "drift": tuple(event.to_json_obj() for event in plan.drift),
         "stats": stream.device_stats(),
@@ -156,14 +155,16 @@ def _run(
     started = time.monotonic()
     builder = ReportBuilder()
     publisher = MqttPublisher(settings, host=host, port=port, stop_event=stop_event)
-    publisher.connect()
-    try:
-        pumped = _pump(
-            iter(emissions), flush, publisher, builder, stop_event, speed, rate_cap_per_s, on_progress, started
-        )
-        drain_s = publisher.drain()
-    finally:
-        publisher.close()
+    if publisher.connect():
+        try:
+            pumped = _pump(
+                iter(emissions), flush, publisher, builder, stop_event, speed, rate_cap_per_s, on_progress, started
+            )
+            drain_s = publisher.drain()
+        finally:
+            publisher.close()
+    else:  # stopped before the broker answered: nothing was generated or sent
+        pumped, drain_s = _PumpResult(stopped_early=True, unsent=0, max_lag_s=0.0, publish_s=0.0), 0.0
     elapsed_s = time.monotonic() - started
     fields = describe()
     stats = fields.pop("stats", ())
@@ -172,9 +173,9 @@ def _run(
     delivery = {
         **publisher.counters(),
         "unsent": pumped.unsent,
-        "max_lag_s": round(pumped.max_lag_s, 3),
-        "publish_s": round(pumped.publish_s, 3),
-        "drain_s": round(drain_s, 3),
+        "max_lag_s": round(pumped.max_lag_s, 4),
+        "publish_s": round(pumped.publish_s, 4),
+        "drain_s": round(drain_s, 4),
     }
     report = SimulationReport(
         mode=mode,

@@ -449,6 +449,10 @@ class TelemetryStream:
                 out.extend(device.flush())
         return out
 
+    def reached_s(self) -> float:
+        """Return the simulated offset of the last reading any device took (0 before the first)."""
+        return max((device.last_offset_s for device in self._devices), default=0.0)
+
     def device_stats(self) -> list[DeviceStats]:
         """Return per-device counts of generated and withheld readings and injected faults."""
         return [device.stats() for device in self._devices]

@@ -338,3 +338,14 @@ def test_a_device_whose_champion_cannot_predict_keeps_its_champion(world):
     result, decision = retrain_device(frame, policy, Champion(entry=entry, served=Broken(), fleet=Broken()))
     assert (result.status, result.reason) == ("failed", "exception")
     assert decision.kept == "champion" and "corrupt model" in decision.decision
+
+
+def test_drift_start_finds_where_the_champions_error_jumps():
+    from cloud_training.retrain import drift_start
+
+    rng = np.random.default_rng(0)
+    errors = np.concatenate([rng.exponential(0.5, 60), rng.exponential(40.0, 50)])
+    assert 55 <= drift_start(errors, min_after=20, reference_mse=0.5) <= 62
+    assert drift_start(rng.exponential(0.5, 100), min_after=20, reference_mse=0.5) == 0  # it still fits: no drift
+    assert drift_start(rng.exponential(40.0, 100), min_after=20, reference_mse=0.5) == 0  # off all along: no split
+    assert drift_start(errors[:25], min_after=20, reference_mse=0.5) == 0  # too short to split

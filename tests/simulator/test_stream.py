@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ ALL_FAULTS = {
     "silent_duration_s": 2.0,
 }
 START = datetime(2026, 11, 1, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def digest(emissions: list[Emission]) -> str:
@@ -67,7 +69,9 @@ def test_the_stream_is_the_same_in_another_process_with_another_hash_seed():
         "print(digest(list(generate(profile(faults=ALL_FAULTS, duration_s=3.0)))))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=True
+    )
     assert run.stdout.strip() == digest(list(generate(fleet)))
 
 
