@@ -17,11 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.history import HistorySpec, generate_history, write_history
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_PROFILE = REPO / "simulator" / "profiles" / "demo.yaml"
-TEMPLATE = REPO / "deployment" / "deployment.template.json"
+TEMPLATE = Path(DEFAULT_TEMPLATE)
 
 
 def run_demo(
@@ -54,7 +53,7 @@ def run_demo(
             console.print(f"[red]BAD[/red] {problem}")
         return 1
 
-    from simulator.profile import load_profile, with_overrides
+    from simulator.profile import DEMO_PROFILE, load_profile, with_overrides
 
     profile = load_profile(DEMO_PROFILE)
     profile = with_overrides(profile, seed=seed, duration_s=edge_seconds)
@@ -174,6 +173,8 @@ def _drift_time(simulation: dict[str, Any]) -> datetime | None:
 
 def _sim_end(simulation: dict[str, Any]) -> datetime:
     """Return the simulated time where a run ended (the next run continues from there)."""
+    if simulation.get("end_ts"):
+        return pd.Timestamp(simulation["end_ts"]).to_pydatetime() + timedelta(seconds=1)
     start = pd.Timestamp(simulation["start_ts"]).to_pydatetime()
     return start + timedelta(seconds=float(simulation.get("planned_duration_s") or simulation["elapsed_s"]) + 1)
 
