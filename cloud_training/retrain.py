@@ -12,7 +12,9 @@ per device. It
    `skipped`, `fallback`), drifted (`drift`: live MSE > `drift_factor` x the champion's hold-out
    MSE in the manifest, on at least `min_drift_rows` rows), or gathered as much new data as its
    model was built from (`new_data`: fresh rows >= `new_data_factor` x its n_train + n_holdout);
-4. for a picked device, holds out the newest `fresh_holdout_fraction` of its fresh rows, trains a
+4. for a drifted device, keeps only the rows after its drift point (`drift_start`: where the
+   champion's error rises from within `drift_factor` x its hold-out MSE to beyond it);
+5. for a picked device, holds out the newest `fresh_holdout_fraction` of its fresh rows, trains a
    challenger on the rest with `train_device` (the same function as `edgefleet train`; prior history
    joins only with `--history`), and scores the model each side would serve on that fresh hold-out;
    the challenger wins only when strictly better (by `improvement_margin`); ties, failures and
