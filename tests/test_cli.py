@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -147,3 +148,42 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
     predicted = rows[rows["source_module"] == "inference"]
     assert list(predicted["device_id"]) == [device]
     assert predicted.iloc[0]["prediction_model"] == "device"
+
+    # Nothing of this edge is left running: no broker, no module process names its work dir.
+    leftovers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path) in text:
+            leftovers.append(text)
+    assert leftovers == []
+
+
+def test_up_with_the_simulator_stops_by_itself_and_fills_the_lake_with_predictions(small_bundle, tmp_path):
+    from edgefleet.local_edge import free_port
+    from tests.edge_fixtures import next_ip_base
+
+    profile = tmp_path / "fleet.yaml"
+    profile.write_text(
+        "seed: 11\nduration_s: 4\ndevice_types:\n  - {name: pump, count: 6, id_prefix: dev-, rate_per_s: 5}\n"
+        "faults: {nan_rate: 0.05, duplicate_rate: 0.05}\n"
+    )
+    args = ["up", "--bundle", small_bundle, "--simulate", profile, "--duration-s", 4]
+    args += ["--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args += ["--ip-base", next_ip_base(), "--field-port", free_port()]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [sys.executable, "-m", "edgefleet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=clean_env(),
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = pd.concat(pd.read_parquet(path) for path in (tmp_path / "lake").glob("date=*/*.parquet"))
+    predicted = rows[rows["source_module"] == "inference"].drop_duplicates(["device_id", "seq"])
+    assert len(predicted) >= 100
+    assert set(predicted["device_id"]) <= {f"dev-{i:05d}" for i in range(6)}
