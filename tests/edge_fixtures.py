@@ -30,7 +30,7 @@ def next_ip_base() -> str:
     return f"127.{200 + os.getpid() % 50}.{next(_blocks)}"
 
 
-def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
+def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.05) -> Any:
     """Poll until `check` returns something truthy; fail with its last value on timeout."""
     deadline = time.monotonic() + timeout_s
     value = check()

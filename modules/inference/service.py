@@ -387,11 +387,9 @@ class InferenceService:
         stats = self.stats()
         outbox = stats.pop("outbox")
         return {
+            **self.desired.model_dump(by_alias=True),  # the effective values, named as in the manifest
             "bundleVersion": self.predictor.version,
-            "expectedBundleVersion": self.desired.expected_bundle_version,
             "bundleStatus": self.bundle_status(),
-            "poorModelThreshold": self.desired.poor_model_threshold,
-            "logLevel": self.desired.log_level,
             "configError": self.config_error,
             "counters": {
                 **stats,

@@ -233,10 +233,7 @@ class SensorService:
         stats = self.stats()
         outbox = stats.pop("outbox")
         return {
-            "batchWindowMs": self.desired.batch_window_ms,
-            "maxBatchBytes": self.desired.max_batch_bytes,
-            "fieldTopic": self.desired.field_topic,
-            "enabled": self.desired.enabled,
+            **self.desired.model_dump(by_alias=True),  # the effective values, named as in the manifest
             "configError": self.config_error,
             "counters": {
                 **stats,

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from edgefleet.edgehub.broker import Broker, Listener
 from edgefleet.local_edge import free_port
 from simulator.profile import SimulatorProfile, parse_profile
+from tests.edge_fixtures import wait_for  # noqa: F401 - re-exported for the tests here
 
 TOPIC_FILTER = "fleet/+/telemetry"
 
@@ -30,18 +31,6 @@ def profile(**overrides: Any) -> SimulatorProfile:
     }
     data.update(overrides)
     return parse_profile(data)
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.02) -> Any:
-    """Poll until `check` returns something truthy; fail with its last value on timeout."""
-    deadline = time.monotonic() + timeout_s
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s (last value: {value!r})")
-        time.sleep(interval_s)
-        value = check()
-    return value
 
 
 def decode(payload: bytes) -> dict[str, Any]:

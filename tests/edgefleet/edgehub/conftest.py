@@ -19,6 +19,7 @@ import pytest
 
 from edgefleet.edgehub.standin import EdgeHubStandIn
 from edgefleet.routes import parse_routes
+from tests.edge_fixtures import wait_for  # noqa: F401 - re-exported for the tests here
 
 MODULE_APP = Path(__file__).with_name("module_app.py")
 EDGE_DEVICE = "edge1"
@@ -30,18 +31,6 @@ def next_ip_base() -> str:
     block = next(_blocks)
     assert block < 250, "ran out of loopback blocks"
     return f"127.{100 + os.getpid() % 100}.{block}"
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.05) -> Any:
-    """Poll `check` until it returns something truthy; fail with its last value on timeout."""
-    deadline = time.monotonic() + timeout_s
-    value = check()
-    while not value:
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s (last value: {value!r})")
-        time.sleep(interval_s)
-        value = check()
-    return value
 
 
 class ModuleProcess:
