@@ -4,15 +4,12 @@
 adopted challengers' files with the same code as `edgefleet train` (`export.write_device_entry`).
 `summarize_decisions` says whether the fleet improved, which is what moves the registry's `champion`
 alias. `write_deployment_manifest` expands `deployment/deployment.template.json` for the new bundle
-and writes it in the deployed form (`createOptions` as JSON strings of at most 512 characters).
+and writes it in the deployed form (`edgefleet.manifest_build`, as `edgefleet manifest build` does).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,15 +20,8 @@ import pandas as pd
 
 from cloud_training.export import content_version, library_versions, staged_bundle_dir, write_device_entry
 from edgefleet.bundle import MANIFEST_NAME, BundleManifest, DeviceEntry, ModelFile, sha256_bytes
-from edgefleet.deployment import (
-    AGENT,
-    CREATE_OPTIONS_CHUNK,
-    DESIRED,
-    DeploymentError,
-    load_deployment,
-    validate_deployment,
-)
 from edgefleet.errors import BundleError
+from edgefleet.manifest_build import deployed_form, image_name, write_deployment_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +118,6 @@ def summarize_decisions(decisions: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def image_name(repository: str, tag: str, registry: str = "") -> str:
-    """Return `[registry/]repository:tag`."""
-    prefix = f"{registry.rstrip('/')}/" if registry else ""
-    return f"{prefix}{repository}:{tag}"
-
-
 def deployment_variables(
     bundle_version: str, sensor_version: str, registry: str = "", extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -146,35 +130,4 @@ def deployment_variables(
     }
 
 
-def write_deployment_manifest(template: Path, out_path: Path, variables: Mapping[str, str]) -> Path:
-    """Expand the template, check it offline, and write it atomically in the deployed form."""
-    deployment = load_deployment(template, variables)
-    errors = [p for p in validate_deployment(deployment) if p.severity == "error"]
-    if errors:
-        details = "\n".join(f"  {p}" for p in errors)
-        raise DeploymentError(f"{template} does not validate once expanded ({len(errors)} error(s)):\n{details}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(json.dumps(deployed_form(deployment.raw), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_path)
-    load_deployment(out_path)  # the file as written reads back
-    return out_path
-
-
-def deployed_form(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Return an expanded template as IoT Hub takes it: createOptions as 512-character JSON strings."""
-    manifest = copy.deepcopy(dict(raw))
-    manifest.pop("$schema-template", None)  # a template marker; iotedgedev drops it too
-    agent = manifest["modulesContent"][AGENT][DESIRED]
-    for group in ("systemModules", "modules"):
-        for spec in agent.get(group, {}).values():
-            settings = spec.get("settings", {})
-            options = settings.get("createOptions")
-            if not isinstance(options, Mapping):
-                continue
-            text = json.dumps(options, separators=(",", ":"))
-            chunks = [text[i : i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)]
-            settings["createOptions"] = chunks[0]
-            for index, chunk in enumerate(chunks[1:], start=1):
-                settings[f"createOptions{index:02d}"] = chunk
-    return manifest
+__all__ = ["KEPT_CHALLENGER", "KEPT_CHAMPION", "deployed_form", "deployment_variables", "write_deployment_manifest"]

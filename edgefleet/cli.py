@@ -119,6 +119,28 @@ def cmd_manifest_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifest_build(args: argparse.Namespace) -> int:
+    import os
+
+    from edgefleet.deployment import parse_variables
+    from edgefleet.manifest_build import build_variables, write_deployment_manifest
+
+    template = Path(args.template)
+    variables = build_variables(
+        template,
+        given=parse_variables(args.var),
+        bundle_dir=Path(args.bundle) if args.bundle else None,
+        registry=args.registry,
+        modules_dir=Path(args.modules_dir),
+        environment=os.environ,
+    )
+    out = write_deployment_manifest(template, Path(args.out), variables)
+    for name in sorted(variables):
+        print(f"  ${{{name}}} = {variables[name]}")
+    print(f"wrote {out} (validated offline; createOptions in 512-character chunks)")
+    return 0
+
+
 def cmd_edgehub(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -303,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--var", action="append", metavar="NAME=VALUE", help="expand ${NAME}; once given, every placeholder needs one"
     )
     manifest_validate.set_defaults(func=cmd_manifest_validate)
+    manifest_build = manifest_sub.add_parser(
+        "build", help="expand the template (images from module.json, bundle version), validate, write it deployable"
+    )
+    manifest_build.add_argument("--template", default="deployment/deployment.template.json")
+    manifest_build.add_argument("--out", default="out/deployment.json")
+    manifest_build.add_argument("--bundle", help="bundle the inference image bakes in (its version tags the image)")
+    manifest_build.add_argument("--registry", default="", help="image registry prefix, e.g. myacr.azurecr.io")
+    manifest_build.add_argument("--modules-dir", default="modules", help="where modules/<m>/module.json live")
+    manifest_build.add_argument("--var", action="append", metavar="NAME=VALUE", help="set a placeholder (wins)")
+    manifest_build.set_defaults(func=cmd_manifest_build)
 
     edgehub = sub.add_parser("edgehub", help="run the offline edgeHub stand-in (Mosquitto per module, router, lake)")
     edgehub.add_argument("--deployment", default="deployment/deployment.template.json")

@@ -1,0 +1,117 @@
+"""`edgefleet manifest build`: the deployable IoT Edge manifest from the template, module.json files and a bundle.
+
+Placeholders are filled from, in order of precedence: `--var NAME=VALUE`, then what the build
+knows — `MODULES.<m>` is `[registry/]<repository>:<tag>` from `modules/<m>/module.json`
+(iotedgedev's convention; the inference image is tagged with the bundle version it bakes in),
+`BUNDLE_VERSION` from the bundle's manifest — then the environment. The expanded manifest
+must validate offline (structure, route grammar, modules and endpoints, createOptions) before
+it is written, in the form IoT Hub takes: `createOptions` as a minified JSON string cut into
+512-character chunks (`createOptions`, `createOptions01`, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgefleet.bundle import read_manifest
+from edgefleet.deployment import (
+    AGENT,
+    CREATE_OPTIONS_CHUNK,
+    DESIRED,
+    DeploymentError,
+    load_deployment,
+    validate_deployment,
+)
+
+MODULES_DIR = Path("modules")
+INFERENCE = "inference"
+_PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
+
+
+def image_name(repository: str, tag: str, registry: str = "") -> str:
+    """Return `[registry/]repository:tag`."""
+    prefix = f"{registry.rstrip('/')}/" if registry else ""
+    return f"{prefix}{repository}:{tag}"
+
+
+def module_images(
+    modules_dir: Path = MODULES_DIR, registry: str = "", bundle_version: str | None = None
+) -> dict[str, str]:
+    """Return `MODULES.<m>` → image for every `modules/<m>/module.json`."""
+    images: dict[str, str] = {}
+    for spec_path in sorted(Path(modules_dir).glob("*/module.json")):
+        module = spec_path.parent.name
+        try:
+            image = json.loads(spec_path.read_text(encoding="utf-8"))["image"]
+            repository, tag = str(image["repository"]), str(image["tag"]["version"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DeploymentError(
+                f"{spec_path}: cannot read image.repository and image.tag.version ({err}); "
+                "see iotedgedev's module.json layout"
+            ) from err
+        if module == INFERENCE and bundle_version:
+            tag = bundle_version  # the image is its code plus the bundle baked into it
+        images[f"MODULES.{module}"] = image_name(repository, tag, registry)
+    return images
+
+
+def build_variables(
+    template: Path,
+    *,
+    given: Mapping[str, str] | None = None,
+    bundle_dir: Path | None = None,
+    registry: str = "",
+    modules_dir: Path = MODULES_DIR,
+    environment: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return a value for every placeholder of the template: given, then derived, then environment."""
+    bundle_version = read_manifest(bundle_dir).bundle_version if bundle_dir is not None else None
+    derived = module_images(modules_dir, registry, bundle_version)
+    if bundle_version is not None:
+        derived["BUNDLE_VERSION"] = bundle_version
+    wanted = set(_PLACEHOLDER.findall(Path(template).read_text(encoding="utf-8")))
+    environment = environment or {}
+    variables = {name: environment[name] for name in wanted if name in environment}
+    variables.update(derived)
+    variables.update(given or {})
+    return variables
+
+
+def deployed_form(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Return an expanded template as IoT Hub takes it: createOptions as 512-character JSON strings."""
+    manifest = copy.deepcopy(dict(raw))
+    manifest.pop("$schema-template", None)  # a template marker; iotedgedev drops it too
+    agent = manifest["modulesContent"][AGENT][DESIRED]
+    for group in ("systemModules", "modules"):
+        for spec in agent.get(group, {}).values():
+            settings = spec.get("settings", {})
+            options = settings.get("createOptions")
+            if not isinstance(options, Mapping):
+                continue
+            text = json.dumps(options, separators=(",", ":"))
+            chunks = [text[i : i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)] or ["{}"]
+            settings["createOptions"] = chunks[0]
+            for index, chunk in enumerate(chunks[1:], start=1):
+                settings[f"createOptions{index:02d}"] = chunk
+    return manifest
+
+
+def write_deployment_manifest(template: Path, out_path: Path, variables: Mapping[str, str]) -> Path:
+    """Expand the template, check it offline, and write it atomically in the deployed form."""
+    deployment = load_deployment(template, variables)
+    errors = [p for p in validate_deployment(deployment) if p.severity == "error"]
+    if errors:
+        details = "\n".join(f"  {p}" for p in errors)
+        raise DeploymentError(f"{template} does not validate once expanded ({len(errors)} error(s)):\n{details}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(json.dumps(deployed_form(deployment.raw), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_path)
+    load_deployment(out_path)  # the file as written reads back
+    return out_path
