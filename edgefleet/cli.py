@@ -158,6 +158,7 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
         routes=tuple(deployment.routes),
         desired={m: deployment.desired(m) for m in modules},
         ip_base=args.ip_base,
+        module_hosts=parse_variables(args.module_host) or {},
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -343,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     edgehub.add_argument("--state-dir", default="out/edgehub")
     edgehub.add_argument("--lake", default="out/lake")
     edgehub.add_argument("--ip-base", default="127.0.77", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    edgehub.add_argument(
+        "--module-host",
+        action="append",
+        metavar="MODULE=IP",
+        help="a module's broker address instead of <ip-base>.N (e.g. one container network per module)",
+    )
     edgehub.set_defaults(func=cmd_edgehub)
 
     up = sub.add_parser(

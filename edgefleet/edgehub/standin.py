@@ -72,6 +72,7 @@ class StandInSettings:
     hub_hostname: str = DEFAULT_HUB_HOSTNAME
     flush_every_s: float = 5.0
     flush_rows: int = 10_000
+    module_hosts: Mapping[str, str] = field(default_factory=dict)
 
 
 class EdgeHubStandIn:
@@ -92,6 +93,7 @@ class EdgeHubStandIn:
         flush_rows: int = 10_000,
         upstream: Callable[[Message], None] | None = None,
         ready_timeout_s: float = 15.0,
+        module_hosts: Mapping[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.edge_device = _check_name(edge_device, "edge device id")
@@ -106,6 +108,8 @@ class EdgeHubStandIn:
         if unknown:
             raise StandInError(f"desired properties for module(s) the stand-in does not run: {', '.join(unknown)}")
         self.ip_base = _check_ip_base(ip_base)
+        # Explicit addresses (e.g. one per container network under Docker Compose) win over ip_base.
+        self.module_hosts = _check_module_hosts(module_hosts or {}, self.modules)
         self.routes = tuple(routes)
         self.desired = {module: dict(props) for module, props in desired.items()}
         self.lake_dir = Path(lake_dir)
@@ -126,7 +130,9 @@ class EdgeHubStandIn:
     # -- addresses and module environment -------------------------------------------------------
 
     def module_host(self, module: str) -> str:
-        """Return the loopback address of a module's broker (its `GatewayHostName`)."""
+        """Return the address of a module's broker (its `GatewayHostName`)."""
+        if module in self.module_hosts:
+            return self.module_hosts[module]
         try:
             index = self.modules.index(module)
         except ValueError:
@@ -255,6 +261,7 @@ def run_standin(
         hub_hostname=settings.hub_hostname,
         flush_every_s=settings.flush_every_s,
         flush_rows=settings.flush_rows,
+        module_hosts=settings.module_hosts,
     )
     with standin:
         env_files = standin.write_env_files()
@@ -275,6 +282,23 @@ def _check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
         raise StandInError(f"{what} {name!r} must be 1-64 letters, digits, '-', '_' or '.', starting alphanumeric")
     return name
+
+
+def _check_module_hosts(module_hosts: Mapping[str, str], modules: Sequence[str]) -> dict[str, str]:
+    """Return per-module broker addresses (IP literals, one per module), or raise saying what is wrong."""
+    unknown = sorted(set(module_hosts) - set(modules))
+    if unknown:
+        raise StandInError(f"module_hosts names module(s) the stand-in does not run: {', '.join(unknown)}")
+    for module, host in module_hosts.items():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise StandInError(
+                f"module_hosts[{module!r}] = {host!r} must be an IP address (it goes into the certificate's SAN)"
+            ) from None
+    if len(set(module_hosts.values())) != len(module_hosts):
+        raise StandInError("each module needs its own address: the SDK always connects to port 8883")
+    return dict(module_hosts)
 
 
 def _check_ip_base(ip_base: str) -> str:

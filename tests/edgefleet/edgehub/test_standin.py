@@ -17,7 +17,7 @@ from edgefleet.edgehub.standin import EdgeHubStandIn, StandInError, StandInSetti
 from edgefleet.history import read_history
 from edgefleet.routes import parse_routes
 
-from .conftest import StartEdge, next_ip_base, wait_for
+from .conftest import ModuleProcess, StartEdge, next_ip_base, wait_for
 
 JSON = {"content_type": "application/json", "content_encoding": "utf-8"}
 
@@ -275,3 +275,38 @@ def test_run_standin_serves_until_stopped_and_writes_module_env_files(tmp_path: 
         stop.set()
         thread.join(20)
     assert not thread.is_alive()
+
+
+def test_modules_can_be_given_their_own_broker_addresses_as_under_docker_compose(tmp_path: Path) -> None:
+    block = next_ip_base()
+    hosts = {"sensor": f"{block}.21", "inference": f"{block}.33"}
+    standin = EdgeHubStandIn(
+        tmp_path / "state",
+        "edge1",
+        ["sensor", "inference"],
+        [],
+        {"sensor": {"site": "a"}, "inference": {"site": "b"}},
+        tmp_path / "lake",
+        "127.0.0",
+        module_hosts=hosts,
+    )
+    assert standin.module_host("inference") == hosts["inference"]
+    with standin:
+        module = ModuleProcess("inference", standin.module_environment("inference"), tmp_path)
+        try:
+            module.wait_ready()
+            assert module.request("get_twin")["twin"]["desired"]["site"] == "b"
+        finally:
+            module.close()
+
+
+def test_module_hosts_must_be_distinct_ip_addresses_of_known_modules(tmp_path: Path) -> None:
+    def make(hosts: dict[str, str]) -> EdgeHubStandIn:
+        return EdgeHubStandIn(tmp_path, "edge1", ["sensor", "inference"], [], {}, tmp_path, module_hosts=hosts)
+
+    with pytest.raises(StandInError, match="IP address"):
+        make({"sensor": "edgehub"})
+    with pytest.raises(StandInError, match="its own address"):
+        make({"sensor": "10.0.0.2", "inference": "10.0.0.2"})
+    with pytest.raises(StandInError, match="does not run"):
+        make({"pump": "10.0.0.2"})
