@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test demo bench clean
+.PHONY: setup check test demo bench images clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/edge_throughput.py --quick
+
+# Container images without a registry: a debootstrapped base, a wheelhouse, offline builds.
+# The first run needs root (debootstrap); BUNDLE is the bundle the inference image bakes in.
+BUNDLE ?= out/demo/bundle
+images: setup
+	bash scripts/build_images.sh --bundle $(BUNDLE)
 
 clean:
 	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache

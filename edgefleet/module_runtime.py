@@ -53,6 +53,8 @@ UNIT_BYTES = 4096
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SEND_RETRY_FIRST_S = 0.2
 SEND_RETRY_MAX_S = 10.0
+CONNECT_RETRY_FIRST_S = 1.0
+CONNECT_RETRY_MAX_S = 30.0
 
 
 class ModuleStartError(EdgefleetError):
@@ -179,7 +181,7 @@ def create_module_client() -> Any:
         raise ModuleStartError(
             f"cannot create the module client ({err}). Run the module under IoT Edge, or for local runs set "
             "EdgeHubConnectionString and EdgeModuleCACertificateFile (`edgefleet edgehub` writes them to "
-            "<state>/env/<module>.env)"
+            "<state>/modules/<module>.env)"
         ) from err
 
 
@@ -234,9 +236,27 @@ class EdgeLink:
                 status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
         self.client.send_method_response(MethodResponse.create_from_method_request(request, status, payload))
 
-    def connect(self) -> None:
-        """Connect to edgeHub (the SDK keeps reconnecting after this)."""
-        self.client.connect()
+    def connect(self, stop_event: threading.Event | None = None, register: Callable[[], None] | None = None) -> bool:
+        """Register the handlers and connect to edgeHub, retrying with backoff; False if stopped first.
+
+        On a device the runtime starts modules and edgeHub side by side, so edgeHub may not listen
+        yet; the SDK's `connection_retry` only covers reconnecting after a dropped connection, and
+        registering a handler with no connection raises. Handlers go in before the connection is
+        up (`register` is retried with it): queued input messages arrive right after connecting.
+        """
+        delay_s = CONNECT_RETRY_FIRST_S
+        stop_event = stop_event or threading.Event()
+        while not stop_event.is_set():
+            try:
+                if register is not None:
+                    register()
+                self.client.connect()
+                return True
+            except Exception as err:  # ConnectionFailedError, OperationTimeout, ... all mean "not yet"
+                logger.warning("edgeHub not reachable (%s: %s); retrying in %.0f s", type(err).__name__, err, delay_s)
+            stop_event.wait(delay_s)
+            delay_s = min(CONNECT_RETRY_MAX_S, delay_s * 2)
+        return False
 
     def desired(self) -> dict[str, Any]:
         """Return the twin's desired properties."""

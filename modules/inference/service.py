@@ -436,17 +436,20 @@ class InferenceService:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the worker threads, connect, apply the twin and replay the spool."""
-        self._worker = threading.Thread(target=self._work_loop, name="inference-worker", daemon=True)
-        self._loader = threading.Thread(target=self._load_loop, name="inference-loader", daemon=True)
-        self._loader.start()
+    def _register_handlers(self) -> None:
         self.link.on_input(self.on_input)
         self.link.on_desired_patch(self.apply_desired)
         self.link.on_method("stats", lambda payload: (200, self.stats()))
         self.link.on_method("reset", lambda payload: (200, self.reset()))
         self.link.on_method("reload", self.reload)
-        self.link.connect()
+
+    def start(self, stop_event: threading.Event | None = None) -> bool:
+        """Start the worker threads, connect, apply the twin and replay the spool; False if stopped first."""
+        self._worker = threading.Thread(target=self._work_loop, name="inference-worker", daemon=True)
+        self._loader = threading.Thread(target=self._load_loop, name="inference-loader", daemon=True)
+        self._loader.start()
+        if not self.link.connect(stop_event, self._register_handlers):
+            return False
         self.apply_desired(self.link.desired())
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
@@ -454,6 +457,7 @@ class InferenceService:
         replayed = self._replay_spool()
         if replayed:
             threading.Thread(target=self._forget_spool, args=(replayed,), daemon=True).start()
+        return True
 
     def _forget_spool(self, files: list[Path]) -> None:
         if self.wait_idle(DRAIN_TIMEOUT_S) and self.outbox.drain(DRAIN_TIMEOUT_S):
@@ -492,7 +496,11 @@ class InferenceService:
 
     def run(self, stop_event: threading.Event) -> int:
         """Run until `stop_event` is set; report the twin every `report_interval_s`."""
-        self.start()
+        if not self.start(stop_event):
+            logger.info("Stopped before edgeHub was reachable")
+            self.outbox.close()
+            self.link.shutdown()
+            return 0
         logger.info("Inference module ready")
         try:
             while not stop_event.wait(self.settings.report_interval_s):

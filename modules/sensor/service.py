@@ -244,12 +244,15 @@ class SensorService:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect to edgeHub, read the twin, then start reading the field broker."""
+    def _register_handlers(self) -> None:
         self.link.on_desired_patch(self.apply_desired)
         self.link.on_method("stats", lambda payload: (200, self.stats()))
         self.link.on_method("reset", lambda payload: (200, self.reset()))
-        self.link.connect()
+
+    def start(self, stop_event: threading.Event | None = None) -> bool:
+        """Connect to edgeHub, read the twin, then start reading the field broker; False if stopped first."""
+        if not self.link.connect(stop_event, self._register_handlers):
+            return False
         self.apply_desired(self.link.desired())
         if self.desired.field_topic is None:
             logger.error("No fieldTopic in the twin: set sensor.properties.desired.fieldTopic in the deployment")
@@ -259,6 +262,7 @@ class SensorService:
             self.settings.field_mqtt_host, self.settings.field_mqtt_port, self.settings.field_keepalive_s
         )
         self.field.loop_start()
+        return True
 
     def stop(self) -> None:
         """Stop reading the field, send what is batched and queued, then disconnect."""
@@ -279,7 +283,11 @@ class SensorService:
 
     def run(self, stop_event: threading.Event) -> int:
         """Run until `stop_event` is set; report the twin every `report_interval_s`."""
-        self.start()
+        if not self.start(stop_event):
+            logger.info("Stopped before edgeHub was reachable")
+            self.outbox.close()
+            self.link.shutdown()
+            return 0
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())

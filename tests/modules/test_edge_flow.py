@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 
 from edgefleet.bundle import read_manifest
@@ -212,3 +213,17 @@ def test_inference_dead_letters_malformed_messages_sent_to_its_input(start_edge)
     stats = wait_for(lambda: (s := edge.method("inference", "stats")[1]) and sum(s["deadletters"].values()) >= 3 and s)
     assert stats["deadletters"] == {"not_utf8": 1, "not_object": 1, "missing_field": 1}
     assert edge.processes["inference"].running()
+
+
+def test_a_module_started_before_edgehub_waits_for_it_instead_of_crashing(start_edge, publisher_factory, small_bundle):
+    edge = start_edge()
+    edge.processes["inference"].stop()
+    edge.standin.stop()  # edgeHub down: its certificates stay on disk, as on a device
+    edge.start_module("inference", wait=False)
+    time.sleep(3.0)  # the module retries meanwhile
+    assert edge.processes["inference"].running(), edge.processes["inference"].log_tail()
+    edge.standin.start()
+    edge.wait_module_ready("inference", timeout_s=60)
+    edge.wait_module_ready("sensor", timeout_s=60)
+    assert "edgeHub not reachable" in edge.processes["inference"].log_tail(20000)
+    assert "Traceback" not in edge.processes["inference"].log_tail(20000)

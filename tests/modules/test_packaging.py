@@ -36,3 +36,20 @@ def test_each_module_ships_a_dockerfile_and_an_iotedgedev_module_json():
         spec = json.loads((folder / "module.json").read_text())
         assert spec["image"]["tag"]["platforms"]["amd64"] == "./Dockerfile"
         assert (folder / spec["image"]["contextPath"] / "pyproject.toml").is_file()
+
+
+def test_module_images_share_every_layer_up_to_the_app_and_send_no_telemetry():
+    sensor = (REPO / "modules" / "sensor" / "Dockerfile").read_text()
+    inference = (REPO / "modules" / "inference" / "Dockerfile").read_text()
+    shared = "COPY --from=app"
+
+    def body(text: str) -> list[str]:
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return lines[: next(i for i, line in enumerate(lines) if line.startswith(shared))]
+
+    # Identical up to the app layer, so a device running both downloads the dependencies once.
+    assert body(sensor) == body(inference)
+    assert "ORT_DISABLE_TELEMETRY=1" in inference
+    # The build context is an allow-list: the venv, the git history and the lake stay out.
+    rules = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    assert next(rule for rule in rules if rule and not rule.startswith("#")) == "*"
