@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test demo bench images clean
+.PHONY: setup check test container-test demo bench images clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ bench: setup
 BUNDLE ?= out/demo/bundle
 images: setup
 	bash scripts/build_images.sh --bundle $(BUNDLE)
+
+# The container end to end (tests/containers): train a bundle, build every image, docker-compose
+# up with the simulator. Prints SKIPPED without a Docker engine. .ci/run runs it after `make test`.
+container-test: setup
+	bash scripts/container_e2e.sh
 
 clean:
 	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache

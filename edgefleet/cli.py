@@ -150,6 +150,11 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
 
     deployment = load_deployment(args.deployment, parse_variables(args.var))
     modules = tuple(deployment.modules)
+    upstream_mqtt = None
+    if args.upstream_mqtt:
+        from edgefleet.edgehub.hub import parse_hub_address
+
+        upstream_mqtt = parse_hub_address(args.upstream_mqtt)
     settings = StandInSettings(
         state_dir=Path(args.state_dir).resolve(),  # env files must work from any directory
         lake_dir=Path(args.lake).resolve(),
@@ -159,6 +164,8 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
         desired={m: deployment.desired(m) for m in modules},
         ip_base=args.ip_base,
         module_hosts=parse_variables(args.module_host) or {},
+        upstream_mqtt=upstream_mqtt,
+        health_file=Path(args.health_file) if args.health_file else None,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -170,6 +177,35 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
         print("edgeHub stand-in running; Ctrl-C to stop")
 
     run_standin(settings, stop, ready)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edgefleet.edgehub.hub import parse_hub_address
+    from edgefleet.edgehub.sink_service import SinkService, SinkSettings
+
+    host, port = parse_hub_address(args.listen)
+    settings = SinkSettings(
+        listen_host=host,
+        listen_port=port,
+        lake_dir=Path(args.lake).resolve(),
+        state_dir=Path(args.state_dir).resolve(),
+        flush_every_s=args.flush_every_s,
+        health_file=Path(args.health_file) if args.health_file else None,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def ready(service: SinkService) -> None:
+        print(f"IoT Hub sink listening on {host}:{port}, lake in {settings.lake_dir}; Ctrl-C to stop", flush=True)
+
+    service = SinkService(settings)
+    service.run(stop, ready)
+    print(f"sink stopped: {service.stats()}", flush=True)
     return 0
 
 
@@ -350,7 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE=IP",
         help="a module's broker address instead of <ip-base>.N (e.g. one container network per module)",
     )
+    edgehub.add_argument(
+        "--upstream-mqtt",
+        metavar="HOST:PORT",
+        help="send $upstream to the IoT Hub sink service at this MQTT address instead of writing --lake here",
+    )
+    edgehub.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     edgehub.set_defaults(func=cmd_edgehub)
+
+    sink = sub.add_parser(
+        "sink", help="run the local IoT Hub: an MQTT broker the stand-in sends $upstream to, and the lake"
+    )
+    sink.add_argument("--listen", default="127.0.0.1:1884", metavar="HOST:PORT", help="hub broker address")
+    sink.add_argument("--lake", default="out/lake", help="telemetry lake directory")
+    sink.add_argument("--state-dir", default="out/sink", help="broker persistence and logs")
+    sink.add_argument("--flush-every-s", type=float, default=5.0, help="write buffered rows at least this often")
+    sink.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
+    sink.set_defaults(func=cmd_sink)
 
     up = sub.add_parser(
         "up", help="run the whole edge locally (field broker, edgeHub stand-in, sensor, inference, lake sink)"

@@ -32,14 +32,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.edgehub.broker import Broker, Listener
 from edgefleet.edgehub.certs import CertPaths, ensure_certs
 from edgefleet.edgehub.router import BrokerAddress, Router
-from edgefleet.edgehub.sink import LakeSink
 from edgefleet.errors import EdgefleetError
 from edgefleet.routes import Message, Route
+
+if TYPE_CHECKING:  # pandas is imported only when the stand-in writes the lake itself
+    from edgefleet.edgehub.hub import HubPublisher
+    from edgefleet.edgehub.sink import LakeSink
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ __all__ = ["DEFAULT_IP_BASE", "GATEWAY_PORT", "EdgeHubStandIn", "StandInError", 
 # The Python SDK hard-codes port 8883 for MQTT over TLS: modules differ by address, not port.
 GATEWAY_PORT = 8883
 DEFAULT_IP_BASE = "127.0.77"
+HEALTH_INTERVAL_S = 5.0
 FIRST_HOST = 10  # module i listens on <ip_base>.(10 + i)
 DEFAULT_HUB_HOSTNAME = "edgefleet-local.azure-devices.net"  # only appears in SAS token audiences
 _MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -73,6 +77,8 @@ class StandInSettings:
     flush_every_s: float = 5.0
     flush_rows: int = 10_000
     module_hosts: Mapping[str, str] = field(default_factory=dict)
+    upstream_mqtt: tuple[str, int] | None = None
+    health_file: Path | None = None
 
 
 class EdgeHubStandIn:
@@ -94,6 +100,7 @@ class EdgeHubStandIn:
         upstream: Callable[[Message], None] | None = None,
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
+        upstream_mqtt: tuple[str, int] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.edge_device = _check_name(edge_device, "edge device id")
@@ -118,6 +125,9 @@ class EdgeHubStandIn:
         self.flush_rows = flush_rows
         self.ready_timeout_s = ready_timeout_s
         self._external_upstream = upstream
+        # `$upstream` goes to an MQTT hub (the sink service) instead of a LakeSink in this process.
+        self.upstream_mqtt = upstream_mqtt
+        self._hub: HubPublisher | None = None
         self._brokers: list[Broker] = []
         self._router: Router | None = None
         self._sink: LakeSink | None = None
@@ -197,7 +207,15 @@ class EdgeHubStandIn:
                 self._brokers.append(broker)
                 broker.start()
             upstream = self._external_upstream
+            if upstream is None and self.upstream_mqtt is not None:
+                from edgefleet.edgehub.hub import HubPublisher
+
+                hub_host, hub_port = self.upstream_mqtt
+                self._hub = HubPublisher(hub_host, hub_port, f"edgefleet-edgehub-{self.edge_device}").start()
+                upstream = self._hub
             if upstream is None:
+                from edgefleet.edgehub.sink import LakeSink
+
                 self._sink = LakeSink(self.lake_dir, self.flush_every_s, self.flush_rows)
                 upstream = self._sink
             addresses = {
@@ -220,9 +238,10 @@ class EdgeHubStandIn:
         return self
 
     def stop(self) -> None:
-        """Stop the router (delivering what it holds), flush the sink, stop the brokers."""
+        """Stop the router (delivering what it holds), flush the sink or the hub link, stop the brokers."""
         router, self._router = self._router, None
         sink, self._sink = self._sink, None
+        hub, self._hub = self._hub, None
         try:
             if router is not None:
                 router.stop()
@@ -230,10 +249,17 @@ class EdgeHubStandIn:
             try:
                 if sink is not None:
                     sink.close()
+                if hub is not None:
+                    hub.close()
             finally:
                 brokers, self._brokers = self._brokers, []
                 for broker in brokers:
                     broker.stop()
+
+    def healthy(self) -> bool:
+        """Return whether every broker runs (and the hub link, if any, is connected)."""
+        brokers_up = bool(self._brokers) and all(broker.running() for broker in self._brokers)
+        return brokers_up and (self._hub is None or self._hub.connected.is_set())
 
     def __enter__(self) -> EdgeHubStandIn:
         return self.start()
@@ -262,6 +288,7 @@ def run_standin(
         flush_every_s=settings.flush_every_s,
         flush_rows=settings.flush_rows,
         module_hosts=settings.module_hosts,
+        upstream_mqtt=settings.upstream_mqtt,
     )
     with standin:
         env_files = standin.write_env_files()
@@ -269,7 +296,20 @@ def run_standin(
             logger.info("Module %s: environment in %s", module, path)
         if on_ready is not None:
             on_ready(standin)
-        stop_event.wait()
+        _touch(settings.health_file)
+        while not stop_event.wait(HEALTH_INTERVAL_S):
+            if standin.healthy():
+                _touch(settings.health_file)
+
+
+def _touch(path: Path | None) -> None:
+    """Mark the stand-in healthy now (the container's HEALTHCHECK checks the file's age)."""
+    if path is None:
+        return
+    try:
+        path.touch()
+    except OSError as err:
+        logger.warning("Cannot touch the health file %s: %s", path, err)
 
 
 def _local_key(edge_device: str, module: str) -> str:

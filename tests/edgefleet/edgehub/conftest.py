@@ -137,6 +137,7 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
         modules: Sequence[str] = ("sensor", "inference"),
         flush_every_s: float = 0.5,
         processes: bool = True,
+        upstream_mqtt: tuple[str, int] | None = None,
     ) -> Edge:
         lake_dir = tmp_path / "lake"
         standin = EdgeHubStandIn(
@@ -148,6 +149,7 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
             lake_dir,
             next_ip_base(),
             flush_every_s=flush_every_s,
+            upstream_mqtt=upstream_mqtt,
         )
         standin.start()
         edge = Edge(standin, {}, lake_dir)

@@ -1,0 +1,97 @@
+"""deployment/docker-compose.yml agrees with the manifest and the stand-in (no second hand-written list)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgefleet.deployment import load_deployment
+from edgefleet.edgehub.hub import parse_hub_address
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "deployment" / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "deployment" / ".env.example"
+DEFAULT = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+
+
+def expand_defaults(value: Any) -> Any:
+    """Return a compose value with every `${NAME:-default}` replaced by its default."""
+    if isinstance(value, str):
+        return DEFAULT.sub(lambda m: m.group(2), value)
+    if isinstance(value, list):
+        return [expand_defaults(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_defaults(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return expand_defaults(yaml.safe_load(COMPOSE.read_text()))
+
+
+def flags(command: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for arg in command:
+        if arg.startswith("--") and "=" in arg:
+            name, _, value = arg.partition("=")
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def test_every_module_of_the_manifest_runs_in_compose_with_the_manifests_env(compose: dict[str, Any]) -> None:
+    deployment = load_deployment(ROOT / "deployment" / "deployment.template.json")
+    services = compose["services"]
+    for name, spec in deployment.modules.items():
+        assert name in services, f"the manifest deploys {name}, compose does not run it"
+        env = services[name].get("environment", {})
+        for key, value in spec.env.items():
+            assert env.get(key) == value, f"{name}: {key} is {env.get(key)!r} in compose, {value!r} in the manifest"
+
+
+def test_each_module_connects_to_the_stand_in_address_the_stand_in_certifies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    hosts = dict(value.split("=", 1) for value in flags(services["edgehub"]["command"])["--module-host"])
+    edgehub_networks = services["edgehub"]["networks"]
+    for module, host in hosts.items():
+        env = services[module]["environment"]
+        connection = dict(part.split("=", 1) for part in env["EdgeHubConnectionString"].split(";"))
+        assert connection["GatewayHostName"] == host
+        assert connection["ModuleId"] == module
+        # the stand-in's fixed address is on a network the module shares with it
+        shared = set(services[module]["networks"]) & set(edgehub_networks)
+        assert any(edgehub_networks[net] and edgehub_networks[net].get("ipv4_address") == host for net in shared)
+        assert env["EdgeModuleCACertificateFile"].endswith("/edgehub/certs/ca.pem")
+
+
+def test_the_stand_in_sends_upstream_to_the_sink_service_on_a_shared_network(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    host, port = parse_hub_address(flags(services["edgehub"]["command"])["--upstream-mqtt"][0])
+    assert host == "sink"
+    _, sink_port = parse_hub_address(flags(services["sink"]["command"])["--listen"][0])
+    assert sink_port == port
+    assert set(services["edgehub"]["networks"]) & set(services["sink"]["networks"])
+
+
+def test_the_lake_is_a_named_volume_and_retraining_is_an_opt_in_profile(compose: dict[str, Any]) -> None:
+    assert "lake" in compose["volumes"]
+    assert "lake:/lake" in compose["services"]["sink"]["volumes"]
+    assert compose["services"]["retrain"]["profiles"] == ["retrain"]
+    assert all("profiles" not in spec for name, spec in compose["services"].items() if name != "retrain")
+
+
+def test_every_variable_compose_reads_is_documented_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), flags=re.M))
+    assert used - documented == set(), "document these in deployment/.env.example"
+    assert documented - used == set(), "deployment/.env.example documents variables compose does not read"
+
+
+def test_env_example_shows_the_defaults_compose_uses() -> None:
+    defaults = dict(DEFAULT.findall(COMPOSE.read_text()))
+    example = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M))
+    assert example == defaults
