@@ -19,9 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from edgefleet.edgehub.certs import CertPaths
 from edgefleet.errors import EdgefleetError
+
+if TYPE_CHECKING:  # certs needs cryptography, which the sink's image (plain listener) does not have
+    from edgefleet.edgehub.certs import CertPaths
 
 logger = logging.getLogger(__name__)
 

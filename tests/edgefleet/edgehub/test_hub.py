@@ -159,3 +159,31 @@ def test_the_stand_in_sends_upstream_to_the_sink_service_when_told_to(
     assert wait_for(lambda: len(lake_seqs(sinks[0].lake)) == 5 and lake_seqs(sinks[0].lake)) == list(range(5))
     assert not any(edge.lake_dir.glob("date=*"))  # the stand-in wrote no lake of its own
     assert edge.standin.healthy()
+
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError("blocked for this test: " + name)
+sys.meta_path.insert(0, Block())
+import {module}
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked"),
+    [
+        ("edgefleet.edgehub.sink_service", {"cryptography", "pyspark", "mlflow"}),
+        ("edgefleet.edgehub.standin", {"pandas", "pyarrow", "pyspark", "mlflow"}),
+        ("edgefleet.edgehub.hub", {"pandas", "cryptography"}),
+    ],
+)
+def test_each_service_imports_without_the_packages_its_image_leaves_out(module: str, blocked: set[str]) -> None:
+    import subprocess
+    import sys
+
+    code = BLOCK.format(blocked=sorted(blocked), module=module)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
