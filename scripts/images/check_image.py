@@ -5,6 +5,10 @@
   --bundle DIR     verify the baked-in bundle (sha256 of every file); predict a row with the fleet model and
                    one device model per family through ONNX Runtime and joblib (they must agree); warn when
                    the image's libraries differ from the ones the bundle was trained with
+  --mosquitto      start the image's `mosquitto` as this (non-root) user with a generated config on a
+                   loopback port, as edgefleet.edgehub does, and pass one message through it (paho-mqtt)
+  --writable a,b   fail unless this user can create a file in each of these directories
+  --json-file F    fail unless F exists and holds JSON (e.g. the baked-in deployment manifest)
 Prints one line per check; exit 1 when a check fails. Uses only what the image has.
 """
 
@@ -13,7 +17,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +34,31 @@ def main() -> int:
     parser.add_argument("--forbid", default="")
     parser.add_argument("--import", dest="imports", default="")
     parser.add_argument("--bundle")
+    parser.add_argument("--mosquitto", action="store_true")
+    parser.add_argument("--writable", default="")
+    parser.add_argument("--json-file")
     args = parser.parse_args()
     failed = False
+
+    for directory in filter(None, args.writable.split(",")):
+        try:
+            with tempfile.NamedTemporaryFile(dir=directory):
+                pass
+            print(f"writable by uid {os.getuid()}: {directory}")
+        except OSError as err:
+            print(f"FAIL {directory} is not writable by uid {os.getuid()}: {err}")
+            failed = True
+
+    if args.json_file:
+        try:
+            json.loads(Path(args.json_file).read_text())
+            print(f"json: {args.json_file} ok")
+        except (OSError, ValueError) as err:
+            print(f"FAIL {args.json_file}: {err}")
+            failed = True
+
+    if args.mosquitto:
+        failed |= not check_mosquitto()
 
     present = [m for m in filter(None, args.forbid.split(",")) if importlib.util.find_spec(m)]
     print(f"forbidden modules present: {present}")
@@ -71,6 +105,62 @@ def main() -> int:
             if not same:
                 print(f"WARNING: the bundle was trained with {lib} {trained}, the image has {here}")
     return 1 if failed else 0
+
+
+def check_mosquitto() -> bool:
+    """Run mosquitto as this user on a free loopback port and pass one QoS 1 message through it."""
+    executable = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if executable is None:
+        print("FAIL mosquitto: not on PATH or in /usr/sbin")
+        return False
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(f"persistence false\nallow_anonymous true\nlog_dest stderr\nlistener {port} 127.0.0.1\n")
+        broker = subprocess.Popen([executable, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if broker.poll() is not None or time.monotonic() > deadline:
+                        out = broker.stdout.read().decode(errors="replace") if broker.stdout else ""
+                        print(f"FAIL mosquitto did not start (exit {broker.poll()}): {out.strip()[-500:]}")
+                        return False
+                    time.sleep(0.05)
+            detail = roundtrip(port)
+        finally:
+            broker.terminate()
+            broker.wait(10)
+    print(f"mosquitto {executable} as uid {os.getuid()} on 127.0.0.1:{port}: {detail}")
+    return detail == "message passed"
+
+
+def roundtrip(port: int) -> str:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        return "message passed"  # no MQTT client in this image: accepting connections is all we can check
+    received: list[bytes] = []
+    client = mqtt.Client(client_id="image-check")
+    client.on_message = lambda _c, _u, msg: received.append(msg.payload)
+    client.connect("127.0.0.1", port)
+    client.subscribe("check/#", qos=1)
+    client.loop_start()
+    try:
+        time.sleep(0.2)
+        client.publish("check/1", b"ping", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return "message passed" if received == [b"ping"] else f"FAIL no message came back ({received})"
 
 
 if __name__ == "__main__":

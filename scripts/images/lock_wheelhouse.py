@@ -1,14 +1,18 @@
-"""Turn pip's install report into the wheelhouse's requirements.txt; list wheels nothing needs.
+"""Turn pip's install report for one image's extra into that image's wheel directory.
 
-Usage: python lock_wheelhouse.py <pip report.json> <wheelhouse deps dir> <project name>
-Writes <deps dir>/requirements.txt (one `name==version` per line, the project excluded) and prints
-the file names of wheels in <deps dir> the report does not use, one a line (the caller removes them).
+Usage: python lock_wheelhouse.py <pip report.json> <pool dir> <image wheel dir> <project name> <extra>
+
+The pool holds every wheel any image needs (downloaded once). The image's directory gets:
+  requirements.txt  one `name==version` per line (the project excluded), sorted: exact pins
+  *.whl             hard links to the pool's wheels the report uses, and nothing else
+so a build context carries only its own image's wheels. Prints one line: "<n> packages, <MB> MB".
 Run on the host by scripts/build_images.sh; stdlib only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,10 +24,11 @@ def canonical(name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    if len(argv) != 5:
         print(__doc__, file=sys.stderr)
         return 2
-    report, deps_dir, project = json.loads(Path(argv[0]).read_text()), Path(argv[1]), canonical(argv[2])
+    report = json.loads(Path(argv[0]).read_text())
+    pool, image_dir, project, extra = Path(argv[1]).resolve(), Path(argv[2]), canonical(argv[3]), argv[4]
     pins: list[str] = []
     used: set[str] = set()
     for item in report["install"]:
@@ -32,18 +37,31 @@ def main(argv: list[str]) -> int:
         path = Path(unquote(urlparse(url).path)) if url.startswith("file:") else None
         if name == project:
             continue
-        if path is None or path.parent.resolve() != deps_dir.resolve() or path.suffix != ".whl":
-            print(f"lock_wheelhouse: {name} {version} is not a wheel in {deps_dir} ({url})", file=sys.stderr)
+        if path is None or path.parent.resolve() != pool or path.suffix != ".whl":
+            print(f"lock_wheelhouse: {name} {version} is not a wheel in {pool} ({url})", file=sys.stderr)
             return 1
         pins.append(f"{name}=={version}")
         used.add(path.name)
-    (deps_dir / "requirements.txt").write_text(
-        "# Written by scripts/build_images.sh: the edge extra's dependencies, resolved against this wheelhouse.\n"
-        + "".join(f"{pin}\n" for pin in sorted(pins))
+
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for stale in image_dir.glob("*.whl"):
+        if stale.name not in used:
+            stale.unlink()
+    size = 0
+    for name in sorted(used):
+        source, link = pool / name, image_dir / name
+        if not (link.exists() and os.path.samestat(link.stat(), source.stat())):
+            link.unlink(missing_ok=True)
+            os.link(source, link)
+        size += source.stat().st_size
+    text = (
+        f"# Written by scripts/build_images.sh: the `{extra}` extra's dependencies, resolved offline against\n"
+        "# the wheelhouse (pinned to .venv's versions when there is one).\n" + "".join(f"{p}\n" for p in sorted(pins))
     )
-    for wheel in sorted(deps_dir.glob("*.whl")):
-        if wheel.name not in used:
-            print(wheel.name)
+    requirements = image_dir / "requirements.txt"
+    if not requirements.is_file() or requirements.read_text() != text:  # unchanged file: Docker's cache holds
+        requirements.write_text(text)
+    print(f"{len(pins)} packages, {size / 1e6:.0f} MB")
     return 0
 
 

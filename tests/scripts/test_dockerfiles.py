@@ -1,0 +1,149 @@
+"""Static checks of the images' Dockerfiles, the build context's allow-list and scripts/build_images.sh.
+
+The images themselves are built and checked by scripts/build_images.sh (and used by tests/containers);
+these tests read files only, so they run everywhere in milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = (REPO / "scripts" / "build_images.sh").read_text()
+
+
+def script_map(name: str) -> dict[str, str]:
+    """A `declare -A NAME=(...)` of scripts/build_images.sh as a dict."""
+    body = re.search(rf"declare -A {name}=\((.*?)\)\n", SCRIPT, re.S)
+    assert body, f"no declare -A {name} in build_images.sh"
+    return dict(re.findall(r"\[([\w-]+)\]=(\S+)", body.group(1)))
+
+
+DOCKERFILES = script_map("DOCKERFILE")
+EXTRAS = script_map("EXTRA")
+FLAVOURS = script_map("FLAVOUR")
+SERVICES = {"sensor", "inference", "edgehub", "sink"}  # long-running: a HEALTHCHECK
+DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
+
+
+def instructions(name: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (REPO / DOCKERFILES[name]).read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [re.sub(r"\s+", " ", step).strip() for step in joined.splitlines() if step.strip()]
+
+
+def final_stage(name: str) -> list[str]:
+    steps = instructions(name)
+    last_from = max(i for i, step in enumerate(steps) if step.startswith("FROM "))
+    return steps[last_from:]
+
+
+def test_build_script_knows_every_image_dockerfile():
+    assert set(DOCKERFILES) == {"sensor", "inference", "edgehub", "sink", "simulator", "training"}
+    assert set(EXTRAS) == set(FLAVOURS) == set(DOCKERFILES)
+    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "deployment" / "images").glob("*/Dockerfile")}
+    assert on_disk == {path for path in DOCKERFILES.values() if path.startswith("deployment/")}
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(EXTRAS.values()) <= set(extras)
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_image_dockerfile_basics(name: str):
+    steps = instructions(name)
+    # the official slim image by default; scripts/build_images.sh passes its own base (no registry)
+    assert steps[0] == "ARG BASE_IMAGE=python:3.11-slim-bookworm"
+    assert sum(step.startswith("FROM ") for step in steps) >= 3  # multi-stage: wheels stay out of the image
+    extra = EXTRAS[name]
+    # only this image's wheels (pinned) from the wheelhouse, installed offline
+    assert f"COPY ${{WHEELHOUSE}}/{extra}/ /wheelhouse/deps/" in steps
+    pip_installs = [step for step in steps if "pip install" in step]
+    assert pip_installs and all("--no-index" in step for step in pip_installs)
+    assert any("--requirement /wheelhouse/deps/requirements.txt" in step for step in pip_installs)
+    assert any(f'"${{app}}[{extra}]"' in step for step in pip_installs)
+    final = final_stage(name)
+    assert "USER module" in final and any("--uid 10001" in step for step in final)
+    health = [step for step in final if step.startswith("HEALTHCHECK")]
+    assert len(health) == 1
+    if name in SERVICES:
+        assert health[0].endswith('CMD ["python", "-m", "edgefleet.healthcheck", "/tmp/healthy", "45"]')
+    else:
+        assert health[0] == "HEALTHCHECK NONE"  # batch jobs
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_IMAGES)
+def test_deployment_image_dockerfile_runs_edgefleet_and_labels_last(name: str):
+    final = final_stage(name)
+    assert 'ENTRYPOINT ["edgefleet"]' in final
+    # settings come before the big venv layer; the revision label is the only step after it, and its
+    # ARG follows every RUN (a RUN after it would rebuild on every commit)
+    venv = final.index("COPY --from=deps /opt/venv /opt/venv")
+    assert final[venv + 1 :] == [
+        "COPY --from=app /opt/app/ /opt/venv/",
+        "LABEL org.opencontainers.image.revision=${REVISION} org.edgefleet.built-by=${BUILT_BY}",
+    ]
+    assert not [step for step in final[venv:] if step.startswith(("RUN", "ENV", "CMD", "USER"))]
+    last_run = max(i for i, step in enumerate(final) if step.startswith("RUN "))
+    assert min(final.index("ARG REVISION=unknown"), final.index("ARG BUILT_BY=")) > last_run
+
+
+def test_mosquitto_and_java_image_dockerfiles_need_no_network_on_our_base():
+    for name in ("edgehub", "sink"):
+        assert FLAVOURS[name] == "mosquitto"
+        assert any(step.startswith("RUN command -v mosquitto >/dev/null ||") for step in final_stage(name))
+    assert FLAVOURS["training"] == "java"
+    training = final_stage("training")
+    assert any(step.startswith("RUN command -v java >/dev/null ||") for step in training)
+    env = next(step for step in training if step.startswith("ENV "))
+    assert "JAVA_HOME=" in env and "HOME=/var/lib/edgefleet" in env and "SPARK_LOCAL_IP=127.0.0.1" in env
+    assert "mkdir -p /lake" in " ".join(final_stage("sink"))
+    assert "COPY deployment/deployment.template.json /etc/edgefleet/deployment.json" in final_stage("edgehub")
+
+
+def dockerignore_allows(path: str, rules: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; a directory pattern covers what is under it."""
+    allowed = True
+    for rule in rules:
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if pattern == "*" or path == pattern or path.startswith(pattern + "/"):
+            allowed = negate
+    return allowed
+
+
+def test_dockerignore_lets_through_exactly_what_the_image_dockerfiles_copy():
+    rules = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*"
+    sources = set()
+    for name in DOCKERFILES:
+        steps = instructions(name)
+        args = dict(re.findall(r"^ARG (\w+)=(\S+)$", "\n".join(steps), re.M))
+        for step in steps:
+            if step.startswith("COPY ") and "--from=" not in step:
+                source = step.split()[1]
+                for arg, default in args.items():
+                    source = source.replace(f"${{{arg}}}", default)
+                sources.add(source.rstrip("/"))
+    wheelhouse = ".cache/images/wheelhouse"
+    assert sources >= {f"{wheelhouse}/edge", f"{wheelhouse}/app", "deployment/deployment.template.json"}
+    for source in sources:
+        assert dockerignore_allows(source + "/x.whl", rules) or dockerignore_allows(source, rules), source
+    # the shared pool (pyspark and all) and the rest of the repository stay out
+    for path in (f"{wheelhouse}/pool/pyspark.whl", ".venv/bin/python", ".git/HEAD", "out/lake/x", "tests/x.py"):
+        assert not dockerignore_allows(path, rules), path
+
+
+def test_compose_uses_only_images_the_build_script_makes():
+    compose = yaml.safe_load((REPO / "deployment" / "docker-compose.yml").read_text())
+    images = {service["image"].split(":")[0] for service in compose["services"].values() if "image" in service}
+    assert images <= {f"edgefleet-{name}" for name in DOCKERFILES}
