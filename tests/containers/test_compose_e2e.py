@@ -188,6 +188,9 @@ def test_3_every_simulated_reading_reaches_the_lake_enriched(
     assert (predictions["edge_device"] == "edge1").all()
     assert set(predictions["prediction_model"]) <= {"device", "fleet"}
     assert (predictions["prediction_model"] == "device").any()
+    # every device that sent something is in the lake with predictions
+    senders = {device for device, counts in report["devices"].items() if counts["sent"] > 0}
+    assert set(predictions["device_id"]) == senders
     # the raw telemetry goes upstream too (route telemetryToUpstream)
     assert (lake["source_module"] == "sensor").sum() >= expected["expected_valid"]
     print(
