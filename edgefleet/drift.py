@@ -1,0 +1,546 @@
+"""Per-device drift monitoring at the edge: tell when a device's model stops describing the device.
+
+Two signals, judged per device on a rolling window of its own readings:
+
+- **residual drift** (concept drift): the rolling mean squared error of the served predictions
+  against the labels the device reports, divided by the model's hold-out MSE from training.
+  A device whose hidden relation changed sees this ratio jump; a healthy one stays near 1.
+- **feature drift** (covariate drift): the population stability index (PSI) of each feature's
+  recent values against its training distribution, binned at the training quantiles
+  (`FeatureReference`, stored per device and feature in the bundle manifest at training time).
+
+Alerts use hysteresis: one alert when a metric crosses its threshold, and nothing more until it
+has fallen below `rearm_fraction` x the threshold. `drifting_devices()` is the set to mark for
+retraining.
+
+Devices without their own model (served by the fleet model) are judged for residual drift
+against the fleet model's hold-out MSE, given as `holdout_mse["__fleet__"]`, and not judged for
+feature drift (they have no reference). A device with neither is only counted.
+
+Memory is bounded: each device gets fixed-size numpy ring buffers (float32 squared residuals,
+int8 bin indices per feature) on its first reading, and `observe` keeps no per-reading Python
+object. This module imports only numpy and the standard library: it runs inside the edge
+inference image.
+
+Feature windows must span the features' own cycles: a 200-reading window of a device reporting
+once a second covers 3 minutes of a daily temperature cycle and would differ from any training
+distribution. `DriftSettings.feature_stride` records one of every `feature_stride` readings, so
+the window covers `window_readings * feature_stride` readings (e.g. 432 at 1 reading/s: one day).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ALERT_SCHEMA",
+    "FLEET_KEY",
+    "MAX_BINS",
+    "PROPORTION_FLOOR",
+    "DriftAlert",
+    "DriftMonitor",
+    "DriftSettings",
+    "DriftStatus",
+    "FeatureReference",
+    "psi",
+    "reference_from_values",
+]
+
+ALERT_SCHEMA: Final = "edgefleet.alert/1"  # same as modules/inference/service.py's
+ALERT_MODULE: Final = "inference"  # alerts leave through the inference module's output `alerts`
+FLEET_KEY: Final = "__fleet__"  # key of the fleet model's hold-out MSE in `holdout_mse`
+# Share given to an empty bin, in the reference and in the observed window, so PSI stays finite.
+PROPORTION_FLOOR: Final = 1e-4
+MAX_BINS: Final = 100  # bin indices are stored as int8
+VALUES_PER_BIN: Final = 5  # finite training values needed per bin
+SIGNIFICANT_DIGITS: Final = 6
+_MAX_SQUARED: Final = 1e30  # squared residuals are clipped here, so float32 buffers never hold inf
+_MISSING_BIN: Final = -1  # a NaN feature value: it takes its window slot but no bin
+
+
+def _round(value: float) -> float:
+    """Return `value` rounded to SIGNIFICANT_DIGITS significant digits."""
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureReference:
+    """The training distribution of one feature: interior bin edges and each bin's share of rows.
+
+    A value v falls in bin `bisect_right(edges, v)`: bin 0 is below edges[0], bin i holds
+    edges[i-1] <= v < edges[i]. `proportions` has one entry per bin, each at least PROPORTION_FLOOR
+    (so they may sum to slightly more than 1).
+    """
+
+    edges: tuple[float, ...]
+    proportions: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError(
+                f"a reference with {len(self.edges)} edges needs {len(self.edges) + 1} proportions, "
+                f"got {len(self.proportions)}: rebuild it with reference_from_values"
+            )
+        if len(self.proportions) > MAX_BINS:
+            raise ValueError(f"{len(self.proportions)} bins; at most {MAX_BINS} are supported: use fewer bins")
+        if not all(math.isfinite(edge) for edge in self.edges) or any(
+            later <= earlier for earlier, later in zip(self.edges, self.edges[1:], strict=False)
+        ):
+            raise ValueError(
+                "reference edges must be finite and strictly increasing: rebuild with reference_from_values"
+            )
+        if not all(PROPORTION_FLOOR * 0.5 <= share <= 1.0 for share in self.proportions):
+            raise ValueError(
+                f"reference proportions must lie in [{PROPORTION_FLOOR:g}, 1]: rebuild with reference_from_values"
+            )
+        total = math.fsum(self.proportions)
+        if abs(total - 1.0) > 0.01:
+            raise ValueError(f"reference proportions sum to {total:.4f}, not 1: rebuild with reference_from_values")
+
+    @property
+    def bins(self) -> int:
+        """Return the number of bins."""
+        return len(self.proportions)
+
+    def bin_counts(self, values: np.ndarray) -> np.ndarray:
+        """Return how many of the finite `values` fall in each bin."""
+        values = np.asarray(values, dtype=float).ravel()
+        finite = values[np.isfinite(values)]
+        indices = np.searchsorted(np.asarray(self.edges), finite, side="right")
+        return np.bincount(indices, minlength=self.bins)
+
+    def to_json_obj(self) -> dict[str, list[float]]:
+        """Return the compact JSON form stored in the bundle manifest."""
+        return {"edges": list(self.edges), "proportions": list(self.proportions)}
+
+    @classmethod
+    def from_json_obj(cls, obj: Any) -> FeatureReference:
+        """Parse the JSON form written by `to_json_obj`; raise ValueError saying what is wrong."""
+        if not isinstance(obj, Mapping) or not {"edges", "proportions"} <= obj.keys():
+            raise ValueError('a feature reference is an object {"edges": [...], "proportions": [...]}')
+        edges, proportions = obj["edges"], obj["proportions"]
+        if not isinstance(edges, list) or not isinstance(proportions, list):
+            raise ValueError("feature reference edges and proportions must be lists of numbers")
+        if not all(type(item) in (int, float) for item in (*edges, *proportions)):
+            raise ValueError("feature reference edges and proportions must hold only numbers")
+        return cls(tuple(float(edge) for edge in edges), tuple(float(share) for share in proportions))
+
+
+def reference_from_values(values: np.ndarray, bins: int = 10) -> FeatureReference:
+    """Return the reference distribution of a feature's training values (non-finite values are ignored).
+
+    Edges are the training quantiles, rounded to 6 significant digits and deduplicated. Where a
+    value holds more than one quantile (a point mass, e.g. a sensor that mostly reads 0, or constant
+    data), it gets a bin of its own just above it, so mass moving off it still shows.
+    """
+    if not 2 <= bins <= MAX_BINS - 2:  # two more bins may be added around point masses
+        raise ValueError(f"bins={bins}: choose between 2 and {MAX_BINS - 2} (10 is usual)")
+    array = np.asarray(values, dtype=float).ravel()
+    finite = array[np.isfinite(array)]
+    needed = bins * VALUES_PER_BIN
+    if finite.size < needed:
+        hint = f"use bins={finite.size // VALUES_PER_BIN}" if finite.size >= 2 * VALUES_PER_BIN else "skip it"
+        raise ValueError(
+            f"{finite.size} finite values for a {bins}-bin reference; need at least {needed} "
+            f"({VALUES_PER_BIN} per bin): {hint}, or train on more rows"
+        )
+    quantiles = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    exact, repeats = np.unique(quantiles, return_counts=True)
+    masses = exact[repeats > 1].tolist() if finite.min() < finite.max() else [float(finite[0])]
+    scale = float(np.max(np.abs(finite))) or 1.0
+    edges_set = {_round(q) for q in exact.tolist() if q not in masses}
+    for mass in masses:
+        # [below, above) holds exactly the point mass: both are 6-digit values, below <= mass < above.
+        below = _round(mass)
+        if below > mass:
+            below = _round(mass - abs(mass) * 1e-5)
+        edges_set.update((below, _round(mass + 1e-4 * max(abs(mass), 1e-6 * scale))))
+    edges = np.array(sorted(edges_set))
+    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
+    shares = np.maximum(counts / finite.size, PROPORTION_FLOOR)
+    return FeatureReference(tuple(edges.tolist()), tuple(_round(float(share)) for share in shares))
+
+
+def psi(reference: FeatureReference, counts: np.ndarray) -> float:
+    """Return the population stability index of observed bin `counts` against `reference`."""
+    observed = np.asarray(counts, dtype=float).ravel()
+    if observed.size != reference.bins:
+        raise ValueError(f"{observed.size} counts for a reference with {reference.bins} bins: count with bin_counts")
+    total = observed.sum()
+    if not total > 0:
+        raise ValueError("no observations: PSI needs at least one counted value")
+    shares = np.maximum(observed / total, PROPORTION_FLOOR)
+    expected = np.maximum(np.asarray(reference.proportions), PROPORTION_FLOOR)
+    return float(np.sum((shares - expected) * np.log(shares / expected)))
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How drift is judged; the defaults suit a 200-reading window."""
+
+    window_readings: int = 200  # readings per device kept for each signal
+    min_readings: int = 50  # labelled readings before residual drift is judged
+    min_feature_readings: int = 200  # feature values before feature drift is judged (PSI is noisy on few)
+    residual_ratio_threshold: float = 3.0  # rolling MSE / hold-out MSE that counts as drift
+    psi_threshold: float = 0.25  # PSI that counts as drift (0.1 moderate, 0.25 large, by convention)
+    rearm_fraction: float = 0.7  # a metric re-arms its alert once below this x its threshold
+    feature_stride: int = 1  # record one of every N readings in the feature window (see module docstring)
+    max_devices: int = 20_000  # devices tracked at most; later newcomers are not monitored
+
+    def __post_init__(self) -> None:
+        for name in ("window_readings", "min_readings", "min_feature_readings", "feature_stride", "max_devices"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a whole number >= 1")
+        if self.window_readings < 10 or self.window_readings > 100_000:
+            raise ValueError(f"window_readings={self.window_readings}: choose between 10 and 100000 (200 is usual)")
+        for name in ("min_readings", "min_feature_readings"):
+            if getattr(self, name) > self.window_readings:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} exceeds window_readings={self.window_readings}: "
+                    f"lower it or enlarge the window"
+                )
+        for name in ("residual_ratio_threshold", "psi_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name}={value!r}: must be a positive finite number")
+        if self.residual_ratio_threshold <= 1.0:
+            raise ValueError(
+                f"residual_ratio_threshold={self.residual_ratio_threshold}: must exceed 1 (a healthy model's "
+                f"rolling MSE is about its hold-out MSE); 3.0 is usual"
+            )
+        value = self.rearm_fraction
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ValueError(f"rearm_fraction={value!r}: must lie strictly between 0 and 1 (0.7 is usual)")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftAlert:
+    """One device crossed a drift threshold."""
+
+    device_id: str
+    kind: Literal["residual", "feature"]
+    metric: float  # residual: rolling MSE / hold-out MSE; feature: PSI
+    threshold: float
+    feature: str | None  # the drifting feature (feature drift only)
+    window: int  # readings the metric was computed on
+    ts: str  # the reading that crossed
+
+    def to_json_obj(self, edge_device: str | None = None) -> dict[str, Any]:
+        """Return the `edgefleet.alert/1` message (kind `drift`) for the inference module's output `alerts`."""
+        if self.kind == "residual":
+            detail = (
+                f"device {self.device_id}: rolling MSE is {self.metric:.3g}x its hold-out MSE "
+                f"(threshold {self.threshold:g}) over {self.window} readings"
+            )
+            drift: dict[str, Any] = {"kind": "residual", "metric": "mse_ratio"}
+        else:
+            detail = (
+                f"device {self.device_id}: feature {self.feature} has PSI {self.metric:.3g} "
+                f"(threshold {self.threshold:g}) over {self.window} readings"
+            )
+            drift = {"kind": "feature", "metric": "psi", "feature": self.feature}
+        drift.update(value=_round(self.metric), threshold=self.threshold, window_readings=self.window)
+        return {
+            "schema": ALERT_SCHEMA,
+            "kind": "drift",
+            "detail": detail,
+            "edge_device": edge_device,
+            "module": ALERT_MODULE,
+            "device_id": self.device_id,
+            "drift": drift,
+            "ts": self.ts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStatus:
+    """A device's drift state right now (None: not judged yet, or nothing to judge against)."""
+
+    device_id: str
+    readings_seen: int
+    residual_ratio: float | None
+    worst_feature: str | None
+    worst_psi: float | None
+    drifting: bool
+
+
+class _Device:
+    """The monitor's state of one device: ring buffers and alert flags, nothing per reading."""
+
+    __slots__ = (
+        "bins",
+        "counts",
+        "edges",
+        "expected",
+        "feature_alerting",
+        "feature_pos",
+        "holdout_mse",
+        "log_expected",
+        "n_valid",
+        "names",
+        "residual_alerting",
+        "rows",
+        "seen",
+        "squared",
+        "squared_n",
+        "squared_pos",
+        "squared_sum",
+        "stride_left",
+    )
+
+    def __init__(
+        self, window: int, holdout_mse: float | None, references: Sequence[tuple[int, str, FeatureReference]]
+    ) -> None:
+        self.seen = 0
+        self.holdout_mse = holdout_mse
+        self.squared = np.zeros(window, dtype=np.float32) if holdout_mse is not None else None
+        self.squared_pos = 0
+        self.squared_n = 0
+        self.squared_sum = 0.0
+        self.residual_alerting = False
+        # Feature rows: position in the reading, name and edges of each feature with a reference.
+        self.rows = tuple(position for position, _, _ in references)
+        self.names = tuple(name for _, name, _ in references)
+        self.edges = tuple(reference.edges for _, _, reference in references)
+        self.feature_pos = 0
+        self.stride_left = 1
+        self.feature_alerting = [False] * len(references)
+        if references:
+            width = max(reference.bins for _, _, reference in references)
+            expected = np.full((len(references), width), PROPORTION_FLOOR)
+            for row, (_, _, reference) in enumerate(references):
+                expected[row, : reference.bins] = np.maximum(reference.proportions, PROPORTION_FLOOR)
+            self.expected: np.ndarray | None = expected
+            self.log_expected: np.ndarray | None = np.log(expected)
+            self.bins: np.ndarray | None = np.full((len(references), window), _MISSING_BIN, dtype=np.int8)
+            self.counts: np.ndarray | None = np.zeros((len(references), width), dtype=np.int32)
+            self.n_valid: np.ndarray | None = np.zeros(len(references), dtype=np.int32)
+        else:
+            self.expected = self.log_expected = self.bins = self.counts = self.n_valid = None
+
+    def arrays(self) -> list[np.ndarray]:
+        """Return the device's numpy arrays."""
+        candidates = (self.squared, self.bins, self.counts, self.n_valid, self.expected, self.log_expected)
+        return [array for array in candidates if array is not None]
+
+    def residual_ratio(self, min_readings: int) -> float | None:
+        """Return rolling MSE / hold-out MSE, or None before `min_readings` labelled readings."""
+        if self.holdout_mse is None or self.squared_n < min_readings:
+            return None
+        return max(self.squared_sum, 0.0) / self.squared_n / self.holdout_mse
+
+    def psi_values(self) -> np.ndarray:
+        """Return the PSI of every referenced feature's window (rows without values give 0)."""
+        assert self.counts is not None and self.n_valid is not None
+        assert self.expected is not None and self.log_expected is not None
+        shares = self.counts / np.maximum(self.n_valid, 1)[:, None]
+        np.maximum(shares, PROPORTION_FLOOR, out=shares)
+        return np.asarray(((shares - self.expected) * (np.log(shares) - self.log_expected)).sum(axis=1))
+
+
+class DriftMonitor:
+    """Judge each device's residual and feature drift on rolling windows, with hysteresis."""
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        references: Mapping[str, Mapping[str, FeatureReference]],
+        holdout_mse: Mapping[str, float],
+        features: Sequence[str],
+    ) -> None:
+        if not features or len(set(features)) != len(features):
+            raise ValueError(f"features {list(features)!r}: give each model input feature once, in model order")
+        for device_id, mse in holdout_mse.items():
+            if isinstance(mse, bool) or not isinstance(mse, int | float) or not 0 < mse < math.inf:
+                raise ValueError(
+                    f"holdout_mse[{device_id!r}]={mse!r}: must be a positive finite number; "
+                    f"leave the device out to skip its residual drift"
+                )
+        for device_id, by_feature in references.items():
+            for name, reference in by_feature.items():
+                if not isinstance(reference, FeatureReference):
+                    raise ValueError(
+                        f"references[{device_id!r}][{name!r}] is a {type(reference).__name__}: "
+                        f"parse it with FeatureReference.from_json_obj"
+                    )
+        self.settings = settings
+        self.features = tuple(features)
+        self._references = references
+        self._holdout_mse = holdout_mse
+        self._devices: dict[str, _Device] = {}
+        self._drifting: set[str] = set()
+        self._refused = 0
+
+    def _admit(self, device_id: str) -> _Device | None:
+        """Create the state of a device seen for the first time (None: over max_devices)."""
+        if len(self._devices) >= self.settings.max_devices:
+            if self._refused == 0:
+                logger.warning(
+                    "Drift monitor holds %d devices (max_devices); newer devices such as %s are not monitored",
+                    len(self._devices),
+                    device_id,
+                )
+            self._refused += 1
+            return None
+        holdout = self._holdout_mse.get(device_id, self._holdout_mse.get(FLEET_KEY))
+        by_feature = self._references.get(device_id, {})
+        references = [
+            (position, name, by_feature[name]) for position, name in enumerate(self.features) if name in by_feature
+        ]
+        device = _Device(self.settings.window_readings, holdout, references)
+        self._devices[device_id] = device
+        return device
+
+    def observe(
+        self, device_id: str, features: Sequence[float], prediction: float, label: float | None, ts: str
+    ) -> list[DriftAlert]:
+        """Add one reading (features in `self.features` order) and return the alerts it raises."""
+        if len(features) != len(self.features):
+            raise ValueError(f"{len(features)} feature values for {len(self.features)} features {self.features}")
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self._admit(device_id)
+            if device is None:
+                return []
+        device.seen += 1
+        alerts: list[DriftAlert] = []
+        if device.squared is not None and label is not None:
+            self._add_residual(device_id, device, prediction - label, ts, alerts)
+        if device.bins is not None:
+            device.stride_left -= 1
+            if device.stride_left == 0:
+                device.stride_left = self.settings.feature_stride
+                self._add_features(device_id, device, features, ts, alerts)
+        return alerts
+
+    def _add_residual(self, device_id: str, device: _Device, error: float, ts: str, alerts: list[DriftAlert]) -> None:
+        """Push one squared residual into the device's ring buffer and judge the rolling MSE."""
+        squared = error * error
+        if squared != squared:  # NaN prediction or label: nothing to learn
+            return
+        squared = min(squared, _MAX_SQUARED)
+        buffer = device.squared
+        assert buffer is not None
+        window = buffer.shape[0]
+        pos = device.squared_pos
+        if device.squared_n == window:
+            device.squared_sum -= float(buffer[pos])
+        else:
+            device.squared_n += 1
+        buffer[pos] = squared
+        device.squared_sum += float(buffer[pos])  # the float32 value stored, so the sum matches the buffer
+        pos += 1
+        if pos == window:
+            pos = 0
+            device.squared_sum = float(buffer.sum(dtype=np.float64))  # drop accumulated rounding once per window
+        device.squared_pos = pos
+        settings = self.settings
+        ratio = device.residual_ratio(settings.min_readings)
+        if ratio is None:
+            return
+        threshold = settings.residual_ratio_threshold
+        if not device.residual_alerting and ratio >= threshold:
+            device.residual_alerting = True
+            self._drifting.add(device_id)
+            alerts.append(DriftAlert(device_id, "residual", ratio, threshold, None, device.squared_n, ts))
+            logger.warning("Residual drift on %s: rolling MSE %.3gx its hold-out MSE at %s", device_id, ratio, ts)
+        elif device.residual_alerting and ratio < threshold * settings.rearm_fraction:
+            device.residual_alerting = False
+            self._settle(device_id, device)
+
+    def _add_features(
+        self, device_id: str, device: _Device, values: Sequence[float], ts: str, alerts: list[DriftAlert]
+    ) -> None:
+        """Push one reading's feature bins into the device's ring buffer and judge each feature's PSI."""
+        bins, counts, n_valid = device.bins, device.counts, device.n_valid
+        assert bins is not None and counts is not None and n_valid is not None
+        pos = device.feature_pos
+        for row, (position, edges) in enumerate(zip(device.rows, device.edges, strict=True)):
+            old = int(bins[row, pos])
+            if old != _MISSING_BIN:
+                counts[row, old] -= 1
+                n_valid[row] -= 1
+            value = values[position]
+            if value != value:  # NaN: skipped, but it still takes its slot so the window stays aligned
+                bins[row, pos] = _MISSING_BIN
+                continue
+            new = bisect_right(edges, value)
+            bins[row, pos] = new
+            counts[row, new] += 1
+            n_valid[row] += 1
+        pos += 1
+        device.feature_pos = 0 if pos == bins.shape[1] else pos
+        settings = self.settings
+        judged = n_valid >= settings.min_feature_readings
+        if not judged.any():
+            return
+        threshold = settings.psi_threshold
+        rearm = threshold * settings.rearm_fraction
+        alerting = device.feature_alerting
+        changed = False
+        for row, value in enumerate(device.psi_values().tolist()):
+            if not judged[row]:
+                continue
+            if not alerting[row] and value >= threshold:
+                alerting[row] = changed = True
+                name = device.names[row]
+                alerts.append(DriftAlert(device_id, "feature", value, threshold, name, int(n_valid[row]), ts))
+                logger.warning("Feature drift on %s: %s has PSI %.3g at %s", device_id, name, value, ts)
+            elif alerting[row] and value < rearm:
+                alerting[row] = False
+                changed = True
+        if changed:
+            if any(alerting):
+                self._drifting.add(device_id)
+            else:
+                self._settle(device_id, device)
+
+    def _settle(self, device_id: str, device: _Device) -> None:
+        """Take the device off the drifting set once no signal is alerting."""
+        if not device.residual_alerting and not any(device.feature_alerting):
+            self._drifting.discard(device_id)
+            logger.info("Drift on %s has receded below the re-arm level", device_id)
+
+    def status(self, device_id: str) -> DriftStatus:
+        """Return the device's current drift state (all empty for a device not seen yet)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return DriftStatus(device_id, 0, None, None, None, False)
+        worst_feature = worst_psi = None
+        if device.n_valid is not None:
+            judged = device.n_valid >= self.settings.min_feature_readings
+            if judged.any():
+                values = np.where(judged, device.psi_values(), -np.inf)
+                row = int(np.argmax(values))
+                worst_feature, worst_psi = device.names[row], float(values[row])
+        return DriftStatus(
+            device_id,
+            device.seen,
+            device.residual_ratio(self.settings.min_readings),
+            worst_feature,
+            worst_psi,
+            device_id in self._drifting,
+        )
+
+    def drifting_devices(self) -> list[str]:
+        """Return the devices whose drift alert is active (to mark for retraining), sorted."""
+        return sorted(self._drifting)
+
+    def buffer_nbytes(self) -> int:
+        """Return the bytes held by all devices' numpy arrays (ring buffers, counts, references)."""
+        return sum(array.nbytes for device in self._devices.values() for array in device.arrays())
+
+    @property
+    def device_count(self) -> int:
+        """Return how many devices are monitored."""
+        return len(self._devices)
