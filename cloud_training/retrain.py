@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import math
 import re
@@ -82,6 +83,7 @@ from cloud_training.spark_job import (
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest, BundleReader, DeviceEntry, Route, read_manifest, verify_bundle
 from edgefleet.deployment import DEFAULT_TEMPLATE
+from edgefleet.drift import ALERT_SCHEMA
 from edgefleet.errors import BundleError, EdgefleetError, HistoryError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format
 
@@ -225,6 +227,8 @@ class RetrainPolicy(BaseModel):
     min_fresh_holdout_rows: int = Field(10, ge=1)
     improvement_margin: float = Field(0.0, ge=0.0, lt=1.0)
     use_history: bool = False
+    # Devices the edge raised a drift alert for since the cutoff (read from the lake's `_events`).
+    edge_drift_devices: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -265,18 +269,56 @@ def reference_mse(entry: DeviceEntry | None) -> float | None:
     return None if metrics is None else metrics.mse
 
 
-def pick_reasons(entry: DeviceEntry | None, n_fresh: int, live_mse: float, policy: RetrainPolicy) -> list[str]:
-    """Return why a device with `n_fresh` usable fresh rows needs a challenger (empty: it does not)."""
+def pick_reasons(
+    entry: DeviceEntry | None, n_fresh: int, live_mse: float, policy: RetrainPolicy, *, edge_alert: bool = False
+) -> list[str]:
+    """Return why a device with `n_fresh` usable fresh rows needs a challenger (empty: it does not).
+
+    `edge_alert`: the edge's drift monitor raised an alert for the device since the cutoff; it
+    picks the device even when the fresh rows alone do not show the drift (e.g. fewer rows here
+    than the edge judged, or the drift began before the cutoff).
+    """
     if entry is None:
         return ["new_device"]
     reasons: list[str] = [entry.status] if entry.status in ("failed", "skipped", "fallback") else []
     reference = reference_mse(entry)
     if reference is not None and n_fresh >= policy.min_drift_rows and live_mse > policy.drift_factor * reference:
         reasons.append("drift")
+    elif edge_alert and n_fresh >= policy.min_drift_rows:
+        reasons.append("edge_drift")
     built_from = entry.n_train + entry.n_holdout  # 0 for devices that never had a model: picked above
     if built_from > 0 and n_fresh >= policy.new_data_factor * built_from:
         reasons.append("new_data")
     return reasons
+
+
+def edge_drift_devices(lake: Path, since: datetime) -> frozenset[str]:
+    """Return the devices the edge raised a drift alert for at or after `since`, from `<lake>/_events`."""
+    folder = Path(lake) / "_events"  # edgefleet.edgehub.sink.EVENTS_DIR
+    found: set[str] = set()
+    unreadable = 0
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                body = json.loads(line).get("body")
+            except (ValueError, AttributeError):
+                unreadable += 1
+                continue
+            if not isinstance(body, dict) or body.get("schema") != ALERT_SCHEMA or body.get("kind") != "drift":
+                continue
+            device_id, ts = body.get("device_id"), body.get("ts")
+            try:
+                at = datetime.fromisoformat(str(ts))
+            except ValueError:
+                unreadable += 1
+                continue
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            if isinstance(device_id, str) and at >= since:
+                found.add(device_id)
+    if unreadable:
+        logger.warning("skipped %d unreadable event line(s) in %s", unreadable, folder)
+    return frozenset(found)
 
 
 def drift_start(squared_errors: np.ndarray, min_after: int, reference_mse: float | None, min_ratio: float = 2.0) -> int:
@@ -388,11 +430,11 @@ def _retrain_device(
     y = fresh[LABEL_COLUMN].to_numpy(dtype=float)
     live_mse = _mse(champion.served, x, y)
     base["live_mse"] = live_mse
-    reasons = pick_reasons(champion.entry, n_fresh, live_mse, policy)
+    reasons = pick_reasons(champion.entry, n_fresh, live_mse, policy, edge_alert=device_id in policy.edge_drift_devices)
     if not reasons:
         return not_trained, RetrainDecision(**base, decision=_not_picked_detail(champion.entry, live_mse, policy))
     base["pick_reasons"] = ",".join(reasons)
-    if "drift" in reasons:
+    if "drift" in reasons or "edge_drift" in reasons:
         # Train and judge on the rows after the drift only (they are what the device does now).
         min_after = policy.training.min_rows + policy.min_fresh_holdout_rows
         errors = (np.asarray(champion.served.predict(x), dtype=float) - y) ** 2
@@ -682,6 +724,10 @@ def run_retrain(settings: RetrainSettings, on_progress: ProgressCallback | None 
     history_format(settings.lake)  # a missing lake fails here, before the JVM starts
     cutoff = parse_since(settings.since, datetime.now(UTC)) if settings.since else _created_at(champion)
     policy = settings.policy(champion)
+    flagged = edge_drift_devices(settings.lake, cutoff)
+    if flagged:
+        logger.info("%d device(s) flagged by edge drift alerts since %s", len(flagged), cutoff)
+        policy = policy.model_copy(update={"edge_drift_devices": flagged})
     logger.info("retraining from %s rows since %s against bundle %s", settings.lake, cutoff, champion.bundle_version)
     with spark_session(settings.master, settings.driver_memory, app_name="edgefleet-retrain") as handle:
         timings["jvm_start_s"] = handle.jvm_start_s

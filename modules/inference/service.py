@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.bundle import Route, verify_bundle
+from edgefleet.drift import FLEET_KEY, DriftMonitor, DriftSettings
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
 from edgefleet.messages import (
@@ -48,6 +50,8 @@ from modules.inference.settings import InferenceDesired, InferenceSettings
 logger = logging.getLogger(__name__)
 
 ALERT_SCHEMA = "edgefleet.alert/1"
+# Twin documents are limited in size: report the first drifting devices, count all of them.
+MAX_REPORTED_DRIFTING = 50
 DRAIN_TIMEOUT_S = 30.0
 HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
 SPOOL_DIR = "spool"
@@ -124,6 +128,9 @@ class InferenceService:
         self._busy = 0  # inbox items not yet fully processed
         self._last_arrival_s = 0.0
         self._alerted: set[str] = set()
+        # Residual drift per device (worker thread only); rebuilt when the bundle changes.
+        self._drift: DriftMonitor | None = None
+        self._drift_version: str | None = None
 
     # -- receiving --------------------------------------------------------------------------------
 
@@ -232,13 +239,15 @@ class InferenceService:
         encoded: list[bytes] = []
         latencies: list[float] = []
         fallbacks: Counter[str] = Counter()
+        drift = self._drift_monitor(predictor)
+        drift_alerts = []
         for choice, entries in groups:
             model = predictor.ready_model(choice.route)
             values = predictor.predict(model, choice, [row for _, row, _ in entries])
             route: Route = choice.route
             info_cache: dict[float, PredictionInfo] = {}
             done_s = time.time()
-            for (reading, _row, received_s), value in zip(entries, values, strict=True):
+            for (reading, row, received_s), value in zip(entries, values, strict=True):
                 info = info_cache.get(value)
                 if info is None:
                     info = info_cache[value] = PredictionInfo(value, route.kind, version, route.fallback_reason)
@@ -246,15 +255,46 @@ class InferenceService:
                 latencies.append(latency_ms)
                 edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
                 encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
+                if drift is not None and reading.label is not None:
+                    drift_alerts += drift.observe(reading.device_id, row, value, reading.label, format_ts(reading.ts))
             if route.fallback_reason is not None:
                 fallbacks[route.fallback_reason] += len(entries)
         for body in pack(encoded, self.settings.predictions_max_bytes):
             self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
+        for alert in drift_alerts:
+            logger.info("Drift: %s %s %.3g >= %.3g", alert.device_id, alert.kind, alert.metric, alert.threshold)
+            self.outbox.put(
+                ALERTS, encode_json(alert.to_json_obj(edge_device)), {"schema": ALERT_SCHEMA, "kind": "drift"}
+            )
         self.latency.add_many(latencies)
         with self._lock:
+            self._counters["drift_alerts"] += len(drift_alerts)
             self._counters["predictions"] += len(encoded)
             self._counters["device_model"] += len(encoded) - sum(fallbacks.values())
             self._fallbacks.update(fallbacks)
+
+    def _drift_monitor(self, predictor: Predictor) -> DriftMonitor | None:
+        """Return the drift monitor of `predictor`'s bundle, building it on the bundle's first use."""
+        if self._drift_version == predictor.version:
+            return self._drift
+        manifest = predictor.reader.manifest
+        # Each device is judged against the hold-out error of the model that serves it here.
+        holdout = {}
+        for device_id, entry in manifest.devices.items():
+            mse = entry.holdout.mse if entry.holdout is not None else None
+            if mse is not None and 0 < mse < math.inf and predictor.route(device_id).kind == "device":
+                holdout[device_id] = mse
+        fleet = manifest.fleet.holdout
+        if fleet is not None and 0 < fleet.mse < math.inf:
+            holdout[FLEET_KEY] = fleet.mse
+        self._drift = DriftMonitor(DriftSettings(), {}, holdout, predictor.features) if holdout else None
+        self._drift_version = predictor.version
+        return self._drift
+
+    def drifting_devices(self) -> list[str]:
+        """Return the devices whose residual drift alert is active (to mark for retraining)."""
+        drift = self._drift
+        return sorted(drift.drifting_devices()) if drift is not None else []
 
     def _load_loop(self) -> None:
         while True:
@@ -347,6 +387,7 @@ class InferenceService:
             counters["fallbacks"] = dict(self._fallbacks)
             counters["deadletters"] = dict(self._deadletters)
             counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
+        counters["drifting_devices"] = len(self.drifting_devices())
         counters["latency"] = self.latency.percentiles()
         counters["cached_model_bytes"] = self.predictor.reader.cached_bytes
         counters["outbox"] = self.outbox.stats()
@@ -391,6 +432,7 @@ class InferenceService:
             "bundleVersion": self.predictor.version,
             "bundleStatus": self.bundle_status(),
             "configError": self.config_error,
+            "drift": {"drifting": self.drifting_devices()[:MAX_REPORTED_DRIFTING]},
             "counters": {
                 **stats,
                 "messages_out": outbox["sent"].get(PREDICTIONS, 0),

@@ -349,3 +349,39 @@ def test_drift_start_finds_where_the_champions_error_jumps():
     assert drift_start(rng.exponential(0.5, 100), min_after=20, reference_mse=0.5) == 0  # it still fits: no drift
     assert drift_start(rng.exponential(40.0, 100), min_after=20, reference_mse=0.5) == 0  # off all along: no split
     assert drift_start(errors[:25], min_after=20, reference_mse=0.5) == 0  # too short to split
+
+
+def test_edge_drift_alerts_in_the_lake_flag_their_devices_since_the_cutoff(tmp_path):
+    from datetime import UTC, datetime
+
+    from cloud_training.retrain import edge_drift_devices
+
+    events = tmp_path / "_events"
+    events.mkdir()
+
+    def event(body: object) -> str:
+        return json.dumps({"kind": "telemetry", "source_module": "inference", "output": "alerts", "body": body})
+
+    drift = {"schema": "edgefleet.alert/1", "kind": "drift", "drift": {"kind": "residual"}}
+    lines = [
+        event({**drift, "device_id": "dev-1", "ts": "2026-11-02T10:00:00Z"}),
+        event({**drift, "device_id": "dev-2", "ts": "2026-10-30T10:00:00Z"}),  # before the cutoff
+        event({"schema": "edgefleet.alert/1", "kind": "bundle_version_mismatch", "ts": "2026-11-02T10:00:00Z"}),
+        event({**drift, "device_id": "dev-3", "ts": "not a time"}),
+        "{not json",
+    ]
+    (events / "2026-11-21.jsonl").write_text("\n".join(lines) + "\n")
+
+    assert edge_drift_devices(tmp_path, datetime(2026, 11, 1, tzinfo=UTC)) == {"dev-1"}
+    assert edge_drift_devices(tmp_path / "no-lake-here", datetime(2026, 11, 1, tzinfo=UTC)) == frozenset()
+
+
+def test_an_edge_drift_alert_picks_a_device_whose_fresh_rows_alone_look_fine(world):
+    from cloud_training.retrain import pick_reasons
+
+    policy = RetrainPolicy(training=TrainingConfig(features=FEATURES), bundle_version="v")
+    entry = world["champion"].devices["dev-00000"]
+    fine = entry.holdout.mse  # the live error is what the hold-out promised
+    assert pick_reasons(entry, 60, fine, policy) == []
+    assert pick_reasons(entry, 60, fine, policy, edge_alert=True) == ["edge_drift"]
+    assert pick_reasons(entry, 5, fine, policy, edge_alert=True) == []  # too few fresh rows to retrain on

@@ -227,3 +227,40 @@ def test_a_module_started_before_edgehub_waits_for_it_instead_of_crashing(start_
     edge.wait_module_ready("sensor", timeout_s=60)
     assert "edgeHub not reachable" in edge.processes["inference"].log_tail(20000)
     assert "Traceback" not in edge.processes["inference"].log_tail(20000)
+
+
+def test_a_device_whose_labels_no_longer_fit_its_model_raises_one_drift_alert_and_a_stable_one_none(
+    start_edge, publisher_factory, small_bundle
+):
+    from tests.conftest import FEATURES, fleet_history
+
+    manifest = read_manifest(small_bundle)
+    drifted, stable = sorted(d for d, e in manifest.devices.items() if e.status == "trained")[:2]
+    history = fleet_history(6, 240, seed=11)  # the rows small_bundle was trained on
+    stable_rows = history[history["device_id"] == stable].tail(120)
+    edge = start_edge()
+    publisher = publisher_factory(edge)
+    for seq, (_, row) in enumerate(stable_rows.iterrows()):
+        features = {name: float(row[name]) for name in FEATURES}
+        publisher.publish(reading(stable, seq, features=features, label=float(row["label"])))
+        # the drifted device: the same inputs, but its label relation has moved far away
+        publisher.publish(reading(drifted, seq, features=features, label=float(row["label"]) + 50.0))
+    publisher.wait_acked()
+    _predictions(edge, 240)
+
+    def drift_alerts():
+        lines = [
+            line
+            for path in sorted((edge.lake_dir / "_events").glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        alerts = [json.loads(line)["body"] for line in lines]
+        return [a for a in alerts if isinstance(a, dict) and a.get("kind") == "drift"]
+
+    alerts = wait_for(drift_alerts)
+    time.sleep(1.0)  # no second alert follows for the same device (hysteresis)
+    alerts = drift_alerts()
+    assert [a["device_id"] for a in alerts] == [drifted]
+    assert alerts[0]["drift"]["kind"] == "residual"
+    reported = wait_for(lambda: edge.standin.router.twin("inference")["reported"].get("drift", {}).get("drifting"))
+    assert reported == [drifted]
