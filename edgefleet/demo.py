@@ -180,7 +180,14 @@ def _sim_end(simulation: dict[str, Any]) -> datetime:
 
 
 def _phase(run: dict[str, Any], bundle_dir: Path, drifted: list[str], split: datetime | None) -> dict[str, Any]:
-    from edgefleet.edge_report import account, latency, live_accuracy, units_per_1000_predictions
+    from edgefleet.edge_report import (
+        account,
+        drift_detection,
+        latency,
+        live_accuracy,
+        read_drift_alerts,
+        units_per_1000_predictions,
+    )
 
     rows = run["rows"]
     sim = run["simulation"]
@@ -193,6 +200,9 @@ def _phase(run: dict[str, Any], bundle_dir: Path, drifted: list[str], split: dat
         "units_4kb_per_1000_predictions": units_per_1000_predictions(run["inference"]),
         "fallbacks": (run["inference"] or {}).get("fallbacks", {}),
         "live_accuracy": live_accuracy(rows, bundle_dir),
+        "drift_alerts": drift_detection(
+            read_drift_alerts(run["lake"]), drifted, set(predictions["device_id"]) if len(predictions) else set()
+        ),
     }
     drifted_rows = rows[rows["device_id"].isin(drifted)] if drifted and len(rows) else rows.iloc[0:0]
     if drifted:
@@ -254,6 +264,8 @@ def _render(summary: dict[str, Any], console: Any) -> None:
         ("drifted devices: MSE before drift", ("drifted devices before drift", "mse")),
         ("drifted devices: MSE after drift", ("drifted devices after drift", "mse")),
         ("drifted devices: MSE (retrained)", ("drifted devices", "mse")),
+        ("edge drift alerts: drifted devices flagged", ("drift_alerts", "detected")),
+        ("edge drift alerts: stable devices flagged", ("drift_alerts", "false_alarms")),
     ]
     phases = list(summary["phases"].values())
     for label, path in rows:

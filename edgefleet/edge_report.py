@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from edgefleet.bundle import BundleReader, Route
-from edgefleet.edgehub.sink import DEADLETTER_DIR
+from edgefleet.edgehub.sink import DEADLETTER_DIR, EVENTS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,33 @@ def read_deadletters(lake_dir: Path) -> list[dict[str, Any]]:
     for path in sorted((Path(lake_dir) / DEADLETTER_DIR).glob("*.jsonl")):
         records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
     return records
+
+
+def read_drift_alerts(lake_dir: Path) -> list[dict[str, Any]]:
+    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`)."""
+    alerts: list[dict[str, Any]] = []
+    for path in sorted((Path(lake_dir) / EVENTS_DIR).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            body = json.loads(line).get("body") if line.strip() else None
+            if isinstance(body, dict) and body.get("schema") == "edgefleet.alert/1" and body.get("kind") == "drift":
+                alerts.append(body)
+    return alerts
+
+
+def drift_detection(alerts: list[dict[str, Any]], drifted: list[str], devices: set[str]) -> dict[str, Any]:
+    """Return how the edge's drift alerts matched the devices known to have drifted."""
+    alerted = {str(alert.get("device_id")) for alert in alerts}
+    stable = devices - set(drifted)
+    false_alarms = sorted(alerted - set(drifted))
+    return {
+        "alerts": len(alerts),
+        "detected": len(alerted & set(drifted)),
+        "drifted": len(drifted),
+        "detection_rate": round(len(alerted & set(drifted)) / len(drifted), 3) if drifted else None,
+        "false_alarms": len(false_alarms),
+        "false_alarm_rate": round(len(false_alarms) / len(stable), 4) if stable else None,
+        "false_alarm_devices": false_alarms[:20],
+    }
 
 
 def _errors(frame: pd.DataFrame, predicted: str) -> dict[str, float | int]:

@@ -65,3 +65,26 @@ def test_html_report_embeds_the_summary_and_plots(small_bundle, tmp_path):
     assert set(images) == {"error_over_time", "prediction_vs_truth", "latency"}
     page = write_html(tmp_path / "r.html", "demo", {"summary": {"lost": 0, "mse": 0.25}}, images).read_text()
     assert "<th>lost</th><td>0</td>" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_drift_detection_counts_flagged_drifted_devices_and_false_alarms(tmp_path):
+    import json
+
+    from edgefleet.edge_report import drift_detection, read_drift_alerts
+
+    events = tmp_path / "_events"
+    events.mkdir()
+    bodies = [
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "d1"},
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "d1"},  # again after recovering
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "s7"},
+        {"schema": "edgefleet.alert/1", "kind": "bundle_version_mismatch"},
+    ]
+    (events / "2026-11-21.jsonl").write_text("".join(json.dumps({"body": b}) + "\n" for b in bodies))
+
+    result = drift_detection(read_drift_alerts(tmp_path), ["d1", "d2"], {f"s{i}" for i in range(10)} | {"d1", "d2"})
+
+    assert (result["alerts"], result["detected"], result["drifted"]) == (3, 1, 2)
+    assert result["detection_rate"] == 0.5
+    assert (result["false_alarms"], result["false_alarm_rate"]) == (1, 0.1)
+    assert result["false_alarm_devices"] == ["s7"]
