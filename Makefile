@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test container-test demo bench images clean
+.PHONY: setup check test browser container-test demo bench images clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,13 @@ check: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup
+test: setup browser
 	$(BIN)/pytest
+
+# Headless Chromium (Debian's package) for the dashboard's browser test; installed when root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || { echo "installing chromium with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: setup
 	$(BIN)/edgefleet demo
@@ -25,6 +30,7 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/edge_throughput.py --quick
+	$(BIN)/python benchmarks/dashboard_cpu.py --quick
 
 # Container images without a registry: a debootstrapped base, a wheelhouse, offline builds.
 # The first run needs root (debootstrap); BUNDLE is the bundle the inference image bakes in.

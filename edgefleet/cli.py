@@ -334,10 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     from cloud_training.retrain_cli import register as register_retrain
+    from edgefleet.dashboard.cli import register as register_dashboard
     from simulator.cli import register as register_simulate
 
     register_retrain(sub)
     register_simulate(sub)
+    register_dashboard(sub)
 
     bundle = sub.add_parser("bundle", help="check or describe a model bundle")
     bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)

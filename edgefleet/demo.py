@@ -9,6 +9,7 @@ and falls after the retrain; the summary shows both.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 from datetime import datetime, timedelta
@@ -130,6 +131,8 @@ def _run_edge(workdir: Path, bundle_dir: Path, profile: Any, ip_base: str) -> di
     from simulator.run import run_simulation
 
     version = read_manifest(bundle_dir).bundle_version
+    # A rerun starts clean: an old lake, or a broker's persisted queue, would mix into the figures.
+    shutil.rmtree(workdir, ignore_errors=True)
     lake_dir = workdir / "lake"
     edge = LocalEdge(
         workdir,

@@ -55,7 +55,9 @@ __all__ = [
     "reference_from_values",
 ]
 
-ALERT_SCHEMA: Final = "edgefleet.alert/1"  # same as modules/inference/service.py's
+ALERT_SCHEMA: Final = "edgefleet.alert/1"
+# Median of a squared standard normal (chi-squared, 1 degree of freedom): median(e^2) = 0.455 MSE.
+MEDIAN_SQUARED_NORMAL: Final = 0.4549364  # same as modules/inference/service.py's
 ALERT_MODULE: Final = "inference"  # alerts leave through the inference module's output `alerts`
 FLEET_KEY: Final = "__fleet__"  # key of the fleet model's hold-out MSE in `holdout_mse`
 # Share given to an empty bin, in the reference and in the observed window, so PSI stays finite.
@@ -190,7 +192,9 @@ class DriftSettings:
     window_readings: int = 200  # readings per device kept for each signal
     min_readings: int = 50  # labelled readings before residual drift is judged
     min_feature_readings: int = 200  # feature values before feature drift is judged (PSI is noisy on few)
-    residual_ratio_threshold: float = 3.0  # rolling MSE / hold-out MSE that counts as drift
+    residual_ratio_threshold: float = (
+        5.0  # rolling MSE / hold-out MSE that counts as drift (3 raised false alarms in the demo)
+    )
     psi_threshold: float = 0.25  # PSI that counts as drift (0.1 moderate, 0.25 large, by convention)
     rearm_fraction: float = 0.7  # a metric re-arms its alert once below this x its threshold
     feature_stride: int = 1  # record one of every N readings in the feature window (see module docstring)
@@ -216,7 +220,7 @@ class DriftSettings:
         if self.residual_ratio_threshold <= 1.0:
             raise ValueError(
                 f"residual_ratio_threshold={self.residual_ratio_threshold}: must exceed 1 (a healthy model's "
-                f"rolling MSE is about its hold-out MSE); 3.0 is usual"
+                f"rolling MSE is about its hold-out MSE); 5.0 is the default"
             )
         value = self.rearm_fraction
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
@@ -339,6 +343,15 @@ class _Device:
             return None
         return max(self.squared_sum, 0.0) / self.squared_n / self.holdout_mse
 
+    def robust_residual_ratio(self, recent: int) -> float | None:
+        """Return the median of the `recent` latest squared residuals over what normal hold-out errors give."""
+        if self.holdout_mse is None or self.squared is None or self.squared_n == 0:
+            return None
+        window = self.squared.shape[0]
+        latest = (self.squared_pos - 1 - np.arange(min(recent, self.squared_n))) % window
+        median = float(np.median(self.squared[latest]))
+        return median / (MEDIAN_SQUARED_NORMAL * self.holdout_mse)
+
     def psi_values(self) -> np.ndarray:
         """Return the PSI of every referenced feature's window (rows without values give 0)."""
         assert self.counts is not None and self.n_valid is not None
@@ -449,11 +462,18 @@ class DriftMonitor:
         if ratio is None:
             return
         threshold = settings.residual_ratio_threshold
+        # The rolling mean is the cheap first test; a few faulty readings (a spike, a stuck sensor)
+        # can lift it alone, so a crossing is confirmed on the median of the latest `min_readings`
+        # squared residuals, which sparse faults do not move and a changed relation does.
         if not device.residual_alerting and ratio >= threshold:
-            device.residual_alerting = True
-            self._drifting.add(device_id)
-            alerts.append(DriftAlert(device_id, "residual", ratio, threshold, None, device.squared_n, ts))
-            logger.warning("Residual drift on %s: rolling MSE %.3gx its hold-out MSE at %s", device_id, ratio, ts)
+            robust = device.robust_residual_ratio(settings.min_readings)
+            if robust is not None and robust >= threshold:
+                device.residual_alerting = True
+                self._drifting.add(device_id)
+                alerts.append(DriftAlert(device_id, "residual", robust, threshold, None, device.squared_n, ts))
+                logger.warning(
+                    "Residual drift on %s: squared residuals %.3gx the hold-out's at %s", device_id, robust, ts
+                )
         elif device.residual_alerting and ratio < threshold * settings.rearm_fraction:
             device.residual_alerting = False
             self._settle(device_id, device)

@@ -32,5 +32,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[edge,edgehub,sink,simulator,training,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[edge,edgehub,sink,dashboard,simulator,training,dev]"
 echo "setup: ready ($("$VENV/bin/python" --version), $(java -version 2>&1 | head -1), $(command -v mosquitto || echo /usr/sbin/mosquitto))"

@@ -255,14 +255,14 @@ class InferenceService:
                 latencies.append(latency_ms)
                 edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
                 encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
-                if drift is not None and reading.label is not None:
+                # Readings predicted on filled-in features measure the fill, not the model.
+                if drift is not None and reading.label is not None and not choice.fill:
                     drift_alerts += drift.observe(reading.device_id, row, value, reading.label, format_ts(reading.ts))
             if route.fallback_reason is not None:
                 fallbacks[route.fallback_reason] += len(entries)
         for body in pack(encoded, self.settings.predictions_max_bytes):
             self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
-        for alert in drift_alerts:
-            logger.info("Drift: %s %s %.3g >= %.3g", alert.device_id, alert.kind, alert.metric, alert.threshold)
+        for alert in drift_alerts:  # edgefleet.drift logs each one
             self.outbox.put(
                 ALERTS, encode_json(alert.to_json_obj(edge_device)), {"schema": ALERT_SCHEMA, "kind": "drift"}
             )

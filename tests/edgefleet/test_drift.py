@@ -158,7 +158,9 @@ def test_residual_drift_fires_for_devices_whose_relation_changed(fleet: Simulate
     detection_rate = detected / len(devices)
     assert len(devices) == 50
     assert detection_rate >= 0.9, f"detected {detected} of {len(devices)} drifted devices"
-    assert float(np.median(delays)) <= 20  # readings after the drift (measured: median 9, max 168)
+    # readings after the drift (measured: 50/50 detected, median 20, max 168: the alert waits
+    # until the median of the latest 50 squared residuals confirms the rolling mean)
+    assert float(np.median(delays)) <= 30
     assert set(monitor.drifting_devices()) <= set(fleet.drifted)
 
 
