@@ -1,17 +1,21 @@
 """Container health check: healthy while the module has touched its health file recently.
 
 Usage: python -m edgefleet.healthcheck <health file> <max age in seconds>
+       python -m edgefleet.healthcheck --http <url>     (a web service: healthy while it answers 200)
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    """Exit 0 when the file exists and is younger than the max age, 1 otherwise."""
+    """Exit 0 when the file exists and is younger than the max age (or the URL answers 200), 1 otherwise."""
+    if len(argv) == 2 and argv[0] == "--http":
+        return _check_http(argv[1])
     if len(argv) != 2:
         print("usage: python -m edgefleet.healthcheck <health file> <max age s>", file=sys.stderr)
         return 2
@@ -23,6 +27,20 @@ def main(argv: list[str]) -> int:
         return 1
     if age_s > max_age_s:
         print(f"unhealthy: {path} is {age_s:.0f} s old (max {max_age_s:.0f} s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_http(url: str) -> int:
+    """Exit code 0 when `url` answers 200 within 4 s, 1 otherwise."""
+    try:
+        with urllib.request.urlopen(url, timeout=4) as response:
+            status = response.status
+    except OSError as err:
+        print(f"unhealthy: {url}: {err}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
         return 1
     return 0
 

@@ -40,6 +40,7 @@ of Python wheels, then the images (default: all of them):
   edgehub             the offline edgeHub stand-in, with Mosquitto (deployment/images/edgehub)
   sink                the local IoT Hub: Mosquitto + the parquet lake writer (deployment/images/sink)
   simulator           the device simulator (deployment/images/simulator)
+  dashboard           the live fleet dashboard, Bokeh (deployment/images/dashboard)
   training            Spark + MLflow training and retraining, with Java 17 (deployment/images/training)
 
   --bundle DIR      model bundle to bake into the inference image (default out/demo/bundle;
@@ -71,16 +72,19 @@ on_error() {
 trap 'on_error "$LINENO" "$BASH_COMMAND" "$?"' ERR
 
 # -- images -----------------------------------------------------------------------------------------
-IMAGES_ALL=(sensor inference edgehub sink simulator training)
+IMAGES_ALL=(sensor inference edgehub sink simulator dashboard training)
 declare -A DOCKERFILE=(
   [sensor]=modules/sensor/Dockerfile [inference]=modules/inference/Dockerfile
   [edgehub]=deployment/images/edgehub/Dockerfile [sink]=deployment/images/sink/Dockerfile
   [simulator]=deployment/images/simulator/Dockerfile [training]=deployment/images/training/Dockerfile
+  [dashboard]=deployment/images/dashboard/Dockerfile
 )
 # the pyproject.toml extra each image installs (its wheel directory in the wheelhouse)
-declare -A EXTRA=([sensor]=edge [inference]=edge [edgehub]=edgehub [sink]=sink [simulator]=simulator [training]=training)
+declare -A EXTRA=([sensor]=edge [inference]=edge [edgehub]=edgehub [sink]=sink [simulator]=simulator [training]=training
+  [dashboard]=dashboard)
 # the base image flavour each image builds on
-declare -A FLAVOUR=([sensor]=base [inference]=base [simulator]=base [edgehub]=mosquitto [sink]=mosquitto [training]=java)
+declare -A FLAVOUR=([sensor]=base [inference]=base [simulator]=base [dashboard]=base [edgehub]=mosquitto [sink]=mosquitto
+  [training]=java)
 FLAVOURS_ALL=(base mosquitto java)
 declare -A FLAVOUR_IMAGE=(
   [base]=edgefleet/python-base:bookworm
@@ -618,6 +622,7 @@ check_image() { # $1 image name, $2 image
         --mosquitto --writable /lake,/var/lib/edgefleet/sink,/tmp || return 1
       ;;
     simulator) run_check "$image" --forbid pyspark,mlflow,pandas,pyarrow --import simulator.run || return 1 ;;
+    dashboard) run_check "$image" --forbid pyspark,mlflow,pyarrow --import edgefleet.dashboard.app,bokeh || return 1 ;;
     training)
       # for real, in one container (offline, as the image's user): Java, a writable HOME and /tmp, a
       # tiny fleet trained on Spark (local mode), exported with ONNX, tracked in MLflow (sqlite),

@@ -21,6 +21,7 @@ import pytest
 
 from edgefleet.bundle import verify_bundle
 from edgefleet.edge_report import account, read_deadletters, read_lake
+from edgefleet.local_edge import free_port
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("EDGEFLEET_CONTAINER_E2E") != "1",
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deployment" / "docker-compose.yml"
-SERVICES = ("field-broker", "sink", "edgehub", "sensor", "inference")
+SERVICES = ("field-broker", "sink", "edgehub", "sensor", "inference", "dashboard")
 SIM_DURATION_S = int(os.environ.get("EDGEFLEET_E2E_SIM_S", "60"))
 INFERENCE_PAUSE_S = 10
 HEALTHY_TIMEOUT_S = 180
@@ -114,6 +115,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
         "FIELD_MQTT_BIND": "127.0.0.1",
         "FIELD_MQTT_PORT": "0",  # any free host port: CI may already use 1883
         "LAKE_FLUSH_EVERY_S": "2",
+        "DASHBOARD_PORT": str(free_port()),
         "RETRAIN_BUNDLE": os.environ["EDGEFLEET_E2E_BUNDLE"],
         "RETRAIN_OUT": str(tmp_path_factory.mktemp("retrain")),
     }
@@ -200,7 +202,20 @@ def test_3_every_simulated_reading_reaches_the_lake_enriched(
     )
 
 
-def test_4_the_retrain_profile_writes_a_verified_bundle_from_the_lake(compose: Compose) -> None:
+def test_4_the_dashboard_serves_the_fleet_on_its_published_port(compose: Compose) -> None:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{compose.env['DASHBOARD_PORT']}/"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        page = response.read().decode("utf-8", "replace")
+    assert response.status == 200
+    assert "bokeh" in page.lower()
+    # it has been fed from the hub stream all along: its log shows no error
+    logs = compose.run("logs", "--no-color", "dashboard").stdout
+    assert "Traceback" not in logs and " ERROR " not in logs
+
+
+def test_5_the_retrain_profile_writes_a_verified_bundle_from_the_lake(compose: Compose) -> None:
     out = Path(compose.env["RETRAIN_OUT"])
     # the job runs as RETRAIN_UID (10001): let it write there
     if os.geteuid() == 0:
@@ -214,6 +229,6 @@ def test_4_the_retrain_profile_writes_a_verified_bundle_from_the_lake(compose: C
     assert (out / "bundle-next.deployment.json").is_file()
 
 
-def test_5_compose_down_v_leaves_no_container_network_or_volume(compose: Compose) -> None:
+def test_6_compose_down_v_leaves_no_container_network_or_volume(compose: Compose) -> None:
     compose.run("--profile", "retrain", "down", "-v", "--remove-orphans")
     assert leftovers(compose.project) == {"containers": [], "networks": [], "volumes": []}

@@ -27,7 +27,7 @@ def script_map(name: str) -> dict[str, str]:
 DOCKERFILES = script_map("DOCKERFILE")
 EXTRAS = script_map("EXTRA")
 FLAVOURS = script_map("FLAVOUR")
-SERVICES = {"sensor", "inference", "edgehub", "sink"}  # long-running: a HEALTHCHECK
+SERVICES = {"sensor", "inference", "edgehub", "sink", "dashboard"}  # long-running: a HEALTHCHECK
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
 
 
@@ -46,7 +46,7 @@ def final_stage(name: str) -> list[str]:
 
 
 def test_build_script_knows_every_image_dockerfile():
-    assert set(DOCKERFILES) == {"sensor", "inference", "edgehub", "sink", "simulator", "training"}
+    assert set(DOCKERFILES) == {"sensor", "inference", "edgehub", "sink", "simulator", "dashboard", "training"}
     assert set(EXTRAS) == set(FLAVOURS) == set(DOCKERFILES)
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "deployment" / "images").glob("*/Dockerfile")}
     assert on_disk == {path for path in DOCKERFILES.values() if path.startswith("deployment/")}
@@ -72,7 +72,10 @@ def test_image_dockerfile_basics(name: str):
     health = [step for step in final if step.startswith("HEALTHCHECK")]
     assert len(health) == 1
     if name in SERVICES:
-        assert health[0].endswith('CMD ["python", "-m", "edgefleet.healthcheck", "/tmp/healthy", "45"]')
+        # modules and MQTT services touch a health file; the dashboard answers HTTP
+        by_file = 'CMD ["python", "-m", "edgefleet.healthcheck", "/tmp/healthy", "45"]'
+        by_http = 'CMD ["python", "-m", "edgefleet.healthcheck", "--http", "http://127.0.0.1:5006/"]'
+        assert health[0].endswith(by_http if name == "dashboard" else by_file)
     else:
         assert health[0] == "HEALTHCHECK NONE"  # batch jobs
 
