@@ -244,6 +244,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         desired_overrides={"inference": {"expectedBundleVersion": version}},
         lake_dir=Path(args.lake).resolve(),
         field_port=args.field_port,
+        dashboard_port=None if args.no_dashboard else args.dashboard_port,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -251,6 +252,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     with edge:
         topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
         print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
+        if edge.dashboard_port is not None:
+            print(f"dashboard: http://127.0.0.1:{edge.dashboard_port}/")
         print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop", flush=True)
         result = run_up(
             edge,
@@ -294,6 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         edge_seconds=args.edge_seconds,
         rate_per_s=args.rate,
+        dashboard_port=None if args.no_dashboard else args.dashboard_port,
     )
 
 
@@ -418,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--edge-device", default="edge1")
     up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
     up.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
+    up.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
+    up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     up.set_defaults(func=cmd_up)
 
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
@@ -437,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--edge-seconds", type=float, default=60.0, help="how long the edge runs before the retrain")
     demo.add_argument("--rate", type=float, default=2.0, help="readings per second per simulated device")
+    demo.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
+    demo.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,7 +25,13 @@ TEMPLATE = Path(DEFAULT_TEMPLATE)
 
 
 def run_demo(
-    workdir: Path, devices: int, rows: int, seed: int, edge_seconds: float = 60.0, rate_per_s: float = 2.0
+    workdir: Path,
+    devices: int,
+    rows: int,
+    seed: int,
+    edge_seconds: float = 60.0,
+    rate_per_s: float = 2.0,
+    dashboard_port: int | None = None,
 ) -> int:
     """Run the loop; return 0 when every step worked and no reading was lost."""
     from cloud_training.pipeline import run_training
@@ -60,7 +66,9 @@ def run_demo(
     profile = with_overrides(profile, seed=seed, duration_s=edge_seconds)
     profile = _fleet_of(profile, devices, rate_per_s)
     console.rule(f"3/5 the edge with the simulator for {edge_seconds:.0f} s (some devices drift at 1/3)")
-    first = _run_edge(workdir / "edge-1", outcome.bundle_dir, profile, "127.0.81")
+    if dashboard_port is not None:
+        console.print(f"live dashboard while the edge runs: http://127.0.0.1:{dashboard_port}/")
+    first = _run_edge(workdir / "edge-1", outcome.bundle_dir, profile, "127.0.81", dashboard_port)
     drifted = sorted({d for event in first["simulation"].get("drift", []) for d in event.get("devices", [])})
     drift_at = _drift_time(first["simulation"])
 
@@ -92,7 +100,7 @@ def run_demo(
         start_ts=_sim_end(first["simulation"]),
         drift=(DriftEvent(at_s=0.0, devices=tuple(drifted)),) if drifted else (),
     )
-    second = _run_edge(workdir / "edge-2", retrained.bundle_dir, after, "127.0.82")
+    second = _run_edge(workdir / "edge-2", retrained.bundle_dir, after, "127.0.82", dashboard_port)
 
     summary = _summary(first, second, outcome.bundle_dir, retrained.bundle_dir, drifted, drift_at)
     _render(summary, console)
@@ -121,7 +129,9 @@ def _fleet_of(profile: Any, devices: int, rate_per_s: float) -> Any:
     return with_overrides(profile, device_types=scaled)
 
 
-def _run_edge(workdir: Path, bundle_dir: Path, profile: Any, ip_base: str) -> dict[str, Any]:
+def _run_edge(
+    workdir: Path, bundle_dir: Path, profile: Any, ip_base: str, dashboard_port: int | None = None
+) -> dict[str, Any]:
     """Run the edge with the simulator once; return the lake, counters and the simulator's report."""
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
@@ -141,6 +151,7 @@ def _run_edge(workdir: Path, bundle_dir: Path, profile: Any, ip_base: str) -> di
         ip_base=ip_base,
         desired_overrides={"inference": {"expectedBundleVersion": version}},
         lake_dir=lake_dir,
+        dashboard_port=dashboard_port,
     )
     progress: dict[str, Any] = {}
 

@@ -108,6 +108,7 @@ class LocalEdge:
         flush_every_s: float = 1.0,
         upstream: Callable[[Message], None] | None = None,
         field_port: int | None = None,
+        dashboard_port: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.deployment = deployment
@@ -121,6 +122,13 @@ class LocalEdge:
         self.field_broker = Broker(
             self.workdir / "field", "field", [Listener(FIELD_HOST, self.field_port)], persistent=True
         )
+        # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
+        self.dashboard_port = dashboard_port
+        self.hub_port = free_port() if dashboard_port is not None else None
+        self.hub_broker = (
+            Broker(self.workdir / "hub", "hub", [Listener(FIELD_HOST, self.hub_port)]) if self.hub_port else None
+        )
+        self.dashboard: subprocess.Popen[bytes] | None = None
         self.standin = EdgeHubStandIn(
             self.workdir / "edgehub",
             edge_device,
@@ -131,6 +139,7 @@ class LocalEdge:
             ip_base,
             flush_every_s=flush_every_s,
             upstream=upstream,
+            mirror_mqtt=(FIELD_HOST, self.hub_port) if self.hub_port else None,
         )
         self._module_env = {module: dict((module_env or {}).get(module, {})) for module in modules}
         self.processes: dict[str, ModuleProcess] = {}
@@ -152,10 +161,33 @@ class LocalEdge:
         """Start the field broker, the stand-in and every module; return once modules answer."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.field_broker.start()
+        if self.hub_broker is not None:
+            self.hub_broker.start()
+            self.dashboard = self._start_dashboard()
         self.standin.start()
         for module in self.modules:
             self.start_module(module)
         return self
+
+    def _start_dashboard(self) -> subprocess.Popen[bytes]:
+        """Start `edgefleet dashboard` on the hub broker, serving on 127.0.0.1:`dashboard_port`."""
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "logs" / "dashboard.log", "ab") as log:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgefleet.dashboard.cli",
+                    "--hub",
+                    f"{FIELD_HOST}:{self.hub_port}",
+                    "--port",
+                    str(self.dashboard_port),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def start_module(self, module: str, wait: bool = True) -> ModuleProcess:
         """Start (or restart) one module process."""
@@ -191,6 +223,16 @@ class LocalEdge:
         for process in self.processes.values():
             process.stop()
         self.standin.stop()
+        dashboard, self.dashboard = self.dashboard, None
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            try:
+                dashboard.wait(10)
+            except subprocess.TimeoutExpired:
+                dashboard.kill()
+                dashboard.wait(5)
+        if self.hub_broker is not None:
+            self.hub_broker.stop()
         self.field_broker.stop()
 
     def __enter__(self) -> LocalEdge:

@@ -115,10 +115,10 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
     from edgefleet.local_edge import free_port
     from tests.edge_fixtures import next_ip_base, reading, wait_for
 
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["up", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
-    args += ["--ip-base", next_ip_base(), "--field-port", port]
+    args += ["--ip-base", next_ip_base(), "--field-port", port, "--dashboard-port", dashboard_port]
     process = subprocess.Popen(
         [sys.executable, "-m", "edgefleet", *map(str, args)],
         stdout=subprocess.PIPE,
@@ -139,6 +139,17 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
         client.disconnect()
         client.loop_stop()
         time.sleep(1.5)  # the reading travels through both modules before we stop
+        # the live dashboard serves its page while the edge runs
+        import urllib.request
+
+        def dashboard_page() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=5) as response:
+                    return response.read().decode() if response.status == 200 else None
+            except OSError:
+                return None
+
+        assert "bokeh" in wait_for(dashboard_page, timeout_s=30).lower()
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=90)[0]
@@ -156,7 +167,7 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(tmp_path) in text:
+        if str(tmp_path) in text or f"--port {dashboard_port}" in text:
             leftovers.append(text)
     assert leftovers == []
 
@@ -172,7 +183,7 @@ def test_up_with_the_simulator_stops_by_itself_and_fills_the_lake_with_predictio
     )
     args = ["up", "--bundle", small_bundle, "--simulate", profile, "--duration-s", 4]
     args += ["--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
-    args += ["--ip-base", next_ip_base(), "--field-port", free_port()]
+    args += ["--ip-base", next_ip_base(), "--field-port", free_port(), "--no-dashboard"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run(
         [sys.executable, "-m", "edgefleet", *map(str, args)],

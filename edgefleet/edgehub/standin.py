@@ -101,6 +101,7 @@ class EdgeHubStandIn:
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
         upstream_mqtt: tuple[str, int] | None = None,
+        mirror_mqtt: tuple[str, int] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.edge_device = _check_name(edge_device, "edge device id")
@@ -128,6 +129,9 @@ class EdgeHubStandIn:
         # `$upstream` goes to an MQTT hub (the sink service) instead of a LakeSink in this process.
         self.upstream_mqtt = upstream_mqtt
         self._hub: HubPublisher | None = None
+        # A copy of `$upstream` for live watchers (the dashboard) when the lake is written here.
+        self.mirror_mqtt = mirror_mqtt
+        self._mirror: HubPublisher | None = None
         self._brokers: list[Broker] = []
         self._router: Router | None = None
         self._sink: LakeSink | None = None
@@ -218,6 +222,12 @@ class EdgeHubStandIn:
 
                 self._sink = LakeSink(self.lake_dir, self.flush_every_s, self.flush_rows)
                 upstream = self._sink
+            if self.mirror_mqtt is not None:
+                from edgefleet.edgehub.hub import HubPublisher
+
+                mirror_host, mirror_port = self.mirror_mqtt
+                self._mirror = HubPublisher(mirror_host, mirror_port, f"edgefleet-mirror-{self.edge_device}").start()
+                upstream = _Tee(upstream, self._mirror)
             addresses = {
                 module: BrokerAddress(host, GATEWAY_PORT, self.certs.ca_cert)
                 for module, host in zip(self.modules, hosts, strict=True)
@@ -242,6 +252,7 @@ class EdgeHubStandIn:
         router, self._router = self._router, None
         sink, self._sink = self._sink, None
         hub, self._hub = self._hub, None
+        mirror, self._mirror = self._mirror, None
         try:
             if router is not None:
                 router.stop()
@@ -251,6 +262,8 @@ class EdgeHubStandIn:
                     sink.close()
                 if hub is not None:
                     hub.close()
+                if mirror is not None:
+                    mirror.close(timeout_s=5.0)
             finally:
                 brokers, self._brokers = self._brokers, []
                 for broker in brokers:
@@ -300,6 +313,24 @@ def run_standin(
         while not stop_event.wait(HEALTH_INTERVAL_S):
             if standin.healthy():
                 _touch(settings.health_file)
+
+
+class _Tee:
+    """Hand each upstream message to the lake path, then a copy to a watcher that must never hold it up."""
+
+    def __init__(self, primary: Callable[[Message], None], mirror: Callable[[Message], None]) -> None:
+        self.primary = primary
+        self.mirror = mirror
+        self.mirror_errors = 0
+
+    def __call__(self, message: Message) -> None:
+        self.primary(message)
+        try:
+            self.mirror(message)
+        except Exception as err:  # the watcher's problem never reaches the lake
+            self.mirror_errors += 1
+            if self.mirror_errors == 1:
+                logger.warning("Cannot copy upstream messages to the watcher: %s", err)
 
 
 def _touch(path: Path | None) -> None:
