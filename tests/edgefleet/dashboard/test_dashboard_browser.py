@@ -302,3 +302,49 @@ def test_the_dashboard_shows_live_predictions_in_a_browser_without_errors(hub: i
         code = dashboard.stop()
     assert code == 0, dashboard.log()
     assert "Traceback" not in dashboard.log(), dashboard.log()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
+def test_the_dashboard_follows_a_running_local_loop_in_a_browser(
+    start_edge: Any, publisher_factory: Any, small_bundle: Path, tmp_path: Path
+) -> None:
+    from edgefleet.bundle import read_manifest
+    from tests.edge_fixtures import reading
+
+    # The real loop: field broker, stand-in, sensor and inference processes, the dashboard process.
+    edge = start_edge(dashboard_port=free_port())
+    url = f"http://127.0.0.1:{edge.dashboard_port}/"
+    wait_until(lambda: _answers(url), 30, "the dashboard to serve")
+    trained = sorted(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+    publisher = publisher_factory(edge)
+    publisher.publish_all(reading(device, seq) for device in trained for seq in range(5))
+    publisher.wait_acked()
+
+    browser = Chromium(tmp_path / "chromium")
+    try:
+        browser.call("Page.navigate", url=url)
+        first = wait_until(lambda: number(browser.evaluate(kpi("predictions"))), 30, "predictions on the page")
+        assert number(browser.evaluate(kpi("devices"))) == len(trained)
+        publisher.publish_all(reading(device, seq) for device in trained for seq in range(5, 10))
+        publisher.wait_acked()
+        total = len(trained) * 10
+        wait_until(lambda: number(browser.evaluate(kpi("predictions"))) == total, 30, "the count to grow")
+        assert first < total
+        shot = browser.call("Page.captureScreenshot", format="png")
+        import base64
+
+        png = base64.b64decode(shot["data"])
+        (tmp_path / "dashboard-loop.png").write_bytes(png)
+        assert len(png) > 10_000
+        browser.evaluate("1")  # drain late events
+        assert browser.errors() == [], browser.errors()
+    finally:
+        browser.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
