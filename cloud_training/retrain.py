@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import math
 import re
@@ -83,7 +82,7 @@ from cloud_training.spark_job import (
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest, BundleReader, DeviceEntry, Route, read_manifest, verify_bundle
 from edgefleet.deployment import DEFAULT_TEMPLATE
-from edgefleet.drift import ALERT_SCHEMA
+from edgefleet.edge_report import read_drift_alerts
 from edgefleet.errors import BundleError, EdgefleetError, HistoryError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format
 
@@ -294,30 +293,18 @@ def pick_reasons(
 
 def edge_drift_devices(lake: Path, since: datetime) -> frozenset[str]:
     """Return the devices the edge raised a drift alert for at or after `since`, from `<lake>/_events`."""
-    folder = Path(lake) / "_events"  # edgefleet.edgehub.sink.EVENTS_DIR
     found: set[str] = set()
-    unreadable = 0
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                body = json.loads(line).get("body")
-            except (ValueError, AttributeError):
-                unreadable += 1
-                continue
-            if not isinstance(body, dict) or body.get("schema") != ALERT_SCHEMA or body.get("kind") != "drift":
-                continue
-            device_id, ts = body.get("device_id"), body.get("ts")
-            try:
-                at = datetime.fromisoformat(str(ts))
-            except ValueError:
-                unreadable += 1
-                continue
-            if at.tzinfo is None:
-                at = at.replace(tzinfo=UTC)
-            if isinstance(device_id, str) and at >= since:
-                found.add(device_id)
-    if unreadable:
-        logger.warning("skipped %d unreadable event line(s) in %s", unreadable, folder)
+    for alert in read_drift_alerts(Path(lake)):
+        device_id = alert.get("device_id")
+        try:
+            at = datetime.fromisoformat(str(alert.get("ts")))
+        except ValueError:
+            logger.warning("skipped a drift alert with an unreadable ts: %r", alert.get("ts"))
+            continue
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        if isinstance(device_id, str) and at >= since:
+            found.add(device_id)
     return frozenset(found)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from edgefleet.bundle import BundleReader, Route
+from edgefleet.drift import ALERT_SCHEMA
 from edgefleet.edgehub.sink import DEADLETTER_DIR, EVENTS_DIR
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,20 @@ def read_deadletters(lake_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_drift_alerts(lake_dir: Path) -> list[dict[str, Any]]:
-    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`)."""
+    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`); skip unreadable lines."""
     alerts: list[dict[str, Any]] = []
+    unreadable = 0
     for path in sorted((Path(lake_dir) / EVENTS_DIR).glob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            body = json.loads(line).get("body") if line.strip() else None
-            if isinstance(body, dict) and body.get("schema") == "edgefleet.alert/1" and body.get("kind") == "drift":
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                body = json.loads(line).get("body") if line.strip() else None
+            except (ValueError, AttributeError):
+                unreadable += 1
+                continue
+            if isinstance(body, dict) and body.get("schema") == ALERT_SCHEMA and body.get("kind") == "drift":
                 alerts.append(body)
+    if unreadable:
+        logger.warning("Skipped %d unreadable event line(s) in %s", unreadable, Path(lake_dir) / EVENTS_DIR)
     return alerts
 
 

@@ -38,6 +38,7 @@ from edgefleet.edgehub.broker import Broker, Listener
 from edgefleet.edgehub.certs import CertPaths, ensure_certs
 from edgefleet.edgehub.router import BrokerAddress, Router
 from edgefleet.errors import EdgefleetError
+from edgefleet.module_runtime import touch_health
 from edgefleet.routes import Message, Route
 
 if TYPE_CHECKING:  # pandas is imported only when the stand-in writes the lake itself
@@ -309,10 +310,10 @@ def run_standin(
             logger.info("Module %s: environment in %s", module, path)
         if on_ready is not None:
             on_ready(standin)
-        _touch(settings.health_file)
+        touch_health(settings.health_file)
         while not stop_event.wait(HEALTH_INTERVAL_S):
             if standin.healthy():
-                _touch(settings.health_file)
+                touch_health(settings.health_file)
 
 
 class _Tee:
@@ -331,16 +332,6 @@ class _Tee:
             self.mirror_errors += 1
             if self.mirror_errors == 1:
                 logger.warning("Cannot copy upstream messages to the watcher: %s", err)
-
-
-def _touch(path: Path | None) -> None:
-    """Mark the stand-in healthy now (the container's HEALTHCHECK checks the file's age)."""
-    if path is None:
-        return
-    try:
-        path.touch()
-    except OSError as err:
-        logger.warning("Cannot touch the health file %s: %s", path, err)
 
 
 def _local_key(edge_device: str, module: str) -> str:
