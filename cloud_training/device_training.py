@@ -25,6 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_training.families import FAMILIES, make_estimator
+from edgefleet.drift import reference_from_values
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ LATENCY_SAMPLES = 25
 JOBLIB_COMPRESS_LEVEL = 3
 _EPOCH = pd.Timestamp(0, tz="UTC")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+REFERENCE_BINS = 10
+# A feature reference must cover the features' daily cycle: the edge compares it with a day of
+# readings, and a reference of a few hours would make every day look drifted.
+REFERENCE_MIN_SPAN_S = 86_400.0
 
 
 class EdgeBudget(BaseModel):
@@ -105,6 +110,7 @@ class DeviceResult:
     onnx_blob: bytes | None = None
     holdout_blob: bytes | None = None
     fleet_rows_blob: bytes | None = None
+    feature_reference: str | None = None  # JSON {feature: {"edges", "proportions"}} for the edge's drift monitor
 
     @classmethod
     def skipped(cls, device_id: str, reason: str, detail: str, **counts: Any) -> DeviceResult:
@@ -122,7 +128,7 @@ class DeviceResult:
 
 
 # Columns that carry data to the driver, not facts to report or log.
-BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "holdout_blob", "fleet_rows_blob")
+BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "holdout_blob", "fleet_rows_blob", "feature_reference")
 _DDL_TYPES = {"str": "string", "int": "bigint", "float": "double", "bytes": "binary"}
 
 
@@ -161,6 +167,7 @@ class Prepared:
     n_rows: int
     n_dropped: int
     last_ts_s: float
+    first_ts_s: float
 
 
 def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) -> Prepared | DeviceResult:
@@ -195,6 +202,7 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
             device_id, "too_few_rows", f"{n} usable rows; at least {config.min_rows} are needed", **counts
         )
     last_ts_s = float(ts_s[-1])
+    first_ts_s = float(ts_s[0])
     counts["last_ts_s"] = last_ts_s
     if config.reference_ts_s is not None:
         age_days = (config.reference_ts_s - last_ts_s) / 86_400.0
@@ -213,7 +221,21 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
     n_holdout = max(config.min_holdout_rows, math.ceil(n * config.holdout_fraction))
     cut = n - n_holdout
     x = values[:, :-1]
-    return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s)
+    return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s, first_ts_s)
+
+
+def feature_references(data: Prepared, features: tuple[str, ...] | list[str]) -> str | None:
+    """Return the JSON of each feature's training distribution, or None when the data spans under a day."""
+    if data.last_ts_s - data.first_ts_s < REFERENCE_MIN_SPAN_S:
+        return None
+    x = np.concatenate([data.x_train, data.x_holdout])
+    references = {}
+    for column, name in enumerate(features):
+        try:
+            references[name] = reference_from_values(x[:, column], bins=REFERENCE_BINS).to_json_obj()
+        except ValueError as err:  # too few values for the bins: that feature is not judged at the edge
+            logger.info("no reference for %s: %s", name, err)
+    return json.dumps(references, separators=(",", ":")) if references else None
 
 
 def stale_detail(age_days: float, max_staleness_days: float) -> str:
@@ -382,6 +404,7 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
         "n_train": len(data.y_train),
         "n_holdout": len(data.y_holdout),
         "last_ts_s": data.last_ts_s,
+        "feature_reference": feature_references(data, config.features),
     }
     seed = estimator_seed(device_id, config.seed)
     candidates = [_fit_candidate(family, data, seed) for family in config.families]

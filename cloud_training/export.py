@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 import shutil
@@ -23,6 +24,7 @@ from edgefleet.bundle import (
     MODELS_DIR,
     BundleManifest,
     DeviceEntry,
+    FeatureDistribution,
     FleetEntry,
     HoldoutMetrics,
     ModelFile,
@@ -131,7 +133,15 @@ def write_device_entry(root: Path, row: dict[str, Any], mlflow_run_id: str | Non
         fleet_holdout=_metrics(row["fleet_mse"], row["fleet_mae"], row["fleet_r2"], row["n_holdout"]),
         predict_us=_optional_float(row["predict_us"]),
         mlflow_run_id=mlflow_run_id,
+        feature_reference=_feature_reference(row.get("feature_reference")),
     )
+
+
+def _feature_reference(text: Any) -> dict[str, FeatureDistribution] | None:
+    """Parse a result row's feature reference JSON (None when training stored none)."""
+    if not isinstance(text, str):
+        return None
+    return {name: FeatureDistribution.model_validate(obj) for name, obj in json.loads(text).items()}
 
 
 def content_version(created: datetime, fleet: FleetEntry, devices: Mapping[str, DeviceEntry]) -> str:

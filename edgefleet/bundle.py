@@ -74,6 +74,13 @@ class FeatureStats(_Frozen):
     p99: float
 
 
+class FeatureDistribution(_Frozen):
+    """One feature's training distribution for the edge's drift monitor (see edgefleet.drift)."""
+
+    edges: tuple[float, ...]  # interior bin edges: the training quantiles
+    proportions: tuple[float, ...]  # each bin's share of the training rows
+
+
 class FleetEntry(_Frozen):
     """The fleet model: fallback for unknown devices and devices whose own model is poor."""
 
@@ -99,6 +106,8 @@ class DeviceEntry(_Frozen):
     fleet_holdout: HoldoutMetrics | None = None
     predict_us: float | None = None
     mlflow_run_id: str | None = None
+    # Absent when the device's training data spans under a day (too little to describe its cycle).
+    feature_reference: dict[str, FeatureDistribution] | None = None
 
 
 class BundleManifest(_Frozen):

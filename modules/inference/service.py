@@ -18,14 +18,14 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgefleet.bundle import Route, verify_bundle
-from edgefleet.drift import FLEET_KEY, DriftMonitor, DriftSettings
+from edgefleet.bundle import DeviceEntry, Route, verify_bundle
+from edgefleet.drift import FLEET_KEY, DriftMonitor, DriftSettings, FeatureReference
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
 from edgefleet.messages import (
@@ -96,6 +96,32 @@ def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Pre
         mode=settings.predictor,
         poor_model_threshold=poor_model_threshold,
     )
+
+
+class _BundleReferences(Mapping[str, Mapping[str, FeatureReference]]):
+    """The bundle's per-device feature references, parsed on a device's first reading, not at start."""
+
+    def __init__(self, devices: Mapping[str, DeviceEntry]) -> None:
+        self._devices = devices
+
+    def __getitem__(self, device_id: str) -> Mapping[str, FeatureReference]:
+        entry = self._devices.get(device_id)
+        if entry is None or not entry.feature_reference:
+            raise KeyError(device_id)
+        try:
+            return {
+                name: FeatureReference(distribution.edges, distribution.proportions)
+                for name, distribution in entry.feature_reference.items()
+            }
+        except ValueError as err:  # a broken reference costs this device its feature drift, nothing more
+            logger.warning("Device %s: feature reference unusable, feature drift not judged: %s", device_id, err)
+            raise KeyError(device_id) from err
+
+    def __iter__(self) -> Iterator[str]:
+        return (device_id for device_id, entry in self._devices.items() if entry.feature_reference)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class InferenceService:
@@ -256,8 +282,8 @@ class InferenceService:
                 edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
                 encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
                 # Readings predicted on filled-in features measure the fill, not the model.
-                if drift is not None and reading.label is not None and not choice.fill:
-                    drift_alerts += drift.observe(reading.device_id, row, value, reading.label, format_ts(reading.ts))
+                if drift is not None and not choice.fill:
+                    drift_alerts += drift.observe(reading.device_id, row, value, reading.label, reading.ts)
             if route.fallback_reason is not None:
                 fallbacks[route.fallback_reason] += len(entries)
         for body in pack(encoded, self.settings.predictions_max_bytes):
@@ -287,12 +313,13 @@ class InferenceService:
         fleet = manifest.fleet.holdout
         if fleet is not None and 0 < fleet.mse < math.inf:
             holdout[FLEET_KEY] = fleet.mse
-        self._drift = DriftMonitor(DriftSettings(), {}, holdout, predictor.features) if holdout else None
+        references = _BundleReferences(manifest.devices)
+        self._drift = DriftMonitor(DriftSettings(), references, holdout, predictor.features)
         self._drift_version = predictor.version
         return self._drift
 
     def drifting_devices(self) -> list[str]:
-        """Return the devices whose residual drift alert is active (to mark for retraining)."""
+        """Return the devices whose drift alert (residual or feature) is active, to mark for retraining."""
         drift = self._drift
         return sorted(drift.drifting_devices()) if drift is not None else []
 

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from cloud_training.device_training import (
     train_device,
 )
 from cloud_training.fleet import train_fleet_locally
+from edgefleet.drift import FeatureReference
 from edgefleet.history import apply_data_fault, device_history
 from edgefleet.physics import FEATURES
 from tests.conftest import END_TS_S
@@ -128,3 +130,22 @@ def test_result_rows_match_the_spark_schema():
 def test_config_rejects_unknown_family_and_says_which_exist():
     with pytest.raises(ValueError, match="choose from ridge, random_forest, gradient_boosting"):
         TrainingConfig(features=FEATURES, families=("xgboost",))
+
+
+def test_training_stores_each_features_distribution_for_the_edges_drift_monitor():
+    frame = device(rows=400)  # 400 readings every 300 s: 33 hours, more than one daily cycle
+    result = train_device(frame, CONFIG)
+    references = {
+        name: FeatureReference.from_json_obj(obj) for name, obj in json.loads(result.feature_reference).items()
+    }
+    assert set(references) == set(FEATURES)
+    for name, reference in references.items():
+        # Ten bins at the training deciles: each holds a tenth of the device's rows.
+        assert reference.bins == 10
+        shares = reference.bin_counts(frame[name].to_numpy()) / len(frame)
+        assert shares == pytest.approx(np.full(10, 0.1), abs=0.02), name
+
+
+def test_a_device_whose_data_spans_under_a_day_gets_no_feature_reference():
+    result = train_device(device(rows=250), CONFIG)  # 250 x 300 s: under 21 hours
+    assert result.status == "trained" and result.feature_reference is None

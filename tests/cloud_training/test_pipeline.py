@@ -44,6 +44,14 @@ def test_bundle_verifies_and_records_every_device_with_status_and_metrics(traine
     assert {"scikit-learn", "joblib", "onnxruntime"} <= set(manifest.libraries)
 
 
+def test_bundle_carries_each_devices_feature_distribution_through_spark(trained):
+    manifest = read_manifest(trained.bundle_dir)
+    reference = manifest.devices["dev-00000"].feature_reference
+    assert reference is not None and set(reference) == set(manifest.features)
+    assert all(len(d.proportions) == len(d.edges) + 1 == 10 for d in reference.values())
+    assert manifest.devices["bad-stale"].feature_reference is None  # skipped as stale: old data describes nothing
+
+
 def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(trained):
     client = MlflowClient(tracking_uri=trained.tracking_uri, registry_uri=trained.tracking_uri)
     run = client.get_run(trained.run_id)

@@ -6,6 +6,7 @@ import json
 import random
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import parse_deployment
@@ -264,3 +265,56 @@ def test_a_device_whose_labels_no_longer_fit_its_model_raises_one_drift_alert_an
     assert alerts[0]["drift"]["kind"] == "residual"
     reported = wait_for(lambda: edge.standin.router.twin("inference")["reported"].get("drift", {}).get("drifting"))
     assert reported == [drifted]
+
+
+def test_a_device_whose_inputs_moved_away_from_its_training_data_raises_one_feature_drift_alert(
+    start_edge, publisher_factory, tmp_path
+):
+    from cloud_training.device_training import TrainingConfig
+    from cloud_training.export import write_bundle
+    from cloud_training.fleet import train_fleet_locally
+    from edgefleet.history import HistorySpec, generate_history
+    from tests.conftest import END_TS_S, FEATURES
+
+    # 480 readings every 300 s (40 hours): training stores each device's feature distribution.
+    history = generate_history(HistorySpec(n_devices=2, rows_per_device=480, seed=5))
+    config = TrainingConfig(features=FEATURES, reference_ts_s=END_TS_S, fleet_rows_per_device=200)
+    results, fleet = train_fleet_locally((g for _, g in history.groupby("device_id")), config)
+    manifest = write_bundle(tmp_path / "bundle", results, fleet, config)
+    assert all(entry.feature_reference for entry in manifest.devices.values())
+    stable, moved = sorted(manifest.devices)
+    edge = start_edge(
+        bundle_dir=tmp_path / "bundle",
+        desired_overrides={"inference": {"expectedBundleVersion": manifest.bundle_version}},
+    )
+    publisher = publisher_factory(edge)
+    start = datetime(2026, 11, 21, tzinfo=UTC)
+    for device_id in (stable, moved):
+        rows = history[history["device_id"] == device_id]
+        for seq, (_, row) in enumerate(rows.iterrows()):
+            features = {name: float(row[name]) for name in FEATURES}
+            if device_id == moved:
+                features["temperature_c"] += 8.0  # the device now stands somewhere warmer
+            # One reading per 216 s slot: 480 readings fill the one-day feature window and go past it.
+            ts = (start + timedelta(seconds=216 * seq)).isoformat().replace("+00:00", "Z")
+            publisher.publish(reading(device_id, seq, features=features, ts=ts))
+    publisher.wait_acked()
+    _predictions(edge, 960)
+
+    def drift_alerts():
+        lines = [
+            line
+            for path in sorted((edge.lake_dir / "_events").glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        return [body for body in (json.loads(line)["body"] for line in lines) if body.get("kind") == "drift"]
+
+    alerts = wait_for(drift_alerts)
+    time.sleep(1.0)  # no second alert follows (hysteresis)
+    alerts = drift_alerts()
+    assert [(a["device_id"], a["drift"]["kind"], a["drift"]["feature"]) for a in alerts] == [
+        (moved, "feature", "temperature_c")
+    ]
+    assert alerts[0]["drift"]["value"] >= 0.25 and alerts[0]["drift"]["window_readings"] == 400
+    reported = wait_for(lambda: edge.standin.router.twin("inference")["reported"].get("drift", {}).get("drifting"))
+    assert reported == [moved]
