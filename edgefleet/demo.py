@@ -69,7 +69,7 @@ def run_demo(
     if dashboard_port is not None:
         console.print(f"live dashboard while the edge runs: http://127.0.0.1:{dashboard_port}/")
     first = _run_edge(workdir / "edge-1", outcome.bundle_dir, profile, "127.0.81", dashboard_port)
-    drifted = sorted({d for event in first["simulation"].get("drift", []) for d in event.get("devices", [])})
+    drifted = sorted({d for event in _relation_events(first["simulation"]) for d in event.get("devices", [])})
     drift_at = _drift_time(first["simulation"])
 
     console.rule("4/5 retrain on the lake: challengers vs champions, fresh hold-out")
@@ -176,9 +176,14 @@ def _run_edge(
     }
 
 
+def _relation_events(simulation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the simulator's concept drift events (the demo replays and scores those)."""
+    return [event for event in simulation.get("drift") or [] if event.get("kind", "relation") == "relation"]
+
+
 def _drift_time(simulation: dict[str, Any]) -> datetime | None:
-    """Return the simulated time of the first drift event."""
-    events = simulation.get("drift") or []
+    """Return the simulated time of the first relation drift event."""
+    events = _relation_events(simulation)
     if not events or not simulation.get("start_ts"):
         return None
     start = pd.Timestamp(simulation["start_ts"]).to_pydatetime()

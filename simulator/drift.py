@@ -2,6 +2,7 @@
 
 Training code and tests rebuild a drifted relation with `drifted_profile(make_profile(id, seed),
 drift_seed(seed, event_index))`; the simulator report lists each event's seed and devices.
+Feature drift (`kind: features`) needs no seed to rebuild: the report lists its `feature_shift`.
 """
 
 from __future__ import annotations

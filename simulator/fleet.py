@@ -6,27 +6,37 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edgefleet.messages import format_ts
-from edgefleet.physics import DeviceProfile, make_profile
+from edgefleet.physics import FEATURES, DeviceProfile, make_profile
 from simulator.drift import drift_seed, drifted_profile
 from simulator.profile import SimulatorProfile, assign_device_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeviceSpec", "DriftAssignment", "DriftStage", "FleetPlan", "plan_fleet"]
+__all__ = ["NO_SHIFT", "DeviceSpec", "DriftAssignment", "DriftKind", "DriftStage", "FleetPlan", "Shift", "plan_fleet"]
+
+DriftKind = Literal["relation", "features"]
+Shift = tuple[float, float, float, float]  # added to the features, in FEATURES order
+NO_SHIFT: Shift = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
 class DriftStage:
-    """From `at_s` simulated seconds on, a device's label follows `profile`."""
+    """From `at_s` simulated seconds on, a device's features move by `shift` and its label follows `profile`.
+
+    Each stage is the whole state in force: a relation stage keeps the shift of the stage before it,
+    a features stage keeps its relation, so the stream only needs the latest stage that started.
+    """
 
     at_s: float
     drift_seed: int
     profile: DeviceProfile
+    shift: Shift = NO_SHIFT
+    kind: DriftKind = "relation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +55,34 @@ class DeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class DriftAssignment:
-    """One drift event as planned: when, with which seed, for which devices."""
+    """One drift event as planned: what kind, when, with which seed, for which devices."""
 
     index: int
     at_s: float
     drift_seed: int
     device_ids: tuple[str, ...]
+    kind: DriftKind = "relation"
+    # (feature, shift) pairs in FEATURES order; a tuple keeps the plan hashable.
+    feature_shift: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def shift(self) -> Shift:
+        """Return the event's shift as a vector in FEATURES order (zeros for a relation event)."""
+        given = dict(self.feature_shift)
+        return (
+            given.get(FEATURES[0], 0.0),
+            given.get(FEATURES[1], 0.0),
+            given.get(FEATURES[2], 0.0),
+            given.get(FEATURES[3], 0.0),
+        )
 
     def to_json_obj(self) -> dict[str, Any]:
-        """Return the event for the report: enough to rebuild every drifted relation."""
-        return {"index": self.index, "at_s": self.at_s, "drift_seed": self.drift_seed, "devices": list(self.device_ids)}
+        """Return the event for the report: enough to rebuild every drifted relation and shifted feature."""
+        obj: dict[str, Any] = {"index": self.index, "kind": self.kind, "at_s": self.at_s, "drift_seed": self.drift_seed}
+        if self.kind == "features":
+            obj["feature_shift"] = dict(self.feature_shift)
+        obj["devices"] = list(self.device_ids)
+        return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +141,31 @@ def plan_fleet(
     assignments = _assign_drift(profile, specs, duration)
     stages: dict[int, list[DriftStage]] = {}
     index_of = {spec.device_id: spec.index for spec in specs}
-    # Events in time order, so a device drifting twice drifts from its already drifted relation.
+    # Events in time order, so a device drifting twice drifts from its already drifted relation,
+    # and a features event adds to the shift already in force.
     for assignment in sorted(assignments, key=lambda a: (a.at_s, a.index)):
         for device_id in assignment.device_ids:
             index = index_of[device_id]
-            previous = stages[index][-1].profile if index in stages else specs[index].profile
-            stage = DriftStage(assignment.at_s, assignment.drift_seed, drifted_profile(previous, assignment.drift_seed))
+            previous = stages[index][-1] if index in stages else None
+            relation = previous.profile if previous is not None else specs[index].profile
+            shift = previous.shift if previous is not None else NO_SHIFT
+            if assignment.kind == "features":
+                stage = DriftStage(
+                    assignment.at_s, assignment.drift_seed, relation, _add(shift, assignment.shift), "features"
+                )
+            else:
+                new_relation = drifted_profile(relation, assignment.drift_seed)
+                stage = DriftStage(assignment.at_s, assignment.drift_seed, new_relation, shift, "relation")
             stages.setdefault(index, []).append(stage)
     devices = tuple(
         dataclasses.replace(spec, drift=tuple(stages[spec.index])) if spec.index in stages else spec for spec in specs
     )
     return FleetPlan(profile.seed, start_ts, duration, rate_scale, devices, tuple(assignments))
+
+
+def _add(a: Shift, b: Shift) -> Shift:
+    """Return the sum of two shift vectors."""
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
 
 
 def _as_datetime(value: datetime | str) -> datetime:
@@ -134,7 +176,11 @@ def _as_datetime(value: datetime | str) -> datetime:
 def _assign_drift(
     profile: SimulatorProfile, specs: list[DeviceSpec], duration_s: float | None
 ) -> list[DriftAssignment]:
-    """Return which devices each drift event changes, chosen deterministically from its seed."""
+    """Return which devices each drift event changes, chosen deterministically from its own seed.
+
+    Each event draws from `drift_seed(seed, index)` alone, whatever its kind, so adding an event
+    after the others leaves their choices alone.
+    """
     assignments = []
     for index, event in enumerate(profile.drift):
         seed = drift_seed(profile.seed, index)
@@ -156,5 +202,7 @@ def _assign_drift(
             logger.warning(
                 "Drift event %d at %.1f s is after the run's end (%.1f s): it will not happen", index, at_s, duration_s
             )
-        assignments.append(DriftAssignment(index, at_s, seed, chosen))
+        shift = event.feature_shift or {}
+        feature_shift = tuple((name, float(shift[name])) for name in FEATURES if name in shift)
+        assignments.append(DriftAssignment(index, at_s, seed, chosen, event.kind, feature_shift))
     return assignments

@@ -159,7 +159,7 @@ class FaultRates(_Strict):
 
 
 class DriftEvent(_Strict):
-    """At one moment, the hidden label relation of some devices changes (concept drift)."""
+    """At one moment, some devices drift: their hidden label relation changes, or their features move."""
 
     at_s: float | None = Field(None, ge=0.0, description="simulated seconds after the start")
     at_fraction: float | None = Field(None, ge=0.0, le=1.0, description="fraction of duration_s (needs a duration)")
@@ -168,6 +168,34 @@ class DriftEvent(_Strict):
     device_types: tuple[str, ...] | None = Field(
         None, min_length=1, description="limit the candidates to these device types (default: all)"
     )
+    kind: Literal["relation", "features"] = Field(
+        "relation",
+        description="relation: the hidden label relation changes (concept drift); "
+        "features: the feature values move by feature_shift and the relation stays (feature drift)",
+    )
+    feature_shift: dict[str, float] | None = Field(
+        None,
+        description="kind features: added to each named feature from the event on, in its own units "
+        "(summed over a device's events, not clipped); the label uses the shifted features, "
+        "even one the device does not measure",
+    )
+
+    @field_validator("feature_shift")
+    @classmethod
+    def _check_shift(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one feature to shift, e.g. {temperature_c: 8.0}")
+        unknown = [name for name in value if name not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))}; choose from {', '.join(FEATURES)}")
+        bad = [name for name, shift in value.items() if not math.isfinite(shift) or shift == 0.0]
+        if bad:
+            raise ValueError(
+                f"{', '.join(bad)}: a shift must be a finite number other than 0 (leave out a feature that stays)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_choice(self) -> DriftEvent:
@@ -175,6 +203,10 @@ class DriftEvent(_Strict):
             raise ValueError("give exactly one of at_s (seconds after start) or at_fraction (of duration_s)")
         if (self.devices is None) == (self.device_fraction is None):
             raise ValueError("give exactly one of devices (a list of ids) or device_fraction (e.g. 0.1)")
+        if self.kind == "features" and self.feature_shift is None:
+            raise ValueError("kind: features needs feature_shift, e.g. feature_shift: {temperature_c: 8.0}")
+        if self.kind == "relation" and self.feature_shift is not None:
+            raise ValueError("feature_shift needs kind: features (a relation event changes the relation, not features)")
         return self
 
 
@@ -196,7 +228,7 @@ class SimulatorProfile(_Strict):
     device_types: tuple[DeviceType, ...] = Field(min_length=1, description="the fleet, one entry per device type")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     faults: FaultRates = Field(default_factory=FaultRates)
-    drift: tuple[DriftEvent, ...] = Field((), description="concept drift events")
+    drift: tuple[DriftEvent, ...] = Field((), description="concept and feature drift events")
 
     @field_validator("start_ts", mode="before")
     @classmethod

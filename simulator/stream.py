@@ -2,9 +2,11 @@
 
 Every device has its own random generator seeded from (fleet seed, device id), and draws
 readings in fixed chunks: features and labels with `edgefleet.physics` (vectorised), plus one
-row of uniforms per reading that decides its faults. A heap of next-send times interleaves
-the devices. Nothing here reads the wall clock, so the same plan always yields the same
-emissions — device, seq, payload bytes and fault decisions — however fast they are published.
+row of uniforms per reading that decides its faults. A device's drift stages (planned in
+`simulator.fleet`) shift its features and change its label relation from their time on. A heap
+of next-send times interleaves the devices. Nothing here reads the wall clock, so the same plan
+always yields the same emissions — device, seq, payload bytes and fault decisions — however
+fast they are published.
 
 Times are simulated seconds after the plan's start (`offset_s`); a reading's `ts` is the start
 plus its scheduled offset. The publisher maps offsets to wall-clock time (or ignores them).
@@ -103,6 +105,8 @@ class _Device:
         "counts",
         "device_id",
         "drift",
+        "drift_at_s",
+        "drift_shifts",
         "fast_format",
         "fault_uniforms",
         "faulty",
@@ -154,6 +158,9 @@ class _Device:
         self.complete = len(set(spec.features)) == len(FEATURES)
         self.profile = spec.profile
         self.drift = spec.drift
+        self.drift_at_s = np.array([stage.at_s for stage in spec.drift])
+        # None for a stage without a shift: its readings skip the addition.
+        self.drift_shifts = [np.array(stage.shift) if any(stage.shift) else None for stage in spec.drift]
         self.noise_sd = spec.profile.noise_sd * spec.noise_scale
         self.interval_s = 1.0 / spec.rate_per_s
         self.start_ts_s = start_ts_s
@@ -225,11 +232,10 @@ class _Device:
         x = self.profile.features(ts_s, self.rng)
         noise = self.rng.standard_normal(CHUNK_READINGS)
         uniforms = self.rng.random((CHUNK_READINGS, _UNIFORMS))
-        labels = self.profile.label(x)
-        for stage in self.drift:
-            after = offsets_s >= stage.at_s
-            if after.any():
-                labels[after] = stage.profile.label(x[after])
+        if self.drift and offsets_s[-1] >= self.drift_at_s[0]:
+            labels = self._drifted_labels(x, offsets_s)
+        else:
+            labels = self.profile.label(x)
         table = np.empty((CHUNK_READINGS, self.n_features + 2))
         table[:, 0] = np.rint(ts_s * 1000.0)
         table[:, 1:-1] = x[:, self.cols]
@@ -239,6 +245,35 @@ class _Device:
         self.faulty = sum(1 << i for i in faulty_rows)
         self.fault_uniforms = {i: uniforms[i].tolist() for i in faulty_rows}
         self.pos = 0
+
+    def _drifted_labels(self, x: np.ndarray, offsets_s: np.ndarray) -> np.ndarray:
+        """Shift `x` in place by the stage in force at each reading and return the labels of that stage."""
+        # The latest stage started at each reading (-1: none yet) is all that matters: stages are in
+        # time order and each holds the whole state in force. Offsets increase, so a chunk spans the
+        # stages from its first reading's to its last's, and most chunks lie within one.
+        at_s = self.drift_at_s
+        first = int(np.searchsorted(at_s, offsets_s[0], side="right")) - 1
+        last = int(np.searchsorted(at_s, offsets_s[-1], side="right")) - 1
+        if first == last:
+            return self._stage_labels(first, x)
+        stage_of = np.searchsorted(at_s, offsets_s, side="right") - 1
+        labels = np.empty(len(offsets_s))
+        for k in range(first, last + 1):
+            rows = stage_of == k
+            if rows.any():
+                part = x[rows]
+                labels[rows] = self._stage_labels(k, part)
+                x[rows] = part
+        return labels
+
+    def _stage_labels(self, k: int, x: np.ndarray) -> np.ndarray:
+        """Shift `x` in place by stage `k`'s shift and return its relation's labels (-1: before any stage)."""
+        if k < 0:
+            return self.profile.label(x)
+        shift = self.drift_shifts[k]
+        if shift is not None:
+            x += shift
+        return self.drift[k].profile.label(x)
 
     def tick(self, offset_s: float) -> list[Emission]:
         """Take the device's next reading at `offset_s` and return what it sends now."""

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgefleet.bundle import BundleReader, Route
+from edgefleet.bundle import BundleManifest, BundleReader, Route
 from edgefleet.messages import Reading
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,17 @@ class Choice:
 class Predictor:
     """Route readings to the device's model or the fleet model and predict in batches."""
 
-    def __init__(self, bundle_dir: Path, *, cache_mb: int, mode: PredictorMode, poor_model_threshold: float) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        *,
+        cache_mb: int,
+        mode: PredictorMode,
+        poor_model_threshold: float,
+        manifest: BundleManifest | None = None,
+    ) -> None:
         runtime: Literal["joblib", "auto"] = "joblib" if mode == "naive-sklearn" else "auto"
-        self.reader = BundleReader(bundle_dir, runtime=runtime, cache_bytes=cache_mb << 20)
+        self.reader = BundleReader(bundle_dir, runtime=runtime, cache_bytes=cache_mb << 20, manifest=manifest)
         self.mode = mode
         self.version = self.reader.manifest.bundle_version
         self.features = self.reader.features

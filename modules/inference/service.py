@@ -10,6 +10,7 @@ and what edgeHub hands over after that is kept in a spool file and answered on t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgefleet.bundle import DeviceEntry, Route, verify_bundle
+from edgefleet.bundle import DeviceEntry, Route, read_manifest, verify_bundle
 from edgefleet.drift import FLEET_KEY, DriftMonitor, DriftSettings, FeatureReference
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
@@ -82,7 +83,10 @@ _Item = _Input | _Loaded | _Swap
 
 def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Predictor:
     """Verify every file of the bundle against its manifest, then open it; raise BundleError if it does not match."""
-    problems = verify_bundle(settings.bundle_dir)
+    manifest = None
+    with contextlib.suppress(BundleError):  # verify_bundle reports it below, with the other problems
+        manifest = read_manifest(settings.bundle_dir)  # parsed once: verified, then served
+    problems = verify_bundle(settings.bundle_dir, manifest)
     if problems:
         shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
         more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
@@ -95,6 +99,7 @@ def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Pre
         cache_mb=settings.model_cache_mb,
         mode=settings.predictor,
         poor_model_threshold=poor_model_threshold,
+        manifest=manifest,
     )
 
 
@@ -110,7 +115,7 @@ class _BundleReferences(Mapping[str, Mapping[str, FeatureReference]]):
             raise KeyError(device_id)
         try:
             return {
-                name: FeatureReference(distribution.edges, distribution.proportions)
+                name: FeatureReference(distribution.edges, distribution.shares())
                 for name, distribution in entry.feature_reference.items()
             }
         except ValueError as err:  # a broken reference costs this device its feature drift, nothing more

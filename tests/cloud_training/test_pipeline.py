@@ -48,7 +48,7 @@ def test_bundle_carries_each_devices_feature_distribution_through_spark(trained)
     manifest = read_manifest(trained.bundle_dir)
     reference = manifest.devices["dev-00000"].feature_reference
     assert reference is not None and set(reference) == set(manifest.features)
-    assert all(len(d.proportions) == len(d.edges) + 1 == 10 for d in reference.values())
+    assert all(len(d.shares()) == len(d.edges) + 1 == 10 for d in reference.values())
     assert manifest.devices["bad-stale"].feature_reference is None  # skipped as stale: old data describes nothing
 
 

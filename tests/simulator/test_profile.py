@@ -144,3 +144,50 @@ def test_overrides_are_validated_like_the_file():
     assert changed.rate_cap_per_s == 50.0 and changed.mqtt.port == 1884
     with pytest.raises(ProfileError, match="speed"):
         with_overrides(profile(), speed=-1)
+
+
+def test_feature_drift_needs_a_shift_of_known_features_by_finite_non_zero_amounts():
+    base = {"device_types": [{"name": "a", "count": 3}], "duration_s": 10}
+
+    def drift_errors(**event: object) -> str:
+        return errors_of({**base, "drift": [{"at_s": 1, "device_fraction": 0.5, **event}]})
+
+    assert "drift[0]: kind: features needs feature_shift, e.g. feature_shift: {temperature_c: 8.0}" in drift_errors(
+        kind="features"
+    )
+    assert "drift[0].feature_shift: name at least one feature to shift" in drift_errors(
+        kind="features", feature_shift={}
+    )
+    assert (
+        "drift[0].feature_shift: unknown feature(s) 'rpm'; "
+        "choose from temperature_c, humidity_pct, vibration_mm_s, load_pct"
+    ) in drift_errors(kind="features", feature_shift={"rpm": 1.0, "load_pct": 2.0})
+    non_finite = drift_errors(kind="features", feature_shift={"load_pct": 0, "temperature_c": float("nan")})
+    assert "load_pct, temperature_c: a shift must be a finite number other than 0" in non_finite
+    infinite = drift_errors(kind="features", feature_shift={"humidity_pct": float("inf")})
+    assert "humidity_pct: a shift must be a finite number other than 0" in infinite
+    assert "drift[0]: feature_shift needs kind: features" in drift_errors(feature_shift={"load_pct": 1.0})
+    assert "drift[0].kind: Input should be 'relation' or 'features' (got 'covariate')" in drift_errors(kind="covariate")
+
+
+def test_a_drift_event_is_concept_drift_unless_it_says_features():
+    fleet = profile(
+        duration_s=10.0,
+        drift=[
+            {"at_s": 1, "device_fraction": 0.5},
+            {"at_s": 2, "device_fraction": 0.5, "kind": "features", "feature_shift": {"humidity_pct": -10}},
+        ],
+    )
+    relation, features = fleet.drift
+    assert (relation.kind, relation.feature_shift) == ("relation", None)
+    assert (features.kind, features.feature_shift) == ("features", {"humidity_pct": -10.0})
+
+
+def test_the_demo_profiles_feature_drift_example_is_valid(tmp_path: Path):
+    lines = DEMO_PROFILE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#   - at_fraction"))
+    example = [line.removeprefix("#   ") for line in lines[start:] if line.startswith("#   ")]
+    path = tmp_path / "feature-drift.yaml"
+    path.write_text("device_types: [{name: a, count: 40}]\ndrift:\n" + "\n".join(example) + "\n")
+    (event,) = load_profile(path).drift
+    assert event.kind == "features" and event.feature_shift == {"temperature_c": 8.0, "humidity_pct": -10.0}

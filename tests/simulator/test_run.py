@@ -11,6 +11,7 @@ from pathlib import Path
 from edgefleet.edgehub.broker import Broker
 from edgefleet.messages import MessageError, decode_payload
 from modules.sensor.sequence import SequenceTracker
+from simulator.drift import drift_seed
 from simulator.run import run_replay, run_simulation
 from simulator.stream import generate
 from tests.simulator.conftest import Subscriber, profile, wait_for
@@ -106,3 +107,29 @@ def test_a_replay_keeps_the_recorded_pacing_times_the_speed(broker: Broker, subs
     assert report.mode == "replay" and report.sent == 3 and report.source == str(path)
     wait_for(lambda: subscriber.count() >= 3)
     assert subscriber.keys() == Counter({("dev-1", 5): 1, ("dev-1", 6): 1, ("dev-2", 0): 1})
+
+
+def test_the_report_lists_each_drift_events_kind_and_a_features_events_shift(broker: Broker, tmp_path: Path):
+    drift = [
+        {"at_fraction": 0.5, "device_fraction": 0.1},
+        {"at_s": 0.5, "devices": ["dev-00003"], "kind": "features", "feature_shift": {"humidity_pct": -10}},
+    ]
+    fleet = profile(drift=drift)
+    run_simulation(fleet, threading.Event(), port=port_of(broker), report_path=tmp_path / "r.json")
+    relation, features = json.loads((tmp_path / "r.json").read_text())["drift"]
+    assert relation == {
+        "index": 0,
+        "kind": "relation",
+        "at_s": 1.0,
+        "drift_seed": drift_seed(3, 0),
+        "devices": relation["devices"],
+    }
+    assert len(relation["devices"]) == 2 and set(relation["devices"]) < {f"dev-{i:05d}" for i in range(20)}
+    assert features == {
+        "index": 1,
+        "kind": "features",
+        "at_s": 0.5,
+        "drift_seed": drift_seed(3, 1),
+        "feature_shift": {"humidity_pct": -10.0},
+        "devices": ["dev-00003"],
+    }
