@@ -208,6 +208,9 @@ class DriftSettings:
     # spans feature_window_readings x feature_interval_s (400 x 216 s = one day); 0 keeps every reading.
     feature_interval_s: float = 216.0
     max_devices: int = 20_000  # devices tracked at most; later newcomers are not monitored
+    # A reading in which some feature has shown the same value this many times in a row (a stuck
+    # sensor) is not judged: its error measures the sensor fault, not the model. 0 judges all.
+    flatline_readings: int = 3
 
     def __post_init__(self) -> None:
         for name in (
@@ -301,6 +304,7 @@ class DriftStatus:
     worst_feature: str | None
     worst_psi: float | None
     drifting: bool
+    flatlined: int = 0  # readings not judged because a feature was stuck
 
 
 class _Device:
@@ -314,10 +318,13 @@ class _Device:
         "feature_alerting",
         "feature_pos",
         "feature_slot",
+        "flatlined",
         "holdout_mse",
+        "last_values",
         "log_expected",
         "n_valid",
         "names",
+        "repeats",
         "residual_alerting",
         "rows",
         "seen",
@@ -347,6 +354,9 @@ class _Device:
         self.edges = tuple(reference.edges for _, _, reference in references)
         self.feature_pos = 0
         self.feature_slot = -math.inf  # the latest feature slot a reading was recorded in
+        self.last_values: list[float] = []  # the previous reading's features (flatline check)
+        self.repeats: list[int] = []  # how many readings in a row each feature has kept its value
+        self.flatlined = 0
         self.feature_alerting = [False] * len(references)
         if references:
             width = max(reference.bins for _, _, reference in references)
@@ -415,6 +425,7 @@ class DriftMonitor:
         self._devices: dict[str, _Device] = {}
         self._drifting: set[str] = set()
         self._refused = 0
+        self.flatlined_readings = 0  # readings not judged because a sensor was stuck, all devices
 
     def _admit(self, device_id: str) -> _Device | None:
         """Create the state of a device seen for the first time (None: over max_devices)."""
@@ -458,6 +469,10 @@ class DriftMonitor:
             if device is None:
                 return []
         device.seen += 1
+        if self.settings.flatline_readings and self._flatlined(device, features):
+            device.flatlined += 1
+            self.flatlined_readings += 1
+            return []
         alerts: list[DriftAlert] = []
         if device.squared is not None and label is not None:
             self._add_residual(device_id, device, prediction - label, ts, alerts)
@@ -469,6 +484,23 @@ class DriftMonitor:
                 device.feature_slot = slot
                 self._add_features(device_id, device, features, ts, alerts)
         return alerts
+
+    def _flatlined(self, device: _Device, features: Sequence[float]) -> bool:
+        """Track each feature's run of equal values; say whether one has reached flatline_readings."""
+        last, repeats = device.last_values, device.repeats
+        if not last:
+            device.last_values, device.repeats = list(features), [1] * len(features)
+            return False
+        need = self.settings.flatline_readings
+        stuck = False
+        for j, value in enumerate(features):
+            if value == last[j]:
+                repeats[j] += 1
+                stuck = stuck or repeats[j] >= need
+            else:
+                last[j] = value
+                repeats[j] = 1
+        return stuck
 
     def _add_residual(
         self, device_id: str, device: _Device, error: float, ts: datetime, alerts: list[DriftAlert]
@@ -593,6 +625,7 @@ class DriftMonitor:
             worst_feature,
             worst_psi,
             device_id in self._drifting,
+            device.flatlined,
         )
 
     def drifting_devices(self) -> list[str]:

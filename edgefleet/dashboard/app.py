@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from functools import partial
+from html import escape
 from typing import Any, Final
 
 from bokeh.application import Application
@@ -289,8 +290,10 @@ class _Session:
         )
         self._update_bars(self.deadletter_source, self.deadletter_plot, overview.deadletters_by_reason)
         self._update_bars(self.fallback_source, self.fallback_plot, overview.fallbacks_by_reason)
+        # Device ids and alert fields come from the field: escape them before they become HTML.
         alerts_html = "".join(
-            f"<li>{alert['device_id']}: {alert['kind']} drift, {alert['metric']} "
+            f"<li>{escape(alert['device_id'])}: {escape(alert['kind'])} drift"
+            f"{' of ' + escape(alert['feature']) if alert.get('feature') else ''}, {escape(alert['metric'])} "
             f"{_format_number(alert['value'] or math.nan)} "
             f"(threshold {_format_number(alert['threshold'] or math.nan)})</li>"
             for alert in reversed(overview.drift_alerts[-8:])
@@ -334,7 +337,7 @@ class _Session:
         view = self.state.device_view(device_id) if device_id else None
         if view is None:
             if device_id and force:
-                self.device_info.text = f"<i>no device {device_id!r} seen yet</i>"
+                self.device_info.text = f"<i>no device {escape(repr(device_id))} seen yet</i>"
             return
         key = (device_id, view["points_written"])
         if not force and key == self.device_key:
@@ -344,10 +347,16 @@ class _Session:
         self.feature_source.data = view["features"]
         fallbacks = ", ".join(f"{reason}: {count}" for reason, count in view["fallbacks"].items()) or "none"
         drift = view["drift"]
-        drift_text = f"; drift: {drift['kind']} {drift['metric']} {drift['value']}" if drift else ""
+        drift_text = (
+            f"; drift: {escape(drift['kind'])}{' of ' + escape(drift['feature']) if drift.get('feature') else ''} "
+            f"{escape(drift['metric'])} {drift['value']}"
+            if drift
+            else ""
+        )
         self.device_info.text = (
-            f"<b>{device_id}</b> — {view['status']}; {view['predictions']:,} predictions, {view['readings']:,} raw "
-            f"readings; fallbacks: {fallbacks}; residual MSE {view['mse']:.4g}{drift_text}"
+            f"<b>{escape(device_id)}</b> — {view['status']}; {view['predictions']:,} predictions, "
+            f"{view['readings']:,} raw readings; fallbacks: {escape(fallbacks)}; "
+            f"residual MSE {view['mse']:.4g}{drift_text}"
         )
 
 

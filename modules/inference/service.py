@@ -420,6 +420,7 @@ class InferenceService:
             counters["deadletters"] = dict(self._deadletters)
             counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
         counters["drifting_devices"] = len(self.drifting_devices())
+        counters["drift_flatlined"] = self._drift.flatlined_readings if self._drift is not None else 0
         counters["latency"] = self.latency.percentiles()
         counters["cached_model_bytes"] = self.predictor.reader.cached_bytes
         counters["outbox"] = self.outbox.stats()

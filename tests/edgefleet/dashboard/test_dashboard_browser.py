@@ -68,6 +68,14 @@ DRIFT_ALERT = {
     "device_id": "dev-005",
     "drift": {"kind": "residual", "metric": "mse_ratio", "value": 3.1, "threshold": 2.0, "window_readings": 200},
 }
+# A field device may name itself anything: its id must reach the page as text, not markup.
+FEATURE_ALERT = {
+    "schema": "edgefleet.alert/1",
+    "kind": "drift",
+    "detail": "feature temperature_c has PSI 0.4",
+    "device_id": "dev-<i>9</i>",
+    "drift": {"kind": "feature", "metric": "psi", "feature": "temperature_c", "value": 0.4, "threshold": 0.25},
+}
 DEAD_LETTER = {"schema": "edgefleet.deadletter/1", "reason": "not_json", "detail": "x", "source": "s", "payload": "{"}
 
 
@@ -273,10 +281,18 @@ def test_the_dashboard_shows_live_predictions_in_a_browser_without_errors(hub: i
         for seq in range(3, 8):
             more(prediction_batch(devices, seq))
         more(side_message("alerts", DRIFT_ALERT))
+        more(side_message("alerts", FEATURE_ALERT))
         more(side_message("deadletter", DEAD_LETTER))
         assert more.close(10)
         wait_until(lambda: number(browser.evaluate(kpi("predictions"))) == 70 + 150, 15, "the count to grow")
-        assert number(browser.evaluate(kpi("drift_alerts"))) == 1
+        assert number(browser.evaluate(kpi("drift_alerts"))) == 2
+        alerts_text = wait_until(
+            lambda: browser.evaluate("Bokeh.documents[0].get_model_by_name('drift_alerts').text") or None,
+            10,
+            "the drift alert list",
+        )
+        assert "dev-&lt;i&gt;9&lt;/i&gt;: feature drift of temperature_c, psi 0.4" in alerts_text
+        assert "dev-005: residual drift, mse_ratio 3.1" in alerts_text
         assert number(browser.evaluate(kpi("deadletters"))) == 1
         # The table on screen follows too: dev-020 is served by its own model now.
         wait_until(
