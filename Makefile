@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/edge_throughput.py --quick
 	$(BIN)/python benchmarks/dashboard_cpu.py --quick
+	$(BIN)/python benchmarks/drift_long_run.py --quick
 
 # Container images without a registry: a debootstrapped base, a wheelhouse, offline builds.
 # The first run needs root (debootstrap); BUNDLE is the bundle the inference image bakes in.

@@ -17,8 +17,8 @@ simulator's plan:
   as a share of devices and per 1,000 device-days.
 
 No baseline exists for drift alerts, so the report gives rates, not a ratio. Prints a table and,
-last, one JSON line. `--quick` (100 devices, 3 simulated days) takes about 3 minutes; the default
-(200 devices, 6 days) about 8.
+last, one JSON line. `--quick` (100 devices, 3 simulated days) takes about 80 s; the default
+(200 devices, 6 days) about 4.5 minutes.
 
     .venv/bin/python benchmarks/drift_long_run.py [--quick] [--devices N] [--days D]
 """

@@ -110,7 +110,7 @@ class DeviceResult:
     onnx_blob: bytes | None = None
     holdout_blob: bytes | None = None
     fleet_rows_blob: bytes | None = None
-    feature_reference: str | None = None  # JSON {feature: {"edges", "proportions"}} for the edge's drift monitor
+    feature_reference: str | None = None  # JSON {feature: FeatureReference.to_text()} for the edge's drift monitor
 
     @classmethod
     def skipped(cls, device_id: str, reason: str, detail: str, **counts: Any) -> DeviceResult:
@@ -232,7 +232,7 @@ def feature_references(data: Prepared, features: tuple[str, ...] | list[str]) ->
     references = {}
     for column, name in enumerate(features):
         try:
-            references[name] = reference_from_values(x[:, column], bins=REFERENCE_BINS).to_json_obj()
+            references[name] = reference_from_values(x[:, column], bins=REFERENCE_BINS).to_text()
         except ValueError as err:  # too few values for the bins: that feature is not judged at the edge
             logger.info("no reference for %s: %s", name, err)
     return json.dumps(references, separators=(",", ":")) if references else None

@@ -24,7 +24,6 @@ from edgefleet.bundle import (
     MODELS_DIR,
     BundleManifest,
     DeviceEntry,
-    FeatureDistribution,
     FleetEntry,
     HoldoutMetrics,
     ModelFile,
@@ -137,21 +136,12 @@ def write_device_entry(root: Path, row: dict[str, Any], mlflow_run_id: str | Non
     )
 
 
-# Shares this close to 1/bins are stored as uniform: that moves a stable window's PSI by under 0.003.
-UNIFORM_SHARE_TOLERANCE = 0.005
-
-
-def _feature_reference(text: Any) -> dict[str, FeatureDistribution] | None:
-    """Parse a result row's feature reference JSON (None when training stored none)."""
+def _feature_reference(text: Any) -> dict[str, str] | None:
+    """Return a result row's feature references, feature by feature (None when training stored none)."""
     if not isinstance(text, str):
         return None
-    references = {}
-    for name, obj in json.loads(text).items():
-        bins = len(obj["proportions"])
-        if all(abs(share - 1.0 / bins) <= UNIFORM_SHARE_TOLERANCE for share in obj["proportions"]):
-            obj = {"edges": obj["edges"]}  # the usual quantile bins: the manifest leaves the shares out
-        references[name] = FeatureDistribution.model_validate(obj)
-    return references
+    references = json.loads(text)
+    return {str(name): str(reference) for name, reference in references.items()}
 
 
 def content_version(created: datetime, fleet: FleetEntry, devices: Mapping[str, DeviceEntry]) -> str:

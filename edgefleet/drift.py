@@ -71,6 +71,8 @@ PROPORTION_FLOOR: Final = 1e-4
 MAX_BINS: Final = 100  # bin indices are stored as int8
 VALUES_PER_BIN: Final = 5  # finite training values needed per bin
 SIGNIFICANT_DIGITS: Final = 6
+# Shares this close to 1/bins are stored as uniform: that moves a stable window's PSI by under 0.003.
+UNIFORM_SHARE_TOLERANCE: Final = 0.005
 _MAX_SQUARED: Final = 1e30  # squared residuals are clipped here, so float32 buffers never hold inf
 _MISSING_BIN: Final = -1  # a NaN feature value: it takes its window slot but no bin
 
@@ -126,21 +128,33 @@ class FeatureReference:
         indices = np.searchsorted(np.asarray(self.edges), finite, side="right")
         return np.bincount(indices, minlength=self.bins)
 
-    def to_json_obj(self) -> dict[str, list[float]]:
-        """Return the compact JSON form stored in the bundle manifest."""
-        return {"edges": list(self.edges), "proportions": list(self.proportions)}
+    def to_text(self) -> str:
+        """Return the compact text form stored in the bundle manifest: `edges[ | shares]`.
+
+        The shares are left out when every bin holds 1/bins of the rows within
+        UNIFORM_SHARE_TOLERANCE, the usual case for quantile bins.
+        """
+        edges = " ".join(f"{edge:.{SIGNIFICANT_DIGITS}g}" for edge in self.edges)
+        uniform = 1.0 / self.bins
+        if all(abs(share - uniform) <= UNIFORM_SHARE_TOLERANCE for share in self.proportions):
+            return edges
+        return edges + " | " + " ".join(f"{share:.{SIGNIFICANT_DIGITS}g}" for share in self.proportions)
 
     @classmethod
-    def from_json_obj(cls, obj: Any) -> FeatureReference:
-        """Parse the JSON form written by `to_json_obj`; raise ValueError saying what is wrong."""
-        if not isinstance(obj, Mapping) or not {"edges", "proportions"} <= obj.keys():
-            raise ValueError('a feature reference is an object {"edges": [...], "proportions": [...]}')
-        edges, proportions = obj["edges"], obj["proportions"]
-        if not isinstance(edges, list) or not isinstance(proportions, list):
-            raise ValueError("feature reference edges and proportions must be lists of numbers")
-        if not all(type(item) in (int, float) for item in (*edges, *proportions)):
-            raise ValueError("feature reference edges and proportions must hold only numbers")
-        return cls(tuple(float(edge) for edge in edges), tuple(float(share) for share in proportions))
+    def from_text(cls, text: object) -> FeatureReference:
+        """Parse the text form written by `to_text`; raise ValueError saying what is wrong."""
+        example = '"13.8 15.3 16.9" (edges), or "13.8 15.3 | 0.3 0.3 0.4" (edges | shares)'
+        if not isinstance(text, str) or text.count("|") > 1:
+            raise ValueError(f"a feature reference is a string like {example}")
+        edges_text, _, shares_text = text.partition("|")
+        try:
+            edges = tuple(float(item) for item in edges_text.split())
+            shares = tuple(float(item) for item in shares_text.split())
+        except ValueError:
+            raise ValueError(f"feature reference {text[:80]!r} holds something other than numbers: {example}") from None
+        if not edges:
+            raise ValueError(f"feature reference {text[:80]!r} has no bin edges: {example}")
+        return cls(edges, shares or (1.0 / (len(edges) + 1),) * (len(edges) + 1))
 
 
 def reference_from_values(values: np.ndarray, bins: int = 10) -> FeatureReference:
@@ -450,7 +464,7 @@ class DriftMonitor:
             if not isinstance(reference, FeatureReference):
                 raise ValueError(
                     f"references[{device_id!r}][{name!r}] is a {type(reference).__name__}: "
-                    f"parse it with FeatureReference.from_json_obj"
+                    f"parse it with FeatureReference.from_text"
                 )
             references.append((position, name, reference))
         device = _Device(self.settings.window_readings, self.settings.feature_window_readings, holdout, references)

@@ -114,10 +114,7 @@ class _BundleReferences(Mapping[str, Mapping[str, FeatureReference]]):
         if entry is None or not entry.feature_reference:
             raise KeyError(device_id)
         try:
-            return {
-                name: FeatureReference(distribution.edges, distribution.shares())
-                for name, distribution in entry.feature_reference.items()
-            }
+            return {name: FeatureReference.from_text(text) for name, text in entry.feature_reference.items()}
         except ValueError as err:  # a broken reference costs this device its feature drift, nothing more
             logger.warning("Device %s: feature reference unusable, feature drift not judged: %s", device_id, err)
             raise KeyError(device_id) from err

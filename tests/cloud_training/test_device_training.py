@@ -135,9 +135,7 @@ def test_config_rejects_unknown_family_and_says_which_exist():
 def test_training_stores_each_features_distribution_for_the_edges_drift_monitor():
     frame = device(rows=400)  # 400 readings every 300 s: 33 hours, more than one daily cycle
     result = train_device(frame, CONFIG)
-    references = {
-        name: FeatureReference.from_json_obj(obj) for name, obj in json.loads(result.feature_reference).items()
-    }
+    references = {name: FeatureReference.from_text(text) for name, text in json.loads(result.feature_reference).items()}
     assert set(references) == set(FEATURES)
     for name, reference in references.items():
         # Ten bins at the training deciles: each holds a tenth of the device's rows.

@@ -10,6 +10,7 @@ from cloud_training.gateway import unpack_bundle
 from cloud_training.pipeline import run_training
 from cloud_training.settings import TrainSettings
 from edgefleet.bundle import read_manifest, verify_bundle
+from edgefleet.drift import FeatureReference
 from edgefleet.history import HistorySpec, generate_history, write_history
 from edgefleet.lake import append_to_lake
 from tests.conftest import BAD_DEVICES
@@ -48,7 +49,8 @@ def test_bundle_carries_each_devices_feature_distribution_through_spark(trained)
     manifest = read_manifest(trained.bundle_dir)
     reference = manifest.devices["dev-00000"].feature_reference
     assert reference is not None and set(reference) == set(manifest.features)
-    assert all(len(d.shares()) == len(d.edges) + 1 == 10 for d in reference.values())
+    parsed = [FeatureReference.from_text(text) for text in reference.values()]
+    assert all(r.bins == len(r.edges) + 1 == 10 for r in parsed)
     assert manifest.devices["bad-stale"].feature_reference is None  # skipped as stale: old data describes nothing
 
 

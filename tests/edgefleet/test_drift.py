@@ -324,20 +324,28 @@ def test_memory_per_device_is_bounded() -> None:
     assert monitor.buffer_nbytes() / len(device_ids) == per_device
 
 
-def test_reference_round_trips_through_json(fleet: SimulatedFleet) -> None:
+def test_reference_round_trips_through_its_manifest_text(fleet: SimulatedFleet) -> None:
     device = fleet.devices[fleet.stable[0]]
     for name, reference in device.references.items():
-        text = json.dumps(reference.to_json_obj())
-        assert FeatureReference.from_json_obj(json.loads(text)) == reference, name
-        assert all(len(repr(value).replace("-", "").replace(".", "").lstrip("0")) <= 6 for value in reference.edges)
+        text = reference.to_text()
+        assert "|" not in text  # quantile bins hold a tenth each: the shares are left out
+        assert FeatureReference.from_text(text) == FeatureReference(reference.edges, (0.1,) * 10), name
+        assert all(len(item.replace("-", "").replace(".", "").lstrip("0")) <= 6 for item in text.split())
         assert len(reference.edges) == 9 and sum(reference.proportions) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_uneven_shares_are_kept_in_the_text() -> None:
+    reference = reference_from_values(np.r_[np.zeros(60), np.linspace(1.0, 2.0, 40)])  # a point mass at 0
+    text = reference.to_text()
+    assert " | " in text
+    assert FeatureReference.from_text(text) == reference
 
 
 def test_constant_training_data_gets_a_bin_of_its_own() -> None:
     reference = reference_from_values(np.full(100, 3.7))
     assert reference.edges[0] <= 3.7 < reference.edges[1]
     assert reference.proportions[1] == 1.0
-    assert FeatureReference.from_json_obj(json.loads(json.dumps(reference.to_json_obj()))) == reference
+    assert FeatureReference.from_text(reference.to_text()) == reference
     assert psi(reference, reference.bin_counts(np.full(50, 3.7))) == pytest.approx(0.0)
     assert psi(reference, reference.bin_counts(np.full(50, 5.0))) > 10.0
 
@@ -392,9 +400,13 @@ def test_a_zero_holdout_mse_is_refused_with_a_way_out() -> None:
 
 def test_a_broken_stored_reference_is_refused() -> None:
     with pytest.raises(ValueError, match="strictly increasing"):
-        FeatureReference.from_json_obj({"edges": [2.0, 1.0], "proportions": [0.3, 0.3, 0.4]})
+        FeatureReference.from_text("2 1 | 0.3 0.3 0.4")
     with pytest.raises(ValueError, match="needs 3 proportions"):
-        FeatureReference.from_json_obj({"edges": [1.0, 2.0], "proportions": [0.5, 0.5]})
+        FeatureReference.from_text("1 2 | 0.5 0.5")
+    with pytest.raises(ValueError, match="holds something other than numbers"):
+        FeatureReference.from_text("1 two 3")
+    with pytest.raises(ValueError, match="a feature reference is a string like"):
+        FeatureReference.from_text({"edges": [1.0]})
 
 
 def test_a_reading_with_the_wrong_number_of_features_is_refused() -> None:
