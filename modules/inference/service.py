@@ -283,9 +283,11 @@ class InferenceService:
                 latencies.append(latency_ms)
                 edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
                 encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
-                # Readings predicted on filled-in features measure the fill, not the model.
-                if drift is not None and not choice.fill:
-                    drift_alerts += drift.observe(reading.device_id, row, value, reading.label, reading.ts)
+                if drift is not None:
+                    # A reading predicted on filled-in features measures the fill, not the model: only
+                    # the features it carries are judged (the missing ones are NaN in `row`).
+                    label = None if choice.fill else reading.label
+                    drift_alerts += drift.observe(reading.device_id, row, value, label, reading.ts)
             if route.fallback_reason is not None:
                 fallbacks[route.fallback_reason] += len(entries)
         for body in pack(encoded, self.settings.predictions_max_bytes):
