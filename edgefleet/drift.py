@@ -212,7 +212,9 @@ class DriftSettings:
     window_readings: int = 200  # labelled readings per device kept for residual drift
     min_readings: int = 50  # labelled readings before residual drift is judged
     feature_window_readings: int = 400  # feature slots per device kept for feature drift
-    min_feature_readings: int = 400  # feature values before feature drift is judged (a partial day is biased)
+    # Values a feature needs in a full window (a partial day is biased) to be judged; a few slots
+    # may lack it (a reading without that feature), so one missing value does not blind it for a day.
+    min_feature_readings: int = 360
     residual_ratio_threshold: float = (
         5.0  # rolling MSE / hold-out MSE that counts as drift (3 raised false alarms in the demo)
     )
@@ -330,6 +332,7 @@ class _Device:
         "edges",
         "expected",
         "feature_alerting",
+        "feature_full",
         "feature_pos",
         "feature_slot",
         "flatlined",
@@ -367,6 +370,7 @@ class _Device:
         self.names = tuple(name for _, name, _ in references)
         self.edges = tuple(reference.edges for _, _, reference in references)
         self.feature_pos = 0
+        self.feature_full = False  # every slot of the feature window has been written once
         self.feature_slot = -math.inf  # the latest feature slot a reading was recorded in
         self.last_values: list[float] = []  # the previous reading's features (flatline check)
         self.repeats: list[int] = []  # how many readings in a row each feature has kept its value
@@ -586,7 +590,12 @@ class DriftMonitor:
             counts[row, new] += 1
             n_valid[row] += 1
         pos += 1
-        device.feature_pos = 0 if pos == bins.shape[1] else pos
+        if pos == bins.shape[1]:
+            pos = 0
+            device.feature_full = True
+        device.feature_pos = pos
+        if not device.feature_full:
+            return
         settings = self.settings
         judged = n_valid >= settings.min_feature_readings
         if not judged.any():
@@ -626,7 +635,7 @@ class DriftMonitor:
         if device is None:
             return DriftStatus(device_id, 0, None, None, None, False)
         worst_feature = worst_psi = None
-        if device.n_valid is not None:
+        if device.n_valid is not None and device.feature_full:
             judged = device.n_valid >= self.settings.min_feature_readings
             if judged.any():
                 values = np.where(judged, device.psi_values(), -np.inf)

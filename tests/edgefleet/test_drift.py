@@ -469,3 +469,25 @@ def test_stuck_sensors_are_not_taken_for_drift(fleet: SimulatedFleet) -> None:
     # Judging the stuck readings too: frozen inputs look like a changed relation on some devices
     # (measured: 3 of 20).
     assert len(alarmed[0]) >= 2, alarmed[0]
+
+
+def test_a_reading_without_a_feature_does_not_blind_that_feature_for_a_day() -> None:
+    rng = np.random.default_rng(5)
+    reference = reference_from_values(rng.random(2_000))
+    settings = DriftSettings(feature_interval_s=0)
+    values = np.r_[rng.random(500), rng.random(500) + 0.5].tolist()  # the sensor moves at reading 500
+
+    def first_alert(gap_at: int | None) -> int | None:
+        monitor = DriftMonitor(settings, {"d": {"a": reference}}, {}, ["a"])
+        for i, value in enumerate(values):
+            reading = float("nan") if i == gap_at else value  # NaN: the reading lacked this feature
+            if monitor.observe("d", [reading], 0.0, None, START):
+                return i
+        return None
+
+    without_gap = first_alert(None)
+    assert without_gap is not None and 500 <= without_gap < 700  # measured: 624
+    # One reading lacked the feature just before the move: the alert comes about as soon as without
+    # it (requiring a value in every slot delayed it to reading 899, when the gap left the window).
+    with_gap = first_alert(499)
+    assert with_gap is not None and abs(with_gap - without_gap) <= 5
