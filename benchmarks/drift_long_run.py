@@ -39,9 +39,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgefleet.edge_report import read_drift_alerts  # noqa: E402
-from edgefleet.local_edge import free_port  # noqa: E402
+from edgefleet.lake import read_drift_alerts  # noqa: E402
 from edgefleet.messages import parse_ts  # noqa: E402
+from edgefleet_cli.local_edge import free_port  # noqa: E402
 
 HISTORY_INTERVAL_S = 300.0
 HISTORY_DAYS = 7.0
@@ -64,8 +64,8 @@ def train(workdir: Path, devices: int) -> tuple[Path, float]:
     from cloud_training.device_training import TrainingConfig
     from cloud_training.export import write_bundle
     from cloud_training.fleet import train_fleet_locally
-    from edgefleet.history import HistorySpec, generate_history
-    from edgefleet.physics import FEATURES
+    from simulator.history import HistorySpec, generate_history
+    from simulator.physics import FEATURES
 
     started = time.perf_counter()
     spec = HistorySpec(

@@ -71,10 +71,10 @@ from edgefleet.bundle import (
     verify_bundle,
 )
 from edgefleet.deployment import Deployment, load_deployment
-from edgefleet.edgehub.broker import Broker, Listener
-from edgefleet.local_edge import LocalEdge, free_port
-from edgefleet.physics import FEATURES
 from edgefleet.routes import Message
+from edgefleet_cli.local_edge import LocalEdge, free_port
+from edgehub.broker import Broker, Listener
+from simulator.physics import FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "deployment" / "deployment.template.json"
@@ -117,7 +117,7 @@ AT_MOST = frozenset(
 )
 PREDICTION_MARK = b'"prediction":'  # once per prediction object in a batch envelope
 READING_MARK = b'"seq":'  # once per reading object
-# Lines the inference module logs on its way up (edgefleet.module_runtime's format: asctime first).
+# Lines the inference module logs on its way up (modules.runtime's format: asctime first).
 STARTUP_MARKS = {"bundle_opened": "Bundle ", "ready": "Inference module ready"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -405,7 +405,7 @@ def build_bundle(workdir: Path, n_devices: int, rows: int, threshold: float) -> 
     from cloud_training.device_training import TrainingConfig
     from cloud_training.export import write_bundle
     from cloud_training.fleet import train_fleet_locally
-    from edgefleet.history import HistorySpec, generate_history
+    from simulator.history import HistorySpec, generate_history
 
     started = time.perf_counter()
     spec = HistorySpec(n_devices=n_devices, rows_per_device=rows, seed=7)

@@ -38,8 +38,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.edgehub.broker import Broker, Listener
-from edgefleet.local_edge import free_port
+from edgefleet_cli.local_edge import free_port
+from edgehub.broker import Broker, Listener
 from simulator.profile import DEMO_PROFILE, SimulatorProfile, load_profile, with_overrides
 from simulator.run import run_simulation
 from simulator.stream import TelemetryStream

@@ -64,8 +64,9 @@ from cloud_training.device_training import (
 from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
 from cloud_training.pipeline import TrainingOutcome, run_training
 from cloud_training.settings import TrainSettings
-from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, HistorySpec, generate_history, write_history
-from edgefleet.physics import FEATURES
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, write_history
+from simulator.history import HistorySpec, generate_history
+from simulator.physics import FEATURES
 
 DESCRIPTION = "Benchmark per-device training: serial loop vs Spark pipeline vs the MLflow seed recipe."
 FULL_DEFAULTS = {"devices": 2_000, "rows": 500, "seed_devices": 100}

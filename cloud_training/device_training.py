@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_training.families import FAMILIES, make_estimator
-from edgefleet.drift import reference_from_values
+from edgefleet.feature_reference import reference_from_values
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 
 logger = logging.getLogger(__name__)

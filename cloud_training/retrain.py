@@ -82,20 +82,22 @@ from cloud_training.spark_job import (
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest, BundleReader, DeviceEntry, Route, read_manifest, verify_bundle
 from edgefleet.deployment import DEFAULT_TEMPLATE
-from edgefleet.edge_report import read_drift_alerts
 from edgefleet.errors import BundleError, EdgefleetError, HistoryError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format
+from edgefleet.lake import (
+    DATE_COLUMN,
+    PREDICTION_VALUE_COLUMN,
+    PREDICTION_VERSION_COLUMN,
+    SEQ_COLUMN,
+    SOURCE_COLUMN,
+    read_drift_alerts,
+)
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
-SEQ_COLUMN = "seq"
-SOURCE_COLUMN = "source_module"
-PREDICTION_COLUMN = "prediction_value"
-PREDICTION_VERSION_COLUMN = "prediction_model_version"
 FRESH_COLUMN = "_fresh"
-DATE_COLUMN = "date"  # the lake's partition column
 INFERENCE_SOURCE = "inference"
 NOT_TRAINED = "not_trained"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
@@ -354,17 +356,17 @@ def fresh_readings(frame: pd.DataFrame, features: tuple[str, ...]) -> pd.DataFra
 
 def edge_mse(frame: pd.DataFrame, bundle_version: str) -> float | None:
     """Return the MSE the edge's own predictions from this bundle had on labelled readings, if any."""
-    if PREDICTION_COLUMN not in frame:
+    if PREDICTION_VALUE_COLUMN not in frame:
         return None
     served = frame[
         (frame[SOURCE_COLUMN] == INFERENCE_SOURCE)
         & (frame[PREDICTION_VERSION_COLUMN] == bundle_version)
-        & np.isfinite(frame[PREDICTION_COLUMN].to_numpy(dtype=float))
+        & np.isfinite(frame[PREDICTION_VALUE_COLUMN].to_numpy(dtype=float))
         & np.isfinite(frame[LABEL_COLUMN].to_numpy(dtype=float))
     ]
     if served.empty:
         return None
-    return float(np.mean((served[PREDICTION_COLUMN].to_numpy(float) - served[LABEL_COLUMN].to_numpy(float)) ** 2))
+    return float(np.mean((served[PREDICTION_VALUE_COLUMN].to_numpy(float) - served[LABEL_COLUMN].to_numpy(float)) ** 2))
 
 
 def _mse(model: Any, x: np.ndarray, y: np.ndarray) -> float:
@@ -543,7 +545,7 @@ def read_lake_spark(spark: SparkSession, lake: Path, features: tuple[str, ...]) 
         optional(SEQ_COLUMN, "bigint"),
         *(F.col(c).cast("double").alias(c) for c in features),
         F.col(LABEL_COLUMN).cast("double").alias(LABEL_COLUMN),
-        optional(PREDICTION_COLUMN, "double"),
+        optional(PREDICTION_VALUE_COLUMN, "double"),
         optional(PREDICTION_VERSION_COLUMN, "string"),
         optional(SOURCE_COLUMN, "string"),
         F.lit(True).alias(FRESH_COLUMN),
@@ -582,7 +584,7 @@ def with_prior_history(spark: SparkSession, fresh: DataFrame, history: Path, fea
         F.lit(None).cast("bigint").alias(SEQ_COLUMN),
         *features,
         LABEL_COLUMN,
-        F.lit(None).cast("double").alias(PREDICTION_COLUMN),
+        F.lit(None).cast("double").alias(PREDICTION_VALUE_COLUMN),
         F.lit(None).cast("string").alias(PREDICTION_VERSION_COLUMN),
         F.lit(None).cast("string").alias(SOURCE_COLUMN),
         F.lit(False).alias(FRESH_COLUMN),

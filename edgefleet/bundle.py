@@ -99,7 +99,7 @@ class DeviceEntry(_Frozen):
     fleet_holdout: HoldoutMetrics | None = None
     predict_us: float | None = None
     mlflow_run_id: str | None = None
-    # Per feature, the training distribution as text (`edgefleet.drift.FeatureReference.to_text`:
+    # Per feature, the training distribution as text (`modules.inference.drift.FeatureReference.to_text`:
     # "edges[ | shares]"), parsed on the device's first reading: as strings, 10,000 devices cost
     # 7 MB and under 10 ms at start instead of 67 MB and 0.4 s as nested lists. Absent when the
     # device's training data spans under a day (too little to describe its daily cycle).

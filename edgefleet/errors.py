@@ -11,3 +11,7 @@ class HistoryError(EdgefleetError):
 
 class BundleError(EdgefleetError):
     """Raise when a model bundle is missing, malformed or does not match its manifest."""
+
+
+class StartError(EdgefleetError):
+    """Raise when a process cannot start; the message says how to fix it."""

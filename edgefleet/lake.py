@@ -1,18 +1,68 @@
-"""The telemetry lake: parquet files partitioned by UTC day, one flat row per reading.
+"""The telemetry lake: layout, columns and readers, the one home of what the lake looks like.
 
-Layout: `<lake>/date=YYYY-MM-DD/part-<uuid>.parquet`. Columns: `device_id`, `seq`, `ts`,
-one column per feature (named as in the reading), `label` (NaN when absent), and, for
-enriched readings, `prediction_*` and `edge_*` columns. Training reads it directly.
+Layout: `<lake>/date=YYYY-MM-DD/part-<uuid>.parquet`, written by the local IoT Hub sink
+(`edgehub.sink.LakeSink`) and read by training, retraining, the demo's report and the tests.
+Columns: `device_id`, `seq`, `ts`, one column per feature (named as in the reading), `label`
+(NaN when absent), the `prediction_*` and `edge_*` columns (null for raw telemetry) and
+`source_module` (which module sent the row upstream). Files are written to a dot-prefixed temp
+name and renamed, so readers never see half a file. Beside the parquet, in `_`-prefixed
+directories that parquet readers (pyarrow, Spark) skip, JSON Lines per UTC day:
+`_deadletters/` (dead letters) and `_events/` (alerts and every other message).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from edgefleet.history import TS_COLUMN
+from edgefleet.alerts import ALERT_SCHEMA
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BOOKKEEPING_COLUMNS",
+    "DATE_COLUMN",
+    "DEADLETTER_DIR",
+    "EDGE_COLUMNS",
+    "EVENTS_DIR",
+    "PREDICTION_COLUMNS",
+    "PREDICTION_VALUE_COLUMN",
+    "PREDICTION_VERSION_COLUMN",
+    "SEQ_COLUMN",
+    "SOURCE_COLUMN",
+    "append_to_lake",
+    "read_deadletters",
+    "read_drift_alerts",
+    "read_lake",
+]
+
+SEQ_COLUMN = "seq"
+DATE_COLUMN = "date"  # the partition column (`date=YYYY-MM-DD` directories)
+DEADLETTER_DIR = "_deadletters"
+EVENTS_DIR = "_events"
+# Flat names of the Prediction contract's `prediction` and `edge` objects, with their dtypes.
+PREDICTION_COLUMNS: Mapping[str, str] = {
+    "prediction_value": "float64",
+    "prediction_model": "string",
+    "prediction_model_version": "string",
+    "prediction_fallback_reason": "string",
+}
+EDGE_COLUMNS: Mapping[str, str] = {
+    "edge_device": "string",
+    "edge_received_ts": "datetime",
+    "edge_latency_ms": "float64",
+}
+SOURCE_COLUMN = "source_module"
+PREDICTION_VALUE_COLUMN = "prediction_value"
+PREDICTION_VERSION_COLUMN = "prediction_model_version"
+BOOKKEEPING_COLUMNS: tuple[str, ...] = (*PREDICTION_COLUMNS, *EDGE_COLUMNS, SOURCE_COLUMN)
 
 
 def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:
@@ -31,3 +81,37 @@ def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:
         tmp.replace(final)
         written.append(final)
     return written
+
+
+def read_lake(lake_dir: Path) -> pd.DataFrame:
+    """Return every lake row (empty frame when the lake is empty)."""
+    files = sorted(Path(lake_dir).glob("date=*/*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=[DEVICE_COLUMN, SEQ_COLUMN, TS_COLUMN, LABEL_COLUMN, SOURCE_COLUMN])
+    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+
+
+def read_deadletters(lake_dir: Path) -> list[dict[str, Any]]:
+    """Return the dead letters the IoT Hub sink kept."""
+    records: list[dict[str, Any]] = []
+    for path in sorted((Path(lake_dir) / DEADLETTER_DIR).glob("*.jsonl")):
+        records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return records
+
+
+def read_drift_alerts(lake_dir: Path) -> list[dict[str, Any]]:
+    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`); skip unreadable lines."""
+    alerts: list[dict[str, Any]] = []
+    unreadable = 0
+    for path in sorted((Path(lake_dir) / EVENTS_DIR).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                body = json.loads(line).get("body") if line.strip() else None
+            except (ValueError, AttributeError):
+                unreadable += 1
+                continue
+            if isinstance(body, dict) and body.get("schema") == ALERT_SCHEMA and body.get("kind") == "drift":
+                alerts.append(body)
+    if unreadable:
+        logger.warning("Skipped %d unreadable event line(s) in %s", unreadable, Path(lake_dir) / EVENTS_DIR)
+    return alerts

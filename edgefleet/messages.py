@@ -34,6 +34,8 @@ CONTENT_ENCODING = "utf-8"
 
 DEFAULT_MAX_BYTES = 256 * 1024  # IoT Hub's device-to-cloud message size limit
 DEADLETTER_PAYLOAD_BYTES = 4096
+# IoT Hub meters device-to-cloud traffic in 4 KB units: a 4,097-byte message costs two.
+UNIT_BYTES = 4096
 DEADLETTER_DETAIL_CHARS = 1024
 MAX_DEVICE_ID_CHARS = 128
 MAX_FEATURE_NAME_CHARS = 128
@@ -567,3 +569,8 @@ class DeadLetter:
             "source": self.source,
             "payload": self.payload,
         }
+
+
+def units_4kb(n_bytes: int) -> int:
+    """Return how many 4 KB units IoT Hub bills for one message of `n_bytes`."""
+    return max(1, math.ceil(n_bytes / UNIT_BYTES))

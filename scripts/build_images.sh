@@ -614,15 +614,15 @@ check_image() { # $1 image name, $2 image
         --import modules.inference.service,onnxruntime,sklearn --bundle /app/bundle || return 1
       ;;
     edgehub)
-      run_check "$image" --forbid pyspark,mlflow,pandas --import edgefleet.edgehub.standin,cryptography \
+      run_check "$image" --forbid pyspark,mlflow,pandas --import edgehub.standin,cryptography \
         --mosquitto --writable /var/lib/edgefleet/edgehub,/tmp --json-file /etc/edgefleet/deployment.json || return 1
       ;;
     sink)
-      run_check "$image" --forbid pyspark,mlflow --import edgefleet.edgehub.sink,pyarrow \
+      run_check "$image" --forbid pyspark,mlflow --import edgehub.sink,pyarrow \
         --mosquitto --writable /lake,/var/lib/edgefleet/sink,/tmp || return 1
       ;;
     simulator) run_check "$image" --forbid pyspark,mlflow,pandas,pyarrow --import simulator.run || return 1 ;;
-    dashboard) run_check "$image" --forbid pyspark,mlflow,pyarrow --import edgefleet.dashboard.app,bokeh || return 1 ;;
+    dashboard) run_check "$image" --forbid pyspark,mlflow,pyarrow --import dashboard.app,bokeh || return 1 ;;
     training)
       # for real, in one container (offline, as the image's user): Java, a writable HOME and /tmp, a
       # tiny fleet trained on Spark (local mode), exported with ONNX, tracked in MLflow (sqlite),
@@ -649,7 +649,7 @@ check_image() { # $1 image name, $2 image
   health=$(docker image inspect -f '{{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}}' "$image")
   case $name in
     simulator | training) [[ $health == NONE ]] || { echo "FAIL a batch job with a health check ($health)"; return 1; } ;;
-    *) [[ $health == *edgefleet.healthcheck* ]] || { echo "FAIL no health check (${health:-none})"; return 1; } ;;
+    *) [[ $health == *edgefleet.health* ]] || { echo "FAIL no health check (${health:-none})"; return 1; } ;;
   esac
   echo "health check: ${health}"
 }

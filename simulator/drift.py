@@ -11,11 +11,11 @@ import dataclasses
 
 import numpy as np
 
-from edgefleet.physics import DeviceProfile, device_seed
+from simulator.physics import DeviceProfile, device_seed
 
 __all__ = ["drift_seed", "drifted_profile"]
 
-# Same spread as edgefleet.physics.make_profile: a drifted device looks like another healthy device.
+# Same spread as simulator.physics.make_profile: a drifted device looks like another healthy device.
 _WEIGHT_SD = 2.5
 _BIAS_RANGE = (5.0, 25.0)
 

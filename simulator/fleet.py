@@ -11,8 +11,8 @@ from typing import Any, Literal
 import numpy as np
 
 from edgefleet.messages import format_ts
-from edgefleet.physics import FEATURES, DeviceProfile, make_profile
 from simulator.drift import drift_seed, drifted_profile
+from simulator.physics import FEATURES, DeviceProfile, make_profile
 from simulator.profile import SimulatorProfile, assign_device_ids
 
 logger = logging.getLogger(__name__)

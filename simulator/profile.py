@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from edgefleet.physics import FEATURES, RELATION_KINDS
 from simulator.errors import ProfileError
+from simulator.physics import FEATURES, RELATION_KINDS
 
 __all__ = [
     "DEFAULT_START_TS",
@@ -294,7 +294,7 @@ def assign_device_ids(device_types: Sequence[DeviceType]) -> list[list[str]]:
     groups = []
     for device_type in device_types:
         first = next_number.get(device_type.id_prefix, 0)
-        # Same format as edgefleet.physics.device_ids, so prefix "dev-" reproduces generate-history's ids.
+        # Same format as simulator.physics.device_ids, so prefix "dev-" reproduces generate-history's ids.
         groups.append([f"{device_type.id_prefix}{i:05d}" for i in range(first, first + device_type.count)])
         next_number[device_type.id_prefix] = first + device_type.count
     return groups

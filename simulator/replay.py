@@ -4,7 +4,7 @@ Rows need `device_id` and `ts` (ISO-8601, or epoch seconds/ms/µs/ns); `seq` is 
 device from 0 in file order when absent); `label` is optional. Features are the other numeric
 columns (the same rule as `edgefleet.history`), or a JSON Lines row's `features` object when it
 is a telemetry message. Values are sent as recorded: an empty cell leaves the feature out, a
-recorded NaN is sent as NaN. A reading is `complete` when it has every `edgefleet.physics`
+recorded NaN is sent as NaN. A reading is `complete` when it has every `simulator.physics`
 feature (what the bundle's models take), as for simulated readings. Offsets are seconds after
 the first row's `ts`, so the publisher can keep the original pacing (× speed). Only the
 standard library is used: no pandas.
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES, TELEMETRY_SCHEMA
-from edgefleet.physics import FEATURES
 from simulator.errors import SimulatorError
+from simulator.physics import FEATURES
 from simulator.stream import Emission
 
 __all__ = ["REPLAY_SUFFIXES", "read_replay"]

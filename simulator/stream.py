@@ -1,7 +1,7 @@
 """The message-generation core: a deterministic stream of telemetry messages, no I/O, no clock.
 
 Every device has its own random generator seeded from (fleet seed, device id), and draws
-readings in fixed chunks: features and labels with `edgefleet.physics` (vectorised), plus one
+readings in fixed chunks: features and labels with `simulator.physics` (vectorised), plus one
 row of uniforms per reading that decides its faults. A device's drift stages (planned in
 `simulator.fleet`) shift its features and change its label relation from their time on. A heap
 of next-send times interleaves the devices. Nothing here reads the wall clock, so the same plan
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from edgefleet.messages import TELEMETRY_SCHEMA
-from edgefleet.physics import FEATURES, device_seed
 from simulator.fleet import DeviceSpec, FleetPlan, plan_fleet
+from simulator.physics import FEATURES, device_seed
 from simulator.profile import FaultRates, SimulatorProfile
 
 __all__ = ["CHUNK_READINGS", "FAULT_TYPES", "DeviceStats", "Emission", "TelemetryStream", "generate"]

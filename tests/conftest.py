@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgefleet.history import HistorySpec, apply_data_fault, device_history, generate_history, write_history
-from edgefleet.physics import FEATURES
+from edgefleet.history import write_history
+from simulator.history import HistorySpec, apply_data_fault, device_history, generate_history
+from simulator.physics import FEATURES
 
 pytest_plugins = ["tests.edge_fixtures"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import Deployment, load_deployment
-from edgefleet.local_edge import LocalEdge
+from edgefleet_cli.local_edge import LocalEdge
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "deployment" / "deployment.template.json"

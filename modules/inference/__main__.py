@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.module_runtime import configure_logging, create_module_client, load_settings, stop_event_on_signals
+from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
 from modules.inference.service import InferenceService
 from modules.inference.settings import InferenceSettings
+from modules.runtime import create_module_client
 
 
 def main() -> int:

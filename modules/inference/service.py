@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.bundle import DeviceEntry, Route, read_manifest, verify_bundle
-from edgefleet.drift import FLEET_KEY, DriftMonitor, DriftSettings, FeatureReference
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
+from edgefleet.feature_reference import FeatureReference
+from edgefleet.health import touch_health
 from edgefleet.messages import (
     BATCH_OVERHEAD_BYTES,
     BATCH_SCHEMA,
@@ -44,9 +45,10 @@ from edgefleet.messages import (
     format_ts,
     prediction_json_obj,
 )
-from edgefleet.module_runtime import EdgeLink, LatencyWindow, Outbox, apply_desired_patch, touch_health
+from modules.inference.drift import FLEET_KEY, DriftMonitor, DriftSettings
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceDesired, InferenceSettings
+from modules.runtime import EdgeLink, LatencyWindow, Outbox, apply_desired_patch
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +294,7 @@ class InferenceService:
                 fallbacks[route.fallback_reason] += len(entries)
         for body in pack(encoded, self.settings.predictions_max_bytes):
             self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
-        for alert in drift_alerts:  # edgefleet.drift logs each one
+        for alert in drift_alerts:  # modules.inference.drift logs each one
             self.outbox.put(
                 ALERTS, encode_json(alert.to_json_obj(edge_device)), {"schema": ALERT_SCHEMA, "kind": "drift"}
             )

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from edgefleet.module_runtime import LOG_LEVELS, ModuleSettings
 from modules.inference.predictor import PredictorMode
+from modules.runtime import LOG_LEVELS, ModuleSettings
 
 _PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from edgefleet.module_runtime import (
-    ModuleStartError,
-    configure_logging,
-    create_module_client,
-    load_settings,
-    stop_event_on_signals,
-)
+from edgefleet.errors import StartError
+from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
+from modules.runtime import create_module_client
 from modules.sensor.service import SensorService
 from modules.sensor.settings import SensorSettings
 
@@ -22,7 +18,7 @@ def main() -> int:
         configure_logging(settings.log_level)
         stop_event = stop_event_on_signals()
         return SensorService(settings, create_module_client()).run(stop_event)
-    except ModuleStartError as err:
+    except StartError as err:
         print(f"sensor: {err}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
+from edgefleet.health import touch_health
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -22,7 +23,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
-from edgefleet.module_runtime import EdgeLink, Outbox, apply_desired_patch, touch_health
+from modules.runtime import EdgeLink, Outbox, apply_desired_patch
 from modules.sensor.batcher import Batcher
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorDesired, SensorSettings

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edgefleet.messages import BATCH_OVERHEAD_BYTES
-from edgefleet.module_runtime import ModuleSettings
+from modules.runtime import ModuleSettings
 
 MIN_BATCH_BYTES = 1024
 MAX_BATCH_BYTES = 256 * 1024  # IoT Hub's message size limit

@@ -6,7 +6,7 @@
                    one device model per family through ONNX Runtime and joblib (they must agree); warn when
                    the image's libraries differ from the ones the bundle was trained with
   --mosquitto      start the image's `mosquitto` as this (non-root) user with a generated config on a
-                   loopback port, as edgefleet.edgehub does, and pass one message through it (paho-mqtt)
+                   loopback port, as edgehub does, and pass one message through it (paho-mqtt)
   --writable a,b   fail unless this user can create a file in each of these directories
   --json-file F    fail unless F exists and holds JSON (e.g. the baked-in deployment manifest)
 Prints one line per check; exit 1 when a check fails. Uses only what the image has.

@@ -14,9 +14,9 @@ from cloud_training.device_training import (
     train_device,
 )
 from cloud_training.fleet import train_fleet_locally
-from edgefleet.drift import FeatureReference
-from edgefleet.history import apply_data_fault, device_history
-from edgefleet.physics import FEATURES
+from edgefleet.feature_reference import FeatureReference
+from simulator.history import apply_data_fault, device_history
+from simulator.physics import FEATURES
 from tests.conftest import END_TS_S
 
 CONFIG = TrainingConfig(features=FEATURES, reference_ts_s=END_TS_S)

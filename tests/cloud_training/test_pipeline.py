@@ -10,9 +10,10 @@ from cloud_training.gateway import unpack_bundle
 from cloud_training.pipeline import run_training
 from cloud_training.settings import TrainSettings
 from edgefleet.bundle import read_manifest, verify_bundle
-from edgefleet.drift import FeatureReference
-from edgefleet.history import HistorySpec, generate_history, write_history
+from edgefleet.feature_reference import FeatureReference
+from edgefleet.history import write_history
 from edgefleet.lake import append_to_lake
+from simulator.history import HistorySpec, generate_history
 from tests.conftest import BAD_DEVICES
 
 

@@ -27,14 +27,15 @@ from cloud_training.retrain import (
     retrain_device,
     run_retrain,
 )
-from cloud_training.retrain_cli import register
 from cloud_training.tracking import Tracker
 from edgefleet.bundle import BundleReader, read_manifest, verify_bundle
 from edgefleet.deployment import load_deployment, validate_deployment
 from edgefleet.errors import BundleError, EdgefleetError, HistoryError
-from edgefleet.history import apply_data_fault, device_history, write_history
+from edgefleet.history import write_history
 from edgefleet.lake import append_to_lake
-from edgefleet.physics import FEATURES, make_profile
+from edgefleet_cli.retrain_cli import register
+from simulator.history import apply_data_fault, device_history
+from simulator.physics import FEATURES, make_profile
 
 SEED = 11
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"

@@ -8,7 +8,8 @@ import pandas as pd
 from cloud_training.scoring import score_with_bundle, score_with_pyfunc
 from cloud_training.spark_job import read_history_spark
 from edgefleet.bundle import BundleReader
-from edgefleet.history import HistorySpec, generate_history, write_history
+from edgefleet.history import write_history
+from simulator.history import HistorySpec, generate_history
 
 
 def test_pyfunc_spark_udf_and_direct_predictions_agree(spark, trained, tmp_path):

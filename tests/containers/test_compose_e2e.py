@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 
 from edgefleet.bundle import verify_bundle
-from edgefleet.edge_report import account, read_deadletters, read_lake
-from edgefleet.local_edge import free_port
+from edgefleet.lake import read_deadletters, read_lake
+from edgefleet_cli.edge_report import account
+from edgefleet_cli.local_edge import free_port
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("EDGEFLEET_CONTAINER_E2E") != "1",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from edgefleet.deployment import load_deployment
-from edgefleet.edgehub.hub import parse_hub_address
+from edgefleet.hub_wire import parse_hub_address
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deployment" / "docker-compose.yml"

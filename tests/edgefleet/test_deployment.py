@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from edgefleet.cli import main
 from edgefleet.deployment import (
     CREATE_OPTIONS_CHUNK,
     Deployment,
@@ -22,6 +21,7 @@ from edgefleet.deployment import (
 )
 from edgefleet.endpoints import INFERENCE, MODULES, SENSOR, EndpointError, ModuleEndpoints
 from edgefleet.routes import RouteSink, RouteSource
+from edgefleet_cli.cli import main
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
 _SHIPPED: dict[str, Any] = json.loads(TEMPLATE.read_text(encoding="utf-8"))

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from edgefleet.errors import HistoryError
-from edgefleet.history import DATA_FAULTS, HistorySpec, generate_history, read_history, write_history
+from edgefleet.history import read_history, write_history
 from edgefleet.lake import append_to_lake
-from edgefleet.physics import FEATURES
+from simulator.history import DATA_FAULTS, HistorySpec, generate_history
+from simulator.physics import FEATURES
 
 
 def test_generate_history_is_seeded_and_sized():

@@ -273,7 +273,7 @@ def test_a_device_whose_inputs_moved_away_from_its_training_data_raises_one_feat
     from cloud_training.device_training import TrainingConfig
     from cloud_training.export import write_bundle
     from cloud_training.fleet import train_fleet_locally
-    from edgefleet.history import HistorySpec, generate_history
+    from simulator.history import HistorySpec, generate_history
     from tests.conftest import END_TS_S, FEATURES
 
     # 480 readings every 300 s (40 hours): training stores each device's feature distribution.

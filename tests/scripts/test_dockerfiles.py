@@ -73,8 +73,8 @@ def test_image_dockerfile_basics(name: str):
     assert len(health) == 1
     if name in SERVICES:
         # modules and MQTT services touch a health file; the dashboard answers HTTP
-        by_file = 'CMD ["python", "-m", "edgefleet.healthcheck", "/tmp/healthy", "45"]'
-        by_http = 'CMD ["python", "-m", "edgefleet.healthcheck", "--http", "http://127.0.0.1:5006/"]'
+        by_file = 'CMD ["python", "-m", "edgefleet.health", "/tmp/healthy", "45"]'
+        by_http = 'CMD ["python", "-m", "edgefleet.health", "--http", "http://127.0.0.1:5006/"]'
         assert health[0].endswith(by_http if name == "dashboard" else by_file)
     else:
         assert health[0] == "HEALTHCHECK NONE"  # batch jobs

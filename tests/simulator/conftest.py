@@ -13,8 +13,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgefleet.edgehub.broker import Broker, Listener
-from edgefleet.local_edge import free_port
+from edgefleet_cli.local_edge import free_port
+from edgehub.broker import Broker, Listener
 from simulator.profile import SimulatorProfile, parse_profile
 from tests.edge_fixtures import wait_for  # noqa: F401 - re-exported for the tests here
 

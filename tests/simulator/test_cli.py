@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.edgehub.broker import Broker
+from edgehub.broker import Broker
 from simulator.cli import cmd_simulate, register
 from simulator.errors import ProfileError
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgefleet.physics import FEATURES, DeviceProfile, make_profile
 from simulator.drift import drift_seed, drifted_profile
 from simulator.fleet import plan_fleet
+from simulator.physics import FEATURES, DeviceProfile, make_profile
 from simulator.profile import SimulatorProfile
 from simulator.stream import generate
 from tests.simulator.conftest import decode, profile

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.physics import device_ids
 from simulator.errors import ProfileError
+from simulator.physics import device_ids
 from simulator.profile import DEMO_PROFILE, assign_device_ids, load_profile, parse_profile, with_overrides
 from tests.simulator.conftest import profile
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.edgehub.broker import Broker, Listener, find_mosquitto
-from edgefleet.edgehub.certs import ensure_certs
-from edgefleet.local_edge import free_port
+from edgefleet_cli.local_edge import free_port
+from edgehub.broker import Broker, Listener, find_mosquitto
+from edgehub.certs import ensure_certs
 from simulator.errors import SimulatorError
 from simulator.report import SimulationReport
 from simulator.run import run_simulation

@@ -8,8 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edgefleet.edgehub.broker import Broker
 from edgefleet.messages import MessageError, decode_payload
+from edgehub.broker import Broker
 from modules.sensor.sequence import SequenceTracker
 from simulator.drift import drift_seed
 from simulator.run import run_replay, run_simulation

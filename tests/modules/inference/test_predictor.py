@@ -6,11 +6,11 @@ import json
 from datetime import UTC, datetime
 
 from edgefleet.bundle import read_manifest
-from edgefleet.messages import Reading, encode_json
-from edgefleet.module_runtime import LatencyWindow, apply_desired_patch, units_4kb
+from edgefleet.messages import Reading, encode_json, units_4kb
 from modules.inference.predictor import Predictor
 from modules.inference.service import pack
 from modules.inference.settings import InferenceDesired
+from modules.runtime import LatencyWindow, apply_desired_patch
 
 
 def _reading(device: str, features=None) -> Reading:

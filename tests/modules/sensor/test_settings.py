@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.module_runtime import ModuleStartError, apply_desired_patch, load_settings
+from edgefleet.errors import StartError
+from edgefleet.process import load_settings
+from modules.runtime import apply_desired_patch
 from modules.sensor.settings import SensorDesired, SensorSettings
 
 
@@ -39,7 +41,7 @@ def test_edge_device_comes_from_the_dev_connection_string():
 
 
 def test_settings_errors_name_every_problem():
-    with pytest.raises(ModuleStartError) as failure:
+    with pytest.raises(StartError) as failure:
         load_settings(SensorSettings, field_mqtt_host="h", field_mqtt_port=0, log_level="LOUD")
     text = str(failure.value)
     assert "FIELD_MQTT_PORT" in text and "LOG_LEVEL" in text

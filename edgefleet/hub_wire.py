@@ -1,0 +1,82 @@
+"""The local IoT Hub's wire form: how a routed `$upstream` message travels to the sink over MQTT.
+
+Wire form, one MQTT message per routed message, QoS 1:
+`devices/{device}/modules/{module}/messages/{kind}/{properties}` where `kind` is `events`
+(device-to-cloud telemetry) or `twinChangeNotifications`, and `properties` encodes the output
+(`$.on`), the system properties (edgeHub's `$.ct`, `$.ce`, ... wire names) and the application
+properties exactly as a module's own event topic does. The body is the message body, untouched.
+The stand-in writes it (`edgehub.hub.HubPublisher`); the sink and the dashboard read it.
+"""
+
+from __future__ import annotations
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.routes import Message
+from edgefleet.topics import (
+    INCOMING_SYSTEM_PROPERTIES,
+    OUTPUT_NAME_KEY,
+    TopicError,
+    encode_properties,
+    parse_event_topic,
+)
+
+__all__ = [
+    "HUB_SUBSCRIPTION",
+    "KEEPALIVE_S",
+    "HubAddressError",
+    "format_hub_topic",
+    "parse_hub_address",
+    "parse_hub_message",
+]
+
+HUB_SUBSCRIPTION = "devices/+/modules/+/messages/#"
+_KIND_SEGMENTS = {"telemetry": "events", "twin_change_notification": "twinChangeNotifications"}
+_SEGMENT_KINDS = {segment: kind for kind, segment in _KIND_SEGMENTS.items()}
+_SYSTEM_WIRE_NAMES = {name: wire for wire, name in INCOMING_SYSTEM_PROPERTIES.items()}
+KEEPALIVE_S = 30
+
+
+class HubAddressError(EdgefleetError):
+    """Raise when a hub address is not HOST:PORT."""
+
+
+def parse_hub_address(text: str) -> tuple[str, int]:
+    """Return (host, port) from `HOST:PORT`, or raise saying how to write it."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise HubAddressError(f"{text!r} is not HOST:PORT; write e.g. sink:1883 or 127.0.0.1:1883")
+    return host, int(port_text)
+
+
+def format_hub_topic(message: Message) -> str:
+    """Return the hub topic that carries a routed message's identity, output and properties."""
+    segment = _KIND_SEGMENTS.get(message.kind, "events")
+    pairs: list[tuple[str, str]] = []
+    if message.output is not None:
+        pairs.append((OUTPUT_NAME_KEY, message.output))
+    for name, value in message.system_properties.items():
+        wire = _SYSTEM_WIRE_NAMES.get(name)
+        if wire is not None and value is not None:
+            pairs.append((wire, value))
+    pairs.extend(message.properties.items())
+    module = message.connection_module_id or "$device"
+    return f"devices/{message.connection_device_id}/modules/{module}/messages/{segment}/{encode_properties(pairs)}"
+
+
+def parse_hub_message(topic: str, payload: bytes) -> Message:
+    """Rebuild the routed message from a hub topic and body, or raise TopicError."""
+    parts = topic.split("/", 6)
+    kind = _SEGMENT_KINDS.get(parts[5]) if len(parts) > 5 else None
+    if kind is None:
+        raise TopicError(f"not a hub message topic: {topic!r}")
+    # Same shape as a module's event topic once the kind segment reads `events`.
+    event = parse_event_topic("/".join([*parts[:5], "events", *parts[6:]]))
+    return Message(
+        connection_device_id=event.device_id,
+        connection_module_id=None if event.module_id == "$device" else event.module_id,
+        output=event.output,
+        properties=event.properties,
+        system_properties=event.system_properties,
+        body=payload,
+        kind=kind,  # type: ignore[arg-type]  # one of MessageKind by construction
+    )

@@ -1,0 +1,60 @@
+"""What every process of ours shares at start: validated settings, logging, a stop event on signals.
+
+Each process's `__main__` wires: settings (`load_settings`) → client → `Service(...).run(stop_event)`,
+with `stop_event_on_signals()` turning SIGTERM and SIGINT into a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from edgefleet.errors import StartError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["configure_logging", "load_settings", "stop_event_on_signals"]
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Validate settings once at start; raise StartError listing every problem."""
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            # Field names are the environment variables' names in lower case.
+            where = ".".join(str(part) for part in problem["loc"]).upper() or "settings"
+            lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
+        raise StartError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with timestamps, as container runtimes collect it."""
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # The SDK logs every reconnect attempt and pipeline stage at INFO.
+    for noisy in ("azure.iot.device", "paho"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def stop_event_on_signals() -> threading.Event:
+    """Return an event that SIGTERM and SIGINT set (call from the main thread)."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        logger.info("Received %s; finishing in-flight messages", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop

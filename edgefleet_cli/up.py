@@ -1,0 +1,204 @@
+"""`edgefleet up`: the whole edge on this machine with a live status table, until Ctrl-C or a deadline.
+
+The edge is `LocalEdge` (field broker, edgeHub stand-in with the IoT Hub lake sink, sensor and
+inference as processes); the optional simulator runs in this process on its own thread. Status
+comes from the modules' `stats` direct methods, the same numbers their twins report.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from edgefleet_cli.local_edge import LocalEdge
+
+logger = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 1.0
+DRAIN_QUIET_S = 2.0  # the edge is drained when nothing moved for this long
+DRAIN_TIMEOUT_S = 60.0
+
+# A simulation: gets the field broker's port and a stop event, returns its report.
+Simulation = Callable[[int, threading.Event], Any]
+
+
+@dataclass
+class Snapshot:
+    """One poll of every part's counters."""
+
+    at_s: float
+    sensor: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
+    sink: dict[str, int] = field(default_factory=dict)
+    simulator: dict[str, Any] = field(default_factory=dict)
+
+    def moved_since(self, other: Snapshot) -> bool:
+        """Return whether any counter changed since `other`."""
+        return (
+            self.sensor.get("readings") != other.sensor.get("readings")
+            or self.inference.get("predictions") != other.inference.get("predictions")
+            or self.sink.get("messages") != other.sink.get("messages")
+            or self.sensor.get("open_batch_readings", 0) > 0
+            or (self.inference.get("outbox") or {}).get("pending", 0) > 0
+        )
+
+
+@dataclass
+class UpResult:
+    """What a run of the edge did: the last counters, the simulator's report, timings."""
+
+    first: Snapshot
+    last: Snapshot
+    simulation: Any = None
+    duration_s: float = 0.0
+    interrupted: bool = False
+
+
+def poll(edge: LocalEdge, simulator_progress: dict[str, Any] | None = None) -> Snapshot:
+    """Read every module's counters (a module that does not answer shows as empty)."""
+    snapshot = Snapshot(time.monotonic(), simulator=dict(simulator_progress or {}))
+    for module in edge.modules:
+        try:
+            status, payload = edge.method(module, "stats", timeout_s=3.0)
+        except Exception as err:  # restarting or gone: show it, keep going
+            logger.debug("stats of %s failed: %s", module, err)
+            continue
+        if status == 200 and isinstance(payload, dict):
+            setattr(snapshot, module, payload)
+    sink = edge.standin.sink
+    if sink is not None:
+        snapshot.sink = sink.stats()
+    return snapshot
+
+
+def _rate(now: Snapshot, before: Snapshot, pick: Callable[[Snapshot], float]) -> float:
+    elapsed = now.at_s - before.at_s
+    return (pick(now) - pick(before)) / elapsed if elapsed > 0 else 0.0
+
+
+def status_table(now: Snapshot, before: Snapshot) -> Table:
+    """Return the live table: per part, rate, totals, dead letters, fallbacks, latency."""
+    table = Table(title="edgefleet edge", expand=False)
+    for column in ("part", "rate/s", "total", "dead letters", "details"):
+        table.add_column(column, justify="right" if column in ("rate/s", "total", "dead letters") else "left")
+    if now.simulator:
+        sent = float(now.simulator.get("sent", 0))
+        rate = _rate(now, before, lambda s: float(s.simulator.get("sent", 0)))
+        table.add_row("simulator", f"{rate:,.0f}", f"{sent:,.0f}", "", "readings published to the field broker")
+    sensor = now.sensor
+    if sensor:
+        rate = _rate(now, before, lambda s: float(s.sensor.get("readings", 0)))
+        dead = sum((sensor.get("deadletters") or {}).values())
+        details = (
+            f"dup {sensor.get('seq_duplicates', 0)} · missing {sensor.get('seq_missing', 0)} · "
+            f"late {sensor.get('seq_late', 0)} · {'connected' if sensor.get('field_connected') else 'DISCONNECTED'}"
+        )
+        table.add_row("sensor", f"{rate:,.0f}", f"{sensor.get('readings', 0):,}", f"{dead:,}", details)
+    inference = now.inference
+    if inference:
+        rate = _rate(now, before, lambda s: float(s.inference.get("predictions", 0)))
+        dead = sum((inference.get("deadletters") or {}).values())
+        latency = inference.get("latency") or {}
+        fallbacks = ", ".join(f"{k} {v:,}" for k, v in sorted((inference.get("fallbacks") or {}).items()))
+        details = f"p50 {latency.get('p50_ms')} ms · p99 {latency.get('p99_ms')} ms · fleet: {fallbacks or 'none'}"
+        table.add_row("inference", f"{rate:,.0f}", f"{inference.get('predictions', 0):,}", f"{dead:,}", details)
+    if now.sink:
+        rate = _rate(now, before, lambda s: float(s.sink.get("rows_received", 0)))
+        details = f"{now.sink.get('rows_written', 0):,} rows written · {now.sink.get('files_written', 0)} files"
+        table.add_row(
+            "upstream → lake",
+            f"{rate:,.0f}",
+            f"{now.sink.get('rows_received', 0):,}",
+            f"{now.sink.get('deadletters', 0):,}",
+            details,
+        )
+    return table
+
+
+def run_up(
+    edge: LocalEdge,
+    stop_event: threading.Event,
+    *,
+    duration_s: float | None = None,
+    simulation: Simulation | None = None,
+    simulator_progress: dict[str, Any] | None = None,
+    console: Console | None = None,
+    live: bool = True,
+) -> UpResult:
+    """Run a started edge until `stop_event`, the deadline or the simulation's end; then drain it."""
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    first = before = poll(edge, simulator_progress)
+    result = UpResult(first, first)
+    sim_stop = threading.Event()
+    sim_thread: threading.Thread | None = None
+    if simulation is not None:
+
+        def simulate() -> None:
+            try:
+                result.simulation = simulation(edge.field_port, sim_stop)
+            except Exception:
+                logger.exception("The simulator failed")
+
+        sim_thread = threading.Thread(target=simulate, name="simulator", daemon=True)
+        sim_thread.start()
+
+    def finished() -> bool:
+        if stop_event.is_set():
+            result.interrupted = True
+            return True
+        if duration_s is not None and time.monotonic() - started >= duration_s:
+            return True
+        return sim_thread is not None and not sim_thread.is_alive()
+
+    def view(now: Snapshot) -> Group:
+        elapsed = time.monotonic() - started
+        footer = Text(f"{elapsed:,.0f} s · lake {edge.lake_dir} · Ctrl-C stops cleanly", style="dim")
+        return Group(status_table(now, before), footer)
+
+    screen: Any = Live(view(first), console=console, refresh_per_second=2) if live else _NoLive()
+    with screen:
+        while not finished():
+            stop_event.wait(STATUS_INTERVAL_S)
+            now = poll(edge, simulator_progress)
+            screen.update(view(now))
+            before, result.last = now, now
+        sim_stop.set()
+        if sim_thread is not None:
+            sim_thread.join(DRAIN_TIMEOUT_S)
+        # Let what is on its way arrive: stop when nothing moved for DRAIN_QUIET_S.
+        quiet_since = time.monotonic()
+        deadline = quiet_since + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = poll(edge, simulator_progress)
+            screen.update(view(now))
+            if now.moved_since(result.last):
+                quiet_since = time.monotonic()
+            before, result.last = result.last, now
+            if time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+                break
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+class _NoLive:
+    """Stand-in for rich's Live when output is not a terminal."""
+
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, renderable: Any) -> None:
+        """Ignore updates."""

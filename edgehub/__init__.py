@@ -1,0 +1,6 @@
+"""The offline edgeHub stand-in: Mosquitto per module, a router for routes, twins and methods, a lake sink.
+
+Import the parts from their modules (`edgehub.standin`, `.router`, `.sink`, ...): this package
+imports nothing eagerly, so the sink image runs without the stand-in's cryptography and the
+stand-in's without pandas.
+"""

@@ -1,0 +1,589 @@
+"""The router half of the edgeHub stand-in: edge routes, module twins and direct methods over MQTT.
+
+The router holds one MQTT connection per module broker (one Mosquitto per module, see
+`edgehub.standin`). Because each broker serves exactly one module, the connection a
+message arrives on *is* the sender's identity: events carry an authentic
+`$connectionModuleId`, and twin and method topics, which name no module, are answered on the
+requesting module's own broker only.
+
+- Events (`devices/{edge}/modules/{m}/messages/events/...`) are evaluated against the
+  deployment's routes (`edgefleet.routes`) and delivered to module inputs (published on the
+  target module's broker, properties and content type/encoding preserved) or handed to the
+  `upstream` callback (`$upstream`, the local IoT Hub sink).
+- Twin GET is answered with `{"desired": {..., "$version"}, "reported": {..., "$version"}}`;
+  reported PATCH is merged (JSON merge patch) and answered 204 with the new `$version`;
+  `apply_desired_patch` pushes a desired patch to one module.
+- `invoke_method` calls a direct method and waits for the module's answer.
+
+Everything is QoS 1. Messages flow network thread -> dispatcher thread (routing, module
+deliveries) -> upstream thread (the sink may be slow on a flush without holding up modules).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.mqtt_tuning import enable_tcp_nodelay
+from edgefleet.routes import Message, Route, RouteSink, route_message
+from edgefleet.topics import (
+    EVENTS_SUBSCRIPTION,
+    METHOD_RESPONSES_SUBSCRIPTION,
+    TWIN_REQUEST_SUBSCRIPTIONS,
+    TopicError,
+    format_input_topic,
+    method_request_topic,
+    parse_event_topic,
+    parse_method_response_topic,
+    parse_twin_request_topic,
+    twin_desired_patch_topic,
+    twin_response_topic,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BrokerAddress", "MethodTimeoutError", "Router", "RouterError"]
+
+ROUTER_CLIENT_ID = "edgefleet-edgehub-router"
+# paho 1.6 numbers every QoS 1 publish it holds (in flight or queued) with a 16-bit message id;
+# once 65,535 are pending, a new publish collides with a pending id and is refused or, in older
+# releases, overwrites it. The router therefore caps its own unacknowledged publishes per broker
+# far below that, and waits for PUBACKs (which a local Mosquitto sends at once) when it is full.
+PUBLISH_WINDOW = 10_000
+# In-flight window of the router's paho client: enough to keep a loopback connection busy.
+PAHO_MAX_INFLIGHT = 1_000
+KEEPALIVE_S = 30
+DRAIN_TIMEOUT_S = 10.0  # how long stop() waits for queued deliveries
+# Warnings about one kind of bad message are logged this many times, then only counted.
+_WARN_LIMIT = 5
+
+
+class RouterError(EdgefleetError):
+    """Raise for a request the router cannot serve (unknown module, bad patch)."""
+
+
+class MethodTimeoutError(RouterError, TimeoutError):
+    """Raise when a module does not answer a direct method in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the router reaches one module's broker; TLS verified against `ca_file` when set."""
+
+    host: str
+    port: int
+    ca_file: Path | None = None
+
+
+@dataclass(slots=True)
+class _Twin:
+    """One module twin's properties with their `$version`s (IoT Hub starts both at 1)."""
+
+    desired: dict[str, Any]
+    reported: dict[str, Any] = field(default_factory=dict)
+    desired_version: int = 1
+    reported_version: int = 1
+
+    def document(self) -> dict[str, Any]:
+        """Return the twin as the MQTT twin GET returns it."""
+        return {
+            "desired": {**copy.deepcopy(self.desired), "$version": self.desired_version},
+            "reported": {**copy.deepcopy(self.reported), "$version": self.reported_version},
+        }
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    """A direct method call waiting for its response."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    status: int = 0
+    payload: Any = None
+
+
+def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """Apply a twin patch in place: null deletes, objects merge, `$`-keys (metadata) are ignored."""
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping):
+            current = target.get(key)
+            if not isinstance(current, dict):
+                current = target[key] = {}
+            merge_patch(current, value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _strip_metadata(patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a deep copy of a patch without `$version`/`$metadata` keys at the top level."""
+    return {key: copy.deepcopy(value) for key, value in patch.items() if not key.startswith("$")}
+
+
+class _Link:
+    """The router's MQTT connection to one module's broker."""
+
+    def __init__(self, module: str, address: BrokerAddress, on_message: Callable[[str, Any], None]) -> None:
+        self.module = module
+        self.address = address
+        self.subscribed = threading.Event()
+        self.closed = False
+        self._on_message = on_message
+        self._window = threading.Condition()
+        self._outstanding = 0
+        self._sub_mids: set[int] = set()
+        enable_tcp_nodelay()
+        client = mqtt.Client(client_id=ROUTER_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
+        if address.ca_file is not None:
+            # Hostname (here: IP) checking stays on: the router trusts the broker like a module does.
+            client.tls_set(ca_certs=str(address.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        # Deliberate limits, see PUBLISH_WINDOW: paho queues without limit (0) and the router's
+        # own window keeps what it holds far below the 16-bit message-id space.
+        client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=0.05, max_delay=2)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        self.client = client
+
+    def start(self) -> None:
+        """Connect in the background; paho's loop thread retries until the broker answers."""
+        self.client.connect_async(self.address.host, self.address.port, keepalive=KEEPALIVE_S)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        """Refuse further publishes and wake a publisher waiting for room in the window."""
+        with self._window:
+            self.closed = True
+            self._window.notify_all()
+
+    def stop(self) -> None:
+        """Disconnect and stop the loop thread."""
+        self.close()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- paho callbacks (run on this link's network thread) ---------------------------------
+
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, rc: int) -> None:
+        """Subscribe to the module's events, twin requests and method responses."""
+        if rc != 0:
+            logger.warning("Router connection to %s refused: %s", self.module, mqtt.connack_string(rc))
+            return
+        logger.debug("Router connected to %s (session present: %s)", self.module, flags.get("session present"))
+        # Subscribe on every connect: cheap, and right even if the broker lost our session.
+        topics = [(EVENTS_SUBSCRIPTION, 1), *((t, 1) for t in TWIN_REQUEST_SUBSCRIPTIONS)]
+        topics.append((METHOD_RESPONSES_SUBSCRIPTION, 1))
+        result, mid = client.subscribe(topics)
+        if result == mqtt.MQTT_ERR_SUCCESS:
+            self._sub_mids.add(mid)
+
+    def _handle_disconnect(self, client: Any, userdata: Any, rc: int) -> None:
+        """Log an unexpected disconnect (paho's loop reconnects by itself)."""
+        if rc != 0 and not self.closed:
+            logger.warning("Router lost its connection to %s (%s); reconnecting", self.module, mqtt.error_string(rc))
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: int, granted_qos: Any) -> None:
+        """Mark the link ready once the broker granted every subscription."""
+        if mid in self._sub_mids:
+            self._sub_mids.discard(mid)
+            if any(qos == 0x80 for qos in granted_qos):
+                logger.error("Broker of %s refused a router subscription: %s", self.module, granted_qos)
+                return
+            self.subscribed.set()
+
+    def _handle_publish(self, client: Any, userdata: Any, mid: int) -> None:
+        """Free one slot of the publish window (the broker acknowledged a QoS 1 publish)."""
+        with self._window:
+            self._outstanding -= 1
+            self._window.notify_all()
+
+    def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        """Pass an incoming message to the router, tagged with this link's module."""
+        self._on_message(self.module, msg)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, wait: bool) -> bool:
+        """Publish at QoS 1; with `wait`, first wait for room in the window. Return whether it was queued."""
+        with self._window:
+            while wait and self._outstanding >= PUBLISH_WINDOW and not self.closed:
+                self._window.wait(timeout=1.0)
+            if self.closed:
+                return False
+            # Count before publishing: the PUBACK may arrive before publish() returns.
+            self._outstanding += 1
+        info = self.client.publish(topic, payload, qos=1)
+        # NO_CONN still keeps the message: paho sends it after reconnecting.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            with self._window:
+                self._outstanding -= 1
+            logger.error("Router could not publish to %s: %s", self.module, mqtt.error_string(info.rc))
+            return False
+        return True
+
+    def outstanding(self) -> int:
+        """Return how many of the router's publishes the broker has not acknowledged yet."""
+        with self._window:
+            return self._outstanding
+
+
+_Item = tuple[str, str, bytes] | Message | None
+
+
+class Router:
+    """Route module messages, serve module twins and call direct methods on per-module brokers."""
+
+    def __init__(
+        self,
+        brokers: Mapping[str, BrokerAddress],
+        edge_device: str,
+        routes: Sequence[Route],
+        desired: Mapping[str, Mapping[str, Any]],
+        upstream: Callable[[Message], None],
+        *,
+        hub_name: str = "edgefleet-local",
+    ) -> None:
+        unknown = sorted(set(desired) - set(brokers))
+        if unknown:
+            raise RouterError(f"desired properties for unknown module(s): {', '.join(unknown)}")
+        self.edge_device = edge_device
+        self.routes = list(routes)
+        self.hub_name = hub_name
+        self._upstream = upstream
+        self._lock = threading.Lock()
+        self._twins = {module: _Twin(copy.deepcopy(dict(desired.get(module, {})))) for module in brokers}
+        self._pending: dict[tuple[str, str], _PendingCall] = {}
+        self._stats: Counter[str] = Counter()
+        self._warned: Counter[str] = Counter()
+        self._events: queue.Queue[_Item] = queue.Queue()
+        self._upstream_queue: queue.Queue[Message | None] = queue.Queue()
+        self._links = {module: _Link(module, address, self._on_message) for module, address in brokers.items()}
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Router:
+        """Start the worker threads and connect to every module broker (returns at once)."""
+        if self._started:
+            return self
+        self._started = True
+        self._threads = [
+            threading.Thread(target=self._dispatch_loop, name="edgehub-dispatch", daemon=True),
+            threading.Thread(target=self._upstream_loop, name="edgehub-upstream", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        for link in self._links.values():
+            link.start()
+        return self
+
+    def wait_ready(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the router is connected and subscribed on every module broker."""
+        deadline = time.monotonic() + timeout_s
+        return all(link.subscribed.wait(max(0.0, deadline - time.monotonic())) for link in self._links.values())
+
+    def stop(self) -> None:
+        """Deliver what is already queued, then disconnect and stop the threads."""
+        if not self._started:
+            return
+        self._started = False
+        self._events.put(None)  # after everything already received: the dispatcher drains first
+        self._threads[0].join(DRAIN_TIMEOUT_S)
+        if self._threads[0].is_alive():
+            # A broker stopped acknowledging and the window is full: give up on what is left.
+            logger.warning("Router could not deliver its queue within %.0f s; dropping the rest", DRAIN_TIMEOUT_S)
+            for link in self._links.values():
+                link.close()
+            self._threads[0].join()
+        self._upstream_queue.put(None)
+        self._threads[1].join()
+        for link in self._links.values():
+            link.stop()
+        with self._lock:
+            for call in self._pending.values():
+                call.status = 503
+                call.done.set()
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Run until `stop_event` is set."""
+        self.start()
+        try:
+            if not self.wait_ready():
+                logger.warning("Router is not connected to every module broker yet; still trying")
+            stop_event.wait()
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Router:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- public operations ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: received, to_module, to_upstream, unrouted, rejected, ..."""
+        with self._lock:
+            return dict(self._stats)
+
+    def unacknowledged(self) -> dict[str, int]:
+        """Return, per module broker, how many router publishes await the broker's PUBACK."""
+        return {module: link.outstanding() for module, link in self._links.items()}
+
+    def twin(self, module: str) -> dict[str, Any]:
+        """Return a copy of a module's twin (desired and reported, with `$version`s)."""
+        with self._lock:
+            return self._twin(module).document()
+
+    def apply_desired_patch(self, module: str, patch: Mapping[str, Any]) -> int:
+        """Merge a desired-properties patch into a module's twin, push it to that module only; return `$version`."""
+        if not isinstance(patch, Mapping):
+            raise RouterError(f"a desired patch must be an object, not {type(patch).__name__}")
+        clean = _strip_metadata(patch)
+        with self._lock:
+            twin = self._twin(module)
+            merge_patch(twin.desired, clean)
+            twin.desired_version += 1
+            version = twin.desired_version
+            self._stats["desired_patches"] += 1
+        body = json.dumps({**clean, "$version": version}).encode("utf-8")
+        self._links[module].publish(twin_desired_patch_topic(version), body, wait=False)
+        logger.info("Pushed desired patch $version=%d to %s", version, module)
+        return version
+
+    def invoke_method(self, module: str, name: str, payload: Any = None, timeout_s: float = 30.0) -> tuple[int, Any]:
+        """Call direct method `name` on `module`; return (status, payload) or raise MethodTimeoutError."""
+        with self._lock:
+            self._twin(module)  # raises for an unknown module
+        rid = uuid.uuid4().hex
+        call = _PendingCall()
+        key = (module, rid)
+        with self._lock:
+            self._pending[key] = call
+            self._stats["method_calls"] += 1
+        try:
+            body = json.dumps(payload).encode("utf-8")
+            self._links[module].publish(method_request_topic(name, rid), body, wait=False)
+            if not call.done.wait(timeout_s):
+                raise MethodTimeoutError(f"{module} did not answer direct method {name!r} within {timeout_s:g} s")
+            return call.status, call.payload
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    # -- network-thread entry -------------------------------------------------------------------
+
+    def _on_message(self, module: str, msg: Any) -> None:
+        """Sort one incoming message: events to the dispatcher, twin and method traffic handled here."""
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self._reject(module, "topic is not UTF-8")
+            return
+        payload = bytes(msg.payload)
+        if topic.startswith("devices/"):
+            self._events.put((module, topic, payload))
+        elif topic.startswith("$iothub/twin/"):
+            self._handle_twin_request(module, topic, payload)
+        elif topic.startswith("$iothub/methods/res/"):
+            self._handle_method_response(module, topic, payload)
+        else:
+            self._reject(module, f"unexpected topic {topic!r}")
+
+    def _handle_twin_request(self, module: str, topic: str, payload: bytes) -> None:
+        """Answer a twin GET or reported PATCH on the requesting module's own broker."""
+        link = self._links[module]
+        try:
+            request = parse_twin_request_topic(topic)
+        except TopicError as err:
+            self._reject(module, str(err))
+            return
+        if request.kind == "get":
+            with self._lock:
+                document = self._twins[module].document()
+                self._stats["twin_gets"] += 1
+            link.publish(twin_response_topic(200, request.rid), json.dumps(document).encode("utf-8"), wait=False)
+            return
+        try:
+            patch = json.loads(payload.decode("utf-8"))
+            if not isinstance(patch, dict):
+                raise ValueError("a reported patch must be a JSON object")
+        except ValueError as err:  # includes UnicodeDecodeError and JSONDecodeError
+            self._reject(module, f"bad reported patch: {err}")
+            link.publish(twin_response_topic(400, request.rid), b"", wait=False)
+            return
+        with self._lock:
+            twin = self._twins[module]
+            merge_patch(twin.reported, patch)
+            twin.reported_version += 1
+            version = twin.reported_version
+            self._stats["reported_patches"] += 1
+        link.publish(twin_response_topic(204, request.rid, version), b"", wait=False)
+        logger.debug("Stored reported patch from %s: $version=%d", module, version)
+        self._events.put(self._twin_change_notification(module, patch, version))
+
+    def _twin_change_notification(self, module: str, patch: Mapping[str, Any], version: int) -> Message:
+        """Build the `/twinChangeNotifications` message IoT Hub emits for a reported change."""
+        body = {"version": version, "properties": {"reported": _strip_metadata(patch)}}
+        return Message(
+            connection_device_id=self.edge_device,
+            connection_module_id=module,
+            properties={
+                "hubName": self.hub_name,
+                "deviceId": self.edge_device,
+                "moduleId": module,
+                "opType": "updateTwin",
+                "iothub-message-schema": "twinChangeNotification",
+            },
+            system_properties={"contentType": "application/json", "contentEncoding": "utf-8"},
+            body=json.dumps(body).encode("utf-8"),
+            kind="twin_change_notification",
+        )
+
+    def _handle_method_response(self, module: str, topic: str, payload: bytes) -> None:
+        """Complete the pending call this response answers (only if it came from the called module)."""
+        try:
+            response = parse_method_response_topic(topic)
+        except TopicError as err:
+            self._reject(module, str(err))
+            return
+        try:
+            value: Any = json.loads(payload.decode("utf-8")) if payload else None
+        except ValueError:
+            value = payload.decode("utf-8", errors="replace")
+        with self._lock:
+            call = self._pending.get((module, response.rid))
+        if call is None:
+            logger.info("Ignoring a method response from %s for unknown or expired request %s", module, response.rid)
+            return
+        call.status, call.payload = response.status, value
+        call.done.set()
+
+    def _reject(self, module: str, reason: str) -> None:
+        """Count a message the router cannot use; log the first few of each kind."""
+        key = f"{module}:{reason.split(':')[0]}"
+        with self._lock:
+            self._stats["rejected"] += 1
+            self._warned[key] += 1
+            count = self._warned[key]
+        if count <= _WARN_LIMIT:
+            logger.warning("Router dropped a message from %s: %s", module, reason)
+
+    # -- dispatcher ---------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        """Route events in arrival order until the stop marker."""
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, Message):
+                    self._route(item)
+                else:
+                    self._route_event(*item)
+            except Exception:  # one bad message must never stop the router
+                logger.exception("Router failed on a message")
+                with self._lock:
+                    self._stats["errors"] += 1
+
+    def _route_event(self, module: str, topic: str, payload: bytes) -> None:
+        """Turn a module event into a routes Message, with the connection's identity, and route it."""
+        try:
+            event = parse_event_topic(topic)
+        except TopicError as err:
+            self._reject(module, str(err))
+            return
+        if event.device_id != self.edge_device or event.module_id != module:
+            # Only the connection says who sent it; a module cannot speak for another one.
+            self._reject(module, f"identity mismatch: topic names {event.device_id}/{event.module_id}")
+            return
+        message = Message(
+            connection_device_id=self.edge_device,
+            connection_module_id=module,
+            output=event.output,
+            properties=event.properties,
+            system_properties=event.system_properties,
+            body=payload,
+        )
+        with self._lock:
+            self._stats["received"] += 1
+        self._route(message)
+
+    def _route(self, message: Message) -> None:
+        """Deliver a message to every sink of every matching route."""
+        sinks = route_message(self.routes, message)
+        if not sinks:
+            with self._lock:
+                self._stats["unrouted"] += 1
+            return
+        for sink in sinks:
+            if sink.kind == "upstream":
+                self._upstream_queue.put(message)
+                with self._lock:
+                    self._stats["to_upstream"] += 1
+            else:
+                self._deliver(sink, message)
+
+    def _deliver(self, sink: RouteSink, message: Message) -> None:
+        """Publish a message to a module input on that module's broker."""
+        assert sink.module is not None and sink.input is not None
+        link = self._links.get(sink.module)
+        if link is None:
+            self._reject(sink.module, "route targets a module the stand-in does not run")
+            return
+        system = dict(message.system_properties)
+        system["connectionDeviceId"] = message.connection_device_id
+        if message.connection_module_id is not None:
+            system["connectionModuleId"] = message.connection_module_id
+        topic = format_input_topic(self.edge_device, sink.module, sink.input, message.properties, system)
+        if link.publish(topic, message.body, wait=True):
+            with self._lock:
+                self._stats["to_module"] += 1
+
+    def _upstream_loop(self) -> None:
+        """Hand `$upstream` messages to the sink, one at a time, in order."""
+        while True:
+            message = self._upstream_queue.get()
+            if message is None:
+                return
+            try:
+                self._upstream(message)
+            except Exception:  # the sink's problem must not stop routing
+                logger.exception("Upstream sink failed on a message from %s", message.connection_module_id)
+                with self._lock:
+                    self._stats["upstream_errors"] += 1
+
+    def _twin(self, module: str) -> _Twin:
+        """Return a module's twin (call with the lock held)."""
+        try:
+            return self._twins[module]
+        except KeyError:
+            raise RouterError(
+                f"unknown module {module!r}; the stand-in runs {', '.join(sorted(self._twins))}"
+            ) from None

@@ -1,0 +1,273 @@
+"""The local IoT Hub: `$upstream` messages become telemetry-lake rows.
+
+`LakeSink` is the stand-in's `upstream` callback. Telemetry readings and predictions (single
+objects or batch envelopes) become flat rows, buffered and written with
+`edgefleet.lake.append_to_lake` when `flush_rows` rows are waiting, when the oldest has waited
+`flush_every_s`, and on `close()`. Everything else is kept as JSON Lines next to the parquet,
+in directories whose `_` prefix makes parquet readers (pyarrow, Spark) skip them:
+
+- `<lake>/_deadletters/YYYY-MM-DD.jsonl`: dead-letter messages, and readings that break the
+  telemetry contract (as dead letters with the reason code),
+- `<lake>/_events/YYYY-MM-DD.jsonl`: any other message (alerts, twin change notifications,
+  non-JSON bodies), with its properties.
+
+Row columns: `device_id`, `seq`, `ts`, one column per feature, `label` (NaN when absent), the
+`prediction_*` and `edge_*` columns (null for raw telemetry, so every file has the same
+bookkeeping columns and types), and `source_module` (which module sent it upstream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pandas as pd
+
+from edgefleet.lake import (
+    BOOKKEEPING_COLUMNS,
+    DEADLETTER_DIR,
+    EDGE_COLUMNS,
+    EVENTS_DIR,
+    PREDICTION_COLUMNS,
+    SOURCE_COLUMN,
+    append_to_lake,
+)
+from edgefleet.messages import (
+    BATCH_SCHEMA,
+    DEADLETTER_SCHEMA,
+    EMPTY_BATCH,
+    TELEMETRY_SCHEMA,
+    WRONG_TYPE,
+    DeadLetter,
+    MessageError,
+    decode_json,
+    format_ts,
+    parse_reading,
+    payload_text,
+)
+from edgefleet.routes import Message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LakeSink"]
+
+
+class LakeSink:
+    """Buffer `$upstream` readings and predictions as lake rows; side files for the rest."""
+
+    def __init__(self, lake_dir: Path, flush_every_s: float = 5.0, flush_rows: int = 10_000) -> None:
+        if flush_every_s <= 0 or flush_rows <= 0:
+            raise ValueError("flush_every_s and flush_rows must be positive")
+        self.lake_dir = Path(lake_dir)
+        self.flush_every_s = flush_every_s
+        self.flush_rows = flush_rows
+        self._rows: list[dict[str, Any]] = []
+        self._oldest: float | None = None  # monotonic time of the oldest buffered row
+        self._lock = threading.Lock()  # the buffer and counters
+        self._write_lock = threading.Lock()  # one writer at a time, so files appear in order
+        self._stats: Counter[str] = Counter()
+        self._closed = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="lake-sink-flush", daemon=True)
+        self._ticker.start()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def __call__(self, message: Message) -> None:
+        """Take one upstream message: rows for readings and predictions, JSON Lines for the rest."""
+        if self._closed.is_set():
+            raise RuntimeError("LakeSink is closed")
+        module = message.connection_module_id or message.connection_device_id
+        source = f"{module}/{message.output or ''}"
+        with self._lock:
+            self._stats["messages"] += 1
+        if message.kind != "telemetry":
+            self._write_event(message, _body_for_record(message.body))
+            return
+        try:
+            obj = decode_json(message.body)
+        except MessageError:
+            self._write_event(message, _body_for_record(message.body))
+            return
+        schema = obj.get("schema") if isinstance(obj, dict) else None
+        if schema == DEADLETTER_SCHEMA:
+            assert isinstance(obj, dict)
+            self._write_deadletter({**obj, "received_from": source})
+            return
+        if schema == BATCH_SCHEMA:
+            assert isinstance(obj, dict)
+            items = obj.get("readings")
+            if not isinstance(items, list) or not items:
+                err = MessageError(EMPTY_BATCH if items == [] else WRONG_TYPE, "batch without a readings array")
+                self._write_deadletter(DeadLetter.from_error(err, source, message.body).to_json_obj())
+                return
+        elif schema == TELEMETRY_SCHEMA:
+            items = [obj]
+        else:
+            self._write_event(message, obj)
+            return
+        rows = []
+        for item in items:
+            try:
+                rows.append(_row(item, module))
+            except MessageError as err:
+                self._write_deadletter(DeadLetter.from_item(err, source, item).to_json_obj())
+        self._buffer(rows)
+
+    def _buffer(self, rows: list[dict[str, Any]]) -> None:
+        """Add rows; flush at once when the buffer reaches `flush_rows`."""
+        if not rows:
+            return
+        with self._lock:
+            if not self._rows:
+                self._oldest = time.monotonic()
+            self._rows.extend(rows)
+            self._stats["rows_received"] += len(rows)
+            full = len(self._rows) >= self.flush_rows
+        if full:
+            self.flush()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def flush(self) -> list[Path]:
+        """Write every buffered row to the lake now; return the files written."""
+        with self._write_lock:
+            with self._lock:
+                rows, self._rows, self._oldest = self._rows, [], None
+            if not rows:
+                return []
+            written = append_to_lake(self.lake_dir, _frame(rows))
+            with self._lock:
+                self._stats["rows_written"] += len(rows)
+                self._stats["files_written"] += len(written)
+        logger.debug("Flushed %d rows into %d lake file(s)", len(rows), len(written))
+        return written
+
+    def _tick(self) -> None:
+        """Flush rows that have waited `flush_every_s`, until closed."""
+        interval = min(1.0, self.flush_every_s / 2)
+        while not self._closed.wait(interval):
+            with self._lock:
+                due = self._oldest is not None and time.monotonic() - self._oldest >= self.flush_every_s
+            if due:
+                try:
+                    self.flush()
+                except Exception:  # keep ticking: the next flush may succeed (disk full, ...)
+                    logger.exception("Lake flush failed; rows stay buffered until the next attempt")
+
+    def _write_deadletter(self, record: Mapping[str, Any]) -> None:
+        """Append a dead letter to today's `_deadletters` file."""
+        self._append_jsonl(DEADLETTER_DIR, {"received_ts": _now_text(), **record})
+        with self._lock:
+            self._stats["deadletters"] += 1
+
+    def _write_event(self, message: Message, body: Any) -> None:
+        """Append a message that is not telemetry to today's `_events` file."""
+        record = {
+            "received_ts": _now_text(),
+            "kind": message.kind,
+            "source_module": message.connection_module_id,
+            "output": message.output,
+            "properties": dict(message.properties),
+            "system_properties": dict(message.system_properties),
+            "body": body,
+        }
+        self._append_jsonl(EVENTS_DIR, record)
+        with self._lock:
+            self._stats["events"] += 1
+
+    def _append_jsonl(self, directory: str, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to `<lake>/<directory>/<today>.jsonl`."""
+        folder = self.lake_dir / directory
+        folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        # One write per line under a lock: concurrent readers see whole lines only.
+        with self._write_lock, open(folder / f"{datetime.now(UTC):%Y-%m-%d}.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: messages, rows_received, rows_written, files_written, deadletters, events."""
+        with self._lock:
+            return dict(self._stats)
+
+    def close(self) -> None:
+        """Stop the timer and write what is buffered."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._ticker.join()
+        self.flush()
+
+    def __enter__(self) -> LakeSink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _row(item: object, module: str) -> dict[str, Any]:
+    """Return the flat lake row of a telemetry or prediction object, or raise MessageError."""
+    reading = parse_reading(item)
+    assert isinstance(item, dict)  # parse_reading refuses anything else
+    row: dict[str, Any] = {"device_id": reading.device_id, "seq": reading.seq, "ts": reading.ts}
+    row.update(reading.features)
+    row["label"] = math.nan if reading.label is None else reading.label
+    prediction = item.get("prediction")
+    if isinstance(prediction, dict):
+        for key, value in prediction.items():
+            row[f"prediction_{key}"] = value
+    edge = item.get("edge")
+    if isinstance(edge, dict):
+        for key, value in edge.items():
+            # `edge.edge_device` becomes `edge_device`, not `edge_edge_device`.
+            row[key if key.startswith("edge_") else f"edge_{key}"] = value
+    row[SOURCE_COLUMN] = module
+    return row
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Build the lake frame with stable dtypes for the bookkeeping columns."""
+    frame = pd.DataFrame.from_records(rows)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["seq"] = frame["seq"].astype("int64")
+    frame["label"] = pd.to_numeric(frame["label"], errors="coerce").astype("float64")
+    for column, dtype in {**PREDICTION_COLUMNS, **EDGE_COLUMNS}.items():
+        values = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
+        if dtype == "float64":
+            frame[column] = pd.to_numeric(values, errors="coerce").astype("float64")
+        elif dtype == "datetime":
+            frame[column] = pd.to_datetime(values, utc=True, errors="coerce")
+        else:
+            # An all-null object column would be written with parquet type `null`; keep it a string.
+            frame[column] = values.astype("string")
+    frame[SOURCE_COLUMN] = frame[SOURCE_COLUMN].astype("string")
+    fixed = ["device_id", "seq", "ts", "label", *BOOKKEEPING_COLUMNS]
+    features = [column for column in frame.columns if column not in fixed]
+    extras = [column for column in features if column.startswith(("prediction_", "edge_"))]
+    features = [column for column in features if column not in extras]
+    return frame[["device_id", "seq", "ts", *features, "label", *BOOKKEEPING_COLUMNS, *extras]]
+
+
+def _body_for_record(body: bytes) -> Any:
+    """Return a body for a JSON Lines record: parsed JSON when it is JSON, else (bounded) text."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except ValueError:
+        return payload_text(body)
+
+
+def _now_text() -> str:
+    """Return the current UTC time as the contracts write it."""
+    return format_ts(datetime.now(UTC))

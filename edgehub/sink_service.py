@@ -1,0 +1,152 @@
+"""`edgefleet sink`: the local IoT Hub as its own service — a Mosquitto the stand-in publishes to, and the lake writer.
+
+The stand-in (`edgefleet edgehub --upstream-mqtt HOST:PORT`) publishes every `$upstream`
+message to this service's broker (wire form in `edgehub.hub`). The service
+subscribes with a persistent session at QoS 1 and feeds a `LakeSink`. The broker keeps its
+sessions on disk, so a restart of either side loses nothing that was acknowledged; rows the
+sink buffered are written on SIGTERM (a SIGKILL loses at most `flush_every_s` of buffered rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.health import touch_health
+from edgefleet.hub_wire import HUB_SUBSCRIPTION, KEEPALIVE_S, parse_hub_message
+from edgefleet.mqtt_tuning import enable_tcp_nodelay
+from edgefleet.topics import TopicError
+from edgehub.broker import Broker, Listener
+from edgehub.sink import LakeSink
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SINK_CLIENT_ID", "SinkService", "SinkSettings"]
+
+SINK_CLIENT_ID = "edgefleet-lake-sink"
+HEALTH_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """Where the hub broker listens and where the lake goes."""
+
+    listen_host: str
+    listen_port: int
+    lake_dir: Path
+    state_dir: Path
+    flush_every_s: float = 5.0
+    flush_rows: int = 10_000
+    health_file: Path | None = None
+
+
+class SinkService:
+    """Run the hub broker and the lake writer until stopped."""
+
+    def __init__(self, settings: SinkSettings) -> None:
+        self.settings = settings
+        self.subscribed = threading.Event()
+        self._stats: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._sink: LakeSink | None = None
+        self._broker = Broker(
+            settings.state_dir / "broker",
+            "hub",
+            [Listener(settings.listen_host, settings.listen_port)],
+            persistent=True,
+        )
+        enable_tcp_nodelay()
+        client = mqtt.Client(client_id=SINK_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
+        client.reconnect_delay_set(min_delay=0.05, max_delay=2)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
+        client.on_message = self._handle_message
+        self._client = client
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: hub messages received, rejected topics, plus the lake sink's counters."""
+        with self._lock:
+            stats = dict(self._stats)
+        if self._sink is not None:
+            stats.update({f"lake_{key}": value for key, value in self._sink.stats().items()})
+        return stats
+
+    def run(self, stop_event: threading.Event, on_ready: Any = None) -> None:
+        """Serve until `stop_event` is set, then drain: disconnect, write buffered rows, stop the broker."""
+        self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
+        self._broker.start()
+        try:
+            self._sink = LakeSink(self.settings.lake_dir, self.settings.flush_every_s, self.settings.flush_rows)
+            # The broker listens on every address here; the subscriber reaches it on loopback.
+            host = "127.0.0.1" if self.settings.listen_host in ("0.0.0.0", "") else self.settings.listen_host
+            self._client.connect_async(host, self.settings.listen_port, keepalive=KEEPALIVE_S)
+            self._client.loop_start()
+            if not self.subscribed.wait(15):
+                logger.warning("Sink is not subscribed to its own broker yet; still trying")
+            logger.info(
+                "IoT Hub sink on %s:%d writing the lake in %s",
+                self.settings.listen_host,
+                self.settings.listen_port,
+                self.settings.lake_dir,
+            )
+            if on_ready is not None:
+                on_ready(self)
+            while True:
+                if self.subscribed.is_set():
+                    touch_health(self.settings.health_file)
+                if stop_event.wait(HEALTH_INTERVAL_S if self.subscribed.is_set() else 0.5):
+                    break
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+            try:
+                if self._sink is not None:
+                    self._sink.close()
+                    logger.info("Sink stopped: %s", self.stats())
+            finally:
+                self._broker.stop()
+
+    # -- paho callbacks (network thread) --------------------------------------------------------
+
+    def _handle_connect(self, client: Any, userdata: Any, flags: Any, rc: int) -> None:
+        if rc != 0:
+            logger.warning("Hub broker refused the sink: %s", mqtt.connack_string(rc))
+            return
+        client.subscribe(HUB_SUBSCRIPTION, qos=1)
+
+    def _handle_subscribe(self, client: Any, userdata: Any, mid: int, granted_qos: Any) -> None:
+        if any(qos == 0x80 for qos in granted_qos):
+            logger.error("Hub broker refused the sink's subscription")
+            return
+        self.subscribed.set()
+
+    def _handle_disconnect(self, client: Any, userdata: Any, rc: int) -> None:
+        self.subscribed.clear()
+        if rc != 0:
+            logger.warning("Sink lost its broker (%s); reconnecting", mqtt.error_string(rc))
+
+    def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        """Hand one hub message to the lake sink (paho acknowledges it after this returns)."""
+        assert self._sink is not None
+        try:
+            message = parse_hub_message(msg.topic, msg.payload)
+        except TopicError as err:
+            logger.warning("Sink ignores a message on %r: %s", msg.topic, err)
+            with self._lock:
+                self._stats["rejected"] += 1
+            return
+        with self._lock:
+            self._stats["received"] += 1
+        try:
+            self._sink(message)
+        except Exception:  # one bad message must not stop the sink
+            logger.exception("Lake sink failed on a message from %s", message.connection_module_id)
+            with self._lock:
+                self._stats["errors"] += 1

@@ -1,0 +1,200 @@
+"""The CLI as a user runs it: a real subprocess, exit codes, and messages instead of tracebacks."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from edgefleet.bundle import BundleReader, read_manifest
+
+
+def clean_env(**extra):
+    """Return the environment a user's shell would have: no MLflow URI set by in-process tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SPARK_MASTER"))}
+    return {**env, **extra}
+
+
+def edgefleet(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=clean_env(),
+    )
+
+
+def test_generate_history_writes_the_requested_fleet(tmp_path):
+    run = edgefleet("generate-history", "--devices", 7, "--rows", 30, "--seed", 1, "--out", tmp_path / "h.parquet")
+    assert run.returncode == 0, run.stderr
+    frame = pd.read_parquet(tmp_path / "h.parquet")
+    assert frame["device_id"].nunique() == 7 and len(frame) == 210
+
+
+def test_bundle_verify_exits_nonzero_naming_the_tampered_file(small_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(small_bundle, bundle)
+    assert edgefleet("bundle", "verify", bundle).returncode == 0
+    victim = read_manifest(bundle).fleet.onnx.path
+    (bundle / victim).write_bytes(b"tampered")
+    run = edgefleet("bundle", "verify", bundle)
+    assert run.returncode == 1
+    assert f"BAD {victim}" in run.stderr and "do not deploy" in run.stderr
+
+
+def test_bundle_inspect_summarises_status_counts(small_bundle):
+    run = edgefleet("bundle", "inspect", small_bundle, "--json")
+    assert run.returncode == 0, run.stderr
+    assert '"skipped"' in run.stdout and '"fallback": 1' in run.stdout
+
+
+def test_train_on_a_missing_file_says_so_without_a_traceback(tmp_path):
+    run = edgefleet("train", "--history", tmp_path / "nope.parquet", "--tracking", "off", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "History not found" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_train_with_an_unknown_family_says_which_exist(tmp_path):
+    run = edgefleet("train", "--history", "h.parquet", "--families", "xgboost", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "use some of: ridge, random_forest, gradient_boosting" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bundle_verify_on_a_directory_that_is_not_a_bundle(tmp_path):
+    run = edgefleet("bundle", "verify", tmp_path)
+    assert run.returncode == 1 and "not an edgefleet bundle" in run.stderr
+
+
+def test_train_from_the_cli_prints_a_summary_and_leaves_no_temp_files(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    assert edgefleet("generate-history", "--devices", 6, "--rows", 80, "--out", tmp_path / "h.parquet").returncode == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "edgefleet_cli", "train", "--history", "h.parquet", "--master", "local[2]", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=clean_env(TMPDIR=str(scratch)),
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Training summary: 6 devices" in run.stdout and "alias champion" in run.stdout
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "out" / "bundle" / "manifest.json").exists()
+    assert list(scratch.iterdir()) == []  # Spark scratch and worker temp files are removed
+
+
+def test_score_from_the_cli_writes_predictions_with_their_model_and_fallback_reason(small_bundle, tmp_path):
+    assert edgefleet("generate-history", "--devices", 3, "--rows", 20, "--out", tmp_path / "h.parquet").returncode == 0
+    run = edgefleet(
+        "score", "--history", tmp_path / "h.parquet", "--bundle", small_bundle, "--out", tmp_path / "scored",
+        "--master", "local[2]",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "scored 60 rows" in run.stdout
+    scored = pd.read_parquet(tmp_path / "scored")
+    assert len(scored) == 60 and scored["prediction"].notna().all()
+    routes = BundleReader(small_bundle).route
+    for device_id, rows in scored.groupby("device_id"):
+        route = routes(str(device_id))
+        assert set(rows["prediction_model"]) == {route.kind}
+        assert set(rows["prediction_fallback_reason"].fillna("none")) == {route.fallback_reason or "none"}
+    assert "device" in set(scored["prediction_model"])
+
+
+def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake(small_bundle, tmp_path):
+    import json
+    import signal
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from edgefleet_cli.local_edge import free_port
+    from tests.edge_fixtures import next_ip_base, reading, wait_for
+
+    port, dashboard_port = free_port(), free_port()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["up", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args += ["--ip-base", next_ip_base(), "--field-port", port, "--dashboard-port", dashboard_port]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=repo,
+        env=clean_env(),
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("edge running"), banner + process.stdout.read()
+        device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+        client = mqtt.Client(client_id="cli-test", clean_session=True)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.publish(f"fleet/{device}/telemetry", json.dumps(reading(device, 1)), qos=1).wait_for_publish()
+        client.disconnect()
+        client.loop_stop()
+        time.sleep(1.5)  # the reading travels through both modules before we stop
+        # the live dashboard serves its page while the edge runs
+        import urllib.request
+
+        def dashboard_page() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/", timeout=5) as response:
+                    return response.read().decode() if response.status == 200 else None
+            except OSError:
+                return None
+
+        assert "bokeh" in wait_for(dashboard_page, timeout_s=30).lower()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=90)[0]
+    assert process.returncode == 0, output
+    files = wait_for(lambda: list((tmp_path / "lake").glob("date=*/*.parquet")), timeout_s=5)
+    rows = pd.concat(pd.read_parquet(path) for path in files)
+    predicted = rows[rows["source_module"] == "inference"]
+    assert list(predicted["device_id"]) == [device]
+    assert predicted.iloc[0]["prediction_model"] == "device"
+
+    # Nothing of this edge is left running: no broker, no module process names its work dir.
+    leftovers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path) in text or f"--port {dashboard_port}" in text:
+            leftovers.append(text)
+    assert leftovers == []
+
+
+def test_up_with_the_simulator_stops_by_itself_and_fills_the_lake_with_predictions(small_bundle, tmp_path):
+    from edgefleet_cli.local_edge import free_port
+    from tests.edge_fixtures import next_ip_base
+
+    profile = tmp_path / "fleet.yaml"
+    profile.write_text(
+        "seed: 11\nduration_s: 4\ndevice_types:\n  - {name: pump, count: 6, id_prefix: dev-, rate_per_s: 5}\n"
+        "faults: {nan_rate: 0.05, duplicate_rate: 0.05}\n"
+    )
+    args = ["up", "--bundle", small_bundle, "--simulate", profile, "--duration-s", 4]
+    args += ["--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args += ["--ip-base", next_ip_base(), "--field-port", free_port(), "--no-dashboard"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [sys.executable, "-m", "edgefleet_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=clean_env(),
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = pd.concat(pd.read_parquet(path) for path in (tmp_path / "lake").glob("date=*/*.parquet"))
+    predicted = rows[rows["source_module"] == "inference"].drop_duplicates(["device_id", "seq"])
+    assert len(predicted) >= 100
+    assert set(predicted["device_id"]) <= {f"dev-{i:05d}" for i in range(6)}

@@ -1,0 +1,91 @@
+"""Edge run summaries from a lake: accounting, live accuracy against ground truth, the HTML report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from edgefleet.bundle import BundleReader, Route, read_manifest
+from edgefleet_cli.edge_report import account, live_accuracy, plots, units_per_1000_predictions, write_html
+
+
+def _lake(small_bundle, n: int = 40) -> pd.DataFrame:
+    manifest = read_manifest(small_bundle)
+    device = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    reader = BundleReader(small_bundle)
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(20, 3, n), rng.normal(50, 5, n), rng.gamma(2, 1, n), rng.uniform(0, 100, n)])
+    own = reader.model(Route("device", device, None)).predict(x)
+    start = datetime(2026, 11, 21, tzinfo=UTC)
+    rows = pd.DataFrame(x, columns=list(reader.features))
+    rows["device_id"] = device
+    rows["seq"] = np.arange(n)
+    rows["ts"] = [start + timedelta(seconds=i) for i in range(n)]
+    rows["label"] = own + 0.5  # truth the device model misses by exactly 0.5
+    rows["prediction_value"] = own
+    rows["prediction_model"] = "device"
+    rows["edge_latency_ms"] = 5.0
+    rows["source_module"] = "inference"
+    return rows
+
+
+def test_live_accuracy_scores_device_models_and_the_fleet_model_on_the_same_readings(small_bundle):
+    summary = live_accuracy(_lake(small_bundle), small_bundle)
+    assert summary["by_model"]["device"]["mae"] == 0.5
+    like = summary["device_vs_fleet"]
+    assert like["device_model"]["n"] == like["fleet_model"]["n"] == 40
+    assert like["fleet_model"]["mse"] != like["device_model"]["mse"]
+
+
+def test_account_counts_predicted_duplicates_dead_letters_and_lost():
+    lake = pd.DataFrame({"device_id": ["a", "a", "a", "b"], "seq": [1, 1, 2, 1], "source_module": ["inference"] * 4})
+    result = account(lake, [{"reason": "non_finite"}, {"reason": "non_finite"}], {"sent": 7, "expected_valid": 5})
+    assert result == {
+        "predicted": 3,
+        "predicted_duplicates": 1,
+        "deadletters": 2,
+        "deadletters_by_reason": {"non_finite": 2},
+        "sent": 7,
+        "expected_valid": 5,
+        "lost": 2,
+    }
+
+
+def test_units_per_thousand_predictions_comes_from_the_inference_counters():
+    stats = {"predictions": 2000, "outbox": {"units_4kb": {"predictions": 230, "deadletter": 9}}}
+    assert units_per_1000_predictions(stats) == 115.0
+    assert units_per_1000_predictions({}) is None
+
+
+def test_html_report_embeds_the_summary_and_plots(small_bundle, tmp_path):
+    lake = _lake(small_bundle)
+    images = plots(lake, {"drift": datetime(2026, 11, 21, 0, 0, 20, tzinfo=UTC)})
+    assert set(images) == {"error_over_time", "prediction_vs_truth", "latency"}
+    page = write_html(tmp_path / "r.html", "demo", {"summary": {"lost": 0, "mse": 0.25}}, images).read_text()
+    assert "<th>lost</th><td>0</td>" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_drift_detection_counts_flagged_drifted_devices_and_false_alarms(tmp_path):
+    import json
+
+    from edgefleet.lake import read_drift_alerts
+    from edgefleet_cli.edge_report import drift_detection
+
+    events = tmp_path / "_events"
+    events.mkdir()
+    bodies = [
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "d1"},
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "d1"},  # again after recovering
+        {"schema": "edgefleet.alert/1", "kind": "drift", "device_id": "s7"},
+        {"schema": "edgefleet.alert/1", "kind": "bundle_version_mismatch"},
+    ]
+    (events / "2026-11-21.jsonl").write_text("".join(json.dumps({"body": b}) + "\n" for b in bodies))
+
+    result = drift_detection(read_drift_alerts(tmp_path), ["d1", "d2"], {f"s{i}" for i in range(10)} | {"d1", "d2"})
+
+    assert (result["alerts"], result["detected"], result["drifted"]) == (3, 1, 2)
+    assert result["detection_rate"] == 0.5
+    assert (result["false_alarms"], result["false_alarm_rate"]) == (1, 0.1)
+    assert result["false_alarm_devices"] == ["s7"]

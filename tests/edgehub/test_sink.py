@@ -1,0 +1,103 @@
+"""The local IoT Hub sink: upstream messages to lake rows and JSON Lines side files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from edgefleet.history import read_history
+from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
+from edgefleet.routes import Message
+from edgehub.sink import LakeSink
+
+JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
+
+
+def reading(seq: int, device: str = "dev-1", day: str = "2026-11-20") -> dict[str, object]:
+    return {
+        "schema": "edgefleet.telemetry/1",
+        "device_id": device,
+        "seq": seq,
+        "ts": f"{day}T12:00:00Z",
+        "features": {"temp": float(seq)},
+    }
+
+
+def message(body: object, module: str = "sensor", output: str = "telemetry", **kwargs: object) -> Message:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Message("edge1", module, output, system_properties=JSON, body=raw, **kwargs)  # type: ignore[arg-type]
+
+
+def jsonl(folder: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def test_a_batch_of_100_readings_becomes_100_rows_split_by_day(tmp_path: Path) -> None:
+    readings = [reading(seq, day="2026-11-20" if seq < 60 else "2026-11-21") for seq in range(100)]
+
+    with LakeSink(tmp_path, flush_every_s=60, flush_rows=1000) as sink:
+        sink(message({"schema": "edgefleet.batch/1", "readings": readings}))
+
+    lake = pd.read_parquet(tmp_path)
+    assert len(lake) == 100
+    assert sorted(lake["seq"]) == list(range(100))
+    assert lake["label"].isna().all()
+    assert sorted(p.parent.name for p in tmp_path.glob("date=*/*.parquet")) == ["date=2026-11-20", "date=2026-11-21"]
+    assert sink.stats()["rows_written"] == 100
+
+
+def test_rows_flush_by_size_and_by_time(tmp_path: Path) -> None:
+    sink = LakeSink(tmp_path, flush_every_s=0.2, flush_rows=3)
+    try:
+        for seq in range(3):
+            sink(message(reading(seq)))
+        assert sink.stats()["rows_written"] == 3  # the third row filled the buffer
+        sink(message(reading(3)))
+        deadline = time.monotonic() + 5
+        while sink.stats()["rows_written"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.stats()["rows_written"] == 4
+    finally:
+        sink.close()
+
+
+def test_predictions_keep_their_prediction_and_edge_columns(tmp_path: Path) -> None:
+    prediction = {
+        **reading(7),
+        "label": 2.0,
+        "prediction": {"value": 1.5, "model": "device", "model_version": "v1", "fallback_reason": None},
+        "edge": {"edge_device": "edge1", "received_ts": "2026-11-20T12:00:01Z", "latency_ms": 3.0},
+    }
+
+    with LakeSink(tmp_path) as sink:
+        sink(message(prediction, module="inference", output="predictions"))
+        sink(message(reading(8)))
+
+    lake = pd.read_parquet(tmp_path).sort_values("seq")
+    first = lake.iloc[0]
+    assert (first["prediction_value"], first["prediction_model"], first["edge_device"]) == (1.5, "device", "edge1")
+    assert first["edge_received_ts"] == pd.Timestamp("2026-11-20T12:00:01Z")
+    assert first["label"] == 2.0 and first["source_module"] == "inference"
+    assert pd.isna(lake.iloc[1]["prediction_value"]) and lake.iloc[1]["source_module"] == "sensor"
+
+
+def test_bad_readings_and_other_messages_go_to_side_files_that_training_skips(tmp_path: Path) -> None:
+    bad = {**reading(2), "features": {"temp": "hot"}}
+    with LakeSink(tmp_path) as sink:
+        sink(message({"schema": "edgefleet.batch/1", "readings": [reading(1), bad]}))
+        sink(message({"schema": "edgefleet.deadletter/1", "reason": "not_json", "source": "x"}))
+        sink(message({"schema": "edgefleet.alert/1", "level": "high"}, output="alerts", properties={"kind": "alert"}))
+        sink(message(b"\xff not json"))
+
+    dead = jsonl(tmp_path / DEADLETTER_DIR)
+    events = jsonl(tmp_path / EVENTS_DIR)
+    assert [d["reason"] for d in dead] == ["wrong_type", "not_json"]
+    assert dead[0]["source"] == "sensor/telemetry"
+    assert [e["output"] for e in events] == ["alerts", "telemetry"]
+    assert events[0]["body"] == {"schema": "edgefleet.alert/1", "level": "high"}
+    assert events[0]["properties"] == {"kind": "alert"}
+    history, features = read_history(tmp_path)
+    assert len(history) == 1 and features == ("temp",)
