@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from edgefleet import module_runtime
+from modules import runtime as module_runtime
 from edgefleet.endpoints import SENSOR
 from modules.runtime import EdgeLink
 
