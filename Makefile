@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test browser container-test demo bench images clean
+.PHONY: setup check test test-fast browser container-test demo bench images clean
 
 setup: $(STAMP)
 
@@ -11,13 +11,22 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $@
 
+# Lint, format, types, and the layer contract (pyproject.toml [tool.importlinter]): contracts at the
+# bottom import nothing of ours, process packages never import each other, edge images reach no Spark.
 check: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict edgefleet
+	$(BIN)/lint-imports
 
+# The full suite: real Mosquitto brokers, Spark, MLflow, the SDK against the stand-in, Chromium.
 test: setup browser
 	$(BIN)/pytest
+
+# The fast tier: pure logic with in-memory fakes, under a minute.
+test-fast: setup
+	$(BIN)/pytest -m fast -q
 
 # Headless Chromium (Debian's package) for the dashboard's browser test; installed when root.
 browser:

@@ -1,4 +1,4 @@
-"""Write the training results as a model bundle (DESIGN.md's bundle contract)."""
+"""Write the training results as a model bundle (the bundle contract of `edgefleet.bundle`)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from edgefleet.field import FIELD_TOPIC_TEMPLATE
 from simulator.errors import ProfileError
 from simulator.physics import FEATURES, RELATION_KINDS
 
@@ -64,7 +65,7 @@ class MqttSettings(_Strict):
     qos: Literal[0, 1] = Field(1, description="0 sends at most once; 1 waits for the broker's acknowledgement")
     client_id: str = Field("edgefleet-simulator", min_length=1, max_length=128, description="MQTT client id")
     topic_template: str = Field(
-        "fleet/{device_id}/telemetry", description="publish topic; must contain {device_id} and no + or #"
+        FIELD_TOPIC_TEMPLATE, description="publish topic; must contain {device_id} and no + or #"
     )
     tls_ca_file: Path | None = Field(
         None, description="CA certificate (PEM) that signed the broker's certificate; setting it turns TLS on"
@@ -90,7 +91,7 @@ class MqttSettings(_Strict):
     @classmethod
     def _check_topic(cls, value: str) -> str:
         if "{device_id}" not in value:
-            raise ValueError("must contain {device_id}, e.g. 'fleet/{device_id}/telemetry'")
+            raise ValueError(f"must contain {{device_id}}, e.g. {FIELD_TOPIC_TEMPLATE!r}")
         try:
             topic = value.format(device_id="dev-00000")
         except (KeyError, IndexError, ValueError) as err:

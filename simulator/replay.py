@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from edgefleet.field import FIELD_TOPIC_TEMPLATE
 from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES, TELEMETRY_SCHEMA
 from simulator.errors import SimulatorError
 from simulator.physics import FEATURES
@@ -38,7 +39,7 @@ class _ReplayError(SimulatorError):
     """Raise for a row that cannot be replayed, naming the file and line."""
 
 
-def read_replay(path: Path, *, topic_template: str = "fleet/{device_id}/telemetry") -> Iterator[Emission]:
+def read_replay(path: Path, *, topic_template: str = FIELD_TOPIC_TEMPLATE) -> Iterator[Emission]:
     """Yield one Emission per recorded row, in file order, offset by its `ts` from the first row's."""
     path = Path(path)
     kind = REPLAY_SUFFIXES.get(path.suffix.lower())

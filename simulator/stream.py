@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.field import FIELD_TOPIC_TEMPLATE
 from edgefleet.messages import TELEMETRY_SCHEMA
 from simulator.fleet import DeviceSpec, FleetPlan, plan_fleet
 from simulator.physics import FEATURES, device_seed
@@ -420,7 +421,7 @@ class TelemetryStream:
         faults: FaultRates | None = None,
         *,
         precision_digits: int = 4,
-        topic_template: str = "fleet/{device_id}/telemetry",
+        topic_template: str = FIELD_TOPIC_TEMPLATE,
     ) -> None:
         self.plan = plan
         faults = faults or FaultRates()

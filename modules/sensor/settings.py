@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from edgefleet.field import FIELD_TOPIC_FILTER
 from edgefleet.messages import BATCH_OVERHEAD_BYTES
 from modules.runtime import ModuleSettings
 
@@ -20,13 +21,13 @@ def _env(name: str) -> Any:
 def check_topic_filter(topic: str) -> str:
     """Return an MQTT topic filter, or raise saying what is wrong with it."""
     if not topic or len(topic.encode()) > 65535:
-        raise ValueError("the field topic must be 1 to 65,535 bytes, e.g. fleet/+/telemetry")
+        raise ValueError(f"the field topic must be 1 to 65,535 bytes, e.g. {FIELD_TOPIC_FILTER}")
     levels = topic.split("/")
     for index, level in enumerate(levels):
         if "#" in level and (level != "#" or index != len(levels) - 1):
             raise ValueError(f"field topic {topic!r}: '#' must be a whole level and the last one")
         if "+" in level and level != "+":
-            raise ValueError(f"field topic {topic!r}: '+' must be a whole level, e.g. fleet/+/telemetry")
+            raise ValueError(f"field topic {topic!r}: '+' must be a whole level, e.g. {FIELD_TOPIC_FILTER}")
     return topic
 
 

@@ -22,7 +22,7 @@ from edgehub.broker import Broker, Listener
 from edgehub.hub import HubPublisher
 
 CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 
 

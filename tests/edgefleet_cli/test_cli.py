@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from edgefleet.bundle import BundleReader, read_manifest
+from tests.edge_fixtures import REPO
 
 
 def clean_env(**extra):
@@ -116,7 +117,7 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
     from tests.edge_fixtures import next_ip_base, reading, wait_for
 
     port, dashboard_port = free_port(), free_port()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = str(REPO)
     args = ["up", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
     args += ["--ip-base", next_ip_base(), "--field-port", port, "--dashboard-port", dashboard_port]
     process = subprocess.Popen(
@@ -184,7 +185,7 @@ def test_up_with_the_simulator_stops_by_itself_and_fills_the_lake_with_predictio
     args = ["up", "--bundle", small_bundle, "--simulate", profile, "--duration-s", 4]
     args += ["--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
     args += ["--ip-base", next_ip_base(), "--field-port", free_port(), "--no-dashboard"]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = str(REPO)
     run = subprocess.run(
         [sys.executable, "-m", "edgefleet_cli", *map(str, args)],
         capture_output=True,
