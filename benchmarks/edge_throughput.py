@@ -70,14 +70,14 @@ from edgefleet.bundle import (
     read_manifest,
     verify_bundle,
 )
-from edgefleet.deployment import Deployment, load_deployment
+from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import LocalEdge, free_port
 from edgehub.broker import Broker, Listener
 from simulator.physics import FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "deployment" / "deployment.template.json"
+TEMPLATE = REPO / DEFAULT_TEMPLATE
 CHILD = Path(__file__).resolve().with_name("_edge_bench_util.py")
 DESCRIPTION = "Benchmark the edge path: bare relay, pass-through ceiling, ours, naive sklearn, latency, 10k bundle."
 FULL_DEFAULTS: dict[str, Any] = {

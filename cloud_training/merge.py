@@ -4,7 +4,7 @@
 adopted challengers' files with the same code as `edgefleet train` (`export.write_device_entry`).
 `summarize_decisions` says whether the fleet improved, which is what moves the registry's `champion`
 alias. `write_deployment_manifest` expands `deployment/deployment.template.json` for the new bundle
-and writes it in the deployed form (`edgefleet.manifest_build`, as `edgefleet manifest build` does).
+and writes it in the deployed form (`edgefleet.deployment.build`, as `edgefleet manifest build` does).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandas as pd
 
 from cloud_training.export import content_version, library_versions, staged_bundle_dir, write_device_entry
 from edgefleet.bundle import MANIFEST_NAME, BundleManifest, DeviceEntry, ModelFile, sha256_bytes
+from edgefleet.deployment import deployed_form, image_name, write_deployment_manifest
 from edgefleet.errors import BundleError
-from edgefleet.manifest_build import deployed_form, image_name, write_deployment_manifest
 
 logger = logging.getLogger(__name__)
 

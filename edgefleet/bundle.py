@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -423,9 +422,3 @@ def inspect_bundle(bundle_dir: Path) -> dict[str, Any]:
         "libraries": manifest.libraries,
         "mlflow_run_id": manifest.mlflow_run_id,
     }
-
-
-def manifest_json_dict(manifest: BundleManifest) -> dict[str, Any]:
-    """Return the manifest as the JSON-ready dict that is written to disk."""
-    result: dict[str, Any] = json.loads(manifest.to_json())
-    return result

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.errors import EdgefleetError
 
 logger = logging.getLogger("edgefleet")
@@ -123,8 +124,7 @@ def cmd_manifest_validate(args: argparse.Namespace) -> int:
 def cmd_manifest_build(args: argparse.Namespace) -> int:
     import os
 
-    from edgefleet.deployment import parse_variables
-    from edgefleet.manifest_build import build_variables, write_deployment_manifest
+    from edgefleet.deployment import build_variables, parse_variables, write_deployment_manifest
 
     template = Path(args.template)
     variables = build_variables(
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest_validate.add_argument(
         "path",
         nargs="?",
-        default="deployment/deployment.template.json",
+        default=str(DEFAULT_TEMPLATE),
         help="manifest or template (default: %(default)s)",
     )
     manifest_validate.add_argument(
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest_build = manifest_sub.add_parser(
         "build", help="expand the template (images from module.json, bundle version), validate, write it deployable"
     )
-    manifest_build.add_argument("--template", default="deployment/deployment.template.json")
+    manifest_build.add_argument("--template", default=str(DEFAULT_TEMPLATE))
     manifest_build.add_argument("--out", default="out/deployment.json")
     manifest_build.add_argument("--bundle", help="bundle the inference image bakes in (its version tags the image)")
     manifest_build.add_argument("--registry", default="", help="image registry prefix, e.g. myacr.azurecr.io")
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest_build.set_defaults(func=cmd_manifest_build)
 
     edgehub = sub.add_parser("edgehub", help="run the offline edgeHub stand-in (Mosquitto per module, router, lake)")
-    edgehub.add_argument("--deployment", default="deployment/deployment.template.json")
+    edgehub.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
     edgehub.add_argument("--var", action="append", metavar="NAME=VALUE")
     edgehub.add_argument("--edge-device", default="edge1")
     edgehub.add_argument("--state-dir", default="out/edgehub")
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--bundle", required=True, help="model bundle the inference module serves")
     up.add_argument("--simulate", metavar="PROFILE", help="also run the device simulator with this profile")
     up.add_argument("--duration-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
-    up.add_argument("--deployment", default="deployment/deployment.template.json")
+    up.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
     up.add_argument("--workdir", default="out/edge")
     up.add_argument("--lake", default="out/lake")
     up.add_argument("--edge-device", default="edge1")

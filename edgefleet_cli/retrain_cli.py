@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any
 
+from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet_cli.console import console, training_progress
 
 CRON_EXAMPLE = "edgefleet retrain --lake out/lake --bundle out/bundle --since 24h --out out/bundle-next"
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out-manifest", help="deployment manifest path (default <out>.deployment.json)")
     parser.add_argument("--since", help="ISO time or duration before now, e.g. 24h, 90m, 7d (default: bundle's time)")
     parser.add_argument("--history", help="also train challengers on this prior history (parquet/CSV/JSONL/lake)")
-    parser.add_argument("--template", help="deployment template (default deployment/deployment.template.json)")
+    parser.add_argument("--template", help=f"deployment template (default {DEFAULT_TEMPLATE})")
     parser.add_argument("--image-registry", help="registry prefix of the module images, e.g. myacr.azurecr.io")
     parser.add_argument("--var", action="append", metavar="NAME=VALUE", help="expand another ${NAME} in the template")
     parser.add_argument("--drift-factor", type=float, help="live MSE over hold-out MSE that counts as drift (2)")

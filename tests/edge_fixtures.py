@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from edgefleet.bundle import read_manifest
-from edgefleet.deployment import Deployment, load_deployment
+from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
 from edgefleet_cli.local_edge import LocalEdge
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "deployment" / "deployment.template.json"
+TEMPLATE = REPO / DEFAULT_TEMPLATE
 _blocks = itertools.count(1)
 
 

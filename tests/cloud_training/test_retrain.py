@@ -29,7 +29,7 @@ from cloud_training.retrain import (
 )
 from cloud_training.tracking import Tracker
 from edgefleet.bundle import BundleReader, read_manifest, verify_bundle
-from edgefleet.deployment import load_deployment, validate_deployment
+from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment, validate_deployment
 from edgefleet.errors import BundleError, EdgefleetError, HistoryError
 from edgefleet.history import write_history
 from edgefleet.lake import append_to_lake
@@ -38,7 +38,7 @@ from simulator.history import apply_data_fault, device_history
 from simulator.physics import FEATURES, make_profile
 
 SEED = 11
-TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
+TEMPLATE = Path(__file__).resolve().parents[2] / DEFAULT_TEMPLATE
 NOW = pd.Timestamp.now(tz="UTC").floor("min")
 HISTORY_END_S = (NOW - pd.Timedelta(days=3)).timestamp()
 KNOWN = [f"dev-{i:05d}" for i in range(6)]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgefleet.deployment import load_deployment
+from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
 from edgefleet.hub_wire import parse_hub_address
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def flags(command: list[str]) -> dict[str, list[str]]:
 
 
 def test_every_module_of_the_manifest_runs_in_compose_with_the_manifests_env(compose: dict[str, Any]) -> None:
-    deployment = load_deployment(ROOT / "deployment" / "deployment.template.json")
+    deployment = load_deployment(ROOT / DEFAULT_TEMPLATE)
     services = compose["services"]
     for name, spec in deployment.modules.items():
         assert name in services, f"the manifest deploys {name}, compose does not run it"

@@ -1,4 +1,4 @@
-"""`edgefleet manifest build`: the deployable IoT Edge manifest from the template, module.json files and a bundle.
+"""Build the deployable IoT Edge manifest for a bundle from the template and the module.json files.
 
 Placeholders are filled from, in order of precedence: `--var NAME=VALUE`, then what the build
 knows — `MODULES.<m>` is `[registry/]<repository>:<tag>` from `modules/<m>/module.json`
@@ -20,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.bundle import read_manifest
-from edgefleet.deployment import (
-    AGENT,
-    CREATE_OPTIONS_CHUNK,
-    DESIRED,
-    DeploymentError,
-    load_deployment,
-    validate_deployment,
-)
+from edgefleet.deployment.load import load_deployment
+from edgefleet.deployment.schema import AGENT, CREATE_OPTIONS_CHUNK, DESIRED, DeploymentError
+from edgefleet.deployment.validate import validate_deployment
+
+__all__ = [
+    "INFERENCE",
+    "MODULES_DIR",
+    "build_variables",
+    "deployed_form",
+    "image_name",
+    "module_images",
+    "write_deployment_manifest",
+]
 
 MODULES_DIR = Path("modules")
 INFERENCE = "inference"

@@ -8,11 +8,16 @@ from pathlib import Path
 import pytest
 
 from edgefleet.bundle import read_manifest
-from edgefleet.deployment import DeploymentError, load_deployment
-from edgefleet.manifest_build import build_variables, write_deployment_manifest
+from edgefleet.deployment import (
+    DEFAULT_TEMPLATE,
+    DeploymentError,
+    build_variables,
+    load_deployment,
+    write_deployment_manifest,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "deployment" / "deployment.template.json"
+REPO = Path(__file__).resolve().parents[3]
+TEMPLATE = REPO / DEFAULT_TEMPLATE
 MODULES = REPO / "modules"
 
 

@@ -1,154 +1,19 @@
-"""The deployment manifest template, its loader and the offline validator."""
+"""The offline validator: structure, routes against modules and the endpoints their code declares."""
 
 from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edgefleet.deployment import (
-    CREATE_OPTIONS_CHUNK,
-    Deployment,
-    DeploymentError,
-    Problem,
-    load_deployment,
-    parse_deployment,
-    parse_variables,
-    validate_deployment,
-)
-from edgefleet.endpoints import INFERENCE, MODULES, SENSOR, EndpointError, ModuleEndpoints
-from edgefleet.routes import RouteSink, RouteSource
+from edgefleet.deployment import DeploymentError, parse_deployment, validate_deployment
 from edgefleet_cli.cli import main
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
-_SHIPPED: dict[str, Any] = json.loads(TEMPLATE.read_text(encoding="utf-8"))
-VARIABLES = {
-    "MODULES.sensor": "registry.example/edgefleet-sensor:0.1.0-amd64",
-    "MODULES.inference": "registry.example/edgefleet-inference:0.1.0-amd64",
-    "BUNDLE_VERSION": "20261121T061500Z-abc123",
-}
-
-
-def template() -> dict[str, Any]:
-    """Return a fresh copy of the shipped template to mutate."""
-    return copy.deepcopy(_SHIPPED)
-
-
-def agent(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["modulesContent"]["$edgeAgent"]["properties.desired"]
-
-
-def hub(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["modulesContent"]["$edgeHub"]["properties.desired"]
-
-
-def errors(problems: list[Problem]) -> list[Problem]:
-    return [problem for problem in problems if problem.severity == "error"]
-
-
-def warnings(problems: list[Problem]) -> list[Problem]:
-    return [problem for problem in problems if problem.severity == "warning"]
-
-
-def only_error(manifest: dict[str, Any]) -> Problem:
-    found = errors(validate_deployment(manifest))
-    assert len(found) == 1, found
-    return found[0]
-
-
-# -- the shipped template ------------------------------------------------------------------------
+from tests.edgefleet.deployment.manifests import TEMPLATE, agent, errors, hub, only_error, template, warnings
 
 
 def test_shipped_template_validates_without_errors_or_warnings():
     assert validate_deployment(TEMPLATE) == []
-
-
-def test_shipped_template_loads_with_placeholders_kept_when_no_variables_are_given():
-    deployment = load_deployment(TEMPLATE)
-    assert isinstance(deployment, Deployment)
-    assert set(deployment.modules) == {"sensor", "inference"}
-    assert deployment.modules["sensor"].image == "${MODULES.sensor}"
-    assert deployment.desired("inference")["expectedBundleVersion"] == "${BUNDLE_VERSION}"
-    assert deployment.store_and_forward_ttl_s == 7200
-
-
-def test_shipped_template_routes_sensor_telemetry_to_inference_and_everything_upstream():
-    routes = {route.name: route for route in load_deployment(TEMPLATE).routes}
-    to_inference = routes["sensorToInference"]
-    assert to_inference.source == RouteSource("module_output", "sensor", "telemetry")
-    assert to_inference.sink == RouteSink("module_input", "inference", "telemetry")
-    upstream = {
-        (route.source.module, route.source.output) for route in routes.values() if route.sink.kind == "upstream"
-    }
-    assert upstream == {
-        ("sensor", "telemetry"),
-        ("sensor", "deadletter"),
-        ("inference", "predictions"),
-        ("inference", "deadletter"),
-        ("inference", "alerts"),
-    }
-    assert routes["alertsToUpstream"].priority == 0
-
-
-def test_module_specs_expose_env_and_create_options_as_objects():
-    modules = load_deployment(TEMPLATE).modules
-    assert modules["sensor"].env == {"FIELD_MQTT_HOST": "field-broker", "FIELD_MQTT_PORT": "1883"}
-    assert modules["inference"].env["BUNDLE_DIR"] == "/app/bundle"
-    assert modules["inference"].create_options["HostConfig"]["Memory"] == 512 * 1024 * 1024
-    assert modules["sensor"].status == "running"
-
-
-def test_desired_properties_are_returned_per_module_and_empty_for_a_module_without_a_twin():
-    deployment = load_deployment(TEMPLATE)
-    assert deployment.desired("sensor") == {
-        "batchWindowMs": 200,
-        "maxBatchBytes": 3900,
-        "fieldTopic": "fleet/+/telemetry",
-        "enabled": True,
-    }
-    assert deployment.desired("inference")["poorModelThreshold"] == 1.0
-    assert deployment.desired("no-such-module") == {}
-    deployment.desired("sensor")["enabled"] = False  # a copy: the deployment is unchanged
-    assert deployment.desired("sensor")["enabled"] is True
-
-
-def test_sensor_batches_stay_under_iot_hubs_4_kb_message_unit():
-    assert load_deployment(TEMPLATE).desired("sensor")["maxBatchBytes"] < 4096
-
-
-# -- variables -----------------------------------------------------------------------------------
-
-
-def test_variables_expand_into_images_and_desired_properties():
-    deployment = load_deployment(TEMPLATE, VARIABLES)
-    assert deployment.modules["sensor"].image == VARIABLES["MODULES.sensor"]
-    assert deployment.modules["inference"].image == VARIABLES["MODULES.inference"]
-    assert deployment.desired("inference")["expectedBundleVersion"] == VARIABLES["BUNDLE_VERSION"]
-    assert "${" not in json.dumps(deployment.raw)
-    assert validate_deployment(TEMPLATE, variables=VARIABLES) == []
-
-
-def test_an_unexpanded_placeholder_with_variables_given_is_reported_by_name():
-    partial = {key: value for key, value in VARIABLES.items() if key != "BUNDLE_VERSION"}
-    with pytest.raises(DeploymentError, match=r"\$\{BUNDLE_VERSION\}") as raised:
-        load_deployment(TEMPLATE, partial)
-    assert "--var BUNDLE_VERSION=" in str(raised.value)
-    assert "MODULES.sensor" not in str(raised.value)
-    (problem,) = validate_deployment(TEMPLATE, variables=partial)
-    assert problem.severity == "error"
-    assert "${BUNDLE_VERSION}" in problem.message
-
-
-def test_a_variable_value_is_inserted_as_text_even_with_json_special_characters():
-    manifest = template()
-    deployment = parse_deployment(manifest, {**VARIABLES, "BUNDLE_VERSION": 'v"1\\2'})
-    assert deployment.desired("inference")["expectedBundleVersion"] == 'v"1\\2'
-
-
-# -- routes against modules and code ------------------------------------------------------------
 
 
 def test_a_route_to_an_unknown_module_is_reported_with_the_route_name():
@@ -249,9 +114,6 @@ def test_route_priority_needs_edgehub_schema_version_1_1():
     assert '"1.1"' in problem.message
 
 
-# -- structure -----------------------------------------------------------------------------------
-
-
 def test_a_missing_edgehub_is_reported():
     manifest = template()
     del manifest["modulesContent"]["$edgeHub"]
@@ -326,20 +188,6 @@ def test_create_options_too_large_for_iot_edge_are_reported():
     assert "4096" in problem.message
 
 
-def test_create_options_as_deployed_chunked_json_strings_are_read():
-    manifest = template()
-    settings = agent(manifest)["modules"]["inference"]["settings"]
-    options = {"HostConfig": {"Memory": 1}, "Env": [f"K{i}={'x' * 40}" for i in range(12)]}
-    text = json.dumps(options, separators=(",", ":"))
-    chunks = [text[i : i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)]
-    assert len(chunks) > 1
-    settings["createOptions"] = chunks[0]
-    for index, chunk in enumerate(chunks[1:], start=1):
-        settings[f"createOptions{index:02d}"] = chunk
-    assert validate_deployment(manifest) == []
-    assert parse_deployment(manifest).modules["inference"].create_options == options
-
-
 def test_a_twin_for_a_module_that_is_not_deployed_is_reported():
     manifest = template()
     manifest["modulesContent"]["sensorr"] = {"properties.desired": {"enabled": True}}
@@ -352,29 +200,6 @@ def test_a_twin_property_name_iot_hub_refuses_is_reported():
     manifest = template()
     manifest["modulesContent"]["sensor"]["properties.desired"]["batch.window"] = 1
     assert only_error(manifest).where == 'twin "sensor"'
-
-
-def test_a_duplicate_key_in_the_file_is_reported(tmp_path):
-    text = TEMPLATE.read_text(encoding="utf-8").replace(
-        '"telemetryToUpstream":', '"alertsToUpstream": "FROM /* INTO $upstream",\n"telemetryToUpstream":'
-    )
-    path = tmp_path / "deployment.json"
-    path.write_text(text, encoding="utf-8")
-    (problem,) = validate_deployment(path)
-    assert problem.severity == "error"
-    assert '"alertsToUpstream" appears twice' in problem.message
-
-
-def test_a_file_that_is_not_json_is_reported_with_its_line(tmp_path):
-    path = tmp_path / "deployment.json"
-    path.write_text('{"modulesContent": {,}}', encoding="utf-8")
-    (problem,) = validate_deployment(path)
-    assert "line 1" in problem.message
-    with pytest.raises(DeploymentError, match="not valid JSON"):
-        load_deployment(path)
-
-
-# -- the CLI entry point -------------------------------------------------------------------------
 
 
 def test_manifest_validate_main_prints_ok_for_the_shipped_template(capsys):
@@ -392,29 +217,3 @@ def test_manifest_validate_main_prints_errors_and_warnings_and_fails(tmp_path, c
     err = capsys.readouterr().err
     assert 'ERROR module "sensor": "status" is "paused"' in err
     assert 'WARNING module "inference": no route reads output "alerts"' in err
-
-
-def test_cli_variables_parse_from_name_equals_value():
-    assert parse_variables(None) is None
-    assert parse_variables(["MODULES.sensor=reg/sensor:1", "BUNDLE_VERSION=a=b"]) == {
-        "MODULES.sensor": "reg/sensor:1",
-        "BUNDLE_VERSION": "a=b",
-    }
-    with pytest.raises(DeploymentError, match="NAME=VALUE"):
-        parse_variables(["BUNDLE_VERSION"])
-
-
-# -- endpoints -----------------------------------------------------------------------------------
-
-
-def test_endpoint_declarations_cover_both_modules():
-    assert MODULES == {"sensor": SENSOR, "inference": INFERENCE}
-    assert SENSOR.output("telemetry") == "telemetry"
-    assert INFERENCE.input("telemetry") == "telemetry"
-
-
-def test_asking_for_an_undeclared_endpoint_raises_with_the_declared_names():
-    with pytest.raises(EndpointError, match=r'no output "predictions" \(declared: telemetry, deadletter\)'):
-        SENSOR.output("predictions")
-    with pytest.raises(EndpointError, match="letters, digits"):
-        ModuleEndpoints(name="x", outputs=("bad/name",))

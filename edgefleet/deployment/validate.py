@@ -1,0 +1,164 @@
+"""Validate a deployment manifest offline and report every problem, errors and warnings alike.
+
+Beyond the structure (edgefleet.deployment.checks) it checks what a schema cannot: the route
+grammar (edgefleet.routes), that routes name modules the manifest deploys, and that they use the
+inputs and outputs the modules' code declares (edgefleet.endpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgefleet.deployment.checks import Findings, Problem, Severity, check_structure
+from edgefleet.deployment.load import Deployment, expand_placeholders, read_manifest_json
+from edgefleet.deployment.schema import AGENT, DeploymentError
+from edgefleet.endpoints import MODULES, ModuleEndpoints
+from edgefleet.routes import Route, referenced_endpoints
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Problem", "Severity", "validate_deployment"]
+
+
+def validate_deployment(
+    deployment_or_path: Deployment | Mapping[str, Any] | str | Path,
+    *,
+    variables: Mapping[str, str] | None = None,
+    endpoints: Mapping[str, ModuleEndpoints] = MODULES,
+) -> list[Problem]:
+    """Check a manifest offline and return every problem found (errors and warnings), never raising for content."""
+    source: Path | None
+    if isinstance(deployment_or_path, Deployment):
+        raw: Mapping[str, Any] = deployment_or_path.raw
+        source = deployment_or_path.source
+    elif isinstance(deployment_or_path, Mapping):
+        raw, source = deployment_or_path, None
+    else:
+        source = Path(deployment_or_path)
+        try:
+            raw = read_manifest_json(source)
+        except DeploymentError as exc:
+            return [Problem("file", str(exc))]
+    try:
+        expanded = expand_placeholders(raw, variables, source)
+    except DeploymentError as exc:
+        return [Problem("variables", str(exc))]
+    problems = _check(expanded, endpoints)
+    logger.debug(
+        "validated %s: %d error(s), %d warning(s)",
+        source or "deployment",
+        sum(problem.severity == "error" for problem in problems),
+        sum(problem.severity == "warning" for problem in problems),
+    )
+    return problems
+
+
+def _check(raw: Mapping[str, Any], endpoints: Mapping[str, ModuleEndpoints]) -> list[Problem]:
+    """Check the structure, then, when both twins are there, the routes against the modules' code."""
+    structure = check_structure(raw)
+    if not structure.has_agent_and_hub:
+        return structure.problems
+    against_code = _CodeChecker(structure.modules, structure.routes, endpoints)
+    against_code.run()
+    return [*structure.problems, *against_code.problems]
+
+
+class _CodeChecker(Findings):
+    """Check routes against the deployed modules and the endpoints their code declares."""
+
+    def __init__(
+        self, modules: Sequence[str], routes: Sequence[Route], endpoints: Mapping[str, ModuleEndpoints]
+    ) -> None:
+        super().__init__()
+        self.modules = modules
+        self.routes = routes
+        self.endpoints = endpoints
+        self.known = ", ".join(modules) or "none"
+        self.referenced = referenced_endpoints(routes)
+
+    def run(self) -> None:
+        """Check every route's ends, then every declared endpoint no route uses."""
+        # `$body` conditions need JSON bodies; every edgefleet module sends application/json UTF-8
+        # (docs/architecture.md), so they are allowed on any of our modules' outputs.
+        for route in self.routes:
+            self.check_source(route)
+            self.check_sink(route)
+        self.check_unrouted_endpoints()
+
+    def check_source(self, route: Route) -> None:
+        """Check that a route reads from a deployed module and an output its code declares."""
+        where, source = f'route "{route.name}"', route.source
+        if source.module is None:
+            return
+        if source.module not in self.modules:
+            self.error(where, f'module "{source.module}" is not in {AGENT} modules (known: {self.known})')
+        elif source.output is not None and source.module in self.endpoints:
+            declared = self.endpoints[source.module].outputs
+            if source.output not in declared:
+                self.error(
+                    where,
+                    f'module "{source.module}" declares no output "{source.output}" in edgefleet/endpoints.py '
+                    f"(declared: {', '.join(declared) or 'none'}); fix the route or declare the output",
+                )
+
+    def check_sink(self, route: Route) -> None:
+        """Check that a route into a module feeds a deployed module and an input its code declares."""
+        where, sink = f'route "{route.name}"', route.sink
+        if sink.kind != "module_input" or sink.module is None:
+            return
+        if sink.module not in self.modules:
+            self.error(where, f'module "{sink.module}" is not in {AGENT} modules (known: {self.known})')
+        elif sink.module in self.endpoints:
+            declared = self.endpoints[sink.module].inputs
+            if sink.input not in declared:
+                self.error(
+                    where,
+                    f'module "{sink.module}" declares no input "{sink.input}" in edgefleet/endpoints.py '
+                    f"(declared: {', '.join(declared) or 'none'}); fix the route or declare the input",
+                )
+
+    def check_unrouted_endpoints(self) -> None:
+        """Warn about declared outputs no route reads, inputs no route feeds, and undeclared modules."""
+        for name in self.modules:
+            declaration = self.endpoints.get(name)
+            if declaration is None:
+                self.warning(
+                    f'module "{name}"', "has no declaration in edgefleet/endpoints.MODULES, so its routes go unchecked"
+                )
+                continue
+            self.check_outputs_read(name, declaration)
+            self.check_inputs_fed(name, declaration)
+        for name in self.endpoints:
+            if name not in self.modules:
+                self.warning(
+                    f'module "{name}"', f"is declared in edgefleet/endpoints.py but {AGENT} does not deploy it"
+                )
+
+    def check_outputs_read(self, name: str, declaration: ModuleEndpoints) -> None:
+        """Warn about each declared output of a module that no route reads."""
+        if any(route.source.kind in ("all", "messages", "modules") for route in self.routes):
+            return  # a fleet-wide source reads every output
+        if any(ref.direction == "output" and ref.module == name and ref.name is None for ref in self.referenced):
+            return  # a module-wide source reads every output of this module
+        read = {ref.name for ref in self.referenced if ref.direction == "output" and ref.module == name}
+        for output in declaration.outputs:
+            if output not in read:
+                self.warning(
+                    f'module "{name}"',
+                    f'no route reads output "{output}", so edgeHub drops what the module sends there; add '
+                    f"FROM /messages/modules/{name}/outputs/{output} INTO ... or remove it from endpoints.py",
+                )
+
+    def check_inputs_fed(self, name: str, declaration: ModuleEndpoints) -> None:
+        """Warn about each declared input of a module that no route feeds."""
+        fed = {ref.name for ref in self.referenced if ref.direction == "input" and ref.module == name}
+        for module_input in declaration.inputs:
+            if module_input not in fed:
+                self.warning(
+                    f'module "{name}"',
+                    f'no route feeds input "{module_input}"; add a route INTO '
+                    f'BrokeredEndpoint("/modules/{name}/inputs/{module_input}") or remove it from endpoints.py',
+                )
