@@ -1,4 +1,8 @@
-"""The `edgefleet` command line: one entry point, one subcommand per job."""
+"""The `edgefleet` command line: one entry point, one subcommand per job.
+
+`build_parser` is the table of contents; each command group adds its own parser
+(`edgefleet_cli.commands.<group>`, or a process package's `register`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,23 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.errors import EdgefleetError
+from edgefleet_cli.commands import Subcommands
+from edgefleet_cli.commands.bundle import add_bundle_commands
+from edgefleet_cli.commands.demo import add_demo_command
+from edgefleet_cli.commands.history import add_history_commands
+from edgefleet_cli.commands.manifest import add_manifest_commands
+from edgefleet_cli.commands.up import add_up_command
+
+if TYPE_CHECKING:
+    from cloud_training.settings import TrainSettings
+
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("edgefleet")
 
@@ -22,24 +37,7 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def cmd_generate_history(args: argparse.Namespace) -> int:
-    from edgefleet.history import write_history
-    from simulator.history import HistorySpec, generate_history
-
-    spec = HistorySpec(
-        n_devices=args.devices,
-        rows_per_device=args.rows,
-        seed=args.seed,
-        interval_s=args.interval_s,
-        bad_fraction=args.bad_fraction,
-    )
-    frame = generate_history(spec)
-    path = write_history(frame, Path(args.out))
-    print(f"wrote {len(frame):,} readings from {spec.n_devices:,} devices to {path}")
-    return 0
-
-
-def _train_settings(args: argparse.Namespace) -> Any:
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
     from cloud_training.settings import TrainSettings
 
     flags = {
@@ -73,72 +71,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     render_training(outcome)
     if args.json:
         print(json.dumps({"summary": outcome.summary, "timings_s": outcome.timings_s}, default=str))
-    return 0
-
-
-def cmd_bundle_verify(args: argparse.Namespace) -> int:
-    from edgefleet.bundle import read_manifest, verify_bundle
-
-    problems = verify_bundle(Path(args.path))
-    if problems:
-        for problem in problems:
-            print(f"BAD {problem}", file=sys.stderr)
-        print(f"bundle {args.path}: {len(problems)} problem(s); do not deploy it", file=sys.stderr)
-        return 1
-    manifest = read_manifest(Path(args.path))
-    print(
-        f"bundle {args.path} OK: version {manifest.bundle_version}, {sum(1 for _ in manifest.files())} files verified"
-    )
-    return 0
-
-
-def cmd_bundle_inspect(args: argparse.Namespace) -> int:
-    from edgefleet.bundle import inspect_bundle
-
-    info = inspect_bundle(Path(args.path))
-    if args.json:
-        print(json.dumps(info, indent=1))
-        return 0
-    from edgefleet_cli.console import render_inspect
-
-    render_inspect(info)
-    return 0
-
-
-def cmd_manifest_validate(args: argparse.Namespace) -> int:
-    from edgefleet.deployment import load_deployment, parse_variables, validate_deployment
-
-    variables = parse_variables(args.var)
-    problems = validate_deployment(args.path, variables=variables)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    errors = sum(problem.severity == "error" for problem in problems)
-    if errors:
-        print(f"{args.path}: {errors} error(s); fix them before deploying", file=sys.stderr)
-        return 1
-    deployment = load_deployment(args.path, variables)
-    print(f"OK: {len(deployment.modules)} modules, {len(deployment.routes)} routes")
-    return 0
-
-
-def cmd_manifest_build(args: argparse.Namespace) -> int:
-    import os
-
-    from edgefleet.deployment import build_variables, parse_variables, write_deployment_manifest
-
-    template = Path(args.template)
-    variables = build_variables(
-        template,
-        given=parse_variables(args.var),
-        bundle_dir=Path(args.bundle) if args.bundle else None,
-        registry=args.registry,
-        modules_dir=Path(args.modules_dir),
-        environment=os.environ,
-    )
-    out = write_deployment_manifest(template, Path(args.out), variables)
-    for name in sorted(variables):
-        print(f"  ${{{name}}} = {variables[name]}")
-    print(f"wrote {out} (validated offline; createOptions in 512-character chunks)")
     return 0
 
 
@@ -210,65 +142,6 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from edgefleet.bundle import read_manifest
-    from edgefleet.deployment import load_deployment
-    from edgefleet_cli.local_edge import LocalEdge
-    from edgefleet_cli.up import run_up
-
-    bundle = Path(args.bundle).resolve()
-    version = read_manifest(bundle).bundle_version
-    deployment = load_deployment(args.deployment)
-    workdir = Path(args.workdir).resolve()
-    simulation = None
-    progress: dict[str, object] = {}
-    if args.simulate:
-        from simulator.profile import load_profile
-        from simulator.run import run_simulation
-
-        profile = load_profile(Path(args.simulate))
-
-        def simulation(port: int, stop: threading.Event) -> object:
-            return run_simulation(
-                profile, stop, host="127.0.0.1", port=port, duration_s=args.duration_s, on_progress=progress.update
-            )
-
-    edge = LocalEdge(
-        workdir,
-        deployment,
-        bundle_dir=bundle,
-        ip_base=args.ip_base,
-        edge_device=args.edge_device,
-        desired_overrides={"inference": {"expectedBundleVersion": version}},
-        lake_dir=Path(args.lake).resolve(),
-        field_port=args.field_port,
-        dashboard_port=None if args.no_dashboard else args.dashboard_port,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with edge:
-        topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
-        print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
-        if edge.dashboard_port is not None:
-            print(f"dashboard: http://127.0.0.1:{edge.dashboard_port}/")
-        print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop", flush=True)
-        result = run_up(
-            edge,
-            stop,
-            duration_s=args.duration_s,
-            simulation=simulation,
-            simulator_progress=progress,
-            live=sys.stderr.isatty(),
-        )
-        print("stopping: modules finish in-flight readings, then the lake is flushed", flush=True)
-    print(f"stopped after {result.duration_s:.0f} s; lake in {edge.lake_dir}")
-    return 0
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from cloud_training.scoring import score_with_bundle, score_with_pyfunc
     from cloud_training.spark_job import read_history_spark, spark_session
@@ -288,35 +161,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from edgefleet_cli.demo import run_demo
-
-    return run_demo(
-        Path(args.workdir),
-        devices=args.devices,
-        rows=args.rows,
-        seed=args.seed,
-        edge_seconds=args.edge_seconds,
-        rate_per_s=args.rate,
-        dashboard_port=None if args.no_dashboard else args.dashboard_port,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `edgefleet`."""
     parser = argparse.ArgumentParser(prog="edgefleet", description="One ML model per IoT device, Spark to the edge.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate-history", help="write a seeded fleet history (parquet)")
-    gen.add_argument("--devices", type=int, required=True)
-    gen.add_argument("--rows", type=int, required=True, help="readings per device")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True, help="output .parquet path")
-    gen.add_argument("--interval-s", type=float, default=300.0, help="seconds between readings")
-    gen.add_argument("--bad-fraction", type=float, default=0.0, help="share of devices given a data fault")
-    gen.set_defaults(func=cmd_generate_history)
+    add_history_commands(sub)
+    _add_train_command(sub)
 
+    from dashboard.cli import register as register_dashboard
+    from edgefleet_cli.retrain_cli import register as register_retrain
+    from simulator.cli import register as register_simulate
+
+    register_retrain(sub)
+    register_simulate(sub)
+    register_dashboard(sub)
+
+    add_bundle_commands(sub)
+    add_manifest_commands(sub)
+    _add_edgehub_command(sub)
+    _add_sink_command(sub)
+    add_up_command(sub)
+    _add_score_command(sub)
+    add_demo_command(sub)
+    return parser
+
+
+def _add_train_command(sub: Subcommands) -> None:
     train = sub.add_parser("train", help="train one model per device on Spark, export and register the bundle")
     train.add_argument("--history", required=True, help="parquet/CSV/JSON Lines file or dir, or a lake dir")
     train.add_argument("--out", help="bundle directory (default out/bundle)")
@@ -338,48 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="also print summary and timings as JSON")
     train.set_defaults(func=cmd_train)
 
-    from dashboard.cli import register as register_dashboard
-    from edgefleet_cli.retrain_cli import register as register_retrain
-    from simulator.cli import register as register_simulate
 
-    register_retrain(sub)
-    register_simulate(sub)
-    register_dashboard(sub)
-
-    bundle = sub.add_parser("bundle", help="check or describe a model bundle")
-    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
-    verify = bundle_sub.add_parser("verify", help="check every file against the manifest's sha256")
-    verify.add_argument("path")
-    verify.set_defaults(func=cmd_bundle_verify)
-    inspect = bundle_sub.add_parser("inspect", help="summarise a bundle")
-    inspect.add_argument("path")
-    inspect.add_argument("--json", action="store_true")
-    inspect.set_defaults(func=cmd_bundle_inspect)
-
-    manifest = sub.add_parser("manifest", help="check the IoT Edge deployment manifest")
-    manifest_sub = manifest.add_subparsers(dest="manifest_command", required=True)
-    manifest_validate = manifest_sub.add_parser("validate", help="check structure, routes and module endpoints offline")
-    manifest_validate.add_argument(
-        "path",
-        nargs="?",
-        default=str(DEFAULT_TEMPLATE),
-        help="manifest or template (default: %(default)s)",
-    )
-    manifest_validate.add_argument(
-        "--var", action="append", metavar="NAME=VALUE", help="expand ${NAME}; once given, every placeholder needs one"
-    )
-    manifest_validate.set_defaults(func=cmd_manifest_validate)
-    manifest_build = manifest_sub.add_parser(
-        "build", help="expand the template (images from module.json, bundle version), validate, write it deployable"
-    )
-    manifest_build.add_argument("--template", default=str(DEFAULT_TEMPLATE))
-    manifest_build.add_argument("--out", default="out/deployment.json")
-    manifest_build.add_argument("--bundle", help="bundle the inference image bakes in (its version tags the image)")
-    manifest_build.add_argument("--registry", default="", help="image registry prefix, e.g. myacr.azurecr.io")
-    manifest_build.add_argument("--modules-dir", default="modules", help="where modules/<m>/module.json live")
-    manifest_build.add_argument("--var", action="append", metavar="NAME=VALUE", help="set a placeholder (wins)")
-    manifest_build.set_defaults(func=cmd_manifest_build)
-
+def _add_edgehub_command(sub: Subcommands) -> None:
     edgehub = sub.add_parser("edgehub", help="run the offline edgeHub stand-in (Mosquitto per module, router, lake)")
     edgehub.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
     edgehub.add_argument("--var", action="append", metavar="NAME=VALUE")
@@ -401,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     edgehub.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     edgehub.set_defaults(func=cmd_edgehub)
 
+
+def _add_sink_command(sub: Subcommands) -> None:
     sink = sub.add_parser(
         "sink", help="run the local IoT Hub: an MQTT broker the stand-in sends $upstream to, and the lake"
     )
@@ -411,22 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     sink.set_defaults(func=cmd_sink)
 
-    up = sub.add_parser(
-        "up", help="run the whole edge locally (field broker, edgeHub stand-in, sensor, inference, lake sink)"
-    )
-    up.add_argument("--bundle", required=True, help="model bundle the inference module serves")
-    up.add_argument("--simulate", metavar="PROFILE", help="also run the device simulator with this profile")
-    up.add_argument("--duration-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
-    up.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
-    up.add_argument("--workdir", default="out/edge")
-    up.add_argument("--lake", default="out/lake")
-    up.add_argument("--edge-device", default="edge1")
-    up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
-    up.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
-    up.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
-    up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
-    up.set_defaults(func=cmd_up)
 
+def _add_score_command(sub: Subcommands) -> None:
     score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
     score.add_argument("--history", required=True)
     score.add_argument("--bundle", required=True, help="bundle directory (features and fallback)")
@@ -436,18 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--master", default="local[*]")
     score.set_defaults(func=cmd_score)
-
-    demo = sub.add_parser("demo", help="the whole loop: history, Spark training, the edge with the simulator, retrain")
-    demo.add_argument("--workdir", default="out/demo")
-    demo.add_argument("--devices", type=int, default=200)
-    demo.add_argument("--rows", type=int, default=400)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--edge-seconds", type=float, default=60.0, help="how long the edge runs before the retrain")
-    demo.add_argument("--rate", type=float, default=2.0, help="readings per second per simulated device")
-    demo.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
-    demo.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
-    demo.set_defaults(func=cmd_demo)
-    return parser
 
 
 def _validation_message(err: ValidationError) -> str:

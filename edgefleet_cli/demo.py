@@ -12,9 +12,10 @@ import json
 import shutil
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,7 +23,29 @@ from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.history import write_history
 from simulator.history import HistorySpec, generate_history
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from simulator.profile import SimulatorProfile
+    from simulator.report import SimulationReport
+
+__all__ = ["EdgeRun", "run_demo"]
+
 TEMPLATE = Path(DEFAULT_TEMPLATE)
+
+
+@dataclass(frozen=True)
+class EdgeRun:
+    """One run of the edge with the simulator: the lake, the modules' last counters, the simulator's report."""
+
+    lake: Path
+    rows: pd.DataFrame
+    deadletters: list[dict[str, Any]]
+    simulation: dict[str, Any]  # the simulator's JSON report ({} when it did not finish)
+    sensor: dict[str, Any]
+    inference: dict[str, Any]
+    duration_s: float
+    bundle_version: str
 
 
 def run_demo(
@@ -70,21 +93,21 @@ def run_demo(
     if dashboard_port is not None:
         console.print(f"live dashboard while the edge runs: http://127.0.0.1:{dashboard_port}/")
     first = _run_edge(workdir / "edge-1", outcome.bundle_dir, profile, "127.0.81", dashboard_port)
-    drifted = sorted({d for event in _relation_events(first["simulation"]) for d in event.get("devices", [])})
-    drift_at = _drift_time(first["simulation"])
+    drifted = sorted({d for event in _relation_events(first.simulation) for d in event.get("devices", [])})
+    drift_at = _drift_time(first.simulation)
 
     console.rule("4/5 retrain on the lake: challengers vs champions, fresh hold-out")
     from cloud_training.retrain import RetrainSettings, run_retrain
 
     retrained = run_retrain(
         RetrainSettings(
-            lake=first["lake"],
+            lake=first.lake,
             bundle=outcome.bundle_dir,
             out=workdir / "bundle-retrained",
             tracking_uri=tracking_uri,
             registered_model="edgefleet-demo",
             # The stream continues the generated history (simulated time), before the bundle was built.
-            since=first["simulation"]["start_ts"],
+            since=first.simulation["start_ts"],
         )
     )
     console.print(
@@ -98,7 +121,7 @@ def run_demo(
     after = with_overrides(
         profile,
         duration_s=edge_seconds / 2,
-        start_ts=_sim_end(first["simulation"]),
+        start_ts=_sim_end(first.simulation),
         drift=(DriftEvent(at_s=0.0, devices=tuple(drifted)),) if drifted else (),
     )
     second = _run_edge(workdir / "edge-2", retrained.bundle_dir, after, "127.0.82", dashboard_port)
@@ -114,7 +137,7 @@ def run_demo(
     return 0 if lost == 0 else 1
 
 
-def _fleet_of(profile: Any, devices: int, rate_per_s: float) -> Any:
+def _fleet_of(profile: SimulatorProfile, devices: int, rate_per_s: float) -> SimulatorProfile:
     """Return the profile with its device types scaled to `devices` in total, each at `rate_per_s`."""
     from simulator.profile import with_overrides
 
@@ -131,8 +154,8 @@ def _fleet_of(profile: Any, devices: int, rate_per_s: float) -> Any:
 
 
 def _run_edge(
-    workdir: Path, bundle_dir: Path, profile: Any, ip_base: str, dashboard_port: int | None = None
-) -> dict[str, Any]:
+    workdir: Path, bundle_dir: Path, profile: SimulatorProfile, ip_base: str, dashboard_port: int | None = None
+) -> EdgeRun:
     """Run the edge with the simulator once; return the lake, counters and the simulator's report."""
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
@@ -156,7 +179,7 @@ def _run_edge(
     )
     progress: dict[str, Any] = {}
 
-    def simulation(port: int, stop: threading.Event) -> Any:
+    def simulation(port: int, stop: threading.Event) -> SimulationReport:
         return run_simulation(profile, stop, host="127.0.0.1", port=port, on_progress=progress.update)
 
     with edge:
@@ -165,16 +188,16 @@ def _run_edge(
         )
         final = poll(edge)
     simulation_report = result.simulation.to_json_obj() if result.simulation is not None else {}
-    return {
-        "lake": lake_dir,
-        "rows": read_lake(lake_dir),
-        "deadletters": read_deadletters(lake_dir),
-        "simulation": simulation_report,
-        "sensor": final.sensor or result.last.sensor,
-        "inference": final.inference or result.last.inference,
-        "duration_s": result.duration_s,
-        "bundle_version": version,
-    }
+    return EdgeRun(
+        lake=lake_dir,
+        rows=read_lake(lake_dir),
+        deadletters=read_deadletters(lake_dir),
+        simulation=simulation_report,
+        sensor=final.sensor or result.last.sensor,
+        inference=final.inference or result.last.inference,
+        duration_s=result.duration_s,
+        bundle_version=version,
+    )
 
 
 def _relation_events(simulation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -199,23 +222,23 @@ def _sim_end(simulation: dict[str, Any]) -> datetime:
     return start + timedelta(seconds=float(simulation.get("planned_duration_s") or simulation["elapsed_s"]) + 1)
 
 
-def _phase(run: dict[str, Any], bundle_dir: Path, drifted: list[str], split: datetime | None) -> dict[str, Any]:
+def _phase(run: EdgeRun, bundle_dir: Path, drifted: list[str], split: datetime | None) -> dict[str, Any]:
     from edgefleet.lake import read_drift_alerts
     from edgefleet_cli.edge_report import account, drift_detection, latency, live_accuracy, units_per_1000_predictions
 
-    rows = run["rows"]
-    sim = run["simulation"]
+    rows = run.rows
+    sim = run.simulation
     predictions = rows[rows["source_module"] == "inference"] if len(rows) else rows
     phase: dict[str, Any] = {
-        "bundle_version": run["bundle_version"],
-        "accounting": account(rows, run["deadletters"], sim.get("expected_at_edge")),
-        "throughput_predictions_per_s": round(len(predictions) / run["duration_s"], 1) if run["duration_s"] else None,
+        "bundle_version": run.bundle_version,
+        "accounting": account(rows, run.deadletters, sim.get("expected_at_edge")),
+        "throughput_predictions_per_s": round(len(predictions) / run.duration_s, 1) if run.duration_s else None,
         "edge_latency": latency(rows),
-        "units_4kb_per_1000_predictions": units_per_1000_predictions(run["inference"]),
-        "fallbacks": (run["inference"] or {}).get("fallbacks", {}),
+        "units_4kb_per_1000_predictions": units_per_1000_predictions(run.inference),
+        "fallbacks": (run.inference or {}).get("fallbacks", {}),
         "live_accuracy": live_accuracy(rows, bundle_dir),
         "drift_alerts": drift_detection(
-            read_drift_alerts(run["lake"]), drifted, set(predictions["device_id"]) if len(predictions) else set()
+            read_drift_alerts(run.lake), drifted, set(predictions["device_id"]) if len(predictions) else set()
         ),
     }
     drifted_rows = rows[rows["device_id"].isin(drifted)] if drifted and len(rows) else rows.iloc[0:0]
@@ -229,8 +252,8 @@ def _phase(run: dict[str, Any], bundle_dir: Path, drifted: list[str], split: dat
 
 
 def _summary(
-    first: dict[str, Any],
-    second: dict[str, Any],
+    first: EdgeRun,
+    second: EdgeRun,
     bundle_1: Path,
     bundle_2: Path,
     drifted: list[str],
@@ -246,7 +269,7 @@ def _summary(
     }
 
 
-def _render(summary: dict[str, Any], console: Any) -> None:
+def _render(summary: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     table = Table(title="edgefleet demo: the loop")
@@ -255,7 +278,7 @@ def _render(summary: dict[str, Any], console: Any) -> None:
         table.add_column(name, justify="right")
 
     def cell(phase: dict[str, Any], *path: str) -> str:
-        value: Any = phase
+        value: object = phase
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, float):
@@ -292,14 +315,12 @@ def _render(summary: dict[str, Any], console: Any) -> None:
 
 
 def _write_report(
-    path: Path, summary: dict[str, Any], first: dict[str, Any], second: dict[str, Any], drift_at: datetime | None
+    path: Path, summary: dict[str, Any], first: EdgeRun, second: EdgeRun, drift_at: datetime | None
 ) -> Path:
     from edgefleet_cli.edge_report import plots, write_html
 
-    images = {
-        f"before retrain: {k}": v for k, v in plots(first["rows"], {"drift": drift_at} if drift_at else {}).items()
-    }
-    images.update({f"after retrain: {k}": v for k, v in plots(second["rows"]).items()})
+    images = {f"before retrain: {k}": v for k, v in plots(first.rows, {"drift": drift_at} if drift_at else {}).items()}
+    images.update({f"after retrain: {k}": v for k, v in plots(second.rows).items()})
     sections = dict(summary["phases"])
     sections["drift"] = {"at": str(drift_at), "devices": ", ".join(summary["drifted_devices"])}
     return write_html(path, "edgefleet demo", sections, images)

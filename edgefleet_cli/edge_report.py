@@ -16,12 +16,15 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from edgefleet.bundle import BundleReader, Route
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def live_accuracy(
     return {"by_model": by_model, "device_vs_fleet": like_for_like, "n": len(rows)}
 
 
-def account(lake: pd.DataFrame, deadletters: list[dict[str, Any]], sent: Mapping[str, Any] | None) -> dict[str, Any]:
+def account(lake: pd.DataFrame, deadletters: list[dict[str, Any]], sent: Mapping[str, int] | None) -> dict[str, Any]:
     """Return where the sent readings went: predicted, dead-lettered, or lost."""
     predicted = lake[lake["source_module"] == "inference"]
     unique = predicted.drop_duplicates(["device_id", "seq"])
@@ -115,7 +118,7 @@ def units_per_1000_predictions(inference_stats: Mapping[str, Any]) -> float | No
     return round(units * 1000 / predictions, 1) if predictions else None
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
@@ -164,7 +167,7 @@ def plots(lake: pd.DataFrame, markers: Mapping[str, datetime] | None = None) -> 
     return images
 
 
-def write_html(path: Path, title: str, sections: Mapping[str, Any], images: Mapping[str, str]) -> Path:
+def write_html(path: Path, title: str, sections: Mapping[str, object], images: Mapping[str, str]) -> Path:
     """Write a self-contained HTML report: the summary as tables, plots inline."""
     parts = [
         "<!doctype html><meta charset='utf-8'>",
@@ -183,7 +186,7 @@ def write_html(path: Path, title: str, sections: Mapping[str, Any], images: Mapp
     return path
 
 
-def _html_value(value: Any) -> str:
+def _html_value(value: object) -> str:
     if isinstance(value, Mapping):
         rows = "".join(
             f"<tr><th>{html.escape(str(key))}</th><td>{_html_value(item)}</td></tr>" for key, item in value.items()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
@@ -102,7 +101,7 @@ class LocalEdge:
         ip_base: str,
         edge_device: str = "edge1",
         modules: tuple[str, ...] = ("sensor", "inference"),
-        desired_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        desired_overrides: Mapping[str, Mapping[str, object]] | None = None,
         module_env: Mapping[str, Mapping[str, str]] | None = None,
         lake_dir: Path | None = None,
         flush_every_s: float = 1.0,
@@ -197,8 +196,8 @@ class LocalEdge:
             self.wait_module_ready(module)
         return process
 
-    def method(self, module: str, name: str, payload: Any = None, timeout_s: float = 10.0) -> tuple[int, Any]:
-        """Invoke a direct method on a module."""
+    def method(self, module: str, name: str, payload: object = None, timeout_s: float = 10.0) -> tuple[int, object]:
+        """Invoke a direct method on a module; return its status and decoded JSON payload."""
         return self.standin.router.invoke_method(module, name, payload, timeout_s=timeout_s)
 
     def wait_module_ready(self, module: str, timeout_s: float = 30.0) -> None:
@@ -212,7 +211,7 @@ class LocalEdge:
                 status, payload = self.method(module, "stats", timeout_s=2.0)
             except Exception:  # not connected yet
                 status, payload = 0, None
-            if status == 200 and (module != "sensor" or (payload or {}).get("subscribed")):
+            if status == 200 and (module != "sensor" or (isinstance(payload, dict) and payload.get("subscribed"))):
                 return
             if time.monotonic() > deadline:
                 raise EdgefleetError(f"module {module} not ready within {timeout_s:.0f} s:\n{process.log_tail()}")

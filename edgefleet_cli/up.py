@@ -12,14 +12,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from edgefleet_cli.local_edge import LocalEdge
+
+if TYPE_CHECKING:
+    from simulator.report import SimulationReport
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ DRAIN_QUIET_S = 2.0  # the edge is drained when nothing moved for this long
 DRAIN_TIMEOUT_S = 60.0
 
 # A simulation: gets the field broker's port and a stop event, returns its report.
-Simulation = Callable[[int, threading.Event], Any]
+Simulation = Callable[[int, threading.Event], "SimulationReport"]
 
 
 @dataclass
@@ -58,7 +61,7 @@ class UpResult:
 
     first: Snapshot
     last: Snapshot
-    simulation: Any = None
+    simulation: SimulationReport | None = None
     duration_s: float = 0.0
     interrupted: bool = False
 
@@ -165,7 +168,7 @@ def run_up(
         footer = Text(f"{elapsed:,.0f} s · lake {edge.lake_dir} · Ctrl-C stops cleanly", style="dim")
         return Group(status_table(now, before), footer)
 
-    screen: Any = Live(view(first), console=console, refresh_per_second=2) if live else _NoLive()
+    screen: Live | _NoLive = Live(view(first), console=console, refresh_per_second=2) if live else _NoLive()
     with screen:
         while not finished():
             stop_event.wait(STATUS_INTERVAL_S)
@@ -200,5 +203,5 @@ class _NoLive:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def update(self, renderable: Any) -> None:
+    def update(self, renderable: RenderableType) -> None:
         """Ignore updates."""

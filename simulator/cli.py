@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run `edgefleet simulate`; return 1 when some messages were not delivered, else 0."""
+    from edgefleet.process import stop_event_on_signals
     from simulator.profile import DEMO_PROFILE, load_profile, with_overrides
     from simulator.run import run_replay, run_simulation
 
@@ -54,9 +53,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         changes["mqtt"] = {"qos": args.qos}
     if changes:
         profile = with_overrides(profile, **changes)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     host = args.host or profile.mqtt.host
     port = args.port or profile.mqtt.port
     report_path = Path(args.report) if args.report else None

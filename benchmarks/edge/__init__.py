@@ -1,0 +1,1 @@
+"""Parts of `benchmarks/edge_throughput.py`: harness, bundles, phases, report."""

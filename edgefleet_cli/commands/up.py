@@ -1,0 +1,92 @@
+"""`edgefleet up`: the whole edge on this machine (the work is in `edgefleet_cli.up`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgefleet.deployment import DEFAULT_TEMPLATE
+from edgefleet_cli.commands import Subcommands
+
+if TYPE_CHECKING:
+    from simulator.report import SimulationReport
+
+__all__ = ["add_up_command", "cmd_up"]
+
+
+def add_up_command(sub: Subcommands) -> None:
+    """Add `up`."""
+    up = sub.add_parser(
+        "up", help="run the whole edge locally (field broker, edgeHub stand-in, sensor, inference, lake sink)"
+    )
+    up.add_argument("--bundle", required=True, help="model bundle the inference module serves")
+    up.add_argument("--simulate", metavar="PROFILE", help="also run the device simulator with this profile")
+    up.add_argument("--duration-s", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    up.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
+    up.add_argument("--workdir", default="out/edge")
+    up.add_argument("--lake", default="out/lake")
+    up.add_argument("--edge-device", default="edge1")
+    up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    up.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
+    up.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
+    up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
+    up.set_defaults(func=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the edge until Ctrl-C, SIGTERM, the deadline or the simulation's end; return 0."""
+    from edgefleet.bundle import read_manifest
+    from edgefleet.deployment import load_deployment
+    from edgefleet.process import stop_event_on_signals
+    from edgefleet_cli.local_edge import LocalEdge
+    from edgefleet_cli.up import run_up
+
+    bundle = Path(args.bundle).resolve()
+    version = read_manifest(bundle).bundle_version
+    deployment = load_deployment(args.deployment)
+    workdir = Path(args.workdir).resolve()
+    simulation = None
+    progress: dict[str, object] = {}
+    if args.simulate:
+        from simulator.profile import load_profile
+        from simulator.run import run_simulation
+
+        profile = load_profile(Path(args.simulate))
+
+        def simulation(port: int, stop: threading.Event) -> SimulationReport:
+            return run_simulation(
+                profile, stop, host="127.0.0.1", port=port, duration_s=args.duration_s, on_progress=progress.update
+            )
+
+    edge = LocalEdge(
+        workdir,
+        deployment,
+        bundle_dir=bundle,
+        ip_base=args.ip_base,
+        edge_device=args.edge_device,
+        desired_overrides={"inference": {"expectedBundleVersion": version}},
+        lake_dir=Path(args.lake).resolve(),
+        field_port=args.field_port,
+        dashboard_port=None if args.no_dashboard else args.dashboard_port,
+    )
+    stop = stop_event_on_signals()
+    with edge:
+        topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
+        print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
+        if edge.dashboard_port is not None:
+            print(f"dashboard: http://127.0.0.1:{edge.dashboard_port}/")
+        print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop", flush=True)
+        result = run_up(
+            edge,
+            stop,
+            duration_s=args.duration_s,
+            simulation=simulation,
+            simulator_progress=progress,
+            live=sys.stderr.isatty(),
+        )
+        print("stopping: modules finish in-flight readings, then the lake is flushed", flush=True)
+    print(f"stopped after {result.duration_s:.0f} s; lake in {edge.lake_dir}")
+    return 0
