@@ -8,17 +8,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from edgefleet.errors import EdgefleetError
 
 logger = logging.getLogger("edgefleet")
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def cmd_generate_history(args: argparse.Namespace) -> int:
@@ -35,43 +30,6 @@ def cmd_generate_history(args: argparse.Namespace) -> int:
     frame = generate_history(spec)
     path = write_history(frame, Path(args.out))
     print(f"wrote {len(frame):,} readings from {spec.n_devices:,} devices to {path}")
-    return 0
-
-
-def _train_settings(args: argparse.Namespace) -> Any:
-    from cloud_training.settings import TrainSettings
-
-    flags = {
-        "history": args.history,
-        "out": args.out,
-        "features": _csv(args.features) if args.features else None,
-        "master": args.master,
-        "tracking": args.tracking,
-        "tracking_uri": args.tracking_uri,
-        "experiment": args.experiment,
-        "registered_model": args.registered_model,
-        "families": _csv(args.families) if args.families else None,
-        "max_model_bytes": int(args.max_model_kb * 1000) if args.max_model_kb else None,
-        "max_predict_us": args.max_predict_us,
-        "fleet_margin": args.fleet_margin,
-        "min_rows": args.min_rows,
-        "fleet_max_rows": args.fleet_max_rows,
-        "onnx": False if args.no_onnx else None,
-        "seed": args.seed,
-    }
-    return TrainSettings(**{k: v for k, v in flags.items() if v is not None})
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from cloud_training.pipeline import run_training
-    from edgefleet_cli.console import render_training, training_progress
-
-    settings = _train_settings(args)
-    with training_progress(enabled=not args.quiet) as on_progress:
-        outcome = run_training(settings, on_progress)
-    render_training(outcome)
-    if args.json:
-        print(json.dumps({"summary": outcome.summary, "timings_s": outcome.timings_s}, default=str))
     return 0
 
 
@@ -269,25 +227,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from cloud_training.scoring import score_with_bundle, score_with_pyfunc
-    from cloud_training.spark_job import read_history_spark, spark_session
-    from edgefleet.bundle import read_manifest
-
-    bundle = Path(args.bundle)
-    features = read_manifest(bundle).features
-    with spark_session(args.master, app_name="edgefleet-score") as handle:
-        df, _ = read_history_spark(handle.session, Path(args.history), features)
-        if args.model_uri:
-            scored = score_with_pyfunc(handle.session, df, args.model_uri, features)
-        else:
-            scored = score_with_bundle(handle.session, df, bundle)
-        scored.write.mode("overwrite").parquet(args.out)
-        n = handle.session.read.parquet(args.out).count()
-    print(f"scored {n:,} rows into {args.out}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgefleet_cli.demo import run_demo
 
@@ -317,26 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bad-fraction", type=float, default=0.0, help="share of devices given a data fault")
     gen.set_defaults(func=cmd_generate_history)
 
-    train = sub.add_parser("train", help="train one model per device on Spark, export and register the bundle")
-    train.add_argument("--history", required=True, help="parquet/CSV/JSON Lines file or dir, or a lake dir")
-    train.add_argument("--out", help="bundle directory (default out/bundle)")
-    train.add_argument("--features", help="comma-separated feature columns (default: numeric columns)")
-    train.add_argument("--master", help="Spark master (default local[*], or $SPARK_MASTER)")
-    train.add_argument("--tracking", choices=["scalable", "nested", "off"])
-    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    train.add_argument("--experiment")
-    train.add_argument("--registered-model")
-    train.add_argument("--families", help="comma-separated: ridge,random_forest,gradient_boosting")
-    train.add_argument("--max-model-kb", type=float, help="edge budget: largest model file, kB")
-    train.add_argument("--max-predict-us", type=float, help="edge budget: slowest single-row predict, us")
-    train.add_argument("--fleet-margin", type=float, help="share by which a device model must beat the fleet")
-    train.add_argument("--min-rows", type=int)
-    train.add_argument("--fleet-max-rows", type=int)
-    train.add_argument("--no-onnx", action="store_true", help="export joblib files only")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--json", action="store_true", help="also print summary and timings as JSON")
-    train.set_defaults(func=cmd_train)
+    from edgefleet_cli.train_cli import register_score, register_train
+
+    register_train(sub)
 
     from dashboard.cli import register as register_dashboard
     from edgefleet_cli.retrain_cli import register as register_retrain
@@ -427,15 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     up.set_defaults(func=cmd_up)
 
-    score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
-    score.add_argument("--history", required=True)
-    score.add_argument("--bundle", required=True, help="bundle directory (features and fallback)")
-    score.add_argument("--out", required=True, help="output parquet directory")
-    score.add_argument(
-        "--model-uri", help="score through mlflow.pyfunc.spark_udf, e.g. models:/edgefleet-fleet@champion"
-    )
-    score.add_argument("--master", default="local[*]")
-    score.set_defaults(func=cmd_score)
+    register_score(sub)
 
     demo = sub.add_parser("demo", help="the whole loop: history, Spark training, the edge with the simulator, retrain")
     demo.add_argument("--workdir", default="out/demo")
