@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,7 +56,7 @@ class JobSettings(BaseSettings, ModelKnobs, EdgeBudget):
         """Return what one device model may cost on the edge."""
         return EdgeBudget(max_model_bytes=self.max_model_bytes, max_predict_us=self.max_predict_us)
 
-    def device_config(self, features: tuple[str, ...], **job_knobs: Any) -> TrainingConfig:
+    def device_config(self, features: tuple[str, ...], **job_knobs: float | None) -> TrainingConfig:
         """Return the config `train_device` receives: these knobs, the features, and what the job adds."""
         shared = self.model_dump(include=set(ModelKnobs.model_fields))
         return TrainingConfig(features=features, budget=self.budget, **shared, **job_knobs)
