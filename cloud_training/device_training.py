@@ -22,9 +22,10 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from cloud_training.families import FAMILIES, make_estimator
+from cloud_training.families import make_estimator
+from cloud_training.knobs import EdgeBudget, ModelKnobs
 from edgefleet.feature_reference import reference_from_values
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 
@@ -40,42 +41,20 @@ REFERENCE_BINS = 10
 REFERENCE_MIN_SPAN_S = 86_400.0
 
 
-class EdgeBudget(BaseModel):
-    """What one device model may cost on the edge."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_model_bytes: int = Field(100_000, gt=0, description="largest model file (joblib and ONNX)")
-    max_predict_us: float = Field(2_000.0, gt=0, description="slowest single-row predict on the edge runtime")
-
-
-class TrainingConfig(BaseModel):
+class TrainingConfig(ModelKnobs):
     """Everything `train_device` needs besides the data; validated once on the driver."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     features: tuple[str, ...]
     target: str = LABEL_COLUMN
-    families: tuple[str, ...] = tuple(FAMILIES)
-    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    min_rows: int = Field(30, ge=4)
     min_holdout_rows: int = Field(5, ge=1)
     max_bad_row_fraction: float = Field(0.2, ge=0.0, le=1.0)
     max_staleness_days: float = Field(30.0, gt=0.0)
     reference_ts_s: float | None = None
-    fleet_margin: float = Field(0.05, ge=0.0, lt=1.0)
     budget: EdgeBudget = EdgeBudget()
-    export_onnx: bool = True
     fleet_rows_per_device: int = Field(0, ge=0, description="training rows each device contributes to the fleet model")
-    seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown:
-            raise ValueError(f"Unknown model families {unknown}; choose from {', '.join(FAMILIES)}")
-        if not self.families:
-            raise ValueError("Name at least one model family")
         if not self.features:
             raise ValueError("Name at least one feature column")
         return self
@@ -421,7 +400,7 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
             rejected.append(f"{cand.family}: {len(cand.blob)} B > {budget.max_model_bytes} B")
             continue
         onnx_blob = None
-        if config.export_onnx:
+        if config.onnx:
             try:
                 onnx_blob = to_onnx_bytes(cand.model, len(config.features))
             except Exception as err:  # the edge falls back to joblib for families ONNX cannot express

@@ -56,7 +56,7 @@ def train_fleet(rows: np.ndarray, config: TrainingConfig) -> FleetModel:
     model = make_estimator(FLEET_FAMILY, config.seed)
     model.fit(x, y)
     onnx_blob = None
-    if config.export_onnx:
+    if config.onnx:
         try:
             onnx_blob = to_onnx_bytes(model, len(config.features))
         except Exception as err:  # the edge uses the joblib file instead

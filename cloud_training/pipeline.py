@@ -17,7 +17,7 @@ from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_f
 from cloud_training.report import STATUSES, summarize, write_plots
 from cloud_training.settings import TrainSettings
 from cloud_training.spark_job import (
-    StageProgress,
+    collect,
     default_parallelism,
     read_history_spark,
     spark_session,
@@ -76,11 +76,7 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         try:
             phase = time.perf_counter()
             result_df = train_all_devices(raw.repartition(n_partitions, DEVICE_COLUMN), config)
-            if on_progress is not None:
-                with StageProgress(spark, on_progress):
-                    results = result_df.toPandas()
-            else:
-                results = result_df.toPandas()
+            results = collect(result_df, spark, on_progress)
             timings["train_s"] = time.perf_counter() - phase
             if results.empty:
                 raise EdgefleetError(f"History {settings.history} has no rows with a device_id")

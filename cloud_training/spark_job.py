@@ -207,3 +207,11 @@ class StageProgress:
                     total += info.numTasks
             if total:
                 self._on_progress(done, total)
+
+
+def collect(result_df: DataFrame, spark: SparkSession, on_progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """Run the per-device job and return its rows, reporting task progress when asked."""
+    if on_progress is None:
+        return result_df.toPandas()
+    with StageProgress(spark, on_progress):
+        return result_df.toPandas()

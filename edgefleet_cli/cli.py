@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -24,54 +22,11 @@ from edgefleet_cli.commands.demo import add_demo_command
 from edgefleet_cli.commands.history import add_history_commands
 from edgefleet_cli.commands.manifest import add_manifest_commands
 from edgefleet_cli.commands.up import add_up_command
-
-if TYPE_CHECKING:
-    from cloud_training.settings import TrainSettings
+from edgefleet_cli.train_cli import register_score, register_train
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("edgefleet")
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _train_settings(args: argparse.Namespace) -> TrainSettings:
-    from cloud_training.settings import TrainSettings
-
-    flags = {
-        "history": args.history,
-        "out": args.out,
-        "features": _csv(args.features) if args.features else None,
-        "master": args.master,
-        "tracking": args.tracking,
-        "tracking_uri": args.tracking_uri,
-        "experiment": args.experiment,
-        "registered_model": args.registered_model,
-        "families": _csv(args.families) if args.families else None,
-        "max_model_bytes": int(args.max_model_kb * 1000) if args.max_model_kb else None,
-        "max_predict_us": args.max_predict_us,
-        "fleet_margin": args.fleet_margin,
-        "min_rows": args.min_rows,
-        "fleet_max_rows": args.fleet_max_rows,
-        "onnx": False if args.no_onnx else None,
-        "seed": args.seed,
-    }
-    return TrainSettings(**{k: v for k, v in flags.items() if v is not None})
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from cloud_training.pipeline import run_training
-    from edgefleet_cli.console import render_training, training_progress
-
-    settings = _train_settings(args)
-    with training_progress(enabled=not args.quiet) as on_progress:
-        outcome = run_training(settings, on_progress)
-    render_training(outcome)
-    if args.json:
-        print(json.dumps({"summary": outcome.summary, "timings_s": outcome.timings_s}, default=str))
-    return 0
 
 
 def cmd_edgehub(args: argparse.Namespace) -> int:
@@ -142,25 +97,6 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from cloud_training.scoring import score_with_bundle, score_with_pyfunc
-    from cloud_training.spark_job import read_history_spark, spark_session
-    from edgefleet.bundle import read_manifest
-
-    bundle = Path(args.bundle)
-    features = read_manifest(bundle).features
-    with spark_session(args.master, app_name="edgefleet-score") as handle:
-        df, _ = read_history_spark(handle.session, Path(args.history), features)
-        if args.model_uri:
-            scored = score_with_pyfunc(handle.session, df, args.model_uri, features)
-        else:
-            scored = score_with_bundle(handle.session, df, bundle)
-        scored.write.mode("overwrite").parquet(args.out)
-        n = handle.session.read.parquet(args.out).count()
-    print(f"scored {n:,} rows into {args.out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `edgefleet`."""
     parser = argparse.ArgumentParser(prog="edgefleet", description="One ML model per IoT device, Spark to the edge.")
@@ -168,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     add_history_commands(sub)
-    _add_train_command(sub)
+    register_train(sub)
 
     from dashboard.cli import register as register_dashboard
     from edgefleet_cli.retrain_cli import register as register_retrain
@@ -183,32 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edgehub_command(sub)
     _add_sink_command(sub)
     add_up_command(sub)
-    _add_score_command(sub)
+    register_score(sub)
     add_demo_command(sub)
     return parser
-
-
-def _add_train_command(sub: Subcommands) -> None:
-    train = sub.add_parser("train", help="train one model per device on Spark, export and register the bundle")
-    train.add_argument("--history", required=True, help="parquet/CSV/JSON Lines file or dir, or a lake dir")
-    train.add_argument("--out", help="bundle directory (default out/bundle)")
-    train.add_argument("--features", help="comma-separated feature columns (default: numeric columns)")
-    train.add_argument("--master", help="Spark master (default local[*], or $SPARK_MASTER)")
-    train.add_argument("--tracking", choices=["scalable", "nested", "off"])
-    train.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    train.add_argument("--experiment")
-    train.add_argument("--registered-model")
-    train.add_argument("--families", help="comma-separated: ridge,random_forest,gradient_boosting")
-    train.add_argument("--max-model-kb", type=float, help="edge budget: largest model file, kB")
-    train.add_argument("--max-predict-us", type=float, help="edge budget: slowest single-row predict, us")
-    train.add_argument("--fleet-margin", type=float, help="share by which a device model must beat the fleet")
-    train.add_argument("--min-rows", type=int)
-    train.add_argument("--fleet-max-rows", type=int)
-    train.add_argument("--no-onnx", action="store_true", help="export joblib files only")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--json", action="store_true", help="also print summary and timings as JSON")
-    train.set_defaults(func=cmd_train)
 
 
 def _add_edgehub_command(sub: Subcommands) -> None:
@@ -244,18 +157,6 @@ def _add_sink_command(sub: Subcommands) -> None:
     sink.add_argument("--flush-every-s", type=float, default=5.0, help="write buffered rows at least this often")
     sink.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     sink.set_defaults(func=cmd_sink)
-
-
-def _add_score_command(sub: Subcommands) -> None:
-    score = sub.add_parser("score", help="batch-score history with a bundle on Spark")
-    score.add_argument("--history", required=True)
-    score.add_argument("--bundle", required=True, help="bundle directory (features and fallback)")
-    score.add_argument("--out", required=True, help="output parquet directory")
-    score.add_argument(
-        "--model-uri", help="score through mlflow.pyfunc.spark_udf, e.g. models:/edgefleet-fleet@champion"
-    )
-    score.add_argument("--master", default="local[*]")
-    score.set_defaults(func=cmd_score)
 
 
 def _validation_message(err: ValidationError) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from cloud_training.pipeline import TrainingOutcome
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +43,7 @@ def training_progress(enabled: bool = True) -> Iterator[Callable[[int, int], Non
         yield on_progress
 
 
-def render_training(outcome: Any) -> None:
+def render_training(outcome: TrainingOutcome) -> None:
     """Print the closing summary of a training session."""
     summary = outcome.summary
     table = Table(title=f"Training summary: {summary['devices']:,} devices")

@@ -13,17 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet_cli.console import console, training_progress
+from edgefleet_cli.training_flags import add_training_flags, settings_from_flags
+
+if TYPE_CHECKING:
+    from cloud_training.retrain import RetrainOutcome
+    from cloud_training.settings import RetrainSettings
 
 CRON_EXAMPLE = "edgefleet retrain --lake out/lake --bundle out/bundle --since 24h --out out/bundle-next"
 _MAX_ROWS_SHOWN = 30
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -52,58 +53,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--new-data-factor", type=float, help="retrain once fresh rows reach this x model's rows (1)")
     parser.add_argument("--fresh-holdout-fraction", type=float, help="newest share of fresh rows held out (0.25)")
     parser.add_argument("--improvement-margin", type=float, help="share by which a challenger must win (0)")
-    parser.add_argument("--families", help="comma-separated: ridge,random_forest,gradient_boosting")
-    parser.add_argument("--min-rows", type=int)
-    parser.add_argument("--fleet-margin", type=float, help="share by which a device model must beat the fleet")
-    parser.add_argument("--max-model-kb", type=float, help="edge budget: largest model file, kB")
-    parser.add_argument("--max-predict-us", type=float, help="edge budget: slowest single-row predict, us")
-    parser.add_argument("--no-onnx", action="store_true", help="export joblib files only")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--master", help="Spark master (default local[*], or $SPARK_MASTER)")
-    parser.add_argument("--tracking", choices=["scalable", "off"])
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    parser.add_argument("--experiment")
-    parser.add_argument("--registered-model")
+    add_training_flags(parser, tracking_modes=("scalable", "off"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="also print summary and decisions as JSON")
     parser.set_defaults(func=cmd_retrain)
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> RetrainSettings:
     """Return RetrainSettings from the flags given; unset flags fall back to the environment and defaults."""
-    from cloud_training.retrain import RetrainSettings
+    from cloud_training.settings import RetrainSettings
     from edgefleet.deployment import parse_variables
 
-    flags = {
-        "lake": args.lake,
-        "bundle": args.bundle,
-        "out": args.out,
-        "out_manifest": args.out_manifest,
-        "since": args.since,
-        "prior_history": args.history,
-        "template": args.template,
-        "image_registry": args.image_registry,
-        "manifest_variables": parse_variables(args.var),
-        "drift_factor": args.drift_factor,
-        "min_drift_rows": args.min_drift_rows,
-        "new_data_factor": args.new_data_factor,
-        "fresh_holdout_fraction": args.fresh_holdout_fraction,
-        "improvement_margin": args.improvement_margin,
-        "families": _csv(args.families) if args.families else None,
-        "min_rows": args.min_rows,
-        "fleet_margin": args.fleet_margin,
-        "max_model_bytes": int(args.max_model_kb * 1000) if args.max_model_kb else None,
-        "max_predict_us": args.max_predict_us,
-        "onnx": False if args.no_onnx else None,
-        "seed": args.seed,
-        "master": args.master,
-        "tracking": args.tracking,
-        "tracking_uri": args.tracking_uri,
-        "experiment": args.experiment,
-        "registered_model": args.registered_model,
-    }
-    return RetrainSettings(**{k: v for k, v in flags.items() if v is not None})
+    return settings_from_flags(
+        RetrainSettings,
+        args,
+        lake=args.lake,
+        bundle=args.bundle,
+        out=args.out,
+        out_manifest=args.out_manifest,
+        since=args.since,
+        prior_history=args.history,
+        template=args.template,
+        image_registry=args.image_registry,
+        manifest_variables=parse_variables(args.var),
+        drift_factor=args.drift_factor,
+        min_drift_rows=args.min_drift_rows,
+        new_data_factor=args.new_data_factor,
+        fresh_holdout_fraction=args.fresh_holdout_fraction,
+        improvement_margin=args.improvement_margin,
+    )
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -130,17 +109,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mse(value: Any) -> str:
+def _mse(value: object) -> str:
     return "-" if value is None or value != value else f"{value:.4g}"  # value != value: NaN
 
 
-def _outcome(status: Any, reason: Any) -> str:
+def _outcome(status: object, reason: object) -> str:
     if not isinstance(status, str):
         return "-"
     return f"{status}: {reason}" if isinstance(reason, str) else status
 
 
-def render_retrain(outcome: Any) -> None:
+def render_retrain(outcome: RetrainOutcome) -> None:
     """Print the closing summary of a retraining run."""
     from rich.table import Table
 

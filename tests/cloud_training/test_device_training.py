@@ -7,13 +7,13 @@ import pytest
 from cloud_training.device_training import (
     RESULT_COLUMNS,
     RESULT_DDL,
-    EdgeBudget,
     TrainingConfig,
     prepare_device,
     results_frame,
     train_device,
 )
 from cloud_training.fleet import train_fleet_locally
+from cloud_training.knobs import EdgeBudget
 from edgefleet.feature_reference import FeatureReference
 from simulator.history import apply_data_fault, device_history
 from simulator.physics import FEATURES
@@ -128,7 +128,7 @@ def test_result_rows_match_the_spark_schema():
 
 
 def test_config_rejects_unknown_family_and_says_which_exist():
-    with pytest.raises(ValueError, match="choose from ridge, random_forest, gradient_boosting"):
+    with pytest.raises(ValueError, match="use some of: ridge, random_forest, gradient_boosting"):
         TrainingConfig(features=FEATURES, families=("xgboost",))
 
 
