@@ -97,7 +97,8 @@ def run_demo(
     drift_at = _drift_time(first.simulation)
 
     console.rule("4/5 retrain on the lake: challengers vs champions, fresh hold-out")
-    from cloud_training.retrain import RetrainSettings, run_retrain
+    from cloud_training.retrain import run_retrain
+    from cloud_training.settings import RetrainSettings
 
     retrained = run_retrain(
         RetrainSettings(
