@@ -22,6 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgefleet.routes import Message  # noqa: E402
+from edgefleet_cli.local_edge import free_port  # noqa: E402
+from edgehub.broker import Broker, Listener  # noqa: E402
+from edgehub.hub import HubPublisher  # noqa: E402
 from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     CHROMIUM,
     Chromium,
@@ -30,11 +34,6 @@ from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     number,
     wait_until,
 )
-
-from edgefleet.routes import Message  # noqa: E402
-from edgefleet_cli.local_edge import free_port  # noqa: E402
-from edgehub.broker import Broker, Listener  # noqa: E402
-from edgehub.hub import HubPublisher  # noqa: E402
 
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 BATCH_READINGS = 10

@@ -15,7 +15,8 @@ __all__ = ["cmd_simulate", "main", "register"]
 
 PROGRESS_EVERY_S = 5.0
 DESCRIPTION = (
-    "Publish seeded field-device telemetry with faults and drift to an MQTT broker, and write a report of what was sent."
+    "Publish seeded field-device telemetry with faults and drift to an MQTT broker, "
+    "and write a report of what was sent."
 )
 
 

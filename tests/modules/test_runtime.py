@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from modules import runtime as module_runtime
 from edgefleet.endpoints import SENSOR
+from modules import runtime as module_runtime
 from modules.runtime import EdgeLink
 
 
