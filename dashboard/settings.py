@@ -36,7 +36,7 @@ class DashboardSettings(BaseSettings):
             try:
                 return parse_hub_address(value)
             except HubAddressError as err:
-                raise ValueError(f"{err} (--hub or DASHBOARD_HUB)") from None
+                raise ValueError(str(err)) from None
         return value
 
 

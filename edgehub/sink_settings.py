@@ -36,7 +36,7 @@ class SinkSettings(BaseSettings):
             try:
                 return parse_hub_address(value)
             except HubAddressError as err:
-                raise ValueError(f"{err} (--listen or SINK_LISTEN)") from None
+                raise ValueError(str(err)) from None
         return value
 
     @field_validator("lake_dir", "state_dir")
