@@ -239,8 +239,10 @@ class LocalEdge:
         """Stop modules (SIGTERM), then the stand-in, then flush the lake, then the brokers."""
         for process in self.processes.values():
             process.stop()
-        self.standin.stop()
-        self._close_upstream()
+        try:
+            self.standin.stop()
+        finally:
+            self._close_upstream()
         dashboard, self.dashboard = self.dashboard, None
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()
