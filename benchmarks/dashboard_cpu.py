@@ -2,7 +2,7 @@
 
 The dashboard runs beside the edge on small hardware, so it must stay cheap: the goal is at most
 25% of one core with one browser session open. Starts a hub broker, the dashboard process
-(`python -m dashboard.cli`) and headless Chromium on the dashboard, publishes prediction
+(`python -m dashboard`) and headless Chromium on the dashboard, publishes prediction
 batch envelopes (10 per batch, as the inference module sends them) at a steady rate, and reads
 the dashboard process's CPU time from /proc. Prints one JSON line with the figures.
 
@@ -22,7 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.edgefleet.dashboard.test_dashboard_browser import (  # noqa: E402
+from edgefleet.routes import Message  # noqa: E402
+from edgefleet_cli.local_edge import free_port  # noqa: E402
+from edgehub.broker import Broker, Listener  # noqa: E402
+from edgehub.hub import HubPublisher  # noqa: E402
+from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     CHROMIUM,
     Chromium,
     DashboardProcess,
@@ -30,11 +34,6 @@ from tests.edgefleet.dashboard.test_dashboard_browser import (  # noqa: E402
     number,
     wait_until,
 )
-
-from edgefleet.routes import Message  # noqa: E402
-from edgefleet_cli.local_edge import free_port  # noqa: E402
-from edgehub.broker import Broker, Listener  # noqa: E402
-from edgehub.hub import HubPublisher  # noqa: E402
 
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 BATCH_READINGS = 10

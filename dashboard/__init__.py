@@ -1,1 +1,1 @@
-"""`edgefleet dashboard`: a live Bokeh view of the fleet, fed from the local IoT Hub's upstream stream."""
+"""The live fleet dashboard (`python -m dashboard`, `edgefleet dashboard`): Bokeh, fed from the local IoT Hub."""

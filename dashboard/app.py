@@ -22,7 +22,7 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, CustomJS, FactorRange
+from bokeh.models import ColumnDataSource, CustomJS, FactorRange, Row
 from bokeh.models.widgets import DataTable, Div, NumberFormatter, Select, TableColumn, TextInput
 from bokeh.plotting import figure
 from bokeh.server.server import Server
@@ -125,7 +125,33 @@ class _Session:
         self.cache = cache
         self.kpis = {key: Div(name=f"kpi_{key}", text=_kpi_html(label, "–")) for key, label in KPIS}
         self.kpi_labels = dict(KPIS)
+        charts = self._build_fleet_charts()
+        reason_bars = self._build_reason_bars()
+        sort_controls = self._build_device_table()
+        device_view = self._build_device_view()
+        self.alerts_div = Div(text="", width=900, name="drift_alerts")
 
+        doc.title = "edgefleet — fleet dashboard"
+        doc.add_root(
+            column(
+                Div(text="<h2 style='margin:4px 0'>edgefleet fleet</h2>"),
+                row(*self.kpis.values()),
+                charts,
+                reason_bars,
+                sort_controls,
+                self.table,
+                row(self.device_input, self.device_info),
+                device_view,
+                self.alerts_div,
+            )
+        )
+        self.tick()
+        doc.add_periodic_callback(self.tick, update_ms)
+
+    # -- layout ------------------------------------------------------------------------------
+
+    def _build_fleet_charts(self) -> Row:
+        """Return devices by status, throughput and latency, side by side."""
         self.status_source = ColumnDataSource(
             {"status": list(STATUSES), "count": [0] * len(STATUSES), "color": [STATUS_COLORS[s] for s in STATUSES]},
             name="status_source",
@@ -157,7 +183,10 @@ class _Session:
         latency_plot.line("t_ms", "p50", source=self.latency_source, legend_label="p50")
         latency_plot.line("t_ms", "p99", source=self.latency_source, color="#d62728", legend_label="p99")
         latency_plot.legend.location = "top_left"
+        return row(status_plot, throughput_plot, latency_plot)
 
+    def _build_reason_bars(self) -> Row:
+        """Return dead letters and fleet-model fallbacks by reason."""
         self.deadletter_source = ColumnDataSource({"reason": [], "count": []})
         self.deadletter_plot = figure(
             title="Dead letters by reason", y_range=FactorRange(), height=220, width=360, toolbar_location=None
@@ -168,7 +197,10 @@ class _Session:
             title="Fleet-model fallbacks by reason", y_range=FactorRange(), height=220, width=360, toolbar_location=None
         )
         self.fallback_plot.hbar(y="reason", right="count", height=0.7, source=self.fallback_source, color="#ff7f0e")
+        return row(self.deadletter_plot, self.fallback_plot)
 
+    def _build_device_table(self) -> Row:
+        """Build the sortable device table (`self.table`); return its sort controls."""
         self.sort_select = Select(
             title="Sort devices by",
             value="last_seen_s_ago",
@@ -201,7 +233,10 @@ class _Session:
         self.table_source.selected.on_change("indices", self._on_row_selected)
         self.sort_select.on_change("value", self._on_sort_changed)
         self.order_select.on_change("value", self._on_sort_changed)
+        return row(self.sort_select, self.order_select)
 
+    def _build_device_view(self) -> Row:
+        """Build the device picker (`self.device_input`, `self.device_info`); return one device's charts."""
         self.device_input = TextInput(title="Device", placeholder="click a row or type a device id", width=260)
         self.device_input.on_change("value", self._on_device_changed)
         self.device_info = Div(text="", width=620, name="device_info")
@@ -234,24 +269,7 @@ class _Session:
             index_position=None,
         )
         _redraw_on_change(feature_table)
-        self.alerts_div = Div(text="", width=900, name="drift_alerts")
-
-        doc.title = "edgefleet — fleet dashboard"
-        doc.add_root(
-            column(
-                Div(text="<h2 style='margin:4px 0'>edgefleet fleet</h2>"),
-                row(*self.kpis.values()),
-                row(status_plot, throughput_plot, latency_plot),
-                row(self.deadletter_plot, self.fallback_plot),
-                row(self.sort_select, self.order_select),
-                self.table,
-                row(self.device_input, self.device_info),
-                row(column(device_plot, residual_plot), feature_table),
-                self.alerts_div,
-            )
-        )
-        self.tick()
-        doc.add_periodic_callback(self.tick, update_ms)
+        return row(column(device_plot, residual_plot), feature_table)
 
     # -- updates -----------------------------------------------------------------------------
 

@@ -10,18 +10,23 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings
 
 from edgefleet.errors import StartError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure_logging", "load_settings", "stop_event_on_signals"]
+__all__ = ["LogLevel", "configure_logging", "load_settings", "stop_event_on_signals"]
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+# A settings field for `configure_logging`: any case in, upper case out.
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)
+]
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
@@ -30,9 +35,11 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         return cls(**overrides)
     except ValidationError as err:
         lines = []
+        prefix = str(cls.model_config.get("env_prefix") or "")
         for problem in err.errors():
-            # Field names are the environment variables' names in lower case.
-            where = ".".join(str(part) for part in problem["loc"]).upper() or "settings"
+            # Field names are the environment variables' names in lower case, after the prefix.
+            where = ".".join(str(part) for part in problem["loc"]).upper()
+            where = f"{prefix}{where}" if where else "settings"
             lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
         raise StartError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
 

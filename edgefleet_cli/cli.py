@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -30,65 +29,52 @@ logger = logging.getLogger("edgefleet")
 
 
 def cmd_edgehub(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from edgefleet.process import load_settings, stop_event_on_signals
+    from edgehub.serve import serve_standin
+    from edgehub.settings import EdgeHubSettings
+    from edgehub.standin import EdgeHubStandIn
 
-    from edgefleet.deployment import load_deployment, parse_variables
-    from edgehub.standin import EdgeHubStandIn, StandInSettings, run_standin
-
-    deployment = load_deployment(args.deployment, parse_variables(args.var))
-    modules = tuple(deployment.modules)
-    upstream_mqtt = None
-    if args.upstream_mqtt:
-        from edgefleet.hub_wire import parse_hub_address
-
-        upstream_mqtt = parse_hub_address(args.upstream_mqtt)
-    settings = StandInSettings(
-        state_dir=Path(args.state_dir).resolve(),  # env files must work from any directory
-        lake_dir=Path(args.lake).resolve(),
-        edge_device=args.edge_device,
-        modules=modules,
-        routes=tuple(deployment.routes),
-        desired={m: deployment.desired(m) for m in modules},
-        ip_base=args.ip_base,
-        module_hosts=parse_variables(args.module_host) or {},
-        upstream_mqtt=upstream_mqtt,
-        health_file=Path(args.health_file) if args.health_file else None,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    flags = {
+        "deployment": args.deployment,
+        "variables": args.var,
+        "edge_device": args.edge_device,
+        "state_dir": args.state_dir,
+        "lake_dir": args.lake,
+        "ip_base": args.ip_base,
+        "module_hosts": args.module_host,
+        "upstream_mqtt": args.upstream_mqtt,
+        "health_file": args.health_file,
+    }
+    settings = load_settings(EdgeHubSettings, **{k: v for k, v in flags.items() if v is not None})
+    stop = stop_event_on_signals()
 
     def ready(standin: EdgeHubStandIn) -> None:
-        for module in modules:
+        for module in standin.modules:
             env_file = settings.state_dir / "modules" / f"{module}.env"
             print(f"{module}: GatewayHostName={standin.module_host(module)}, env in {env_file}")
         print("edgeHub stand-in running; Ctrl-C to stop")
 
-    run_standin(settings, stop, ready)
+    serve_standin(settings, stop, ready)
     return 0
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from edgefleet.process import load_settings, stop_event_on_signals
+    from edgehub.sink_service import SinkService
+    from edgehub.sink_settings import SinkSettings
 
-    from edgefleet.hub_wire import parse_hub_address
-    from edgehub.sink_service import SinkService, SinkSettings
-
-    host, port = parse_hub_address(args.listen)
-    settings = SinkSettings(
-        listen_host=host,
-        listen_port=port,
-        lake_dir=Path(args.lake).resolve(),
-        state_dir=Path(args.state_dir).resolve(),
-        flush_every_s=args.flush_every_s,
-        health_file=Path(args.health_file) if args.health_file else None,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    flags = {
+        "listen": args.listen,
+        "lake_dir": args.lake,
+        "state_dir": args.state_dir,
+        "flush_every_s": args.flush_every_s,
+        "health_file": args.health_file,
+    }
+    settings = load_settings(SinkSettings, **{k: v for k, v in flags.items() if v is not None})
+    stop = stop_event_on_signals()
 
     def ready(service: SinkService) -> None:
+        host, port = settings.listen
         print(f"IoT Hub sink listening on {host}:{port}, lake in {settings.lake_dir}; Ctrl-C to stop", flush=True)
 
     service = SinkService(settings)

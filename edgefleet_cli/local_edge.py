@@ -15,20 +15,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
-from edgefleet.routes import Message
 from edgehub.broker import Broker, Listener
+from edgehub.hub import HubPublisher
+from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
+from edgehub.upstream import MirroredUpstream, Upstream
 
 logger = logging.getLogger(__name__)
 
 FIELD_HOST = "127.0.0.1"
 MODULE_STOP_TIMEOUT_S = 40.0
+MIRROR_CLOSE_TIMEOUT_S = 5.0
 
 
 def free_port(host: str = FIELD_HOST) -> int:
@@ -90,7 +93,11 @@ class ModuleProcess:
 
 
 class LocalEdge:
-    """Field broker + edgeHub stand-in (routes and twins from the deployment) + module processes."""
+    """Field broker + edgeHub stand-in (routes and twins from the deployment) + module processes.
+
+    `$upstream` goes to `upstream` when given (the caller closes it), else to a `LakeSink` in
+    `lake_dir` (`lake_sink`); with a dashboard, a copy goes to the hub broker it reads. Start once.
+    """
 
     def __init__(
         self,
@@ -105,7 +112,7 @@ class LocalEdge:
         module_env: Mapping[str, Mapping[str, str]] | None = None,
         lake_dir: Path | None = None,
         flush_every_s: float = 1.0,
-        upstream: Callable[[Message], None] | None = None,
+        upstream: Upstream | None = None,
         field_port: int | None = None,
         dashboard_port: int | None = None,
     ) -> None:
@@ -128,18 +135,26 @@ class LocalEdge:
             Broker(self.workdir / "hub", "hub", [Listener(FIELD_HOST, self.hub_port)]) if self.hub_port else None
         )
         self.dashboard: subprocess.Popen[bytes] | None = None
-        self.standin = EdgeHubStandIn(
-            self.workdir / "edgehub",
-            edge_device,
-            list(modules),
-            deployment.routes,
-            desired,
-            self.lake_dir,
-            ip_base,
-            flush_every_s=flush_every_s,
-            upstream=upstream,
-            mirror_mqtt=(FIELD_HOST, self.hub_port) if self.hub_port else None,
-        )
+        self.lake_sink: LakeSink | None = None
+        if upstream is None:
+            self.lake_sink = upstream = LakeSink(self.lake_dir, flush_every_s)
+        self.mirror: HubPublisher | None = None
+        if self.hub_port is not None:
+            self.mirror = HubPublisher(FIELD_HOST, self.hub_port, f"edgefleet-mirror-{edge_device}")
+            upstream = MirroredUpstream(upstream, self.mirror)
+        try:
+            self.standin = EdgeHubStandIn(
+                self.workdir / "edgehub",
+                edge_device,
+                list(modules),
+                deployment.routes,
+                desired,
+                upstream=upstream,
+                ip_base=ip_base,
+            )
+        except BaseException:
+            self._close_upstream()
+            raise
         self._module_env = {module: dict((module_env or {}).get(module, {})) for module in modules}
         self.processes: dict[str, ModuleProcess] = {}
 
@@ -163,20 +178,22 @@ class LocalEdge:
         if self.hub_broker is not None:
             self.hub_broker.start()
             self.dashboard = self._start_dashboard()
+        if self.mirror is not None:
+            self.mirror.start()
         self.standin.start()
         for module in self.modules:
             self.start_module(module)
         return self
 
     def _start_dashboard(self) -> subprocess.Popen[bytes]:
-        """Start `edgefleet dashboard` on the hub broker, serving on 127.0.0.1:`dashboard_port`."""
+        """Start the dashboard (`python -m dashboard`) on the hub broker, serving on 127.0.0.1:`dashboard_port`."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         with open(self.workdir / "logs" / "dashboard.log", "ab") as log:
             return subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
-                    "dashboard.cli",
+                    "dashboard",
                     "--hub",
                     f"{FIELD_HOST}:{self.hub_port}",
                     "--port",
@@ -218,10 +235,13 @@ class LocalEdge:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stop modules (SIGTERM), then the stand-in (flushing the lake), then the field broker."""
+        """Stop modules (SIGTERM), then the stand-in, then flush the lake, then the brokers."""
         for process in self.processes.values():
             process.stop()
-        self.standin.stop()
+        try:
+            self.standin.stop()
+        finally:
+            self._close_upstream()
         dashboard, self.dashboard = self.dashboard, None
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()
@@ -233,6 +253,16 @@ class LocalEdge:
         if self.hub_broker is not None:
             self.hub_broker.stop()
         self.field_broker.stop()
+
+    def _close_upstream(self) -> None:
+        """Write what the lake sink holds and let the dashboard's copy drain; the caller's upstream stays open."""
+        mirror, self.mirror = self.mirror, None
+        try:
+            if self.lake_sink is not None:
+                self.lake_sink.close()
+        finally:
+            if mirror is not None:
+                mirror.close(timeout_s=MIRROR_CLOSE_TIMEOUT_S)
 
     def __enter__(self) -> LocalEdge:
         return self.start()

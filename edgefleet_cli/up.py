@@ -77,7 +77,7 @@ def poll(edge: LocalEdge, simulator_progress: dict[str, Any] | None = None) -> S
             continue
         if status == 200 and isinstance(payload, dict):
             setattr(snapshot, module, payload)
-    sink = edge.standin.sink
+    sink = edge.lake_sink
     if sink is not None:
         snapshot.sink = sink.stats()
     return snapshot

@@ -31,7 +31,7 @@ CLOSE_TIMEOUT_S = 30.0
 
 
 class HubPublisher:
-    """The stand-in's `$upstream` callback when the lake sink runs elsewhere: publish to its broker."""
+    """The stand-in's `Upstream` when the lake sink runs elsewhere: publish to its broker."""
 
     def __init__(self, host: str, port: int, client_id: str, *, window: int = PUBLISH_WINDOW) -> None:
         self.host = host
@@ -84,6 +84,10 @@ class HubPublisher:
         """Return counters: published (acknowledged) and outstanding."""
         with self._cond:
             return {"published": self._published, "outstanding": self._outstanding}
+
+    def healthy(self) -> bool:
+        """Return whether the hub broker is connected."""
+        return self.connected.is_set()
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
         """Wait until the hub acknowledged everything (up to `timeout_s`), then disconnect; return if all were."""

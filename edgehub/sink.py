@@ -1,7 +1,7 @@
 """The local IoT Hub: `$upstream` messages become telemetry-lake rows.
 
-`LakeSink` is the stand-in's `upstream` callback. Telemetry readings and predictions (single
-objects or batch envelopes) become flat rows, buffered and written with
+`LakeSink` is an `Upstream` of the stand-in (`edgehub.upstream`). Telemetry readings and
+predictions (single objects or batch envelopes) become flat rows, buffered and written with
 `edgefleet.lake.append_to_lake` when `flush_rows` rows are waiting, when the oldest has waited
 `flush_every_s`, and on `close()`. Everything else is kept as JSON Lines next to the parquet,
 in directories whose `_` prefix makes parquet readers (pyarrow, Spark) skip them:
@@ -199,6 +199,10 @@ class LakeSink:
         """Return counters: messages, rows_received, rows_written, files_written, deadletters, events."""
         with self._lock:
             return dict(self._stats)
+
+    def healthy(self) -> bool:
+        """Return whether the sink still takes messages."""
+        return not self._closed.is_set()
 
     def close(self) -> None:
         """Stop the timer and write what is buffered."""

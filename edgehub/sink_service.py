@@ -1,6 +1,7 @@
-"""`edgefleet sink`: the local IoT Hub as its own service — a Mosquitto the stand-in publishes to, and the lake writer.
+"""The local IoT Hub as its own service — a Mosquitto the stand-in publishes to, and the lake writer.
 
-The stand-in (`edgefleet edgehub --upstream-mqtt HOST:PORT`) publishes every `$upstream`
+Run it with `python -m edgehub.sink_service` (or `edgefleet sink`). The stand-in
+(`python -m edgehub --upstream-mqtt HOST:PORT`) publishes every `$upstream`
 message to this service's broker (wire form in `edgehub.hub`). The service
 subscribes with a persistent session at QoS 1 and feeds a `LakeSink`. The broker keeps its
 sessions on disk, so a restart of either side loses nothing that was acknowledged; rows the
@@ -10,40 +11,30 @@ sink buffered are written on SIGTERM (a SIGKILL loses at most `flush_every_s` of
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
 from edgefleet.hub_wire import HUB_SUBSCRIPTION, KEEPALIVE_S, parse_hub_message
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
+from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
 from edgefleet.topics import TopicError
 from edgehub.broker import Broker, Listener
 from edgehub.sink import LakeSink
+from edgehub.sink_settings import SinkSettings, parse_flags
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SINK_CLIENT_ID", "SinkService", "SinkSettings"]
+__all__ = ["SINK_CLIENT_ID", "SinkService", "main"]
 
 SINK_CLIENT_ID = "edgefleet-lake-sink"
 HEALTH_INTERVAL_S = 5.0
-
-
-@dataclass(frozen=True)
-class SinkSettings:
-    """Where the hub broker listens and where the lake goes."""
-
-    listen_host: str
-    listen_port: int
-    lake_dir: Path
-    state_dir: Path
-    flush_every_s: float = 5.0
-    flush_rows: int = 10_000
-    health_file: Path | None = None
 
 
 class SinkService:
@@ -58,7 +49,7 @@ class SinkService:
         self._broker = Broker(
             settings.state_dir / "broker",
             "hub",
-            [Listener(settings.listen_host, settings.listen_port)],
+            [Listener(*settings.listen)],
             persistent=True,
         )
         enable_tcp_nodelay()
@@ -78,23 +69,21 @@ class SinkService:
             stats.update({f"lake_{key}": value for key, value in self._sink.stats().items()})
         return stats
 
-    def run(self, stop_event: threading.Event, on_ready: Any = None) -> None:
+    def run(self, stop_event: threading.Event, on_ready: Callable[[SinkService], None] | None = None) -> None:
         """Serve until `stop_event` is set, then drain: disconnect, write buffered rows, stop the broker."""
         self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
         self._broker.start()
         try:
             self._sink = LakeSink(self.settings.lake_dir, self.settings.flush_every_s, self.settings.flush_rows)
+            listen_host, listen_port = self.settings.listen
             # The broker listens on every address here; the subscriber reaches it on loopback.
-            host = "127.0.0.1" if self.settings.listen_host in ("0.0.0.0", "") else self.settings.listen_host
-            self._client.connect_async(host, self.settings.listen_port, keepalive=KEEPALIVE_S)
+            host = "127.0.0.1" if listen_host in ("0.0.0.0", "") else listen_host
+            self._client.connect_async(host, listen_port, keepalive=KEEPALIVE_S)
             self._client.loop_start()
             if not self.subscribed.wait(15):
                 logger.warning("Sink is not subscribed to its own broker yet; still trying")
             logger.info(
-                "IoT Hub sink on %s:%d writing the lake in %s",
-                self.settings.listen_host,
-                self.settings.listen_port,
-                self.settings.lake_dir,
+                "IoT Hub sink on %s:%d writing the lake in %s", listen_host, listen_port, self.settings.lake_dir
             )
             if on_ready is not None:
                 on_ready(self)
@@ -150,3 +139,20 @@ class SinkService:
             logger.exception("Lake sink failed on a message from %s", message.connection_module_id)
             with self._lock:
                 self._stats["errors"] += 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sink service until SIGTERM or SIGINT; exit 2 with a message on a configuration mistake."""
+    try:
+        settings = load_settings(SinkSettings, **parse_flags(argv))
+        configure_logging(settings.log_level)
+        stop_event = stop_event_on_signals()
+        SinkService(settings).run(stop_event)
+        return 0
+    except EdgefleetError as err:
+        print(f"sink: {err}", file=sys.stderr)  # noqa: T201 - the one line a failed start leaves
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

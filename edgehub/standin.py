@@ -1,4 +1,4 @@
-"""The offline edgeHub stand-in: certificates, one Mosquitto per module, the router and the lake sink.
+"""The offline edgeHub stand-in: certificates, one Mosquitto per module and the router.
 
 Why one broker per module: module-twin and direct-method topics (`$iothub/twin/...`,
 `$iothub/methods/...`) name no module, so on one shared broker a twin GET from `sensor` and
@@ -18,6 +18,9 @@ Modules connect exactly as on a device, with `IoTHubModuleClient.create_from_edg
 through the SDK's documented development variables `EdgeHubConnectionString` and
 `EdgeModuleCACertificateFile` (see `module_environment`). The stand-in does not check the
 modules' SAS tokens; it listens on loopback addresses only.
+
+`$upstream` goes to the `Upstream` the caller passes in (`edgehub.upstream`): the stand-in
+routes, the caller decides where the local IoT Hub is and closes it after the stand-in stopped.
 """
 
 from __future__ import annotations
@@ -29,25 +32,31 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
-from edgefleet.routes import Message, Route
+from edgefleet.routes import Route
 from edgehub.broker import Broker, Listener
 from edgehub.certs import CertPaths, ensure_certs
 from edgehub.router import BrokerAddress, Router
-
-if TYPE_CHECKING:  # pandas is imported only when the stand-in writes the lake itself
-    from edgehub.hub import HubPublisher
-    from edgehub.sink import LakeSink
+from edgehub.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_IP_BASE", "GATEWAY_PORT", "EdgeHubStandIn", "StandInError", "StandInSettings", "run_standin"]
+__all__ = [
+    "DEFAULT_HUB_HOSTNAME",
+    "DEFAULT_IP_BASE",
+    "GATEWAY_PORT",
+    "EdgeHubStandIn",
+    "StandInError",
+    "check_ip_base",
+    "check_module_hosts",
+    "check_name",
+    "run_standin",
+]
 
 # The Python SDK hard-codes port 8883 for MQTT over TLS: modules differ by address, not port.
 GATEWAY_PORT = 8883
@@ -63,25 +72,6 @@ class StandInError(EdgefleetError):
     """Raise when the stand-in is configured wrongly or cannot start."""
 
 
-@dataclass(frozen=True)
-class StandInSettings:
-    """Everything `run_standin` needs; routes and desired properties come from the deployment manifest."""
-
-    state_dir: Path
-    lake_dir: Path
-    edge_device: str
-    modules: tuple[str, ...]
-    routes: tuple[Route, ...]
-    desired: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    ip_base: str = DEFAULT_IP_BASE
-    hub_hostname: str = DEFAULT_HUB_HOSTNAME
-    flush_every_s: float = 5.0
-    flush_rows: int = 10_000
-    module_hosts: Mapping[str, str] = field(default_factory=dict)
-    upstream_mqtt: tuple[str, int] | None = None
-    health_file: Path | None = None
-
-
 class EdgeHubStandIn:
     """Run the local edgeHub: `start()`/`stop()` or a `with` block; `module_environment()` for modules."""
 
@@ -92,21 +82,16 @@ class EdgeHubStandIn:
         modules: Sequence[str],
         routes: Sequence[Route],
         desired: Mapping[str, Mapping[str, Any]],
-        lake_dir: Path,
-        ip_base: str = DEFAULT_IP_BASE,
         *,
+        upstream: Upstream,
+        ip_base: str = DEFAULT_IP_BASE,
         hub_hostname: str = DEFAULT_HUB_HOSTNAME,
-        flush_every_s: float = 5.0,
-        flush_rows: int = 10_000,
-        upstream: Callable[[Message], None] | None = None,
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
-        upstream_mqtt: tuple[str, int] | None = None,
-        mirror_mqtt: tuple[str, int] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.edge_device = _check_name(edge_device, "edge device id")
-        self.modules = tuple(_check_name(module, "module name") for module in modules)
+        self.edge_device = check_name(edge_device, "edge device id")
+        self.modules = tuple(check_name(module, "module name") for module in modules)
         if not self.modules:
             raise StandInError("the stand-in needs at least one module")
         if len(set(self.modules)) != len(self.modules):
@@ -116,26 +101,16 @@ class EdgeHubStandIn:
         unknown = sorted(set(desired) - set(self.modules))
         if unknown:
             raise StandInError(f"desired properties for module(s) the stand-in does not run: {', '.join(unknown)}")
-        self.ip_base = _check_ip_base(ip_base)
+        self.ip_base = check_ip_base(ip_base)
         # Explicit addresses (e.g. one per container network under Docker Compose) win over ip_base.
-        self.module_hosts = _check_module_hosts(module_hosts or {}, self.modules)
+        self.module_hosts = check_module_hosts(module_hosts or {}, self.modules)
         self.routes = tuple(routes)
         self.desired = {module: dict(props) for module, props in desired.items()}
-        self.lake_dir = Path(lake_dir)
+        self.upstream = upstream
         self.hub_hostname = hub_hostname
-        self.flush_every_s = flush_every_s
-        self.flush_rows = flush_rows
         self.ready_timeout_s = ready_timeout_s
-        self._external_upstream = upstream
-        # `$upstream` goes to an MQTT hub (the sink service) instead of a LakeSink in this process.
-        self.upstream_mqtt = upstream_mqtt
-        self._hub: HubPublisher | None = None
-        # A copy of `$upstream` for live watchers (the dashboard) when the lake is written here.
-        self.mirror_mqtt = mirror_mqtt
-        self._mirror: HubPublisher | None = None
         self._brokers: list[Broker] = []
         self._router: Router | None = None
-        self._sink: LakeSink | None = None
         self.certs: CertPaths | None = None
         for route in self.routes:
             for module in (route.source.module, route.sink.module):
@@ -193,11 +168,6 @@ class EdgeHubStandIn:
             raise StandInError("the stand-in is not running")
         return self._router
 
-    @property
-    def sink(self) -> LakeSink | None:
-        """Return the lake sink, or None when an external upstream callback was given."""
-        return self._sink
-
     def start(self) -> EdgeHubStandIn:
         """Generate certificates, start the brokers and the router; return when the router is subscribed."""
         if self._router is not None:
@@ -211,30 +181,12 @@ class EdgeHubStandIn:
                 )
                 self._brokers.append(broker)
                 broker.start()
-            upstream = self._external_upstream
-            if upstream is None and self.upstream_mqtt is not None:
-                from edgehub.hub import HubPublisher
-
-                hub_host, hub_port = self.upstream_mqtt
-                self._hub = HubPublisher(hub_host, hub_port, f"edgefleet-edgehub-{self.edge_device}").start()
-                upstream = self._hub
-            if upstream is None:
-                from edgehub.sink import LakeSink
-
-                self._sink = LakeSink(self.lake_dir, self.flush_every_s, self.flush_rows)
-                upstream = self._sink
-            if self.mirror_mqtt is not None:
-                from edgehub.hub import HubPublisher
-
-                mirror_host, mirror_port = self.mirror_mqtt
-                self._mirror = HubPublisher(mirror_host, mirror_port, f"edgefleet-mirror-{self.edge_device}").start()
-                upstream = _Tee(upstream, self._mirror)
             addresses = {
                 module: BrokerAddress(host, GATEWAY_PORT, self.certs.ca_cert)
                 for module, host in zip(self.modules, hosts, strict=True)
             }
             self._router = Router(
-                addresses, self.edge_device, self.routes, self.desired, upstream, hub_name=self.hub_hostname
+                addresses, self.edge_device, self.routes, self.desired, self.upstream, hub_name=self.hub_hostname
             ).start()
             if not self._router.wait_ready(self.ready_timeout_s):
                 raise StandInError(f"the router could not subscribe on every module broker in {self.ready_timeout_s} s")
@@ -249,31 +201,20 @@ class EdgeHubStandIn:
         return self
 
     def stop(self) -> None:
-        """Stop the router (delivering what it holds), flush the sink or the hub link, stop the brokers."""
+        """Stop the router (handing what it holds to the upstream), then the brokers; the upstream stays open."""
         router, self._router = self._router, None
-        sink, self._sink = self._sink, None
-        hub, self._hub = self._hub, None
-        mirror, self._mirror = self._mirror, None
         try:
             if router is not None:
                 router.stop()
         finally:
-            try:
-                if sink is not None:
-                    sink.close()
-                if hub is not None:
-                    hub.close()
-                if mirror is not None:
-                    mirror.close(timeout_s=5.0)
-            finally:
-                brokers, self._brokers = self._brokers, []
-                for broker in brokers:
-                    broker.stop()
+            brokers, self._brokers = self._brokers, []
+            for broker in brokers:
+                broker.stop()
 
     def healthy(self) -> bool:
-        """Return whether every broker runs (and the hub link, if any, is connected)."""
+        """Return whether every broker runs and the upstream delivers."""
         brokers_up = bool(self._brokers) and all(broker.running() for broker in self._brokers)
-        return brokers_up and (self._hub is None or self._hub.connected.is_set())
+        return brokers_up and self.upstream.healthy()
 
     def __enter__(self) -> EdgeHubStandIn:
         return self.start()
@@ -285,53 +226,23 @@ class EdgeHubStandIn:
 
 
 def run_standin(
-    settings: StandInSettings,
+    standin: EdgeHubStandIn,
     stop_event: threading.Event,
+    *,
+    health_file: Path | None = None,
     on_ready: Callable[[EdgeHubStandIn], None] | None = None,
 ) -> None:
     """Run the stand-in until `stop_event` is set; `on_ready` gets it once modules can connect."""
-    standin = EdgeHubStandIn(
-        settings.state_dir,
-        settings.edge_device,
-        settings.modules,
-        settings.routes,
-        settings.desired,
-        settings.lake_dir,
-        settings.ip_base,
-        hub_hostname=settings.hub_hostname,
-        flush_every_s=settings.flush_every_s,
-        flush_rows=settings.flush_rows,
-        module_hosts=settings.module_hosts,
-        upstream_mqtt=settings.upstream_mqtt,
-    )
     with standin:
         env_files = standin.write_env_files()
         for module, path in env_files.items():
             logger.info("Module %s: environment in %s", module, path)
         if on_ready is not None:
             on_ready(standin)
-        touch_health(settings.health_file)
+        touch_health(health_file)
         while not stop_event.wait(HEALTH_INTERVAL_S):
             if standin.healthy():
-                touch_health(settings.health_file)
-
-
-class _Tee:
-    """Hand each upstream message to the lake path, then a copy to a watcher that must never hold it up."""
-
-    def __init__(self, primary: Callable[[Message], None], mirror: Callable[[Message], None]) -> None:
-        self.primary = primary
-        self.mirror = mirror
-        self.mirror_errors = 0
-
-    def __call__(self, message: Message) -> None:
-        self.primary(message)
-        try:
-            self.mirror(message)
-        except Exception as err:  # the watcher's problem never reaches the lake
-            self.mirror_errors += 1
-            if self.mirror_errors == 1:
-                logger.warning("Cannot copy upstream messages to the watcher: %s", err)
+                touch_health(health_file)
 
 
 def _local_key(edge_device: str, module: str) -> str:
@@ -339,14 +250,14 @@ def _local_key(edge_device: str, module: str) -> str:
     return base64.b64encode(hashlib.sha256(f"edgefleet-local/{edge_device}/{module}".encode()).digest()).decode()
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     """Return a device or module id usable in MQTT topics and file names, or raise."""
     if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
         raise StandInError(f"{what} {name!r} must be 1-64 letters, digits, '-', '_' or '.', starting alphanumeric")
     return name
 
 
-def _check_module_hosts(module_hosts: Mapping[str, str], modules: Sequence[str]) -> dict[str, str]:
+def check_module_hosts(module_hosts: Mapping[str, str], modules: Sequence[str]) -> dict[str, str]:
     """Return per-module broker addresses (IP literals, one per module), or raise saying what is wrong."""
     unknown = sorted(set(module_hosts) - set(modules))
     if unknown:
@@ -363,7 +274,7 @@ def _check_module_hosts(module_hosts: Mapping[str, str], modules: Sequence[str])
     return dict(module_hosts)
 
 
-def _check_ip_base(ip_base: str) -> str:
+def check_ip_base(ip_base: str) -> str:
     """Return `ip_base` if it is the first three octets of a loopback address, else raise."""
     if not _IP_BASE.fullmatch(ip_base):
         raise StandInError(f"ip_base {ip_base!r} must be the first three octets of a 127.x.y.z address")

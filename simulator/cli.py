@@ -1,15 +1,23 @@
-"""`edgefleet simulate`: play a fleet of field devices (or replay a recording) over MQTT."""
+"""`edgefleet simulate` and `python -m simulator`: play a fleet of field devices (or replay a recording) over MQTT."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_simulate", "register"]
+from edgefleet.errors import EdgefleetError
+from edgefleet.process import configure_logging, stop_event_on_signals
+
+__all__ = ["cmd_simulate", "main", "register"]
 
 PROGRESS_EVERY_S = 5.0
+DESCRIPTION = (
+    "Publish seeded field-device telemetry with faults and drift to an MQTT broker, "
+    "and write a report of what was sent."
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -17,9 +25,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
         help="publish telemetry from simulated field devices (or a recording) over MQTT",
-        description="Publish seeded field-device telemetry with faults and drift to an MQTT broker, "
-        "and write a report of what was sent.",
+        description=DESCRIPTION,
     )
+    _add_arguments(parser)
+    parser.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator from its own command line; exit 2 with a message on a bad profile or setting."""
+    parser = argparse.ArgumentParser(prog="python -m simulator", description=DESCRIPTION)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    try:
+        return cmd_simulate(args)
+    except EdgefleetError as err:
+        _say(f"simulator: error: {err}", err=True)
+        return 2
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="simulator profile, YAML or JSON (default: simulator/profiles/demo.yaml)")
     parser.add_argument("--host", help="broker host (overrides mqtt.host)")
     parser.add_argument("--port", type=int, help="broker port (overrides mqtt.port)")
@@ -31,13 +57,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--replay", metavar="FILE", help="replay a recorded CSV/JSON Lines file instead of simulating")
     parser.add_argument("--report", metavar="PATH", help="write the sent-count report here as JSON")
-    parser.set_defaults(func=cmd_simulate)
-    return parser
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run `edgefleet simulate`; return 1 when some messages were not delivered, else 0."""
-    from edgefleet.process import stop_event_on_signals
     from simulator.profile import DEMO_PROFILE, load_profile, with_overrides
     from simulator.run import run_replay, run_simulation
 

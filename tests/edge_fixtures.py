@@ -106,7 +106,7 @@ class FieldPublisher:
 
 def lake_rows(edge: LocalEdge) -> pd.DataFrame:
     """Flush the stand-in's sink and return every lake row."""
-    sink = edge.standin.sink
+    sink = edge.lake_sink
     assert sink is not None
     sink.flush()
     files = sorted(edge.lake_dir.glob("date=*/*.parquet"))

@@ -180,7 +180,7 @@ class Arrivals:
 
 
 class Upstream:
-    """The stand-in's `$upstream` callback: counts predictions; notes anything unexpected.
+    """The stand-in's `Upstream` (`edgehub.upstream`): counts predictions; notes anything unexpected.
 
     It runs on the router's upstream thread, in this process, so it only counts (a C-level
     scan of the body) and appends: bodies are parsed after the run, not on the measured path.
@@ -195,6 +195,15 @@ class Upstream:
             self.predictions.add(message.body.count(PREDICTION_MARK), message.body)
         elif not (message.connection_module_id == "sensor" and message.output == "telemetry"):
             self.other[f"{message.connection_module_id}/{message.output}"] += 1
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.other)
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release: the counts are read after the run."""
 
 
 # -- the field publisher ------------------------------------------------------------------------------

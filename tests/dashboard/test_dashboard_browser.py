@@ -204,7 +204,7 @@ def number(text: str | None) -> int | None:
 
 
 class DashboardProcess:
-    """`python -m dashboard.cli` against a hub broker."""
+    """`python -m dashboard` against a hub broker."""
 
     def __init__(self, hub_port: int, log_path: Path) -> None:
         self.port = free_port("127.0.0.1")
@@ -214,7 +214,7 @@ class DashboardProcess:
             [
                 sys.executable,
                 "-m",
-                "dashboard.cli",
+                "dashboard",
                 "--hub",
                 f"127.0.0.1:{hub_port}",
                 "--port",

@@ -47,7 +47,8 @@ def test_every_simulated_reading_is_predicted_dead_lettered_or_counted_as_a_dupl
     expected = result.simulation.expected_at_edge
     assert expected["sent"] > 1000
 
-    edge.standin.sink.flush()
+    assert edge.lake_sink is not None
+    edge.lake_sink.flush()
     lake = read_lake(edge.lake_dir)
     accounting = account(lake, read_deadletters(edge.lake_dir), expected)
     assert accounting["lost"] == 0

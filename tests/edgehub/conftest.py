@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from edgefleet.routes import parse_routes
+from edgefleet.routes import Message, parse_routes
+from edgehub.hub import HubPublisher
+from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
+from edgehub.upstream import Upstream
 from tests.edge_fixtures import wait_for  # noqa: F401 - re-exported for the tests here
 
 MODULE_APP = Path(__file__).with_name("module_app.py")
@@ -111,13 +114,40 @@ class ModuleProcess:
             self._stderr.close()
 
 
+class CollectingUpstream:
+    """An upstream that keeps what it is given, for tests that do not need the lake."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.closed = False
+
+    def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+    def stats(self) -> dict[str, int]:
+        return {"messages": len(self.messages)}
+
+    def healthy(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @dataclass
 class Edge:
-    """A running stand-in with its module processes."""
+    """A running stand-in with its module processes and its upstream (the lake sink unless told otherwise)."""
 
     standin: EdgeHubStandIn
     modules: dict[str, ModuleProcess]
     lake_dir: Path
+    upstream: Upstream
+
+    @property
+    def sink(self) -> LakeSink:
+        """Return the lake sink the stand-in writes `$upstream` to."""
+        assert isinstance(self.upstream, LakeSink)
+        return self.upstream
 
     def __getitem__(self, module: str) -> ModuleProcess:
         return self.modules[module]
@@ -140,20 +170,23 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
         upstream_mqtt: tuple[str, int] | None = None,
     ) -> Edge:
         lake_dir = tmp_path / "lake"
+        upstream: Upstream
+        if upstream_mqtt is not None:
+            upstream = HubPublisher(*upstream_mqtt, f"edgefleet-edgehub-{EDGE_DEVICE}").start()
+        else:
+            upstream = LakeSink(lake_dir, flush_every_s)
         standin = EdgeHubStandIn(
             tmp_path / "state",
             EDGE_DEVICE,
             list(modules),
             parse_routes(dict(routes)),
             dict(desired or {}),
-            lake_dir,
-            next_ip_base(),
-            flush_every_s=flush_every_s,
-            upstream_mqtt=upstream_mqtt,
+            upstream=upstream,
+            ip_base=next_ip_base(),
         )
-        standin.start()
-        edge = Edge(standin, {}, lake_dir)
+        edge = Edge(standin, {}, lake_dir, upstream)
         started.append(edge)
+        standin.start()
         for module in modules if processes else ():
             edge.modules[module] = ModuleProcess(module, standin.module_environment(module), tmp_path)
         for process in edge.modules.values():
@@ -165,3 +198,4 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
         for process in edge.modules.values():
             process.close()
         edge.standin.stop()
+        edge.upstream.close()

@@ -15,7 +15,8 @@ from edgefleet.lake import EVENTS_DIR
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from edgehub.hub import HubPublisher
-from edgehub.sink_service import SinkService, SinkSettings
+from edgehub.sink_service import SinkService
+from edgehub.sink_settings import SinkSettings
 
 from .conftest import StartEdge, wait_for
 
@@ -45,7 +46,9 @@ def lake_seqs(lake: Path) -> list[int]:
 class RunningSink:
     def __init__(self, tmp_path: Path, port: int) -> None:
         self.lake = tmp_path / "lake"
-        self.settings = SinkSettings("127.0.0.1", port, self.lake, tmp_path / "sink", flush_every_s=0.2)
+        self.settings = SinkSettings(
+            listen=("127.0.0.1", port), lake_dir=self.lake, state_dir=tmp_path / "sink", flush_every_s=0.2
+        )
         self.stop_event = threading.Event()
         self.service = SinkService(self.settings)
         ready = threading.Event()
@@ -172,6 +175,7 @@ import {module}
     [
         ("edgehub.sink_service", {"cryptography", "pyspark", "mlflow"}),
         ("edgehub.standin", {"pandas", "pyarrow", "pyspark", "mlflow"}),
+        ("edgehub.__main__", {"pandas", "pyarrow", "pyspark", "mlflow"}),
         ("edgehub.hub", {"pandas", "cryptography"}),
     ],
 )

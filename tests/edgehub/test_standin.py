@@ -15,9 +15,9 @@ from edgefleet.history import read_history
 from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
 from edgefleet.routes import parse_routes
 from edgehub import router as router_module
-from edgehub.standin import EdgeHubStandIn, StandInError, StandInSettings, run_standin
+from edgehub.standin import EdgeHubStandIn, StandInError, run_standin
 
-from .conftest import ModuleProcess, StartEdge, next_ip_base, wait_for
+from .conftest import CollectingUpstream, ModuleProcess, StartEdge, next_ip_base, wait_for
 
 JSON = {"content_type": "application/json", "content_encoding": "utf-8"}
 
@@ -165,8 +165,7 @@ def test_upstream_readings_predictions_and_batches_land_in_the_lake(start_edge: 
     edge["inference"].request("send", output="deadletter", body=deadletter, **JSON)
     edge["inference"].request("patch_reported", patch={"bundle_version": "b1"})
 
-    sink = edge.standin.sink
-    assert sink is not None
+    sink = edge.sink
     wait_for(lambda: sink.stats().get("rows_written", 0) >= 102 and sink.stats().get("events", 0) >= 1)
 
     lake = pd.read_parquet(edge.lake_dir)
@@ -235,11 +234,13 @@ def test_a_client_on_one_module_broker_cannot_speak_for_another_module(start_edg
 
 def test_the_standin_refuses_desired_properties_for_modules_it_does_not_run(tmp_path: Path) -> None:
     with pytest.raises(StandInError, match="does not run"):
-        EdgeHubStandIn(tmp_path, "edge1", ["sensor"], parse_routes({}), {"ghost": {}}, tmp_path)
+        EdgeHubStandIn(tmp_path, "edge1", ["sensor"], parse_routes({}), {"ghost": {}}, upstream=CollectingUpstream())
 
 
 def test_module_environment_names_the_module_gateway_and_ca(tmp_path: Path) -> None:
-    standin = EdgeHubStandIn(tmp_path, "edge1", ["sensor", "inference"], [], {}, tmp_path / "lake", "127.0.9")
+    standin = EdgeHubStandIn(
+        tmp_path, "edge1", ["sensor", "inference"], [], {}, upstream=CollectingUpstream(), ip_base="127.0.9"
+    )
 
     env = standin.module_environment("inference")
 
@@ -251,26 +252,31 @@ def test_module_environment_names_the_module_gateway_and_ca(tmp_path: Path) -> N
 
 
 def test_run_standin_serves_until_stopped_and_writes_module_env_files(tmp_path: Path) -> None:
-    settings = StandInSettings(
-        state_dir=tmp_path / "state",
-        lake_dir=tmp_path / "lake",
-        edge_device="edge1",
-        modules=("sensor", "inference"),
-        routes=tuple(parse_routes({"telemetry": TELEMETRY_ROUTE})),
-        desired={"inference": {"threshold": 1}},
-        ip_base=next_ip_base(),
+    ip_base = next_ip_base()
+    standin = EdgeHubStandIn(
+        tmp_path / "state",
+        "edge1",
+        ("sensor", "inference"),
+        parse_routes({"telemetry": TELEMETRY_ROUTE}),
+        {"inference": {"threshold": 1}},
+        upstream=CollectingUpstream(),
+        ip_base=ip_base,
     )
     stop = threading.Event()
     seen: list[dict[str, Any]] = []
+    health_file = tmp_path / "healthy"
     thread = threading.Thread(
-        target=run_standin, args=(settings, stop, lambda standin: seen.append(standin.router.twin("inference")))
+        target=run_standin,
+        args=(standin, stop),
+        kwargs={"health_file": health_file, "on_ready": lambda s: seen.append(s.router.twin("inference"))},
     )
     thread.start()
     try:
         wait_for(lambda: seen)
-        env_file = settings.state_dir / "modules" / "inference.env"
-        assert f"GatewayHostName={settings.ip_base}.11;" in env_file.read_text()
+        env_file = tmp_path / "state" / "modules" / "inference.env"
+        assert f"GatewayHostName={ip_base}.11;" in env_file.read_text()
         assert seen[0]["desired"] == {"threshold": 1, "$version": 1}
+        assert health_file.exists()
     finally:
         stop.set()
         thread.join(20)
@@ -286,8 +292,8 @@ def test_modules_can_be_given_their_own_broker_addresses_as_under_docker_compose
         ["sensor", "inference"],
         [],
         {"sensor": {"site": "a"}, "inference": {"site": "b"}},
-        tmp_path / "lake",
-        "127.0.0",
+        upstream=CollectingUpstream(),
+        ip_base="127.0.0",
         module_hosts=hosts,
     )
     assert standin.module_host("inference") == hosts["inference"]
@@ -302,7 +308,9 @@ def test_modules_can_be_given_their_own_broker_addresses_as_under_docker_compose
 
 def test_module_hosts_must_be_distinct_ip_addresses_of_known_modules(tmp_path: Path) -> None:
     def make(hosts: dict[str, str]) -> EdgeHubStandIn:
-        return EdgeHubStandIn(tmp_path, "edge1", ["sensor", "inference"], [], {}, tmp_path, module_hosts=hosts)
+        return EdgeHubStandIn(
+            tmp_path, "edge1", ["sensor", "inference"], [], {}, upstream=CollectingUpstream(), module_hosts=hosts
+        )
 
     with pytest.raises(StandInError, match="IP address"):
         make({"sensor": "edgehub"})

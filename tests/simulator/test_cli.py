@@ -1,4 +1,4 @@
-"""`edgefleet simulate` as a user runs it: a real process, its output, its report and Ctrl-C."""
+"""The simulator as a user runs it (`python -m simulator`, the image's command): output, report, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,23 +16,12 @@ from edgehub.broker import Broker
 from simulator.cli import cmd_simulate, register
 from simulator.errors import ProfileError
 
-# edgefleet/cli.py wires `register` into its parser; this driver does the same for a bare process.
-DRIVER = (
-    "import argparse, sys\n"
-    "from simulator.cli import register\n"
-    "parser = argparse.ArgumentParser(prog='edgefleet')\n"
-    "register(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.func(args))\n"
-)
-
-
 REPO = Path(__file__).resolve().parents[2]
 
 
 def simulate(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, "simulate", *map(str, args)],
+        [sys.executable, "-m", "simulator", *map(str, args)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -41,6 +30,7 @@ def simulate(*args: object) -> subprocess.Popen[str]:
 
 
 def parse(*args: str) -> argparse.Namespace:
+    """Parse `edgefleet simulate ...` as edgefleet_cli wires `register` into its parser."""
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["simulate", *args])
@@ -85,3 +75,13 @@ def test_a_bad_profile_raises_a_profile_error_for_the_cli_to_print(tmp_path: Pat
     bad.write_text("device_types: [{name: a, count: 1, rate: 5}]\n")
     with pytest.raises(ProfileError, match="did you mean 'rate_per_s'"):
         cmd_simulate(parse("--profile", str(bad)))
+
+
+def test_a_bad_profile_makes_the_process_exit_2_with_what_to_fix_and_no_traceback(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_types: [{name: a, count: 1, rate: 5}]\n")
+    process = simulate("--profile", bad)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "simulator: error:" in err and "did you mean 'rate_per_s'" in err
+    assert "Traceback" not in err

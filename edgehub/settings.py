@@ -1,0 +1,131 @@
+"""Settings of the stand-in process (`python -m edgehub`): `EDGEHUB_*` variables, command-line flags on top."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.deployment import parse_variables
+from edgefleet.errors import EdgefleetError
+from edgefleet.hub_wire import parse_hub_address
+from edgefleet.process import LogLevel
+from edgehub.standin import DEFAULT_IP_BASE, check_ip_base, check_module_hosts, check_name
+
+__all__ = ["EdgeHubSettings", "parse_flags"]
+
+T = TypeVar("T")
+
+
+class EdgeHubSettings(BaseSettings):
+    """Where the manifest is, which addresses modules reach, and where `$upstream` goes."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEHUB_", extra="forbid", frozen=True)
+
+    deployment: Path = Path("deployment/deployment.template.json")
+    # `${NAME}` placeholders of the manifest; None leaves them as written (the template works so).
+    variables: dict[str, str] | None = None
+    edge_device: str = "edge1"
+    state_dir: Path = Path("out/edgehub")
+    # Written here unless `upstream_mqtt` names the sink service.
+    lake_dir: Path = Path("out/lake")
+    flush_every_s: float = Field(5.0, gt=0)
+    flush_rows: int = Field(10_000, gt=0)
+    ip_base: str = DEFAULT_IP_BASE
+    module_hosts: dict[str, str] = Field(default_factory=dict)
+    upstream_mqtt: tuple[str, int] | None = None
+    health_file: Path | None = None
+    log_level: LogLevel = "INFO"
+
+    @field_validator("deployment")
+    @classmethod
+    def _manifest_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"no deployment manifest at {value}; pass --deployment PATH or set EDGEHUB_DEPLOYMENT")
+        return value
+
+    @field_validator("variables", mode="before")
+    @classmethod
+    def _variables_from_pairs(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return _checked(lambda: parse_variables(value))
+        return value
+
+    @field_validator("edge_device")
+    @classmethod
+    def _edge_device_name(cls, value: str) -> str:
+        return _checked(lambda: check_name(value, "edge device id"))
+
+    @field_validator("state_dir", "lake_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Env files name the CA certificate: they must work from any directory.
+        return value.resolve()
+
+    @field_validator("ip_base")
+    @classmethod
+    def _loopback_block(cls, value: str) -> str:
+        return _checked(lambda: check_ip_base(value))
+
+    @field_validator("module_hosts", mode="before")
+    @classmethod
+    def _hosts_from_pairs(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            pairs = [str(item).partition("=") for item in value]
+            if any(not module or not sep for module, sep, _ in pairs):
+                raise ValueError("write each module's address as MODULE=IP, e.g. --module-host sensor=172.28.1.2")
+            return {module: host for module, _, host in pairs}
+        return value
+
+    @field_validator("module_hosts")
+    @classmethod
+    def _distinct_addresses(cls, value: dict[str, str]) -> dict[str, str]:
+        # Which modules exist is known once the manifest is read; the stand-in checks the names then.
+        return _checked(lambda: check_module_hosts(value, list(value)))
+
+    @field_validator("upstream_mqtt", mode="before")
+    @classmethod
+    def _hub_address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _checked(lambda: parse_hub_address(value))
+        return value
+
+
+def _checked(check: Callable[[], T]) -> T:
+    """Run a check that raises EdgefleetError; re-raise its message as pydantic's ValueError."""
+    try:
+        return check()
+    except EdgefleetError as err:
+        raise ValueError(str(err)) from None
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Return the settings given on the command line (flags left out fall back to `EDGEHUB_*` and defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edgehub",
+        description="Run the offline edgeHub stand-in: one Mosquitto per module, the router, $upstream to the hub.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--deployment", help="deployment manifest or template (EDGEHUB_DEPLOYMENT)")
+    parser.add_argument("--var", dest="variables", action="append", metavar="NAME=VALUE", help="expand ${NAME}")
+    parser.add_argument("--edge-device", dest="edge_device", help="edge device id (default edge1)")
+    parser.add_argument("--state-dir", dest="state_dir", help="certificates, broker state, module env files")
+    parser.add_argument("--lake", dest="lake_dir", help="write the lake here (unless --upstream-mqtt is given)")
+    parser.add_argument("--ip-base", dest="ip_base", help="modules connect to <ip-base>.10, .11, ... port 8883")
+    parser.add_argument(
+        "--module-host",
+        dest="module_hosts",
+        action="append",
+        metavar="MODULE=IP",
+        help="a module's broker address instead of <ip-base>.N (e.g. one container network per module)",
+    )
+    parser.add_argument(
+        "--upstream-mqtt", dest="upstream_mqtt", metavar="HOST:PORT", help="send $upstream to the IoT Hub sink service"
+    )
+    parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
+    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return vars(parser.parse_args(argv))

@@ -1,0 +1,61 @@
+"""Settings of the sink service (`python -m edgehub.sink_service`): `SINK_*` variables, command-line flags on top."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.hub_wire import HubAddressError, parse_hub_address
+from edgefleet.process import LogLevel
+
+__all__ = ["SinkSettings", "parse_flags"]
+
+
+class SinkSettings(BaseSettings):
+    """Where the hub broker listens and where the lake goes."""
+
+    model_config = SettingsConfigDict(env_prefix="SINK_", extra="forbid", frozen=True)
+
+    listen: tuple[str, int] = ("127.0.0.1", 1884)
+    lake_dir: Path = Path("out/lake")
+    state_dir: Path = Path("out/sink")
+    flush_every_s: float = Field(5.0, gt=0)
+    flush_rows: int = Field(10_000, gt=0)
+    health_file: Path | None = None
+    log_level: LogLevel = "INFO"
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _hub_address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_hub_address(value)
+            except HubAddressError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("lake_dir", "state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+
+def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Return the settings given on the command line (flags left out fall back to `SINK_*` and defaults)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edgehub.sink_service",
+        description="Run the local IoT Hub: an MQTT broker the stand-in sends $upstream to, and the lake writer.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="hub broker address (default 127.0.0.1:1884)")
+    parser.add_argument("--lake", dest="lake_dir", help="telemetry lake directory (default out/lake)")
+    parser.add_argument("--state-dir", dest="state_dir", help="broker persistence and logs (default out/sink)")
+    parser.add_argument("--flush-every-s", dest="flush_every_s", help="write buffered rows at least this often")
+    parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
+    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    return vars(parser.parse_args(argv))

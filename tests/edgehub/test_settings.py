@@ -1,0 +1,57 @@
+"""The stand-in's settings: flags and `EDGEHUB_*` variables become one validated object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgefleet.errors import StartError
+from edgefleet.process import load_settings
+from edgehub.settings import EdgeHubSettings, parse_flags
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
+
+
+def test_flags_give_placeholders_module_addresses_and_the_hub_as_the_compose_file_writes_them() -> None:
+    flags = parse_flags(
+        [
+            "--deployment", str(TEMPLATE), "--var", "BUNDLE_VERSION=b7",
+            "--module-host", "sensor=172.28.1.2", "--module-host", "inference=172.28.2.2",
+            "--upstream-mqtt", "sink:1883", "--state-dir", "relative/state",
+        ]
+    )  # fmt: skip
+
+    settings = load_settings(EdgeHubSettings, **flags)
+
+    assert settings.variables == {"BUNDLE_VERSION": "b7"}
+    assert settings.module_hosts == {"sensor": "172.28.1.2", "inference": "172.28.2.2"}
+    assert settings.upstream_mqtt == ("sink", 1883)
+    assert settings.state_dir.is_absolute()  # env files name the CA certificate from any directory
+
+
+def test_flags_left_out_fall_back_to_edgehub_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEHUB_EDGE_DEVICE", "edge-7")
+    monkeypatch.setenv("EDGEHUB_MODULE_HOSTS", '{"sensor": "172.28.1.2"}')
+
+    settings = load_settings(EdgeHubSettings, **parse_flags(["--deployment", str(TEMPLATE)]))
+
+    assert settings.edge_device == "edge-7"
+    assert settings.module_hosts == {"sensor": "172.28.1.2"}
+    assert settings.variables is None  # placeholders stay as written, as the template needs
+
+
+def test_every_mistake_is_reported_at_once_under_its_variable_name() -> None:
+    with pytest.raises(StartError) as caught:
+        load_settings(
+            EdgeHubSettings,
+            deployment=TEMPLATE,
+            edge_device="edge 1",
+            module_hosts={"sensor": "10.0.0.2", "inference": "10.0.0.2"},
+            flush_every_s=0,
+        )
+
+    message = str(caught.value)
+    assert "EDGEHUB_EDGE_DEVICE: edge device id 'edge 1' must be 1-64 letters" in message
+    assert "EDGEHUB_MODULE_HOSTS: each module needs its own address" in message
+    assert "EDGEHUB_FLUSH_EVERY_S: Input should be greater than 0" in message

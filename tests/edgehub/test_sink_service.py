@@ -1,0 +1,81 @@
+"""`python -m edgehub.sink_service`, the sink image's command: rows it holds reach the lake on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from edgefleet.routes import Message
+from edgefleet_cli.local_edge import free_port
+from edgehub.hub import HubPublisher
+
+from .conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
+
+
+def sink_service(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgehub.sink_service", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def telemetry(seq: int) -> Message:
+    body = {"schema": "edgefleet.telemetry/1", "device_id": "dev-1", "seq": seq, "ts": "2026-11-20T10:00:00Z"}
+    return Message("edge1", "sensor", "telemetry", {}, JSON, json.dumps({**body, "features": {"temp": 1.0}}).encode())
+
+
+def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path: Path) -> None:
+    port = free_port()
+    health_file = tmp_path / "healthy"
+    process = sink_service(
+        "--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state",
+        "--flush-every-s", 3600, "--health-file", health_file,
+    )  # fmt: skip
+    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-publisher").start()
+    try:
+        wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
+        assert process.poll() is None, process.communicate()[1]
+        for seq in range(3):
+            publisher(telemetry(seq))
+        assert publisher.close(timeout_s=20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 0, err
+    assert sorted(pd.read_parquet(tmp_path / "lake")["seq"]) == [0, 1, 2]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--listen", "0.0.0.0"], {}, "SINK_LISTEN: '0.0.0.0' is not HOST:PORT; write e.g. sink:1883"),
+        ([], {"SINK_FLUSH_EVERY_S": "0"}, "SINK_FLUSH_EVERY_S: Input should be greater than 0"),
+    ],
+    ids=["listen-without-port", "flush-interval-zero"],
+)
+def test_a_bad_setting_exits_2_saying_how_to_fix_it_without_a_traceback(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    process = sink_service(*args, env=env)
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 2
+    assert err.startswith("sink: invalid SinkSettings:")
+    assert expected in err
+    assert "Traceback" not in err
