@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgefleet.hub_wire import HubAddressError, parse_hub_address
+from edgefleet.hub_wire import HubAddress
 from edgefleet.process import LogLevel
 
 __all__ = ["DashboardSettings", "add_flags", "parse_flags", "settings_flags"]
@@ -21,23 +21,13 @@ class DashboardSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DASHBOARD_", extra="forbid", frozen=True)
 
-    hub: tuple[str, int] = ("127.0.0.1", 1884)
+    hub: HubAddress = ("127.0.0.1", 1884)
     port: int = Field(5006, ge=1, le=65535)
     address: str = "127.0.0.1"
     # Browser origins allowed to open the dashboard; empty: the serving address and localhost.
     allow_websocket_origin: tuple[str, ...] = ()
     silent_after_s: float = Field(60.0, gt=0)
     log_level: LogLevel = "INFO"
-
-    @field_validator("hub", mode="before")
-    @classmethod
-    def _hub_address(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return parse_hub_address(value)
-            except HubAddressError as err:
-                raise ValueError(str(err)) from None
-        return value
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

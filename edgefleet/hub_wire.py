@@ -10,6 +10,10 @@ The stand-in writes it (`edgehub.hub.HubPublisher`); the sink and the dashboard 
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import BeforeValidator
+
 from edgefleet.errors import EdgefleetError
 from edgefleet.routes import Message
 from edgefleet.topics import (
@@ -23,6 +27,7 @@ from edgefleet.topics import (
 __all__ = [
     "HUB_SUBSCRIPTION",
     "KEEPALIVE_S",
+    "HubAddress",
     "HubAddressError",
     "format_hub_topic",
     "parse_hub_address",
@@ -46,6 +51,20 @@ def parse_hub_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise HubAddressError(f"{text!r} is not HOST:PORT; write e.g. sink:1883 or 127.0.0.1:1883")
     return host, int(port_text)
+
+
+def _hub_address_setting(value: object) -> object:
+    """Turn a `HOST:PORT` setting into (host, port); pass anything else on for pydantic to check."""
+    if isinstance(value, str):
+        try:
+            return parse_hub_address(value)
+        except HubAddressError as err:
+            raise ValueError(str(err)) from None
+    return value
+
+
+# A settings field holding a hub broker address, given as HOST:PORT.
+HubAddress = Annotated[tuple[str, int], BeforeValidator(_hub_address_setting)]
 
 
 def format_hub_topic(message: Message) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgefleet.hub_wire import HubAddressError, parse_hub_address
+from edgefleet.hub_wire import HubAddress
 from edgefleet.process import LogLevel
 
 __all__ = ["SinkSettings", "parse_flags"]
@@ -21,23 +21,13 @@ class SinkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SINK_", extra="forbid", frozen=True)
 
-    listen: tuple[str, int] = ("127.0.0.1", 1884)
+    listen: HubAddress = ("127.0.0.1", 1884)
     lake_dir: Path = Path("out/lake")
     state_dir: Path = Path("out/sink")
     flush_every_s: float = Field(5.0, gt=0)
     flush_rows: int = Field(10_000, gt=0)
     health_file: Path | None = None
     log_level: LogLevel = "INFO"
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _hub_address(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return parse_hub_address(value)
-            except HubAddressError as err:
-                raise ValueError(str(err)) from None
-        return value
 
     @field_validator("lake_dir", "state_dir")
     @classmethod
