@@ -3,6 +3,8 @@ from pydantic import ValidationError
 
 from cloud_training.settings import TrainSettings
 
+pytestmark = pytest.mark.fast
+
 
 def test_spark_master_and_mlflow_uri_come_from_their_usual_environment_variables(monkeypatch):
     monkeypatch.setenv("SPARK_MASTER", "spark://cluster:7077")

@@ -23,6 +23,8 @@ from edgefleet.endpoints import INFERENCE, MODULES, SENSOR, EndpointError, Modul
 from edgefleet.routes import RouteSink, RouteSource
 from edgefleet_cli.cli import main
 
+pytestmark = pytest.mark.fast
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
 _SHIPPED: dict[str, Any] = json.loads(TEMPLATE.read_text(encoding="utf-8"))
 VARIABLES = {

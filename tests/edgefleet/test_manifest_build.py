@@ -11,6 +11,8 @@ from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DeploymentError, load_deployment
 from edgefleet.manifest_build import build_variables, write_deployment_manifest
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deployment" / "deployment.template.json"
 MODULES = REPO / "modules"

@@ -41,6 +41,8 @@ from edgefleet.messages import (
     prediction_json_obj,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def telemetry(**overrides):
     obj = {

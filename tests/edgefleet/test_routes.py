@@ -16,6 +16,8 @@ from edgefleet.routes import (
     route_message,
 )
 
+pytestmark = pytest.mark.fast
+
 JSON_UTF8 = {"contentType": "application/json", "contentEncoding": "utf-8"}
 TO_INFERENCE = 'BrokeredEndpoint("/modules/inference/inputs/telemetry")'
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from edgefleet.endpoints import SENSOR
 from modules.runtime import EdgeLink
 from modules.runtime import client as runtime_client
+
+pytestmark = pytest.mark.fast
 
 
 class _FlakyClient:

@@ -26,6 +26,8 @@ from simulator.physics import FEATURES, device_ids, make_profile
 from simulator.profile import SimulatorProfile, parse_profile
 from simulator.stream import generate
 
+pytestmark = pytest.mark.fast
+
 INTERVAL_S = 432.0  # 200 readings = one day
 TRAIN_READINGS = 800
 HOLDOUT_READINGS = 200

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from edgefleet.bundle import read_manifest
 from edgefleet.messages import Reading, encode_json, pack_batches, units_4kb
 from modules.inference.predictor import Predictor
 from modules.inference.settings import InferenceDesired
 from modules.runtime import LatencyWindow, apply_desired_patch
+
+pytestmark = pytest.mark.fast
 
 
 def _reading(device: str, features=None) -> Reading:
