@@ -119,7 +119,9 @@ def deadletters(edge: LocalEdge) -> list[dict[str, Any]]:
     """Return the dead letters the local IoT Hub sink received."""
     records: list[dict[str, Any]] = []
     for path in sorted((edge.lake_dir / "_deadletters").glob("*.jsonl")):
-        records.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+        # The sink may be appending right now: a last line without its newline is read on the next poll.
+        *complete, _partial = path.read_text().split("\n")
+        records.extend(json.loads(line) for line in complete if line)
     return records
 
 
