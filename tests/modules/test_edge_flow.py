@@ -119,7 +119,10 @@ def test_manifest_desired_properties_reach_both_modules_and_a_bad_patch_is_repor
     sensor = wait_for(lambda: router.twin("sensor")["reported"].get("counters") and router.twin("sensor")["reported"])
     assert sensor["batchWindowMs"] == 200
     assert sensor["fieldTopic"] == "fleet/+/telemetry"
-    inference = router.twin("inference")["reported"]
+    # Each module reports once it is up: on a loaded machine inference may start after the sensor.
+    inference = wait_for(
+        lambda: router.twin("inference")["reported"].get("bundleVersion") and router.twin("inference")["reported"]
+    )
     assert inference["bundleVersion"] == bundle_version
     assert inference["bundleStatus"] == "ok"
 
