@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
@@ -431,30 +431,50 @@ def batch_envelope(items: Sequence[bytes]) -> bytes:
     return _BATCH_HEAD + b",".join(items) + _BATCH_TAIL
 
 
-def encode_batches(objs: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes]:
-    """Pack JSON objects, in order, into as few batch envelopes of at most `max_bytes` as possible."""
-    overhead_bytes = len(_BATCH_HEAD) + len(_BATCH_TAIL)
-    batches: list[bytes] = []
-    current: list[bytes] = []
-    current_bytes = overhead_bytes
-    for index, obj in enumerate(objs):
-        if type(obj) is not dict:
-            _fail(WRONG_TYPE, f"objs[{index}] must be a dict, got {_kind(obj)}")
-        item = encode_json(obj)
-        if overhead_bytes + len(item) > max_bytes:
-            _fail(
-                OVERSIZE,
-                f"objs[{index}] needs {overhead_bytes + len(item)} bytes in a batch; max_bytes is {max_bytes}",
-            )
-        # Each item is serialised once and sized incrementally: packing stays O(total bytes).
-        added_bytes = len(item) + (1 if current else 0)  # the separating comma
-        if current_bytes + added_bytes > max_bytes:
-            batches.append(_BATCH_HEAD + b",".join(current) + _BATCH_TAIL)
-            current, current_bytes, added_bytes = [], overhead_bytes, len(item)
-        current.append(item)
-        current_bytes += added_bytes
-    if current:
-        batches.append(_BATCH_HEAD + b",".join(current) + _BATCH_TAIL)
+class BatchPacker:
+    """Pack encoded objects, in order, into batch envelopes of at most `max_bytes` (not thread-safe).
+
+    An item that does not fit beside the open batch closes it and opens the next one; an item
+    too big for any batch still gets an envelope of its own (senders that must stay under the
+    limit check each item against `max_bytes - BATCH_OVERHEAD_BYTES` before adding it).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: list[bytes] = []
+        self._bytes = BATCH_OVERHEAD_BYTES
+
+    def add(self, item: bytes) -> bytes | None:
+        """Add one encoded object; return the open batch, closed, when the item did not fit beside it."""
+        full = None
+        # Each item is sized once and the total kept incrementally: packing stays O(total bytes).
+        added_bytes = len(item) + (1 if self._items else 0)  # the separating comma
+        if self._items and self._bytes + added_bytes > self.max_bytes:
+            full = self.take()
+            added_bytes = len(item)
+        self._items.append(item)
+        self._bytes += added_bytes
+        return full
+
+    def take(self) -> bytes | None:
+        """Return the open batch as one envelope (None when empty) and start a new one."""
+        if not self._items:
+            return None
+        body = batch_envelope(self._items)
+        self._items, self._bytes = [], BATCH_OVERHEAD_BYTES
+        return body
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def pack_batches(items: Iterable[bytes], max_bytes: int) -> list[bytes]:
+    """Pack encoded objects, in order, into as few batch envelopes of at most `max_bytes` as possible."""
+    packer = BatchPacker(max_bytes)
+    batches = [full for item in items if (full := packer.add(item)) is not None]
+    last = packer.take()
+    if last is not None:
+        batches.append(last)
     return batches
 
 

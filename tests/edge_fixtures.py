@@ -115,12 +115,24 @@ def lake_rows(edge: LocalEdge) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
 
 
+def jsonl_records(folder: Path) -> list[dict[str, Any]]:
+    """Return the records of every `*.jsonl` file in a lake folder, in file order."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        # The sink may be appending right now: a last line without its newline is read on the next poll.
+        *complete, _partial = path.read_text().split("\n")
+        records.extend(json.loads(line) for line in complete if line)
+    return records
+
+
 def deadletters(edge: LocalEdge) -> list[dict[str, Any]]:
     """Return the dead letters the local IoT Hub sink received."""
-    records: list[dict[str, Any]] = []
-    for path in sorted((edge.lake_dir / "_deadletters").glob("*.jsonl")):
-        records.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return records
+    return jsonl_records(edge.lake_dir / "_deadletters")
+
+
+def events(edge: LocalEdge) -> list[dict[str, Any]]:
+    """Return the other messages (alerts, twin notifications) the local IoT Hub sink received."""
+    return jsonl_records(edge.lake_dir / "_events")
 
 
 @pytest.fixture(scope="session")

@@ -9,29 +9,23 @@ and what edgeHub hands over after that is kept in a spool file and answered on t
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import logging
-import math
-import os
 import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgefleet.bundle import DeviceEntry, Route, read_manifest, verify_bundle
+from edgefleet.alerts import ALERT_SCHEMA
+from edgefleet.bundle import Route
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
-from edgefleet.feature_reference import FeatureReference
 from edgefleet.health import touch_health
 from edgefleet.messages import (
-    BATCH_OVERHEAD_BYTES,
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
     DeadLetter,
@@ -39,33 +33,30 @@ from edgefleet.messages import (
     MessageError,
     PredictionInfo,
     Reading,
-    batch_envelope,
     decode_payload,
     encode_json,
     format_ts,
+    pack_batches,
     prediction_json_obj,
 )
-from modules.inference.drift import FLEET_KEY, DriftMonitor, DriftSettings
+from modules.inference.bundle import drift_monitor_for, open_bundle
+from modules.inference.drift import DriftMonitor
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceDesired, InferenceSettings
-from modules.runtime import EdgeLink, LatencyWindow, Outbox, apply_desired_patch
+from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
+from modules.runtime import EdgeLink, LatencyWindow, ModuleClient, Outbox, apply_desired_patch
+
+if TYPE_CHECKING:
+    from azure.iot.device.custom_typing import JSONSerializable
 
 logger = logging.getLogger(__name__)
 
-ALERT_SCHEMA = "edgefleet.alert/1"
+__all__ = ["InferenceService"]
+
 # Twin documents are limited in size: report the first drifting devices, count all of them.
 MAX_REPORTED_DRIFTING = 50
 DRAIN_TIMEOUT_S = 30.0
 HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
-SPOOL_DIR = "spool"
-SHOWN_PROBLEMS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class _Input:
-    name: str
-    body: bytes
-    received_s: float  # wall clock, for latency when the sensor did not stamp the reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,58 +71,15 @@ class _Swap:
     predictor: Predictor
 
 
-_Item = _Input | _Loaded | _Swap
-
-
-def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Predictor:
-    """Verify every file of the bundle against its manifest, then open it; raise BundleError if it does not match."""
-    manifest = None
-    with contextlib.suppress(BundleError):  # verify_bundle reports it below, with the other problems
-        manifest = read_manifest(settings.bundle_dir)  # parsed once: verified, then served
-    problems = verify_bundle(settings.bundle_dir, manifest)
-    if problems:
-        shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise BundleError(
-            f"refusing bundle {settings.bundle_dir}: {len(problems)} file(s) do not match its manifest\n"
-            f"{shown}{more}\nRebuild the bundle with `edgefleet train`, or check it with `edgefleet bundle verify`"
-        )
-    return Predictor(
-        settings.bundle_dir,
-        cache_mb=settings.model_cache_mb,
-        mode=settings.predictor,
-        poor_model_threshold=poor_model_threshold,
-        manifest=manifest,
-    )
-
-
-class _BundleReferences(Mapping[str, Mapping[str, FeatureReference]]):
-    """The bundle's per-device feature references, parsed on a device's first reading, not at start."""
-
-    def __init__(self, devices: Mapping[str, DeviceEntry]) -> None:
-        self._devices = devices
-
-    def __getitem__(self, device_id: str) -> Mapping[str, FeatureReference]:
-        entry = self._devices.get(device_id)
-        if entry is None or not entry.feature_reference:
-            raise KeyError(device_id)
-        try:
-            return {name: FeatureReference.from_text(text) for name, text in entry.feature_reference.items()}
-        except ValueError as err:  # a broken reference costs this device its feature drift, nothing more
-            logger.warning("Device %s: feature reference unusable, feature drift not judged: %s", device_id, err)
-            raise KeyError(device_id) from err
-
-    def __iter__(self) -> Iterator[str]:
-        return (device_id for device_id, entry in self._devices.items() if entry.feature_reference)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+_Item = InputMessage | _Loaded | _Swap
+# A reading on its way to a model: the reading, its feature row, when it was received (wall clock, s).
+_Entry = tuple[Reading, list[float], float]
 
 
 class InferenceService:
     """Predict every reading that arrives on input `telemetry` with its device's model."""
 
-    def __init__(self, settings: InferenceSettings, client: Any) -> None:
+    def __init__(self, settings: InferenceSettings, client: ModuleClient) -> None:
         self.settings = settings
         self.desired = InferenceDesired()
         self.config_error: str | None = None
@@ -148,12 +96,12 @@ class InferenceService:
         self._inbox: queue.Queue[_Item] = queue.Queue()
         self._loads: queue.Queue[tuple[Predictor, str] | None] = queue.Queue()
         self._loading: set[str] = set()
-        self._pending: dict[str, list[tuple[Reading, list[float], float]]] = defaultdict(list)
+        self._pending: dict[str, list[_Entry]] = defaultdict(list)
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
         self._deadletters: Counter[str] = Counter()
-        self._handover: list[_Input] | None = None  # set while stopping: late arrivals go to the spool
+        self._handover: list[InputMessage] | None = None  # set while stopping: late arrivals go to the spool
         self._idle = threading.Condition(self._lock)
         self._busy = 0  # inbox items not yet fully processed
         self._last_arrival_s = 0.0
@@ -161,12 +109,13 @@ class InferenceService:
         # Residual drift per device (worker thread only); rebuilt when the bundle changes.
         self._drift: DriftMonitor | None = None
         self._drift_version: str | None = None
+        self.spool = Spool(settings.state_dir / SPOOL_DIR)
 
     # -- receiving --------------------------------------------------------------------------------
 
     def on_input(self, input_name: str, body: bytes, properties: Mapping[str, str]) -> None:
         """Queue one message from edgeHub (the SDK's handler thread; never blocks for long)."""
-        item = _Input(input_name, body, time.time())
+        item = InputMessage(input_name, body, time.time())
         with self._lock:
             self._last_arrival_s = time.monotonic()
             if self._handover is not None:
@@ -204,7 +153,7 @@ class InferenceService:
                         self._idle.notify_all()
 
     def _process(self, items: list[_Item]) -> None:
-        ready: dict[tuple[str | None, str | None, bool], tuple[Choice, list[tuple[Reading, list[float], float]]]] = {}
+        ready: dict[tuple[str | None, str | None, bool], tuple[Choice, list[_Entry]]] = {}
         predictor = self.predictor
 
         def add(choice: Choice, reading: Reading, row: list[float], received_s: float) -> None:
@@ -225,7 +174,7 @@ class InferenceService:
             add(choice, reading, row, received_s)
 
         for item in items:
-            if isinstance(item, _Input):
+            if isinstance(item, InputMessage):
                 for reading, received_s in self._decode(item):
                     place(reading, received_s)
             elif isinstance(item, _Loaded):
@@ -245,7 +194,7 @@ class InferenceService:
         if ready:
             self._predict_and_send(predictor, list(ready.values()))
 
-    def _decode(self, item: _Input) -> list[tuple[Reading, float]]:
+    def _decode(self, item: InputMessage) -> list[tuple[Reading, float]]:
         source = f"{INFERENCE.name}/{item.name}"
         with self._lock:
             self._counters["messages_in"] += 1
@@ -263,7 +212,7 @@ class InferenceService:
             for reading in readings
         ]
 
-    def _predict_and_send(self, predictor: Predictor, groups: list[tuple[Choice, list[Any]]]) -> None:
+    def _predict_and_send(self, predictor: Predictor, groups: list[tuple[Choice, list[_Entry]]]) -> None:
         edge_device = self.settings.edge_device_id
         version = predictor.version
         encoded: list[bytes] = []
@@ -292,7 +241,7 @@ class InferenceService:
                     drift_alerts += drift.observe(reading.device_id, row, value, label, reading.ts)
             if route.fallback_reason is not None:
                 fallbacks[route.fallback_reason] += len(entries)
-        for body in pack(encoded, self.settings.predictions_max_bytes):
+        for body in pack_batches(encoded, self.settings.predictions_max_bytes):
             self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
         for alert in drift_alerts:  # modules.inference.drift logs each one
             self.outbox.put(
@@ -309,18 +258,7 @@ class InferenceService:
         """Return the drift monitor of `predictor`'s bundle, building it on the bundle's first use."""
         if self._drift_version == predictor.version:
             return self._drift
-        manifest = predictor.reader.manifest
-        # Each device is judged against the hold-out error of the model that serves it here.
-        holdout = {}
-        for device_id, entry in manifest.devices.items():
-            mse = entry.holdout.mse if entry.holdout is not None else None
-            if mse is not None and 0 < mse < math.inf and predictor.route(device_id).kind == "device":
-                holdout[device_id] = mse
-        fleet = manifest.fleet.holdout
-        if fleet is not None and 0 < fleet.mse < math.inf:
-            holdout[FLEET_KEY] = fleet.mse
-        references = _BundleReferences(manifest.devices)
-        self._drift = DriftMonitor(DriftSettings(), references, holdout, predictor.features)
+        self._drift = drift_monitor_for(predictor)
         self._drift_version = predictor.version
         return self._drift
 
@@ -438,7 +376,7 @@ class InferenceService:
         self.outbox.reset()
         return before
 
-    def reload(self, payload: Any = None) -> tuple[int, Any]:
+    def reload(self, payload: JSONSerializable = None) -> tuple[int, JSONSerializable]:
         """Re-verify and reopen the bundle directory; keep the current bundle if it is refused."""
         try:
             predictor = open_bundle(self.settings, self.desired.poor_model_threshold)
@@ -474,42 +412,6 @@ class InferenceService:
             },
         }
 
-    # -- spool: messages taken from edgeHub but not answered before a stop -------------------------
-
-    def _spool_dir(self) -> Path:
-        return self.settings.state_dir / SPOOL_DIR
-
-    def _write_spool(self, items: list[_Input]) -> None:
-        if not items:
-            return
-        folder = self._spool_dir()
-        path = folder / f"{time.time_ns()}.jsonl"
-        lines = [_spool_line(item) for item in items]
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("\n".join(lines) + "\n")
-            os.replace(tmp, path)
-            logger.info("Kept %d message(s) that arrived while stopping in %s", len(items), path)
-        except OSError as err:
-            logger.error("LOST %d message(s): cannot write the spool %s (%s); set STATE_DIR", len(items), path, err)
-
-    def _replay_spool(self) -> list[Path]:
-        files = sorted(self._spool_dir().glob("*.jsonl")) if self._spool_dir().is_dir() else []
-        for path in files:
-            count = 0
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                    item = _Input(record["input"], base64.b64decode(record["body"]), float(record["received_s"]))
-                except (ValueError, KeyError, TypeError):
-                    logger.error("Skipping a damaged line in %s", path)
-                    continue
-                self._post(item)
-                count += 1
-            logger.info("Replaying %d message(s) kept at the last stop (%s)", count, path.name)
-        return files
-
     # -- lifecycle --------------------------------------------------------------------------------
 
     def _register_handlers(self) -> None:
@@ -530,15 +432,14 @@ class InferenceService:
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
         self._worker.start()
-        replayed = self._replay_spool()
+        replayed = self.spool.replay(self._post)
         if replayed:
             threading.Thread(target=self._forget_spool, args=(replayed,), daemon=True).start()
         return True
 
     def _forget_spool(self, files: list[Path]) -> None:
         if self.wait_idle(DRAIN_TIMEOUT_S) and self.outbox.drain(DRAIN_TIMEOUT_S):
-            for path in files:
-                path.unlink(missing_ok=True)
+            self.spool.forget(files)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued message (and every reading waiting for its model) is answered."""
@@ -566,7 +467,7 @@ class InferenceService:
             time.sleep(HANDOVER_QUIET_S / 3)
         with self._lock:
             late, self._handover = self._handover or [], None
-        self._write_spool(late)
+        self.spool.write(late)
         self.outbox.close()
         self._loads.put(None)
 
@@ -585,25 +486,3 @@ class InferenceService:
         finally:
             self.stop()
         return 0
-
-
-def _spool_line(item: _Input) -> str:
-    body = base64.b64encode(item.body).decode()
-    return json.dumps({"input": item.name, "received_s": item.received_s, "body": body})
-
-
-def pack(encoded: list[bytes], max_bytes: int) -> list[bytes]:
-    """Pack encoded objects into as few batch envelopes of at most `max_bytes` as possible."""
-    batches: list[bytes] = []
-    current: list[bytes] = []
-    size = BATCH_OVERHEAD_BYTES
-    for item in encoded:
-        added = len(item) + (1 if current else 0)
-        if current and size + added > max_bytes:
-            batches.append(batch_envelope(current))
-            current, size, added = [], BATCH_OVERHEAD_BYTES, len(item)
-        current.append(item)
-        size += added
-    if current:
-        batches.append(batch_envelope(current))
-    return batches

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-from edgefleet.messages import BATCH_OVERHEAD_BYTES, batch_envelope
+from edgefleet.messages import BatchPacker
+
+__all__ = ["Batcher"]
 
 
 class Batcher:
-    """Collect encoded readings; hand out a batch when it is full or its window has passed (not thread-safe)."""
+    """Collect encoded readings; hand out a batch when it is full or its window has passed (not thread-safe).
+
+    The byte limit is `edgefleet.messages.BatchPacker`'s (the inference module packs its
+    predictions by the same rule); this adds the time window.
+    """
 
     def __init__(self, window_ms: int, max_bytes: int) -> None:
         self.window_ms = window_ms
-        self.max_bytes = max_bytes
-        self._items: list[bytes] = []
-        self._bytes = BATCH_OVERHEAD_BYTES
+        self._packer = BatchPacker(max_bytes)
         self._deadline: float | None = None
 
-    def fits_alone(self, item: bytes) -> bool:
-        """Return whether one item fits in a batch at all."""
-        return BATCH_OVERHEAD_BYTES + len(item) <= self.max_bytes
+    @property
+    def max_bytes(self) -> int:
+        return self._packer.max_bytes
 
     def add(self, item: bytes, now_s: float) -> bytes | None:
-        """Add an item (that `fits_alone`); return the previous batch if the item did not fit beside it."""
-        full = None
-        added = len(item) + (1 if self._items else 0)
-        if self._items and self._bytes + added > self.max_bytes:
-            full = self.take()
-            added = len(item)
-        if not self._items:
+        """Add an item (of at most `max_bytes - BATCH_OVERHEAD_BYTES`); return the previous batch if it was full."""
+        full = self._packer.add(item)
+        if len(self._packer) == 1:  # the item opened a batch: its window starts now
             self._deadline = now_s + self.window_ms / 1000
-        self._items.append(item)
-        self._bytes += added
         if self.window_ms == 0 and full is None:
             full = self.take()
         return full
@@ -40,11 +38,9 @@ class Batcher:
 
     def take(self) -> bytes | None:
         """Return the open batch as one envelope and start a new one."""
-        if not self._items:
-            return None
-        body = batch_envelope(self._items)
-        self._items, self._bytes, self._deadline = [], BATCH_OVERHEAD_BYTES, None
+        body = self._packer.take()
+        self._deadline = None
         return body
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._packer)

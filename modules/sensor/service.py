@@ -23,7 +23,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
-from modules.runtime import EdgeLink, Outbox, apply_desired_patch
+from modules.runtime import EdgeLink, ModuleClient, Outbox, apply_desired_patch
 from modules.sensor.batcher import Batcher
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorDesired, SensorSettings
@@ -41,7 +41,7 @@ RECONNECT_MAX_S = 5.0
 class SensorService:
     """Subscribe to the field broker and forward readings to the `telemetry` output."""
 
-    def __init__(self, settings: SensorSettings, client: Any, field_client: mqtt.Client | None = None) -> None:
+    def __init__(self, settings: SensorSettings, client: ModuleClient, field_client: mqtt.Client | None = None) -> None:
         self.settings = settings
         self.link = EdgeLink(client, SENSOR)
         self.desired = SensorDesired()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cloud_training.retrain_spark import spark_error_text
+
+pytestmark = pytest.mark.fast
 
 
 def test_a_spark_error_is_reported_by_its_jvm_causes_without_the_stack_trace():

@@ -10,6 +10,8 @@ from cloud_training.settings import RetrainSettings, TrainSettings, parse_since
 from edgefleet.bundle import read_manifest
 from edgefleet.errors import EdgefleetError
 
+pytestmark = pytest.mark.fast
+
 
 def test_spark_master_and_mlflow_uri_come_from_their_usual_environment_variables(monkeypatch):
     monkeypatch.setenv("SPARK_MASTER", "spark://cluster:7077")

@@ -5,6 +5,8 @@ from mlflow.exceptions import RestException
 
 from cloud_training.tracking import is_transient, with_backoff
 
+pytestmark = pytest.mark.fast
+
 
 def rest_error(code: str) -> RestException:
     return RestException({"error_code": code, "message": code})

@@ -11,6 +11,8 @@ import pytest
 from dashboard.state import FleetState
 from edgefleet.routes import Message
 
+pytestmark = pytest.mark.fast
+
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 
 

@@ -12,6 +12,8 @@ import yaml
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
 from edgefleet.hub_wire import parse_hub_address
 
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deployment" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deployment" / ".env.example"

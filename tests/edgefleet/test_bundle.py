@@ -7,6 +7,8 @@ import pytest
 from edgefleet.bundle import BundleReader, read_manifest, verify_bundle
 from edgefleet.errors import BundleError
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
 def bundle_copy(small_bundle, tmp_path):

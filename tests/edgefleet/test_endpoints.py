@@ -6,6 +6,8 @@ import pytest
 
 from edgefleet.endpoints import INFERENCE, MODULES, SENSOR, EndpointError, ModuleEndpoints
 
+pytestmark = pytest.mark.fast
+
 
 def test_endpoint_declarations_cover_both_modules():
     assert MODULES == {"sensor": SENSOR, "inference": INFERENCE}

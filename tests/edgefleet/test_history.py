@@ -10,6 +10,8 @@ from edgefleet.lake import append_to_lake
 from simulator.history import DATA_FAULTS, HistorySpec, generate_history
 from simulator.physics import FEATURES
 
+pytestmark = pytest.mark.fast
+
 
 def test_generate_history_is_seeded_and_sized():
     spec = HistorySpec(n_devices=4, rows_per_device=50, seed=9)

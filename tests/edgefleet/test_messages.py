@@ -12,6 +12,7 @@ from edgefleet.messages import (
     BAD_FEATURE_NAME,
     BAD_SEQ,
     BAD_TIMESTAMP,
+    BATCH_OVERHEAD_BYTES,
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
     EMPTY_BATCH,
@@ -26,17 +27,21 @@ from edgefleet.messages import (
     TELEMETRY_SCHEMA,
     WRONG_SCHEMA,
     WRONG_TYPE,
+    BatchPacker,
     DeadLetter,
     EdgeInfo,
     MessageError,
     PredictionInfo,
     Reading,
+    batch_envelope,
     decode_payload,
-    encode_batches,
     encode_json,
+    pack_batches,
     parse_reading,
     prediction_json_obj,
 )
+
+pytestmark = pytest.mark.fast
 
 
 def telemetry(**overrides):
@@ -255,7 +260,7 @@ def test_byte_order_mark_is_tolerated():
     assert reading.seq == 7
 
 
-def test_encode_batches_respects_max_bytes_and_preserves_order_and_count():
+def test_pack_batches_respects_max_bytes_and_preserves_order_and_count():
     rng = random.Random(5)
     objs = [
         telemetry(
@@ -264,7 +269,7 @@ def test_encode_batches_respects_max_bytes_and_preserves_order_and_count():
         for i in range(400)
     ]
     max_bytes = 4096
-    batches = encode_batches(objs, max_bytes)
+    batches = pack_batches([encode_json(obj) for obj in objs], max_bytes)
     assert all(len(b) <= max_bytes for b in batches)
     decoded = []
     for raw in batches:
@@ -278,21 +283,32 @@ def test_encode_batches_respects_max_bytes_and_preserves_order_and_count():
         assert len(before) + 1 + len(first_item) > max_bytes
 
 
-def test_encode_batches_of_nothing_is_no_batches():
-    assert encode_batches([], 1024) == []
+def test_pack_batches_of_nothing_is_no_batches():
+    assert pack_batches([], 1024) == []
 
 
-def test_single_object_larger_than_max_bytes_raises_oversize():
-    big = telemetry(features={f"feature_{i}": float(i) for i in range(100)})
-    with pytest.raises(MessageError) as caught:
-        encode_batches([telemetry(), big], 1024)
-    assert caught.value.reason == OVERSIZE
-    assert "objs[1]" in caught.value.detail
+def test_object_larger_than_max_bytes_gets_a_batch_of_its_own_between_its_neighbours():
+    small, big = (
+        encode_json(telemetry()),
+        encode_json(telemetry(features={f"feature_{i}": float(i) for i in range(100)})),
+    )
+    batches = pack_batches([small, big, small], 1024)
+    assert [len(json.loads(batch)["readings"]) for batch in batches] == [1, 1, 1]
+    assert len(batches[1]) == BATCH_OVERHEAD_BYTES + len(big) > 1024
 
 
-def test_encode_batches_refuses_nan_instead_of_writing_invalid_json():
+def test_batch_packer_hands_out_the_full_batch_when_the_next_object_does_not_fit():
+    item = encode_json(telemetry())
+    packer = BatchPacker(BATCH_OVERHEAD_BYTES + 2 * len(item) + 1)  # exactly two objects and their comma
+    assert packer.add(item) is None and packer.add(item) is None
+    full = packer.add(item)
+    assert full == batch_envelope([item, item]) and len(packer) == 1
+    assert packer.take() == batch_envelope([item]) and packer.take() is None
+
+
+def test_encoding_refuses_nan_instead_of_writing_invalid_json():
     with pytest.raises(MessageError, match=NON_FINITE):
-        encode_batches([telemetry(label=math.nan)], 4096)
+        encode_json(telemetry(label=math.nan))
 
 
 def test_prediction_message_is_the_telemetry_object_plus_prediction_and_edge():

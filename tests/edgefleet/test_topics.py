@@ -19,6 +19,8 @@ from edgefleet.topics import (
     twin_response_topic,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def sdk_event_topic(message: SdkMessage, device: str = "edge1", module: str = "sensor") -> str:
     """Return the topic the SDK publishes a module message on."""

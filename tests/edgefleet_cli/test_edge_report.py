@@ -6,9 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from edgefleet.bundle import BundleReader, Route, read_manifest
 from edgefleet_cli.edge_report import account, live_accuracy, plots, units_per_1000_predictions, write_html
+
+pytestmark = pytest.mark.fast
 
 
 def _lake(small_bundle, n: int = 40) -> pd.DataFrame:

@@ -8,6 +8,8 @@ from edgefleet_cli.cli import build_parser
 from edgefleet_cli.retrain_cli import settings_from_args
 from edgefleet_cli.train_cli import train_settings
 
+pytestmark = pytest.mark.fast
+
 SHARED = [
     "--families", "ridge, random_forest",
     "--min-rows", "40",

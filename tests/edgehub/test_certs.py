@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from edgehub.certs import ensure_certs
+
+pytestmark = pytest.mark.fast
 
 
 def sans(path: Path) -> tuple[set[str], set[str]]:

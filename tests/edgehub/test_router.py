@@ -8,6 +8,8 @@ import pytest
 
 from edgehub.router import BrokerAddress, Router, RouterError, merge_patch
 
+pytestmark = pytest.mark.fast
+
 
 def test_a_twin_patch_merges_objects_and_null_deletes() -> None:
     twin: dict[str, Any] = {"a": 1, "nested": {"x": 1, "y": 2}, "gone": True}

@@ -10,6 +10,8 @@ from edgefleet.errors import StartError
 from edgefleet.process import load_settings
 from edgehub.settings import EdgeHubSettings, parse_flags
 
+pytestmark = pytest.mark.fast
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
 
 

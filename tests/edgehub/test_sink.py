@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from edgefleet.history import read_history
 from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
 from edgefleet.routes import Message
 from edgehub.sink import LakeSink
+
+pytestmark = pytest.mark.fast
 
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import parse_deployment
-from tests.edge_fixtures import deadletters, lake_rows, reading, wait_for
+from tests.edge_fixtures import deadletters, events, lake_rows, reading, wait_for
 
 
 def _predictions(edge, expected: int):
@@ -119,7 +119,10 @@ def test_manifest_desired_properties_reach_both_modules_and_a_bad_patch_is_repor
     sensor = wait_for(lambda: router.twin("sensor")["reported"].get("counters") and router.twin("sensor")["reported"])
     assert sensor["batchWindowMs"] == 200
     assert sensor["fieldTopic"] == "fleet/+/telemetry"
-    inference = router.twin("inference")["reported"]
+    # Each module reports once it is up: on a loaded machine inference may start after the sensor.
+    inference = wait_for(
+        lambda: router.twin("inference")["reported"].get("bundleVersion") and router.twin("inference")["reported"]
+    )
     assert inference["bundleVersion"] == bundle_version
     assert inference["bundleStatus"] == "ok"
 
@@ -250,12 +253,7 @@ def test_a_device_whose_labels_no_longer_fit_its_model_raises_one_drift_alert_an
     _predictions(edge, 240)
 
     def drift_alerts():
-        lines = [
-            line
-            for path in sorted((edge.lake_dir / "_events").glob("*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
-        alerts = [json.loads(line)["body"] for line in lines]
+        alerts = [record["body"] for record in events(edge)]
         return [a for a in alerts if isinstance(a, dict) and a.get("kind") == "drift"]
 
     alerts = wait_for(drift_alerts)
@@ -306,12 +304,7 @@ def test_a_device_whose_inputs_moved_away_from_its_training_data_raises_one_feat
     _predictions(edge, 3 * 480)
 
     def drift_alerts():
-        lines = [
-            line
-            for path in sorted((edge.lake_dir / "_events").glob("*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
-        return [body for body in (json.loads(line)["body"] for line in lines) if body.get("kind") == "drift"]
+        return [body for body in (record["body"] for record in events(edge)) if body.get("kind") == "drift"]
 
     alerts = wait_for(drift_alerts)
     time.sleep(1.0)  # no second alert follows (hysteresis)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from edgefleet.endpoints import SENSOR
-from modules import runtime as module_runtime
 from modules.runtime import EdgeLink
+from modules.runtime import client as runtime_client
+
+pytestmark = pytest.mark.fast
 
 
 class _FlakyClient:
@@ -23,14 +27,14 @@ class _FlakyClient:
 
 
 def test_edge_link_keeps_retrying_until_edgehub_answers(monkeypatch):
-    monkeypatch.setattr(module_runtime, "CONNECT_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(runtime_client, "CONNECT_RETRY_FIRST_S", 0.01)
     client = _FlakyClient(up_after=4)
     assert EdgeLink(client, SENSOR).connect(threading.Event()) is True
     assert client.attempts == 4
 
 
 def test_edge_link_gives_up_quietly_when_stopped_before_edgehub_answers(monkeypatch):
-    monkeypatch.setattr(module_runtime, "CONNECT_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(runtime_client, "CONNECT_RETRY_FIRST_S", 0.01)
     stop = threading.Event()
     client = _FlakyClient(up_after=10**9)
     threading.Timer(0.1, stop.set).start()

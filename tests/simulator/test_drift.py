@@ -16,6 +16,8 @@ from simulator.profile import SimulatorProfile
 from simulator.stream import generate
 from tests.simulator.conftest import decode, profile
 
+pytestmark = pytest.mark.fast
+
 START = datetime(2026, 11, 1, tzinfo=UTC)
 DRIFT_AT_S = 3.0
 

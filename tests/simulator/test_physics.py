@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
 from simulator.physics import FEATURES, make_profile
+
+pytestmark = pytest.mark.fast
 
 
 def test_same_seed_and_device_give_the_same_hidden_relation():

@@ -11,6 +11,8 @@ from simulator.physics import device_ids
 from simulator.profile import DEMO_PROFILE, assign_device_ids, load_profile, parse_profile, with_overrides
 from tests.simulator.conftest import profile
 
+pytestmark = pytest.mark.fast
+
 
 def errors_of(data: object) -> str:
     with pytest.raises(ProfileError) as caught:

@@ -14,6 +14,8 @@ from simulator.replay import read_replay
 from simulator.stream import generate
 from tests.simulator.conftest import decode, profile
 
+pytestmark = pytest.mark.fast
+
 
 def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Compare decoded messages as numbers (19 == 19.0), NaN equal to NaN."""

@@ -6,11 +6,15 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from modules.sensor.sequence import SequenceTracker
 from simulator.report import ReportBuilder, SimulationReport, write_report
 from simulator.stream import Emission, TelemetryStream
 from tests.simulator.conftest import profile
 from tests.simulator.test_stream import ALL_FAULTS
+
+pytestmark = pytest.mark.fast
 
 
 def emission(

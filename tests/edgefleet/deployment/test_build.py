@@ -16,6 +16,8 @@ from edgefleet.deployment import (
     write_deployment_manifest,
 )
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / DEFAULT_TEMPLATE
 MODULES = REPO / "modules"

@@ -18,6 +18,8 @@ from edgefleet.deployment import (
 from edgefleet.routes import RouteSink, RouteSource
 from tests.edgefleet.deployment.manifests import TEMPLATE, VARIABLES, agent, template
 
+pytestmark = pytest.mark.fast
+
 
 def test_shipped_template_loads_with_placeholders_kept_when_no_variables_are_given():
     deployment = load_deployment(TEMPLATE)

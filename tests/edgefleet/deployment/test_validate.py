@@ -11,6 +11,8 @@ from edgefleet.deployment import DeploymentError, parse_deployment, validate_dep
 from edgefleet_cli.cli import main
 from tests.edgefleet.deployment.manifests import TEMPLATE, agent, errors, hub, only_error, template, warnings
 
+pytestmark = pytest.mark.fast
+
 
 def test_shipped_template_validates_without_errors_or_warnings():
     assert validate_deployment(TEMPLATE) == []

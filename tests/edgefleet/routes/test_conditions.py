@@ -3,6 +3,8 @@ import pytest
 from edgefleet.routes import RouteError, parse_route
 from tests.edgefleet.routes.conftest import assert_parse_error
 
+pytestmark = pytest.mark.fast
+
 
 def test_comparing_a_string_property_with_a_number_is_rejected_and_suggests_as_number():
     with pytest.raises(RouteError, match=r"cannot compare a string with a number.*AS_NUMBER") as caught:

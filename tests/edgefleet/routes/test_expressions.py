@@ -2,6 +2,8 @@ import pytest
 
 from tests.edgefleet.routes.conftest import A_ONLY, json_message, message, where
 
+pytestmark = pytest.mark.fast
+
 # -- properties ----------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@ import pytest
 
 from tests.edgefleet.routes.conftest import json_message, message, where
 
+pytestmark = pytest.mark.fast
+
 
 def test_as_number_compares_a_property_numerically():
     assert where("AS_NUMBER(severity) > 2", message(properties={"severity": "10"}))

@@ -3,6 +3,8 @@ import pytest
 from edgefleet.routes import parse_route
 from tests.edgefleet.routes.conftest import A_ONLY, assert_parse_error, message, where
 
+pytestmark = pytest.mark.fast
+
 
 def test_string_literals_take_either_quote_and_escapes():
     msg = message(properties={"quote": 'it\'s "ok"', "snow": "\u2603"})

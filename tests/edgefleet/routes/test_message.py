@@ -6,6 +6,8 @@ from edgefleet.routes import message as message_module
 from edgefleet.routes import parse_routes, route_message
 from tests.edgefleet.routes.conftest import JSON_UTF8, TO_INFERENCE, json_message, message, where
 
+pytestmark = pytest.mark.fast
+
 # -- properties ----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,8 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.routes import RouteError, RouteSink, RouteSource, parse_route, parse_routes
 from tests.edgefleet.routes.conftest import TO_INFERENCE, assert_parse_error
 
+pytestmark = pytest.mark.fast
+
 # -- sources -------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@ import pytest
 from edgefleet.routes import EndpointRef, RouteSink, parse_route, parse_routes, referenced_endpoints, route_message
 from tests.edgefleet.routes.conftest import TO_INFERENCE, json_message, message
 
+pytestmark = pytest.mark.fast
+
 # -- sources -------------------------------------------------------------------------------------
 
 FROM_SENSOR_TELEMETRY = message("sensor", "telemetry")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from edgefleet.bundle import read_manifest
-from edgefleet.messages import Reading, encode_json, units_4kb
+from edgefleet.messages import Reading, encode_json, pack_batches, units_4kb
 from modules.inference.predictor import Predictor
-from modules.inference.service import pack
 from modules.inference.settings import InferenceDesired
 from modules.runtime import LatencyWindow, apply_desired_patch
+
+pytestmark = pytest.mark.fast
 
 
 def _reading(device: str, features=None) -> Reading:
@@ -48,9 +51,9 @@ def test_reading_missing_a_feature_goes_to_the_fleet_model_on_filled_values(smal
     assert value == value  # finite: the gaps were filled with the fleet means
 
 
-def test_pack_fills_messages_up_to_the_limit_so_4kb_units_are_not_wasted():
+def test_prediction_batches_fill_messages_up_to_the_limit_so_4kb_units_are_not_wasted():
     items = [encode_json({"schema": "edgefleet.telemetry/1", "n": i, "pad": "x" * 300}) for i in range(500)]
-    batches = pack(items, 64 * 1024)
+    batches = pack_batches(items, 64 * 1024)
     assert all(len(batch) <= 64 * 1024 for batch in batches)
     assert sum(len(json.loads(batch)["readings"]) for batch in batches) == 500
     total_units = sum(units_4kb(len(batch)) for batch in batches)

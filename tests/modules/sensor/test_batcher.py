@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from edgefleet.messages import decode_payload, encode_json
 from modules.sensor.batcher import Batcher
 from tests.edge_fixtures import reading
+
+pytestmark = pytest.mark.fast
 
 
 def test_batcher_never_exceeds_max_bytes_and_keeps_every_reading_in_order():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modules.sensor.sequence import SequenceTracker, Verdict
+
+pytestmark = pytest.mark.fast
 
 
 def test_sequence_tracker_counts_gaps_duplicates_late_readings_and_restarts():

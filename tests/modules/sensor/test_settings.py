@@ -9,6 +9,8 @@ from edgefleet.process import load_settings
 from modules.runtime import apply_desired_patch
 from modules.sensor.settings import SensorDesired, SensorSettings
 
+pytestmark = pytest.mark.fast
+
 
 def test_desired_patch_changes_only_what_it_names_and_ignores_twin_metadata():
     desired = apply_desired_patch(SensorDesired(), {"batchWindowMs": 50, "$version": 4})

@@ -1,0 +1,27 @@
+"""What every edge module shares: settings base, the SDK link to edgeHub, an outbox, latency stats.
+
+A module's `__main__` only wires: `load_settings(...)` → `create_module_client()` →
+`Service(settings, client).run(stop_event)`, with SIGTERM setting the stop event (the process
+helpers every process shares live in `edgefleet.process`). Services talk to edgeHub through
+`EdgeLink` (`modules.runtime.client`), over a `ModuleClient`: the azure-iot-device client on a
+device, an in-memory fake in tests.
+"""
+
+from __future__ import annotations
+
+from modules.runtime.client import EdgeLink, MethodHandler, ModuleClient, create_module_client
+from modules.runtime.latency import LatencyWindow
+from modules.runtime.outbox import Outbox
+from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_patch
+
+__all__ = [
+    "LOG_LEVELS",
+    "EdgeLink",
+    "LatencyWindow",
+    "MethodHandler",
+    "ModuleClient",
+    "ModuleSettings",
+    "Outbox",
+    "apply_desired_patch",
+    "create_module_client",
+]

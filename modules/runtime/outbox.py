@@ -1,0 +1,122 @@
+"""Send a module's messages on background threads, retrying until edgeHub takes them."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.messages import units_4kb
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Outbox"]
+
+SEND_RETRY_FIRST_S = 0.2
+SEND_RETRY_MAX_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    output: str
+    body: bytes
+    properties: Mapping[str, str] | None
+
+
+class Outbox:
+    """Send messages on background threads, retrying until edgeHub takes them.
+
+    `put` blocks when `max_pending` messages wait: back-pressure reaches whoever produces
+    (the field MQTT client, the SDK's input handler) instead of memory growing without bound.
+    """
+
+    def __init__(
+        self, send: Callable[[str, bytes, Mapping[str, str] | None], None], threads: int = 2, max_pending: int = 2000
+    ) -> None:
+        self._send = send
+        self._queue: queue.Queue[_Outgoing | None] = queue.Queue(max_pending)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
+        self._closing = threading.Event()
+        self.sent: dict[str, int] = {}
+        self.bytes_sent: dict[str, int] = {}
+        self.units_sent: dict[str, int] = {}
+        self.retries = 0
+        self._threads = [threading.Thread(target=self._loop, name=f"outbox-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, output: str, body: bytes, properties: Mapping[str, str] | None = None) -> None:
+        """Queue one message for an output."""
+        with self._lock:
+            self._busy += 1
+        self._queue.put(_Outgoing(output, body, properties))
+
+    def pending(self) -> int:
+        """Return messages queued or being sent."""
+        with self._lock:
+            return self._busy
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            delay_s = SEND_RETRY_FIRST_S
+            while True:
+                try:
+                    self._send(item.output, item.body, item.properties)
+                    break
+                except Exception as err:  # the SDK raises its own types; keep the message and retry
+                    with self._lock:
+                        self.retries += 1
+                    logger.warning("Send to %s failed (%s); retrying in %.1f s", item.output, err, delay_s)
+                    time.sleep(delay_s * (0.5 + random.random() / 2))
+                    delay_s = min(SEND_RETRY_MAX_S, delay_s * 2)
+            with self._lock:
+                self.sent[item.output] = self.sent.get(item.output, 0) + 1
+                self.bytes_sent[item.output] = self.bytes_sent.get(item.output, 0) + len(item.body)
+                self.units_sent[item.output] = self.units_sent.get(item.output, 0) + units_4kb(len(item.body))
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued message is sent; return False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Return per-output message, byte and 4 KB-unit counts."""
+        with self._lock:
+            return {
+                "sent": dict(self.sent),
+                "bytes": dict(self.bytes_sent),
+                "units_4kb": dict(self.units_sent),
+                "retries": self.retries,
+                "pending": self._busy,
+            }
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.sent, self.bytes_sent, self.units_sent, self.retries = {}, {}, {}, 0
+
+    def close(self) -> None:
+        """Stop the sender threads (call `drain` first to send what is queued)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(5)

@@ -1,0 +1,68 @@
+"""Settings every module has, and applying a twin desired-properties patch to a module's typed desired values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["LOG_LEVELS", "ModuleSettings", "apply_desired_patch"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ModuleSettings(BaseSettings):
+    """Settings every module has; subclasses add their own with an env prefix."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "LOG_LEVEL"))
+    report_interval_s: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("report_interval_s", "REPORT_INTERVAL_S")
+    )
+    # On a device the runtime sets IOTEDGE_DEVICEID; the stand-in's connection string names it.
+    edge_device: str | None = Field(None, validation_alias=AliasChoices("edge_device", "IOTEDGE_DEVICEID"))
+    # Touched after every twin report; the image's HEALTHCHECK reads its age.
+    health_file: Path | None = Field(None, validation_alias=AliasChoices("health_file", "HEALTH_FILE"))
+    edgehub_connection_string: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("edgehub_connection_string", "EdgeHubConnectionString")
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL is {value!r}; set one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _edge_device_from_connection_string(self) -> ModuleSettings:
+        if self.edge_device is None and self.edgehub_connection_string is not None:
+            parts = dict(
+                part.split("=", 1)
+                for part in self.edgehub_connection_string.get_secret_value().split(";")
+                if "=" in part
+            )
+            object.__setattr__(self, "edge_device", parts.get("DeviceId"))
+        return self
+
+    @property
+    def edge_device_id(self) -> str:
+        """Return the IoT Edge device this module runs on ('local' when nothing names it)."""
+        return self.edge_device or "local"
+
+
+DesiredT = TypeVar("DesiredT", bound=BaseModel)
+
+
+def apply_desired_patch(current: DesiredT, patch: Mapping[str, Any]) -> DesiredT:
+    """Return `current` with a twin desired patch applied; raise ValueError naming each bad property."""
+    changes = {key: value for key, value in patch.items() if not key.startswith("$")}  # $version, $metadata
+    try:
+        return type(current).model_validate({**current.model_dump(by_alias=True), **changes})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
+        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
