@@ -26,14 +26,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.messages import BatchPacker
+
 # paho 1.6 numbers QoS 1 publishes with a 16-bit id and reuses ids once 65,535 are pending:
 # keep the queue well below that and retry when it is full.
 MAX_QUEUED = 50_000
 MAX_INFLIGHT = 200
 CONNECT_TIMEOUT_S = 10.0
 TS_ORIGIN = datetime(2026, 11, 21, tzinfo=UTC)
-BATCH_HEAD = b'{"schema":"edgefleet.batch/1","readings":['
-BATCH_TAIL = b"]}"
 
 
 def reading_payload(device_id: str, seq: int, rng: random.Random) -> bytes:
@@ -133,8 +133,7 @@ class Relay:
         self.window_s = window_ms / 1000
         self.relayed = 0
         self._lock = threading.Condition()
-        self._items: list[bytes] = []
-        self._size = len(BATCH_HEAD) + len(BATCH_TAIL)
+        self._packer = BatchPacker(batch_bytes)
         self._deadline: float | None = None
         self.client = mqtt.Client(client_id="edge-bench-relay", clean_session=True, protocol=mqtt.MQTTv311)
         # Unbounded queue: the relay publishes from paho's network thread, which must never wait for
@@ -160,27 +159,20 @@ class Relay:
         if not self.batch_bytes:
             publish_qos1(client, self.out_topic, msg.payload)
             return
-        # Same packing rule as the sensor's Batcher: close the batch when the next item does not fit.
-        full = None
+        # The sensor's packing rule (one definition: edgefleet.messages.BatchPacker) and its window.
         with self._lock:
-            added = len(msg.payload) + (1 if self._items else 0)
-            if self._items and self._size + added > self.batch_bytes:
-                full = self._take()
-                added = len(msg.payload)
-            if not self._items:
+            full = self._packer.add(msg.payload)
+            if full is not None:
+                self._deadline = None
+            if self._deadline is None:
                 self._deadline = time.monotonic() + self.window_s
                 self._lock.notify()
-            self._items.append(msg.payload)
-            self._size += added
         if full is not None:
             publish_qos1(client, self.out_topic, full)
 
     def _take(self) -> bytes | None:
-        if not self._items:
-            return None
-        body = BATCH_HEAD + b",".join(self._items) + BATCH_TAIL
-        self._items, self._size, self._deadline = [], len(BATCH_HEAD) + len(BATCH_TAIL), None
-        return body
+        self._deadline = None
+        return self._packer.take()
 
     def _flush_loop(self) -> None:
         while True:
