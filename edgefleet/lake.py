@@ -40,6 +40,7 @@ __all__ = [
     "append_to_lake",
     "read_deadletters",
     "read_drift_alerts",
+    "read_jsonl",
     "read_lake",
 ]
 
@@ -91,27 +92,43 @@ def read_lake(lake_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
 
 
-def read_deadletters(lake_dir: Path) -> list[dict[str, Any]]:
-    """Return the dead letters the IoT Hub sink kept."""
+def read_jsonl(folder: Path) -> list[dict[str, Any]]:
+    """Return the records of every `*.jsonl` file in a lake side folder, in file order.
+
+    The sink may be appending while this reads: a last line without its newline is left for the
+    next read, and a line that is not a JSON object is skipped and counted in a warning.
+    """
     records: list[dict[str, Any]] = []
-    for path in sorted((Path(lake_dir) / DEADLETTER_DIR).glob("*.jsonl")):
-        records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    unreadable = 0
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        *complete, _partial = path.read_text(encoding="utf-8", errors="replace").split("\n")
+        for line in complete:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                unreadable += 1
+    if unreadable:
+        logger.warning("Skipped %d unreadable line(s) in %s", unreadable, folder)
     return records
 
 
+def read_deadletters(lake_dir: Path) -> list[dict[str, Any]]:
+    """Return the dead letters the IoT Hub sink kept."""
+    return read_jsonl(Path(lake_dir) / DEADLETTER_DIR)
+
+
 def read_drift_alerts(lake_dir: Path) -> list[dict[str, Any]]:
-    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`); skip unreadable lines."""
-    alerts: list[dict[str, Any]] = []
-    unreadable = 0
-    for path in sorted((Path(lake_dir) / EVENTS_DIR).glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                body = json.loads(line).get("body") if line.strip() else None
-            except (ValueError, AttributeError):
-                unreadable += 1
-                continue
-            if isinstance(body, dict) and body.get("schema") == ALERT_SCHEMA and body.get("kind") == "drift":
-                alerts.append(body)
-    if unreadable:
-        logger.warning("Skipped %d unreadable event line(s) in %s", unreadable, Path(lake_dir) / EVENTS_DIR)
-    return alerts
+    """Return the edge's `drift` alerts the IoT Hub sink kept (in `<lake>/_events`)."""
+    return [
+        body
+        for record in read_jsonl(Path(lake_dir) / EVENTS_DIR)
+        if isinstance(body := record.get("body"), dict)
+        and body.get("schema") == ALERT_SCHEMA
+        and body.get("kind") == "drift"
+    ]

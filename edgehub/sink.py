@@ -188,9 +188,11 @@ class LakeSink:
         """Append one JSON line to `<lake>/<directory>/<today>.jsonl`."""
         folder = self.lake_dir / directory
         folder.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        # One write per line under a lock: concurrent readers see whole lines only.
-        with self._write_lock, open(folder / f"{datetime.now(UTC):%Y-%m-%d}.jsonl", "a", encoding="utf-8") as handle:
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        # One unbuffered write per line under a lock, so lines never interleave. A reader may still
+        # catch a long line half-written: the lake's readers (edgefleet.lake.read_jsonl) take only
+        # lines that end in a newline.
+        with self._write_lock, open(folder / f"{datetime.now(UTC):%Y-%m-%d}.jsonl", "ab", buffering=0) as handle:
             handle.write(line)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
+from edgefleet.lake import read_jsonl
 from edgefleet_cli.local_edge import LocalEdge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,24 +116,14 @@ def lake_rows(edge: LocalEdge) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
 
 
-def jsonl_records(folder: Path) -> list[dict[str, Any]]:
-    """Return the records of every `*.jsonl` file in a lake folder, in file order."""
-    records: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("*.jsonl")):
-        # The sink may be appending right now: a last line without its newline is read on the next poll.
-        *complete, _partial = path.read_text().split("\n")
-        records.extend(json.loads(line) for line in complete if line)
-    return records
-
-
 def deadletters(edge: LocalEdge) -> list[dict[str, Any]]:
     """Return the dead letters the local IoT Hub sink received."""
-    return jsonl_records(edge.lake_dir / "_deadletters")
+    return read_jsonl(edge.lake_dir / "_deadletters")
 
 
 def events(edge: LocalEdge) -> list[dict[str, Any]]:
     """Return the other messages (alerts, twin notifications) the local IoT Hub sink received."""
-    return jsonl_records(edge.lake_dir / "_events")
+    return read_jsonl(edge.lake_dir / "_events")
 
 
 @pytest.fixture(scope="session")
