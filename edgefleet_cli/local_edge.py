@@ -231,6 +231,7 @@ class LocalEdge:
         self.unhealthy_after_s = unhealthy_after_s
         self.supervisor: Supervisor | None = None
         self._final_statuses: dict[str, ModuleStatus] | None = None  # the supervisor's last word, after stop
+        self._stopping = False
 
     def module_environment(self, module: str) -> dict[str, str]:
         """Return the full environment of one module process."""
@@ -366,6 +367,7 @@ class LocalEdge:
 
         Every step runs even when an earlier one fails (nothing is left running); the first error is raised.
         """
+        self._stopping = True
         errors: list[Exception] = []
         steps = (
             self._stop_supervisor,
@@ -386,6 +388,11 @@ class LocalEdge:
                 errors.append(err)
         if errors:
             raise errors[0]
+
+    @property
+    def stopping(self) -> bool:
+        """Return whether `stop` was called (signal handlers must not interrupt it)."""
+        return self._stopping
 
     def _stop_supervisor(self) -> None:
         supervisor, self.supervisor = self.supervisor, None
