@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 from edgefleet.bundle import read_manifest
 from edgefleet_cli.supervisor import Backoff, Phase
@@ -22,7 +23,7 @@ def _restarted(edge, module: str, restarts: int):
 
 def _gone(pid: int) -> bool:
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return True
     return state == "Z"
