@@ -3,7 +3,8 @@
 Used by the tests, the benchmark and the CLI. Modules run as real processes
 (`python -m modules.<name>`) with the environment a device would give them: the manifest's
 `env` for the module, the stand-in's connection variables, and local overrides (the field
-broker's address, the bundle directory).
+broker's address, the bundle directory, the health file). Once started, a `Supervisor` restarts
+them as their `restartPolicy` says; a failed start stops every part it had started.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from edgehub.upstream import MirroredUpstream, Upstream
 from modules.runtime import ModuleSettings
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["EdgeStartError", "LocalEdge", "ModuleProcess", "free_port"]
 
 FIELD_HOST = "127.0.0.1"
 MODULE_STOP_TIMEOUT_S = 40.0

@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "Snapshot",
+    "StartInterrupted",
+    "UpResult",
+    "module_summary",
+    "poll",
+    "run_up",
+    "start_edge",
+    "status_table",
+]
+
 STATUS_INTERVAL_S = 1.0
 DRAIN_QUIET_S = 2.0  # the edge is drained when nothing moved for this long
 DRAIN_TIMEOUT_S = 60.0

@@ -206,3 +206,26 @@ def test_up_restarts_a_killed_module_as_its_restart_policy_says_and_fails_when_i
     if exit_code:
         assert "module inference was down at the end" in errors and "inference.log" in errors
     assert _processes_of_run(tmp_path) == []
+
+
+def test_up_whose_status_loop_fails_stops_every_process_before_the_error_surfaces(small_bundle, tmp_path, monkeypatch):
+    import edgefleet_cli.up
+    from edgefleet_cli.cli import main
+
+    running: list[str] = []
+
+    def broken_status_loop(*args, **kwargs):
+        running.extend(_processes_of_run(tmp_path))
+        raise RuntimeError("status loop broke")
+
+    monkeypatch.setenv(MARKER, str(tmp_path))  # inherited by every process the edge starts
+    monkeypatch.setattr(edgefleet_cli.up, "run_up", broken_status_loop)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(RuntimeError, match="status loop broke"):
+            main([str(arg) for arg in _up_command(small_bundle, tmp_path, "--no-dashboard")[3:]])
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert sum("mosquitto" in line or "-m modules." in line for line in running) == 5  # 3 brokers, 2 modules
+    assert [line for line in _processes_of_run(tmp_path) if not line.startswith(f"{os.getpid()}:")] == []
