@@ -229,3 +229,27 @@ def test_up_whose_status_loop_fails_stops_every_process_before_the_error_surface
             signal.signal(signum, handler)
     assert sum("mosquitto" in line or "-m modules." in line for line in running) == 5  # 3 brokers, 2 modules
     assert [line for line in _processes_of_run(tmp_path) if not line.startswith(f"{os.getpid()}:")] == []
+
+
+def test_the_status_table_shows_each_modules_state_restarts_and_last_exit():
+    from rich.console import Console
+
+    from edgefleet_cli.supervisor import ModuleStatus, Phase
+    from edgefleet_cli.up import Snapshot, module_summary, status_table
+
+    modules = {
+        "sensor": ModuleStatus("sensor", Phase.RUNNING, 0, None),
+        "inference": ModuleStatus("inference", Phase.RESTARTING, 2, -signal.SIGKILL, restart_in_s=3.2),
+    }
+    now = Snapshot(2.0, sensor={"readings": 10, "field_connected": True}, modules=modules)
+    console = Console(width=200, record=True)
+    console.print(status_table(now, Snapshot(1.0)))
+    text = console.export_text()
+    sensor_row = next(line for line in text.splitlines() if "sensor" in line)
+    inference_row = next(line for line in text.splitlines() if "inference" in line)
+    assert "running" in sensor_row and "connected" in sensor_row
+    assert "restarting in 3 s" in inference_row and " 2 " in inference_row and "signal SIGKILL" in inference_row
+    assert module_summary(modules) == [
+        "sensor: running, 0 restart(s), last exit -",
+        "inference: restarting in 3 s, 2 restart(s), last exit signal SIGKILL",
+    ]
