@@ -3,7 +3,8 @@
 Used by the tests, the benchmark and the CLI. Modules run as real processes
 (`python -m modules.<name>`) with the environment a device would give them: the manifest's
 `env` for the module, the stand-in's connection variables, and local overrides (the field
-broker's address, the bundle directory).
+broker's address, the bundle directory, the health file). Once started, a `Supervisor` restarts
+them as their `restartPolicy` says; a failed start stops every part it had started.
 """
 
 from __future__ import annotations
@@ -15,23 +16,39 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
+from edgefleet_cli.supervisor import (
+    MIN_UNHEALTHY_AFTER_S,
+    UNHEALTHY_REPORTS,
+    Backoff,
+    ModuleStatus,
+    ModuleWatch,
+    Phase,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+)
 from edgehub.broker import Broker, Listener
 from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
 from edgehub.upstream import MirroredUpstream, Upstream
+from modules.runtime import ModuleSettings
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["EdgeStartError", "LocalEdge", "ModuleProcess", "free_port"]
 
 FIELD_HOST = "127.0.0.1"
 MODULE_STOP_TIMEOUT_S = 40.0
 MIRROR_CLOSE_TIMEOUT_S = 5.0
+DEFAULT_REPORT_INTERVAL_S: float = ModuleSettings.model_fields["report_interval_s"].default
 
 
 def free_port(host: str = FIELD_HOST) -> int:
@@ -42,13 +59,16 @@ def free_port(host: str = FIELD_HOST) -> int:
 
 
 class ModuleProcess:
-    """One module as a child process: `python -m modules.<name>`."""
+    """One module as a child process in its own session: `python -m modules.<name>`."""
 
     def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
         self.name = name
         self.env = dict(env)
         self.log_path = log_dir / f"{name}.log"
+        health = self.env.get("HEALTH_FILE")
+        self.health_path = Path(health) if health else None
         self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = False
 
     def start(self) -> ModuleProcess:
         """Start the process (logs to `<log_dir>/<name>.log`)."""
@@ -56,6 +76,10 @@ class ModuleProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("IOTEDGE_")}
         env.update(self.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.health_path is not None:
+            # A file left by the previous process would make the new one look healthy before it is.
+            self.health_path.parent.mkdir(parents=True, exist_ok=True)
+            self.health_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"modules.{self.name}"],
@@ -63,6 +87,7 @@ class ModuleProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
             )
         return self
 
@@ -70,17 +95,43 @@ class ModuleProcess:
         """Return whether the process is alive."""
         return self.process is not None and self.process.poll() is None
 
+    def exit_code(self) -> int | None:
+        """Return the exit code (negative: the signal that ended it), None while it runs."""
+        return self.process.poll() if self.process is not None else None
+
+    def stopping(self) -> bool:
+        """Return whether `stop` was called: the supervisor leaves the module down."""
+        return self._stopping
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting; a stopped (SIGSTOP) process is continued so it sees it."""
+        self._signal(signal.SIGTERM)
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Kill the process and anything it started, without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except OSError:
+                self.process.kill()
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
     def stop(self, timeout_s: float = MODULE_STOP_TIMEOUT_S) -> int | None:
         """Send SIGTERM (the module finishes in-flight messages) and wait; kill it after `timeout_s`."""
+        self._stopping = True
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 logger.warning("Module %s did not stop within %.0f s; killing it", self.name, timeout_s)
-                self.process.kill()
+                self.kill()
                 self.process.wait(5)
         return self.process.returncode
 
@@ -90,6 +141,24 @@ class ModuleProcess:
             return self.log_path.read_bytes()[-n_bytes:].decode("utf-8", errors="replace")
         except OSError:
             return "(no log)"
+
+
+class EdgeStartError(EdgefleetError):
+    """Raise when a part of the local edge cannot start; the message names the part and its log."""
+
+
+PartT = TypeVar("PartT")
+
+
+def _start_part(part: str, log: Path | None, start: Callable[[], PartT]) -> PartT:
+    """Start one part; turn its failure into an EdgeStartError naming the part and where it logs."""
+    try:
+        return start()
+    except EdgeStartError:
+        raise
+    except Exception as err:
+        where = f"; log: {log}" if log is not None else ""
+        raise EdgeStartError(f"{part} failed to start{where}\n{err}") from err
 
 
 class LocalEdge:
@@ -115,6 +184,9 @@ class LocalEdge:
         upstream: Upstream | None = None,
         field_port: int | None = None,
         dashboard_port: int | None = None,
+        supervise: bool = True,
+        restart_backoff: Backoff | None = None,
+        unhealthy_after_s: float | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.deployment = deployment
@@ -157,6 +229,12 @@ class LocalEdge:
             raise
         self._module_env = {module: dict((module_env or {}).get(module, {})) for module in modules}
         self.processes: dict[str, ModuleProcess] = {}
+        self.supervise = supervise
+        self.restart_backoff = restart_backoff or Backoff()
+        self.unhealthy_after_s = unhealthy_after_s
+        self.supervisor: Supervisor | None = None
+        self._final_statuses: dict[str, ModuleStatus] | None = None  # the supervisor's last word, after stop
+        self._stopping = False
 
     def module_environment(self, module: str) -> dict[str, str]:
         """Return the full environment of one module process."""
@@ -168,27 +246,54 @@ class LocalEdge:
             env.update({"FIELD_MQTT_HOST": FIELD_HOST, "FIELD_MQTT_PORT": str(self.field_port)})
         if module == "inference":
             env.update({"BUNDLE_DIR": str(self.bundle_dir), "STATE_DIR": str(self.workdir / "inference-state")})
+        env["HEALTH_FILE"] = str(self.workdir / "health" / f"{module}.health")
         env.update(self._module_env[module])
         return env
 
     def start(self) -> LocalEdge:
-        """Start the field broker, the stand-in and every module; return once modules answer."""
+        """Start the brokers, the stand-in and every module, then supervise them; return once modules answer.
+
+        On any failure (or Ctrl-C) everything started so far is stopped before the error propagates.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.field_broker.start()
-        if self.hub_broker is not None:
-            self.hub_broker.start()
-            self.dashboard = self._start_dashboard()
-        if self.mirror is not None:
-            self.mirror.start()
-        self.standin.start()
-        for module in self.modules:
-            self.start_module(module)
+        try:
+            _start_part("field broker", self.field_broker.log_path, self.field_broker.start)
+            if self.hub_broker is not None:
+                _start_part("dashboard's hub broker", self.hub_broker.log_path, self.hub_broker.start)
+                self.dashboard = _start_part("dashboard", self.dashboard_log_path, self._start_dashboard)
+            if self.mirror is not None:
+                _start_part("dashboard mirror", None, self.mirror.start)
+            _start_part("edgeHub stand-in", self.workdir / "edgehub" / "brokers", self.standin.start)
+            for module in self.modules:
+                self.start_module(module)
+            if self.supervise:
+                self.supervisor = Supervisor(self, {module: self._watch(module) for module in self.modules}).start()
+        except BaseException:
+            try:
+                self.stop()
+            except Exception:  # the start failure is the error to report
+                logger.exception("Stopping the partly started edge failed")
+            raise
         return self
+
+    def _watch(self, module: str) -> ModuleWatch:
+        """Return the restart decisions for one module: its manifest's restartPolicy, its report interval."""
+        spec = self.deployment.modules.get(module)
+        policy = RestartPolicy(spec.restart_policy) if spec is not None else RestartPolicy.ALWAYS
+        env = self.module_environment(module)
+        interval_s = float(env.get("REPORT_INTERVAL_S", DEFAULT_REPORT_INTERVAL_S))
+        unhealthy_after_s = self.unhealthy_after_s or max(UNHEALTHY_REPORTS * interval_s, MIN_UNHEALTHY_AFTER_S)
+        return ModuleWatch(module, policy, unhealthy_after_s=unhealthy_after_s, backoff=self.restart_backoff)
+
+    @property
+    def dashboard_log_path(self) -> Path:
+        """Return where the dashboard process logs."""
+        return self.workdir / "logs" / "dashboard.log"
 
     def _start_dashboard(self) -> subprocess.Popen[bytes]:
         """Start the dashboard (`python -m dashboard`) on the hub broker, serving on 127.0.0.1:`dashboard_port`."""
-        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        with open(self.workdir / "logs" / "dashboard.log", "ab") as log:
+        self.dashboard_log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.dashboard_log_path, "ab") as log:
             return subprocess.Popen(
                 [
                     sys.executable,
@@ -213,6 +318,27 @@ class LocalEdge:
             self.wait_module_ready(module)
         return process
 
+    def module_process(self, module: str) -> ModuleProcess | None:
+        """Return the module's current process (the supervisor's view of the edge)."""
+        return self.processes.get(module)
+
+    def restart_module(self, module: str) -> ModuleProcess:
+        """Start a new process for a module that exited, without waiting until it is ready."""
+        return self.start_module(module, wait=False)
+
+    def module_statuses(self) -> dict[str, ModuleStatus]:
+        """Return each module's state, restart count and last exit code."""
+        if self.supervisor is not None:
+            return self.supervisor.statuses()
+        if self._final_statuses is not None:
+            return dict(self._final_statuses)
+        statuses = {}
+        for module, process in self.processes.items():
+            code = process.exit_code()
+            phase = Phase.RUNNING if process.running() else Phase.STOPPED if process.stopping() else Phase.DOWN
+            statuses[module] = ModuleStatus(module, phase, 0, code)
+        return statuses
+
     def method(self, module: str, name: str, payload: object = None, timeout_s: float = 10.0) -> tuple[int, object]:
         """Invoke a direct method on a module; return its status and decoded JSON payload."""
         return self.standin.router.invoke_method(module, name, payload, timeout_s=timeout_s)
@@ -223,7 +349,10 @@ class LocalEdge:
         process = self.processes[module]
         while True:
             if not process.running():
-                raise EdgefleetError(f"module {module} exited at start:\n{process.log_tail()}")
+                raise EdgeStartError(
+                    f"module {module} exited at start ({describe_exit(process.exit_code())}); "
+                    f"log: {process.log_path}\n{process.log_tail()}"
+                )
             try:
                 status, payload = self.method(module, "stats", timeout_s=2.0)
             except Exception:  # not connected yet
@@ -231,17 +360,58 @@ class LocalEdge:
             if status == 200 and (module != "sensor" or (isinstance(payload, dict) and payload.get("subscribed"))):
                 return
             if time.monotonic() > deadline:
-                raise EdgefleetError(f"module {module} not ready within {timeout_s:.0f} s:\n{process.log_tail()}")
+                raise EdgeStartError(
+                    f"module {module} not ready within {timeout_s:.0f} s; log: {process.log_path}\n{process.log_tail()}"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stop modules (SIGTERM), then the stand-in, then flush the lake, then the brokers."""
+        """Stop the supervisor, the modules (SIGTERM), the stand-in, flush the lake, then the dashboard and brokers.
+
+        Every step runs even when an earlier one fails (nothing is left running); the first error is raised.
+        """
+        self._stopping = True
+        errors: list[Exception] = []
+        steps = (
+            self._stop_supervisor,
+            self._stop_modules,
+            self.standin.stop,
+            self._close_upstream,
+            self._stop_dashboard,
+            self.hub_broker.stop if self.hub_broker is not None else None,
+            self.field_broker.stop,
+        )
+        for step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as err:
+                logger.exception("Stopping the local edge: %s failed", getattr(step, "__name__", step))
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+    @property
+    def stopping(self) -> bool:
+        """Return whether `stop` was called (signal handlers must not interrupt it)."""
+        return self._stopping
+
+    def _stop_supervisor(self) -> None:
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None:
+            supervisor.stop()
+            self._final_statuses = supervisor.statuses()
+
+    def _stop_modules(self) -> None:
         for process in self.processes.values():
-            process.stop()
-        try:
-            self.standin.stop()
-        finally:
-            self._close_upstream()
+            try:
+                process.stop()
+            except Exception:  # stop the others; kill what did not stop
+                logger.exception("Stopping module %s failed; killing it", process.name)
+                process.kill()
+
+    def _stop_dashboard(self) -> None:
         dashboard, self.dashboard = self.dashboard, None
         if dashboard is not None and dashboard.poll() is None:
             dashboard.terminate()
@@ -250,9 +420,6 @@ class LocalEdge:
             except subprocess.TimeoutExpired:
                 dashboard.kill()
                 dashboard.wait(5)
-        if self.hub_broker is not None:
-            self.hub_broker.stop()
-        self.field_broker.stop()
 
     def _close_upstream(self) -> None:
         """Write what the lake sink holds and let the dashboard's copy drain; the caller's upstream stays open."""

@@ -8,6 +8,7 @@ comes from the modules' `stats` direct methods, the same numbers their twins rep
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +21,23 @@ from rich.table import Table
 from rich.text import Text
 
 from edgefleet_cli.local_edge import LocalEdge
+from edgefleet_cli.supervisor import ModuleStatus, Phase, describe_exit
 
 if TYPE_CHECKING:
     from simulator.report import SimulationReport
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Snapshot",
+    "StartInterrupted",
+    "UpResult",
+    "module_summary",
+    "poll",
+    "run_up",
+    "start_edge",
+    "status_table",
+]
 
 STATUS_INTERVAL_S = 1.0
 DRAIN_QUIET_S = 2.0  # the edge is drained when nothing moved for this long
@@ -43,6 +56,7 @@ class Snapshot:
     inference: dict[str, Any] = field(default_factory=dict)
     sink: dict[str, int] = field(default_factory=dict)
     simulator: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, ModuleStatus] = field(default_factory=dict)
 
     def moved_since(self, other: Snapshot) -> bool:
         """Return whether any counter changed since `other`."""
@@ -52,6 +66,8 @@ class Snapshot:
             or self.sink.get("messages") != other.sink.get("messages")
             or self.sensor.get("open_batch_readings", 0) > 0
             or (self.inference.get("outbox") or {}).get("pending", 0) > 0
+            # A module coming back will still process what waits for it at edgeHub.
+            or any(status.phase is Phase.RESTARTING for status in self.modules.values())
         )
 
 
@@ -65,11 +81,18 @@ class UpResult:
     duration_s: float = 0.0
     interrupted: bool = False
 
+    def modules_down(self) -> list[ModuleStatus]:
+        """Return the modules that were not running (healthy) at the end."""
+        return [status for status in self.last.modules.values() if not status.up]
+
 
 def poll(edge: LocalEdge, simulator_progress: dict[str, Any] | None = None) -> Snapshot:
     """Read every module's counters (a module that does not answer shows as empty)."""
-    snapshot = Snapshot(time.monotonic(), simulator=dict(simulator_progress or {}))
+    snapshot = Snapshot(time.monotonic(), simulator=dict(simulator_progress or {}), modules=edge.module_statuses())
     for module in edge.modules:
+        state = snapshot.modules.get(module)
+        if state is not None and state.phase in (Phase.RESTARTING, Phase.DOWN, Phase.STOPPED):
+            continue  # no process to ask: do not wait for the method's timeout
         try:
             status, payload = edge.method(module, "stats", timeout_s=3.0)
         except Exception as err:  # restarting or gone: show it, keep going
@@ -89,42 +112,110 @@ def _rate(now: Snapshot, before: Snapshot, pick: Callable[[Snapshot], float]) ->
 
 
 def status_table(now: Snapshot, before: Snapshot) -> Table:
-    """Return the live table: per part, rate, totals, dead letters, fallbacks, latency."""
+    """Return the live table: per part, state, restarts, rate, totals, dead letters, fallbacks, latency."""
     table = Table(title="edgefleet edge", expand=False)
-    for column in ("part", "rate/s", "total", "dead letters", "details"):
-        table.add_column(column, justify="right" if column in ("rate/s", "total", "dead letters") else "left")
+    numeric = ("restarts", "rate/s", "total", "dead letters")
+    for column in ("part", "state", "restarts", "last exit", "rate/s", "total", "dead letters", "details"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     if now.simulator:
         sent = float(now.simulator.get("sent", 0))
         rate = _rate(now, before, lambda s: float(s.simulator.get("sent", 0)))
-        table.add_row("simulator", f"{rate:,.0f}", f"{sent:,.0f}", "", "readings published to the field broker")
-    sensor = now.sensor
-    if sensor:
-        rate = _rate(now, before, lambda s: float(s.sensor.get("readings", 0)))
-        dead = sum((sensor.get("deadletters") or {}).values())
-        details = (
-            f"dup {sensor.get('seq_duplicates', 0)} · missing {sensor.get('seq_missing', 0)} · "
-            f"late {sensor.get('seq_late', 0)} · {'connected' if sensor.get('field_connected') else 'DISCONNECTED'}"
+        table.add_row(
+            "simulator", "", "", "", f"{rate:,.0f}", f"{sent:,.0f}", "", "readings published to the field broker"
         )
-        table.add_row("sensor", f"{rate:,.0f}", f"{sensor.get('readings', 0):,}", f"{dead:,}", details)
-    inference = now.inference
-    if inference:
-        rate = _rate(now, before, lambda s: float(s.inference.get("predictions", 0)))
-        dead = sum((inference.get("deadletters") or {}).values())
-        latency = inference.get("latency") or {}
-        fallbacks = ", ".join(f"{k} {v:,}" for k, v in sorted((inference.get("fallbacks") or {}).items()))
-        details = f"p50 {latency.get('p50_ms')} ms · p99 {latency.get('p99_ms')} ms · fleet: {fallbacks or 'none'}"
-        table.add_row("inference", f"{rate:,.0f}", f"{inference.get('predictions', 0):,}", f"{dead:,}", details)
+    for module, counters in (
+        ("sensor", _sensor_counters(now, before)),
+        ("inference", _inference_counters(now, before)),
+    ):
+        status = now.modules.get(module)
+        if status is None and not counters:
+            continue
+        state = _state_cells(status)
+        table.add_row(module, *state, *(counters or ("", "", "", "no answer")))
     if now.sink:
         rate = _rate(now, before, lambda s: float(s.sink.get("rows_received", 0)))
         details = f"{now.sink.get('rows_written', 0):,} rows written · {now.sink.get('files_written', 0)} files"
         table.add_row(
             "upstream → lake",
+            "",
+            "",
+            "",
             f"{rate:,.0f}",
             f"{now.sink.get('rows_received', 0):,}",
             f"{now.sink.get('deadletters', 0):,}",
             details,
         )
     return table
+
+
+def _state_cells(status: ModuleStatus | None) -> tuple[Text, str, str]:
+    """Return the state, restart count and last exit of a module, the state coloured when it is not running."""
+    if status is None:
+        return Text(""), "", ""
+    style = "" if status.up else "bold red" if status.phase in (Phase.DOWN, Phase.UNHEALTHY) else "yellow"
+    return Text(status.describe(), style=style), str(status.restarts), describe_exit(status.last_exit)
+
+
+def _sensor_counters(now: Snapshot, before: Snapshot) -> tuple[str, str, str, str] | None:
+    sensor = now.sensor
+    if not sensor:
+        return None
+    rate = _rate(now, before, lambda s: float(s.sensor.get("readings", 0)))
+    dead = sum((sensor.get("deadletters") or {}).values())
+    details = (
+        f"dup {sensor.get('seq_duplicates', 0)} · missing {sensor.get('seq_missing', 0)} · "
+        f"late {sensor.get('seq_late', 0)} · {'connected' if sensor.get('field_connected') else 'DISCONNECTED'}"
+    )
+    return f"{rate:,.0f}", f"{sensor.get('readings', 0):,}", f"{dead:,}", details
+
+
+def _inference_counters(now: Snapshot, before: Snapshot) -> tuple[str, str, str, str] | None:
+    inference = now.inference
+    if not inference:
+        return None
+    rate = _rate(now, before, lambda s: float(s.inference.get("predictions", 0)))
+    dead = sum((inference.get("deadletters") or {}).values())
+    latency = inference.get("latency") or {}
+    fallbacks = ", ".join(f"{k} {v:,}" for k, v in sorted((inference.get("fallbacks") or {}).items()))
+    details = f"p50 {latency.get('p50_ms')} ms · p99 {latency.get('p99_ms')} ms · fleet: {fallbacks or 'none'}"
+    return f"{rate:,.0f}", f"{inference.get('predictions', 0):,}", f"{dead:,}", details
+
+
+def module_summary(statuses: dict[str, ModuleStatus]) -> list[str]:
+    """Return one line per module for the end of a run: state, restarts, last exit."""
+    return [
+        f"{name}: {status.describe()}, {status.restarts} restart(s), last exit {describe_exit(status.last_exit)}"
+        for name, status in statuses.items()
+    ]
+
+
+class StartInterrupted(KeyboardInterrupt):
+    """Raise in the main thread when SIGTERM or SIGINT arrives while the edge starts."""
+
+
+def start_edge(edge: LocalEdge, stop_event: threading.Event) -> None:
+    """Start the edge; a SIGTERM or SIGINT meanwhile aborts the start (which stops what it started).
+
+    Call from the main thread. The signal also sets `stop_event`; the handlers in place before are
+    restored afterwards. Only the first signal raises, and none while the edge is being stopped,
+    so the cleanup itself is never cut short.
+    """
+    raised = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal raised
+        stop_event.set()
+        if raised or edge.stopping:
+            return
+        raised = True
+        raise StartInterrupted(f"{signal.Signals(signum).name} while the edge was starting")
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        edge.start()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_up(
@@ -140,7 +231,7 @@ def run_up(
     """Run a started edge until `stop_event`, the deadline or the simulation's end; then drain it."""
     console = console or Console(stderr=True)
     started = time.monotonic()
-    first = before = poll(edge, simulator_progress)
+    first = poll(edge, simulator_progress)
     result = UpResult(first, first)
     sim_stop = threading.Event()
     sim_thread: threading.Thread | None = None
@@ -166,32 +257,44 @@ def run_up(
     def view(now: Snapshot) -> Group:
         elapsed = time.monotonic() - started
         footer = Text(f"{elapsed:,.0f} s · lake {edge.lake_dir} · Ctrl-C stops cleanly", style="dim")
-        return Group(status_table(now, before), footer)
+        return Group(status_table(now, result.last), footer)  # rates since the previous poll
 
     screen: Live | _NoLive = Live(view(first), console=console, refresh_per_second=2) if live else _NoLive()
-    with screen:
-        while not finished():
-            stop_event.wait(STATUS_INTERVAL_S)
-            now = poll(edge, simulator_progress)
-            screen.update(view(now))
-            before, result.last = now, now
-        sim_stop.set()
-        if sim_thread is not None:
-            sim_thread.join(DRAIN_TIMEOUT_S)
-        # Let what is on its way arrive: stop when nothing moved for DRAIN_QUIET_S.
-        quiet_since = time.monotonic()
-        deadline = quiet_since + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            now = poll(edge, simulator_progress)
-            screen.update(view(now))
-            if now.moved_since(result.last):
-                quiet_since = time.monotonic()
-            before, result.last = result.last, now
-            if time.monotonic() - quiet_since >= DRAIN_QUIET_S:
-                break
+    try:
+        with screen:
+            while not finished():
+                stop_event.wait(STATUS_INTERVAL_S)
+                now = poll(edge, simulator_progress)
+                screen.update(view(now))
+                result.last = now
+            sim_stop.set()
+            if sim_thread is not None:
+                sim_thread.join(DRAIN_TIMEOUT_S)
+            _drain(edge, result, simulator_progress, lambda now: screen.update(view(now)))
+    finally:
+        sim_stop.set()  # on an error too: the simulator must not outlive the edge
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _drain(
+    edge: LocalEdge,
+    result: UpResult,
+    simulator_progress: dict[str, Any] | None,
+    show: Callable[[Snapshot], object],
+) -> None:
+    """Let what is on its way arrive: return when nothing moved (and no module restarted) for DRAIN_QUIET_S."""
+    quiet_since = time.monotonic()
+    deadline = quiet_since + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = poll(edge, simulator_progress)
+        show(now)
+        if now.moved_since(result.last):
+            quiet_since = time.monotonic()
+        result.last = now
+        if time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+            return
 
 
 class _NoLive:

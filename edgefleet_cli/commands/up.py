@@ -12,6 +12,7 @@ from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet_cli.commands import Subcommands
 
 if TYPE_CHECKING:
+    from edgefleet_cli.up import UpResult
     from simulator.report import SimulationReport
 
 __all__ = ["add_up_command", "cmd_up"]
@@ -37,12 +38,12 @@ def add_up_command(sub: Subcommands) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Run the edge until Ctrl-C, SIGTERM, the deadline or the simulation's end; return 0."""
+    """Run the edge until Ctrl-C, SIGTERM, the deadline or the simulation's end; return 0, 1 if a module stayed down."""
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
     from edgefleet.process import stop_event_on_signals
     from edgefleet_cli.local_edge import LocalEdge
-    from edgefleet_cli.up import run_up
+    from edgefleet_cli.up import module_summary, run_up, start_edge
 
     bundle = Path(args.bundle).resolve()
     version = read_manifest(bundle).bundle_version
@@ -73,7 +74,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         dashboard_port=None if args.no_dashboard else args.dashboard_port,
     )
     stop = stop_event_on_signals()
-    with edge:
+    start_edge(edge, stop)  # a failed or interrupted start stops everything it started
+    try:
         topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
         print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
         if edge.dashboard_port is not None:
@@ -88,5 +90,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             live=sys.stderr.isatty(),
         )
         print("stopping: modules finish in-flight readings, then the lake is flushed", flush=True)
+    finally:
+        edge.stop()
     print(f"stopped after {result.duration_s:.0f} s; lake in {edge.lake_dir}")
-    return 0
+    for line in module_summary(result.last.modules):
+        print(f"  {line}")
+    return _exit_code(result, workdir / "logs")
+
+
+def _exit_code(result: UpResult, log_dir: Path) -> int:
+    """Return 0, or 1 with a message when a module was down (or restarting) at the end."""
+    from edgefleet_cli.supervisor import describe_exit
+
+    down = result.modules_down()
+    for status in down:
+        print(
+            f"edgefleet: error: module {status.name} was {status.describe()} at the end "
+            f"({status.restarts} restart(s), last exit {describe_exit(status.last_exit)}); "
+            f"see {log_dir / (status.name + '.log')}",
+            file=sys.stderr,
+        )
+    return 1 if down else 0

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+import pytest
+
+from edgefleet.bundle import read_manifest
 from edgefleet.lake import read_deadletters, read_lake
 from edgefleet_cli.edge_report import account
 from edgefleet_cli.up import run_up
 from simulator.profile import parse_profile
 from simulator.run import run_simulation
+from tests.edge_fixtures import REPO
 
 
 def _profile(seed: int = 3) -> object:
@@ -58,3 +70,186 @@ def test_every_simulated_reading_is_predicted_dead_lettered_or_counted_as_a_dupl
     assert sensor["seq_duplicates"] == expected["duplicates"]
     fallbacks = result.last.inference["fallbacks"]
     assert fallbacks.get("missing_features", 0) >= expected["missing_features"]
+
+
+# -- `edgefleet up` as a user runs it: exit codes, restarts, and nothing left running on any exit path --
+
+MARKER = "EDGEFLEET_TEST_UP_RUN"
+
+
+def _up_command(small_bundle, tmp_path, *extra):
+    from edgefleet_cli.local_edge import free_port
+    from tests.edge_fixtures import next_ip_base
+
+    args = ["up", "--bundle", small_bundle, "--workdir", tmp_path / "edge", "--lake", tmp_path / "lake"]
+    args += ["--ip-base", next_ip_base(), "--field-port", free_port(), *extra]
+    return [sys.executable, "-m", "edgefleet_cli", *map(str, args)]
+
+
+def _up_env(tmp_path):
+    """Return the CLI's environment, marked so that every process it starts can be found afterwards."""
+    from tests.edgefleet_cli.test_cli import clean_env
+
+    return clean_env(**{MARKER: str(tmp_path)})
+
+
+def _processes_of_run(tmp_path) -> list[str]:
+    """Return the command lines of live processes that inherited this run's marker (brokers, modules, dashboard)."""
+    marker = f"{MARKER}={tmp_path}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker not in environ.read_bytes().split(b"\0"):
+                continue
+            pid = environ.parent.name
+            state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def _module_pid(tmp_path, module: str) -> int | None:
+    for line in _processes_of_run(tmp_path):
+        pid, cmdline = line.split(": ", 1)
+        if f"-m modules.{module}" in cmdline:
+            return int(pid)
+    return None
+
+
+def _run_up(command, tmp_path, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=_up_env(tmp_path), timeout=timeout_s, check=False
+    )
+
+
+def test_up_with_a_refused_bundle_exits_2_naming_the_module_and_its_log_and_leaves_no_process(small_bundle, tmp_path):
+    from edgefleet_cli.local_edge import free_port
+
+    tampered = tmp_path / "bundle"
+    shutil.copytree(small_bundle, tampered)
+    manifest = read_manifest(tampered)
+    victim = tampered / next(e.onnx.path for e in manifest.devices.values() if e.status == "trained")
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+
+    command = _up_command(tampered, tmp_path, "--dashboard-port", free_port())
+    run = _run_up(command, tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "module inference exited at start (exit code 2)" in run.stderr
+    assert str(tmp_path / "edge" / "logs" / "inference.log") in run.stderr
+    assert "Traceback" not in run.stderr
+    assert _processes_of_run(tmp_path) == []
+
+
+def test_up_whose_field_port_is_taken_exits_2_naming_the_field_broker_and_leaves_no_process(small_bundle, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--field-port", port)
+        run = _run_up(command, tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "field broker failed to start" in run.stderr and "mosquitto-field.log" in run.stderr
+    assert _processes_of_run(tmp_path) == []
+
+
+def test_up_stopped_by_sigterm_while_it_starts_leaves_no_process(small_bundle, tmp_path):
+    from tests.edge_fixtures import wait_for
+
+    command = _up_command(small_bundle, tmp_path, "--no-dashboard")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_up_env(tmp_path)
+    )
+    try:
+        # The brokers and the stand-in run, the modules are starting: the middle of the start.
+        wait_for(lambda: (tmp_path / "edge" / "logs" / "sensor.log").exists(), timeout_s=60)
+        process.send_signal(signal.SIGTERM)
+        output, errors = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output + errors
+    assert "edge running" not in output
+    assert _processes_of_run(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "exit_code", "summary"), [("always", 0, "running, 1 restart(s)"), ("never", 1, "down")]
+)
+def test_up_restarts_a_killed_module_as_its_restart_policy_says_and_fails_when_it_stayed_down(
+    small_bundle, tmp_path, policy, exit_code, summary
+):
+    from edgefleet.deployment import DEFAULT_TEMPLATE
+    from tests.edge_fixtures import wait_for
+
+    manifest = json.loads((REPO / DEFAULT_TEMPLATE).read_text())
+    manifest["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["inference"]["restartPolicy"] = policy
+    deployment = tmp_path / "deployment.json"
+    deployment.write_text(json.dumps(manifest))
+    command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--duration-s", 10, "--deployment", deployment)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_up_env(tmp_path)
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("edge running"), banner
+        os.kill(wait_for(lambda: _module_pid(tmp_path, "inference"), timeout_s=10), signal.SIGKILL)
+        output, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == exit_code, output + errors
+    assert f"inference: {summary}" in output and "last exit signal SIGKILL" in output
+    if exit_code:
+        assert "module inference was down at the end" in errors and "inference.log" in errors
+    assert _processes_of_run(tmp_path) == []
+
+
+def test_up_whose_status_loop_fails_stops_every_process_before_the_error_surfaces(small_bundle, tmp_path, monkeypatch):
+    import edgefleet_cli.up
+    from edgefleet_cli.cli import main
+
+    running: list[str] = []
+
+    def broken_status_loop(*args, **kwargs):
+        running.extend(_processes_of_run(tmp_path))
+        raise RuntimeError("status loop broke")
+
+    monkeypatch.setenv(MARKER, str(tmp_path))  # inherited by every process the edge starts
+    monkeypatch.setattr(edgefleet_cli.up, "run_up", broken_status_loop)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(RuntimeError, match="status loop broke"):
+            main([str(arg) for arg in _up_command(small_bundle, tmp_path, "--no-dashboard")[3:]])
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert sum("mosquitto" in line or "-m modules." in line for line in running) == 5  # 3 brokers, 2 modules
+    assert [line for line in _processes_of_run(tmp_path) if not line.startswith(f"{os.getpid()}:")] == []
+
+
+def test_the_status_table_shows_each_modules_state_restarts_and_last_exit():
+    from rich.console import Console
+
+    from edgefleet_cli.supervisor import ModuleStatus, Phase
+    from edgefleet_cli.up import Snapshot, module_summary, status_table
+
+    modules = {
+        "sensor": ModuleStatus("sensor", Phase.RUNNING, 0, None),
+        "inference": ModuleStatus("inference", Phase.RESTARTING, 2, -signal.SIGKILL, restart_in_s=3.2),
+    }
+    now = Snapshot(2.0, sensor={"readings": 10, "field_connected": True}, modules=modules)
+    console = Console(width=200, record=True)
+    console.print(status_table(now, Snapshot(1.0)))
+    text = console.export_text()
+    sensor_row = next(line for line in text.splitlines() if "sensor" in line)
+    inference_row = next(line for line in text.splitlines() if "inference" in line)
+    assert "running" in sensor_row and "connected" in sensor_row
+    assert "restarting in 3 s" in inference_row and " 2 " in inference_row and "signal SIGKILL" in inference_row
+    assert module_summary(modules) == [
+        "sensor: running, 0 restart(s), last exit -",
+        "inference: restarting in 3 s, 2 restart(s), last exit signal SIGKILL",
+    ]
