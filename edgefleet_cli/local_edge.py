@@ -21,7 +21,7 @@ from types import TracebackType
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
-from edgehub.broker import Broker, Listener
+from edgehub.broker import FIELD_AUTOSAVE, Broker, Listener
 from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
@@ -126,7 +126,11 @@ class LocalEdge:
         for module, patch in (desired_overrides or {}).items():
             desired[module].update(patch)
         self.field_broker = Broker(
-            self.workdir / "field", "field", [Listener(FIELD_HOST, self.field_port)], persistent=True
+            self.workdir / "field",
+            "field",
+            [Listener(FIELD_HOST, self.field_port)],
+            persistent=True,
+            autosave=FIELD_AUTOSAVE,
         )
         # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
         self.dashboard_port = dashboard_port
