@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -238,9 +237,7 @@ def measure_loss(autosave: Autosave, messages: int, *, kill_at: int, workdir: Pa
         seqs = publisher.publish(messages)
         if not publisher.reached.wait(TIMEOUT_S):
             raise RuntimeError("publisher never reached the kill point")
-        os.kill(broker.pid, signal.SIGKILL)
-        assert broker._process is not None
-        broker._process.wait(10)
+        broker.kill()
         publisher.client.loop_stop()
         acked = {seqs[mid] for mid in publisher.acked}
         broker.start()  # the same config and persistence file

@@ -324,6 +324,15 @@ class Broker:
             process.wait(timeout_s)
         logger.info("Stopped mosquitto %r", self.name)
 
+    def kill(self, timeout_s: float = 5.0) -> None:
+        """Kill the broker with SIGKILL, as a crash would; `start()` brings it back on the same files."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.kill()
+        process.wait(timeout_s)
+        logger.warning("Killed mosquitto %r", self.name)
+
     def __enter__(self) -> Broker:
         return self.start()
 
