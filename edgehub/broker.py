@@ -331,7 +331,7 @@ class Broker:
             return
         process.kill()
         process.wait(timeout_s)
-        logger.warning("Killed mosquitto %r", self.name)
+        logger.info("Killed mosquitto %r", self.name)
 
     def __enter__(self) -> Broker:
         return self.start()
