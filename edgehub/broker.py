@@ -59,17 +59,17 @@ class Autosave:
 # Mosquitto 2.0 persists only by snapshot (on a clean shutdown and on autosave) and acknowledges
 # a QoS 1 publish before it saves: a kill -9 loses every message acknowledged since the last
 # snapshot. With the old `autosave_interval 30` that was 3,912-3,920 readings after a 10 s sensor
-# outage. Each snapshot rewrites the whole database and fsyncs it, so its cost grows with the
-# queue; figures from benchmarks/broker_persistence.py (2-core VM, ext4, single ~190 B readings
-# into an offline session, 4,000 queued = 10 s of the demo's 400 readings/s):
+# outage. Each snapshot rewrites and fsyncs the whole database, so its cost grows with the queue.
+# benchmarks/broker_persistence.py --quick (2-core VM, ext4; offline subscriber, queue growing):
 #
-#   every change (1):  164 msgs/s, falling to 128/s at 4,000 queued; 0.29 -> 0.88 MB written per
-#                      message; loses only the message acknowledged while the broker dies (1 of 2,000)
-#   every 100 changes: 5,382 msgs/s, 3,944/s still at 12,000 queued; 3 -> 27 kB per message;
-#                      loses at most the last 100 changes
+#   every change (1):   loses 1 of 2,000 acknowledged (the one acknowledged as the broker dies);
+#                       single readings: 153/s, 80/s with 4,000 queued, 0.29 -> 0.88 MB written each
+#                       batches of 50:    53/s, 34/s with 400 queued, 0.86 -> 2.5 MB written each
+#   every 100 changes:  loses at most the last 100 acknowledged (measured 2 and 100);
+#                       single readings: 2,903/s, 4,697/s with 4,000 queued, 3 -> 9 kB written each
 #
-# Brokers that carry batches (~50 readings a message: the stand-in's module brokers and the
-# sink's hub broker) see ~8 messages/s at the demo's rate and can afford a snapshot per change.
+# Brokers that carry batches (the stand-in's module brokers, the sink's hub broker: ~8 messages/s
+# at the demo's 400 readings/s) can afford a snapshot per change for ~4 minutes of a stopped consumer.
 AUTOSAVE = Autosave(interval=1, on_changes=True)
 # The field broker carries single readings from every device: a snapshot per reading cannot keep
 # up with 400 readings/s, so it snapshots every 100 changes (deployment/mosquitto/field.conf too).
