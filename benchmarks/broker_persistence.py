@@ -43,7 +43,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet_cli.local_edge import free_port
-from edgehub.broker import AUTOSAVE, FIELD_AUTOSAVE, Autosave, Broker, Listener
+from edgehub.broker import AUTOSAVE, FAST_AUTOSAVE, Autosave, Broker, Listener
 
 HOST = "127.0.0.1"
 TOPIC = "bench/readings"
@@ -305,7 +305,7 @@ def print_table(results: dict[str, Any], sizes: dict[str, int]) -> None:
             f"{name:<18} {end['lost']:>14,} of {end['acked']:>6,} acked {mid['lost']:>15,} of {mid['acked']:>6,} acked"
         )
     print()
-    for role, autosave in (("module and hub brokers (batches)", AUTOSAVE), ("field broker (readings)", FIELD_AUTOSAVE)):
+    for role, autosave in (("module brokers (batches)", AUTOSAVE), ("field and hub brokers", FAST_AUTOSAVE)):
         name = next(name for name, policy in POLICIES.items() if policy == autosave)
         scenario = "offline_batches" if autosave == AUTOSAVE else "offline"
         row = results[name][scenario]

@@ -21,7 +21,7 @@ from types import TracebackType
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
-from edgehub.broker import FIELD_AUTOSAVE, Broker, Listener
+from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
 from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
@@ -130,7 +130,7 @@ class LocalEdge:
             "field",
             [Listener(FIELD_HOST, self.field_port)],
             persistent=True,
-            autosave=FIELD_AUTOSAVE,
+            autosave=FAST_AUTOSAVE,
         )
         # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
         self.dashboard_port = dashboard_port

@@ -12,8 +12,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgehub.broker import AUTOSAVE, FIELD_AUTOSAVE, Broker, Listener, render_config
-from tests.edge_fixtures import wait_for
+from edgefleet.deployment import load_deployment
+from edgefleet_cli.local_edge import LocalEdge
+from edgehub.broker import AUTOSAVE, FAST_AUTOSAVE, Broker, Listener, render_config
+from tests.edge_fixtures import TEMPLATE, wait_for
+from tests.edgehub.conftest import CollectingUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 FIELD_CONF = REPO / "deployment" / "mosquitto" / "field.conf"
@@ -29,17 +32,27 @@ def _settings(conf_text: str) -> dict[str, str]:
     return {pair[0]: pair[1].strip() if len(pair) > 1 else "" for pair in pairs}
 
 
-def test_the_compose_field_broker_saves_as_often_as_the_field_broker_of_edgefleet_up() -> None:
+def test_the_compose_field_broker_saves_as_often_as_the_field_broker_of_edgefleet_up(tmp_path: Path) -> None:
+    edge = LocalEdge(
+        tmp_path,
+        load_deployment(TEMPLATE),
+        bundle_dir=tmp_path / "bundle",
+        ip_base="127.251.1",
+        upstream=CollectingUpstream(),
+    )
+    up = _settings(
+        render_config(edge.field_broker.listeners, persistence_dir=tmp_path, autosave=edge.field_broker.autosave)
+    )
     compose = _settings(FIELD_CONF.read_text())
-    generated = _settings(render_config([Listener(HOST, 1883)], persistence_dir=Path("/x"), autosave=FIELD_AUTOSAVE))
 
+    assert edge.field_broker.persistent
     for key in ("persistence", "autosave_interval", "autosave_on_changes"):
-        assert compose[key] == generated[key], key
+        assert compose[key] == up[key], key
 
 
-def test_batch_brokers_snapshot_after_every_change_and_the_field_broker_every_100(tmp_path: Path) -> None:
+def test_module_brokers_snapshot_after_every_change_and_busy_brokers_every_100(tmp_path: Path) -> None:
     batches = _settings(render_config([Listener(HOST, 1883)], persistence_dir=tmp_path))
-    readings = _settings(render_config([Listener(HOST, 1883)], persistence_dir=tmp_path, autosave=FIELD_AUTOSAVE))
+    readings = _settings(render_config([Listener(HOST, 1883)], persistence_dir=tmp_path, autosave=FAST_AUTOSAVE))
 
     assert (batches["autosave_interval"], batches["autosave_on_changes"]) == ("1", "true")
     assert (readings["autosave_interval"], readings["autosave_on_changes"]) == ("100", "true")
@@ -150,11 +163,11 @@ def test_a_kill_9_loses_none_of_500_acknowledged_messages_queued_for_an_offline_
     assert received == set(range(MESSAGES))
 
 
-@pytest.mark.parametrize("broker", [FIELD_AUTOSAVE], indirect=True)
+@pytest.mark.parametrize("broker", [FAST_AUTOSAVE], indirect=True)
 def test_a_kill_9_of_the_field_broker_loses_at_most_one_autosave_interval_of_readings(
     broker: Broker, port: int
 ) -> None:
     received = _received_after_kill_and_restart(broker, port, wait_for_snapshot=False)
 
     assert received <= set(range(MESSAGES))
-    assert MESSAGES - len(received) <= FIELD_AUTOSAVE.interval
+    assert MESSAGES - len(received) <= FAST_AUTOSAVE.interval
