@@ -23,7 +23,7 @@ rewrites the whole database, so its cost grows with the queue.
 It prints a table, then one JSON object on the last line of stdout.
 
 Usage:
-    python benchmarks/broker_persistence.py --quick    # about a minute on 2 cores
+    python benchmarks/broker_persistence.py --quick    # about 2 minutes on 2 cores
     python benchmarks/broker_persistence.py            # a queue twice as long
 """
 
@@ -325,7 +325,7 @@ def print_table(results: dict[str, Any], sizes: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report, JSON on the last line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a shorter queue, about a minute")
+    parser.add_argument("--quick", action="store_true", help="a shorter queue, about 2 minutes")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()

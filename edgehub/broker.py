@@ -69,7 +69,7 @@ class Autosave:
 #                       single readings: 2,903/s, 4,697/s with 4,000 queued, 3 -> 9 kB written each
 #
 # A snapshot per change is one fsync per message: a broker then takes ~150-300 messages/s
-# (a burst of 5,000 through the stand-in: 4.4 s -> 35 s). The stand-in's module brokers carry
+# (a burst of 5,000 through the stand-in: 4.4 s -> 15-35 s). The stand-in's module brokers carry
 # batches (~8 messages/s at the demo's 400 readings/s) and can afford it for ~4 minutes of a
 # stopped consumer: a kill -9 loses at most the message acknowledged as the broker dies.
 AUTOSAVE = Autosave(interval=1, on_changes=True)
