@@ -34,7 +34,7 @@ from edgefleet_cli.supervisor import (
     Supervisor,
     describe_exit,
 )
-from edgehub.broker import Broker, Listener
+from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
 from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
@@ -198,7 +198,11 @@ class LocalEdge:
         for module, patch in (desired_overrides or {}).items():
             desired[module].update(patch)
         self.field_broker = Broker(
-            self.workdir / "field", "field", [Listener(FIELD_HOST, self.field_port)], persistent=True
+            self.workdir / "field",
+            "field",
+            [Listener(FIELD_HOST, self.field_port)],
+            persistent=True,
+            autosave=FAST_AUTOSAVE,
         )
         # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
         self.dashboard_port = dashboard_port

@@ -25,7 +25,7 @@ from edgefleet.hub_wire import HUB_SUBSCRIPTION, KEEPALIVE_S, parse_hub_message
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
 from edgefleet.topics import TopicError
-from edgehub.broker import Broker, Listener
+from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
 from edgehub.sink import LakeSink
 from edgehub.sink_settings import SinkSettings, parse_flags
 
@@ -51,6 +51,7 @@ class SinkService:
             "hub",
             [Listener(*settings.listen)],
             persistent=True,
+            autosave=FAST_AUTOSAVE,
         )
         enable_tcp_nodelay()
         client = mqtt.Client(client_id=SINK_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
