@@ -21,22 +21,22 @@ logger = logging.getLogger(__name__)
 
 
 class ProgressLog:
-    """A progress callback that logs Spark task progress at every `step` of the way, not on every poll."""
+    """A progress callback that logs Spark task progress once per tenth (`steps`) of the way, not on every poll."""
 
-    def __init__(self, what: str, step: float = 0.1) -> None:
+    def __init__(self, what: str, steps: int = 10) -> None:
         self._what = what
-        self._step = step
+        self._steps = steps
         self._total = 0
-        self._next_fraction = 0.0
+        self._logged_step = -1
 
     def __call__(self, done: int, total: int) -> None:
-        """Log `done` of `total` tasks when a new step is reached or the job's size changed."""
+        """Log `done` of `total` tasks when a new step is reached or Spark moved on to another stage."""
         if total != self._total:
-            self._total, self._next_fraction = total, 0.0
-        fraction = done / total
-        if fraction >= self._next_fraction:
+            self._total, self._logged_step = total, -1
+        step = done * self._steps // total
+        if step > self._logged_step:
             logger.info("%s: %d of %d tasks done", self._what, done, total)
-            self._next_fraction = (int(fraction / self._step) + 1) * self._step
+            self._logged_step = step
 
 
 def _mse(value: object) -> str:
