@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from edgefleet.deployment import DEFAULT_TEMPLATE
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet_cli.commands import Subcommands
 from edgefleet_cli.commands.bundle import add_bundle_commands
 from edgefleet_cli.commands.demo import add_demo_command
@@ -145,14 +145,6 @@ def _add_sink_command(sub: Subcommands) -> None:
     sink.set_defaults(func=cmd_sink)
 
 
-def _validation_message(err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "settings"
-        lines.append(f"  {where}: {item['msg']}")
-    return "invalid settings:\n" + "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes print a message and exit 2, never a traceback."""
     parser = build_parser()
@@ -168,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgefleet: error: {err}", file=sys.stderr)
         return 2
     except ValidationError as err:
-        print(f"edgefleet: error: {_validation_message(err)}", file=sys.stderr)
+        print(f"edgefleet: error: {validation_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgefleet: interrupted", file=sys.stderr)

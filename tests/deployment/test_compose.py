@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cloud_training.__main__ import build_parser
+from cloud_training.cli import retrain_settings
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
 from edgefleet.hub_wire import parse_hub_address
 
@@ -84,6 +86,17 @@ def test_the_lake_is_a_named_volume_and_retraining_is_an_opt_in_profile(compose:
     assert "lake:/lake" in compose["services"]["sink"]["volumes"]
     assert compose["services"]["retrain"]["profiles"] == ["retrain"]
     assert all("profiles" not in spec for name, spec in compose["services"].items() if name != "retrain")
+
+
+def test_the_retrain_service_runs_a_valid_retraining_job_of_the_training_entry_point(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = build_parser().parse_args(compose["services"]["retrain"]["command"])
+    settings = retrain_settings(args)
+    assert args.command == "retrain"
+    assert (settings.lake, settings.bundle) == (Path("/lake"), Path("/bundle"))
+    assert settings.tracking_uri == "sqlite:////out/mlflow.db"
 
 
 def test_every_variable_compose_reads_is_documented_in_env_example() -> None:

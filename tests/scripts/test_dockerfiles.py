@@ -29,6 +29,8 @@ EXTRAS = script_map("EXTRA")
 FLAVOURS = script_map("FLAVOUR")
 SERVICES = {"sensor", "inference", "edgehub", "sink", "dashboard"}  # long-running: a HEALTHCHECK
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
+# Images whose process package has its own entry point run it, not the umbrella `edgefleet` CLI.
+ENTRYPOINTS = {"training": '["python", "-m", "cloud_training"]'}
 
 
 def instructions(name: str) -> list[str]:
@@ -83,7 +85,7 @@ def test_image_dockerfile_basics(name: str):
 @pytest.mark.parametrize("name", DEPLOYMENT_IMAGES)
 def test_deployment_image_dockerfile_runs_edgefleet_and_labels_last(name: str):
     final = final_stage(name)
-    assert 'ENTRYPOINT ["edgefleet"]' in final
+    assert "ENTRYPOINT " + ENTRYPOINTS.get(name, '["edgefleet"]') in final
     # settings come before the big venv layer; the revision label is the only step after it, and its
     # ARG follows every RUN (a RUN after it would rebuild on every commit)
     venv = final.index("COPY --from=deps /opt/venv /opt/venv")

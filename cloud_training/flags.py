@@ -1,8 +1,9 @@
-"""The flags `edgefleet train` and `edgefleet retrain` share, and how they become settings.
+"""The flags the training and retraining jobs share, and how they become settings.
 
-Each shared knob gets its flag here once; `settings_from_flags` maps the flags given onto a
-settings class (`TrainSettings` or `RetrainSettings`). A flag left unset is not passed, so the
-setting falls back to its `EDGEFLEET_*` variable, then its default.
+Each shared knob gets its flag here once, for `python -m cloud_training` and `edgefleet` alike;
+`settings_from_flags` maps the flags given onto a settings class (`TrainSettings` or
+`RetrainSettings`). A flag left unset is not passed, so the setting falls back to its
+`EDGEFLEET_*` variable, then its default.
 """
 
 from __future__ import annotations

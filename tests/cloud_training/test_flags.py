@@ -1,12 +1,11 @@
-"""The flags `edgefleet train` and `edgefleet retrain` share become the same settings in both."""
+"""The flags the training and retraining jobs share become the same settings in both."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgefleet_cli.cli import build_parser
-from edgefleet_cli.retrain_cli import settings_from_args
-from edgefleet_cli.train_cli import train_settings
+from cloud_training.__main__ import build_parser
+from cloud_training.cli import retrain_settings, train_settings
 
 pytestmark = pytest.mark.fast
 
@@ -44,7 +43,7 @@ def test_train_and_retrain_map_the_shared_flags_to_the_same_settings(monkeypatch
     monkeypatch.delenv("SPARK_MASTER", raising=False)
     parser = build_parser()
     train = train_settings(parser.parse_args(["train", "--history", "h.parquet", *SHARED]))
-    retrain = settings_from_args(parser.parse_args(["retrain", "--lake", "lake", "--bundle", "bundle", *SHARED]))
+    retrain = retrain_settings(parser.parse_args(["retrain", "--lake", "lake", "--bundle", "bundle", *SHARED]))
     assert {k: getattr(train, k) for k in KNOBS} == KNOBS
     assert {k: getattr(retrain, k) for k in KNOBS} == KNOBS
 
@@ -53,7 +52,7 @@ def test_unset_flags_leave_the_environment_and_defaults_in_charge(monkeypatch):
     monkeypatch.setenv("SPARK_MASTER", "spark://cluster:7077")
     parser = build_parser()
     train = train_settings(parser.parse_args(["train", "--history", "h.parquet"]))
-    retrain = settings_from_args(parser.parse_args(["retrain", "--lake", "lake", "--bundle", "bundle"]))
+    retrain = retrain_settings(parser.parse_args(["retrain", "--lake", "lake", "--bundle", "bundle"]))
     assert train.master == retrain.master == "spark://cluster:7077"
     assert (train.onnx, train.min_rows, retrain.min_rows, retrain.drift_factor) == (True, 30, 30, 2.0)
 
