@@ -29,7 +29,18 @@ from pathlib import Path
 from scripts.images.base import BaseImages
 from scripts.images.build import ImageBuilder, remove_candidates
 from scripts.images.catalog import IMAGES, Flavour, Image, flavour
-from scripts.images.common import BuildError, Layout, Timings, echo, log, output, stop_all, unmount_under, which
+from scripts.images.common import (
+    BuildError,
+    Layout,
+    Timings,
+    echo,
+    log,
+    output,
+    stop_all,
+    stopping,
+    unmount_under,
+    which,
+)
 from scripts.images.docker import Replaced, remove_replaced
 from scripts.images.settings import Settings
 from scripts.images.summary import print_summary
@@ -76,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BuildError as err:
         echo(f"build_images: error: {err}", err=True)
         return 1
+    except KeyboardInterrupt:
+        echo("build_images: interrupted", err=True)
+        return 130
     return 0
 
 
@@ -226,7 +240,8 @@ class Lane(threading.Thread):
             self.step()
         except BuildError as err:
             self.failed = True
-            echo(f"build_images: error: {err}", err=True)
+            if not stopping():  # once the run stops, this lane's failure is only an echo of that
+                echo(f"build_images: error: {err}", err=True)
         except BaseException:
             self.failed = True
             raise

@@ -27,6 +27,7 @@ __all__ = [
     "remove_tree",
     "run",
     "stop_all",
+    "stopping",
     "succeeds",
     "tail",
     "unmount_under",
@@ -138,6 +139,11 @@ def pipe(producer: Command, consumer: Command, *, log_to: Path, env: Mapping[str
             first.stdout.close()  # the consumer holds it now: the producer sees EPIPE if it stops
         consumer_ok = _finish(second) == 0
         return _finish(first) == 0 and consumer_ok
+
+
+def stopping() -> bool:
+    """Whether the run is stopping (a failure elsewhere, or a signal): what fails now is its echo."""
+    return _stopping.is_set()
 
 
 def stop_all() -> None:
