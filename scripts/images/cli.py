@@ -97,6 +97,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     """Read the command line (the flags of scripts/build_images.sh)."""
     parser = argparse.ArgumentParser(
         prog="scripts/build_images.sh",
+        allow_abbrev=False,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -72,20 +71,3 @@ def lock_extra(report: Path, pool: Path, image_dir: Path, project: str, extra: s
     if not requirements.is_file() or requirements.read_text() != text:  # unchanged file: Docker's cache holds
         requirements.write_text(text)
     return f"{len(pins)} packages, {size / 1e6:.0f} MB"
-
-
-def main(argv: list[str]) -> int:
-    """Lock one extra: <pip report.json> <pool dir> <image wheel dir> <project name> <extra>."""
-    if len(argv) != 5:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    try:
-        print(lock_extra(Path(argv[0]), Path(argv[1]), Path(argv[2]), argv[3], argv[4]))
-    except LockError as err:
-        print(f"lock_wheelhouse: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
