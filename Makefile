@@ -44,12 +44,14 @@ bench: setup
 
 # Container images without a registry: a debootstrapped base, a wheelhouse, offline builds.
 # The first run needs root (debootstrap); BUNDLE is the bundle the inference image bakes in.
+# build_images.sh runs scripts/images/ with python3 (stdlib only; catalog.py is the table of images).
 BUNDLE ?= out/demo/bundle
 images: setup
 	bash scripts/build_images.sh --bundle $(BUNDLE)
 
 # The container end to end (tests/containers): train a bundle, build every image, docker-compose
-# up with the simulator. Prints SKIPPED without a Docker engine. .ci/run runs it after `make test`.
+# up with the simulator. Prints SKIPPED without a Docker engine, or fails when CI=true (CI must run
+# it). .ci/run runs it after `make test`.
 container-test: setup
 	bash scripts/container_e2e.sh
 

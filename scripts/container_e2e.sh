@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The container end-to-end test: train a bundle, build every image offline, then run
 # tests/containers (docker-compose up with the simulator, stop inference 10 s, every reading in
-# the lake, the retrain profile, down -v leaves nothing). Skipped, saying so, without a Docker engine.
+# the lake, the retrain profile, down -v leaves nothing). Without a Docker engine it is skipped, saying
+# so, except under CI (CI=true), where that is a failure: CI must not pass without running it.
 #
 #   bash scripts/container_e2e.sh            # what `make container-test` and .ci/run call
 # Environment: EDGEFLEET_E2E_SIM_S (simulated seconds, default 60), EDGEFLEET_E2E_SUBNET (default 172.29).
@@ -10,6 +11,12 @@ cd "$(dirname "$0")/.."
 say() { printf 'container-e2e: %s\n' "$*"; }
 
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
+  case ${CI:-} in
+    true | TRUE | True | 1 | yes)
+      say "FAILED: no reachable Docker engine ('docker info' fails) under CI=$CI; the container e2e must run in CI"
+      exit 1
+      ;;
+  esac
   say "SKIPPED: no reachable Docker engine ('docker info' fails); the container e2e did not run"
   exit 0
 fi

@@ -1,12 +1,9 @@
 """Turn pip's install report for one image's extra into that image's wheel directory.
 
-Usage: python lock_wheelhouse.py <pip report.json> <pool dir> <image wheel dir> <project name> <extra>
-
 The pool holds every wheel any image needs (downloaded once). The image's directory gets:
   requirements.txt  one `name==version` per line (the project excluded), sorted: exact pins
   *.whl             hard links to the pool's wheels the report uses, and nothing else
-so a build context carries only its own image's wheels. Prints one line: "<n> packages, <MB> MB".
-Run on the host by scripts/build_images.sh; stdlib only.
+so a build context carries only its own image's wheels.
 """
 
 from __future__ import annotations
@@ -14,35 +11,40 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+__all__ = ["LockError", "canonical", "lock_extra"]
+
+
+class LockError(Exception):
+    """The report installs something that is not a wheel in the pool."""
+
 
 def canonical(name: str) -> str:
+    """The normalized form of a distribution name (PEP 503)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 5:
-        print(__doc__, file=sys.stderr)
-        return 2
-    report = json.loads(Path(argv[0]).read_text())
-    pool, image_dir, project, extra = Path(argv[1]).resolve(), Path(argv[2]), canonical(argv[3]), argv[4]
+def pins_from_report(report: Path, pool: Path, project: str) -> tuple[list[str], set[str]]:
+    """Return the `name==version` pins and the pool wheel file names pip's report installs."""
     pins: list[str] = []
     used: set[str] = set()
-    for item in report["install"]:
+    for item in json.loads(report.read_text())["install"]:
         name, version = canonical(item["metadata"]["name"]), item["metadata"]["version"]
         url = item.get("download_info", {}).get("url", "")
         path = Path(unquote(urlparse(url).path)) if url.startswith("file:") else None
-        if name == project:
+        if name == canonical(project):
             continue
-        if path is None or path.parent.resolve() != pool or path.suffix != ".whl":
-            print(f"lock_wheelhouse: {name} {version} is not a wheel in {pool} ({url})", file=sys.stderr)
-            return 1
+        if path is None or path.parent.resolve() != pool.resolve() or path.suffix != ".whl":
+            raise LockError(f"{name} {version} is not a wheel in {pool} ({url})")
         pins.append(f"{name}=={version}")
         used.add(path.name)
+    return pins, used
 
+
+def link_wheels(pool: Path, image_dir: Path, used: set[str]) -> int:
+    """Hard-link the used wheels into image_dir (dropping any other); return their total size in bytes."""
     image_dir.mkdir(parents=True, exist_ok=True)
     for stale in image_dir.glob("*.whl"):
         if stale.name not in used:
@@ -54,6 +56,13 @@ def main(argv: list[str]) -> int:
             link.unlink(missing_ok=True)
             os.link(source, link)
         size += source.stat().st_size
+    return size
+
+
+def lock_extra(report: Path, pool: Path, image_dir: Path, project: str, extra: str) -> str:
+    """Write image_dir from pip's report; return a one-line summary ("<n> packages, <MB> MB")."""
+    pins, used = pins_from_report(report, pool, project)
+    size = link_wheels(pool, image_dir, used)
     text = (
         f"# Written by scripts/build_images.sh: the `{extra}` extra's dependencies, resolved offline against\n"
         "# the wheelhouse (pinned to .venv's versions when there is one).\n" + "".join(f"{p}\n" for p in sorted(pins))
@@ -61,9 +70,4 @@ def main(argv: list[str]) -> int:
     requirements = image_dir / "requirements.txt"
     if not requirements.is_file() or requirements.read_text() != text:  # unchanged file: Docker's cache holds
         requirements.write_text(text)
-    print(f"{len(pins)} packages, {size / 1e6:.0f} MB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return f"{len(pins)} packages, {size / 1e6:.0f} MB"

@@ -1,7 +1,7 @@
-"""Static checks of the images' Dockerfiles, the build context's allow-list and scripts/build_images.sh.
+"""Static checks of the images' Dockerfiles, the build context's allow-list and the build's table of images.
 
-The images themselves are built and checked by scripts/build_images.sh (and used by tests/containers);
-these tests read files only, so they run everywhere in milliseconds.
+The images themselves are built and checked by scripts/build_images.sh (scripts/images/; used by
+tests/containers); these tests read files only, so they run everywhere in milliseconds.
 """
 
 from __future__ import annotations
@@ -13,20 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scripts.images.catalog import IMAGES
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = (REPO / "scripts" / "build_images.sh").read_text()
-
-
-def script_map(name: str) -> dict[str, str]:
-    """A `declare -A NAME=(...)` of scripts/build_images.sh as a dict."""
-    body = re.search(rf"declare -A {name}=\((.*?)\)\n", SCRIPT, re.S)
-    assert body, f"no declare -A {name} in build_images.sh"
-    return dict(re.findall(r"\[([\w-]+)\]=(\S+)", body.group(1)))
-
-
-DOCKERFILES = script_map("DOCKERFILE")
-EXTRAS = script_map("EXTRA")
-FLAVOURS = script_map("FLAVOUR")
+DOCKERFILES = {image.name: image.dockerfile for image in IMAGES}
+EXTRAS = {image.name: image.extra for image in IMAGES}
+FLAVOURS = {image.name: image.flavour for image in IMAGES}
 SERVICES = {"sensor", "inference", "edgehub", "sink", "dashboard"}  # long-running: a HEALTHCHECK
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
 # Images whose process package has its own entry point run it, not the umbrella `edgefleet` CLI.

@@ -1,0 +1,1 @@
+"""Repository scripts; scripts.images builds the container images (run as `python3 -m scripts.images`)."""

@@ -1,0 +1,163 @@
+"""The table of images: Dockerfile, wheelhouse extra, base flavour and the checks each must pass.
+
+Everything the build knows about one image is on its row here; the checks (`check_image.py
+--import ...`) included, so renaming a module means editing one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BUILT_BY",
+    "EDGE_FORBIDDEN",
+    "FLAVOURS",
+    "IMAGES",
+    "Flavour",
+    "Image",
+    "flavour",
+    "image",
+]
+
+# The label every image made here carries: only images with it are ever removed.
+BUILT_BY = "scripts/build_images.sh"
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A base image: the debootstrapped rootfs plus Debian packages, imported under one tag."""
+
+    name: str
+    image: str
+    packages: tuple[str, ...]
+    check: str  # run with `sh -ec` in the new image, after the Python check every flavour gets
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image and everything its build and checks need."""
+
+    name: str
+    dockerfile: str
+    extra: str  # the pyproject.toml extra it installs (its wheel directory in the wheelhouse)
+    flavour: str
+    imports: tuple[str, ...] = ()  # must import in the image
+    forbid: tuple[str, ...] = ()  # must not be importable in the image
+    probes: tuple[str, ...] = ()  # further check_image.py arguments (--mosquitto, --writable ...)
+    service: bool = True  # long-running: a HEALTHCHECK; batch jobs have HEALTHCHECK NONE
+    context: tuple[str, ...] = ()  # repository files the Dockerfile copies besides the wheelhouse
+    bakes_bundle: bool = False  # the model bundle goes into the image (and its version is a tag)
+    training_run: bool = False  # check by a tiny Spark training run in the image
+
+    @property
+    def edgefleet_entry_point(self) -> bool:
+        """Whether the image's ENTRYPOINT is the `edgefleet` CLI (the deployment images)."""
+        return self.dockerfile.startswith("deployment/")
+
+    def check_arguments(self) -> tuple[str, ...]:
+        """Return the arguments for check_image.py, or () when it has nothing to check."""
+        args: list[str] = []
+        if self.forbid:
+            args += ["--forbid", ",".join(self.forbid)]
+        if self.imports:
+            args += ["--import", ",".join(self.imports)]
+        return (*args, *self.probes)
+
+
+# Spark 4 runs on Java 17; it needs no `ps`.
+FLAVOURS = (
+    Flavour("base", "edgefleet/python-base:bookworm", (), ""),
+    Flavour(
+        "mosquitto",
+        "edgefleet/python-base-mosquitto:bookworm",
+        ("mosquitto",),
+        "mosquitto -h | grep '^mosquitto version'",
+    ),
+    Flavour(
+        "java", "edgefleet/python-base-java:bookworm", ("openjdk-17-jre-headless",), "java -version 2>&1 | head -n 1"
+    ),
+)
+
+EDGE_FORBIDDEN = ("pyspark", "mlflow", "pandas")
+
+# In build order: sensor before inference, so inference reuses the layers sensor made.
+IMAGES = (
+    Image(
+        "sensor",
+        "modules/sensor/Dockerfile",
+        extra="edge",
+        flavour="base",
+        imports=("modules.sensor.service",),
+        forbid=EDGE_FORBIDDEN,
+    ),
+    Image(
+        "inference",
+        "modules/inference/Dockerfile",
+        extra="edge",
+        flavour="base",
+        imports=("modules.inference.service", "onnxruntime", "sklearn"),
+        forbid=EDGE_FORBIDDEN,
+        probes=("--bundle", "/app/bundle"),
+        bakes_bundle=True,
+    ),
+    Image(
+        "edgehub",
+        "deployment/images/edgehub/Dockerfile",
+        extra="edgehub",
+        flavour="mosquitto",
+        imports=("edgehub.standin", "cryptography"),
+        forbid=EDGE_FORBIDDEN,
+        probes=(
+            "--mosquitto",
+            "--writable",
+            "/var/lib/edgefleet/edgehub,/tmp",
+            "--json-file",
+            "/etc/edgefleet/deployment.json",
+        ),
+        context=("deployment/deployment.template.json",),
+    ),
+    Image(
+        "sink",
+        "deployment/images/sink/Dockerfile",
+        extra="sink",
+        flavour="mosquitto",
+        imports=("edgehub.sink", "pyarrow"),
+        forbid=("pyspark", "mlflow"),
+        probes=("--mosquitto", "--writable", "/lake,/var/lib/edgefleet/sink,/tmp"),
+    ),
+    Image(
+        "simulator",
+        "deployment/images/simulator/Dockerfile",
+        extra="simulator",
+        flavour="base",
+        imports=("simulator.run",),
+        forbid=("pyspark", "mlflow", "pandas", "pyarrow"),
+        service=False,
+    ),
+    Image(
+        "dashboard",
+        "deployment/images/dashboard/Dockerfile",
+        extra="dashboard",
+        flavour="base",
+        imports=("dashboard.app", "bokeh"),
+        forbid=("pyspark", "mlflow", "pyarrow"),
+    ),
+    Image(
+        "training",
+        "deployment/images/training/Dockerfile",
+        extra="training",
+        flavour="java",
+        service=False,
+        training_run=True,
+    ),
+)
+
+
+def image(name: str) -> Image:
+    """Return the image of this name."""
+    return next(i for i in IMAGES if i.name == name)
+
+
+def flavour(name: str) -> Flavour:
+    """Return the base flavour of this name."""
+    return next(f for f in FLAVOURS if f.name == name)
