@@ -102,7 +102,7 @@ class ImageBuilder:
         settings = self.settings
         args = ["--build-arg", f"BASE_IMAGE={flavour(image.flavour).image}"]
         args += ["--build-arg", f"WHEELHOUSE={settings.layout.wheelhouse_rel}"]
-        if image.edgefleet_entry_point:  # labelled in one step of their own (ARG REVISION, BUILT_BY)
+        if image.deployment_image:  # labelled in one step of their own (ARG REVISION, BUILT_BY)
             args += ["--build-arg", f"REVISION={settings.revision}", "--build-arg", f"BUILT_BY={BUILT_BY}"]
         else:
             args += ["--label", f"org.edgefleet.built-by={BUILT_BY}"]

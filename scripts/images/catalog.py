@@ -48,10 +48,13 @@ class Image:
     context: tuple[str, ...] = ()  # repository files the Dockerfile copies besides the wheelhouse
     bakes_bundle: bool = False  # the model bundle goes into the image (and its version is a tag)
     training_run: bool = False  # check by a tiny Spark training run in the image
+    # The package whose entry point the image runs (`python -m <package>`); for the deployment
+    # images it is the ENTRYPOINT, for the modules the CMD.
+    package: str = ""
 
     @property
-    def edgefleet_entry_point(self) -> bool:
-        """Whether the image's ENTRYPOINT is the `edgefleet` CLI (the deployment images)."""
+    def deployment_image(self) -> bool:
+        """Whether the image is one of deployment/images/ (its package's entry point is its ENTRYPOINT)."""
         return self.dockerfile.startswith("deployment/")
 
     def check_arguments(self) -> tuple[str, ...]:
@@ -85,6 +88,7 @@ IMAGES = (
     Image(
         "sensor",
         "modules/sensor/Dockerfile",
+        package="modules.sensor",
         extra="edge",
         flavour="base",
         imports=("modules.sensor.service",),
@@ -93,6 +97,7 @@ IMAGES = (
     Image(
         "inference",
         "modules/inference/Dockerfile",
+        package="modules.inference",
         extra="edge",
         flavour="base",
         imports=("modules.inference.service", "onnxruntime", "sklearn"),
@@ -103,6 +108,7 @@ IMAGES = (
     Image(
         "edgehub",
         "deployment/images/edgehub/Dockerfile",
+        package="edgehub",
         extra="edgehub",
         flavour="mosquitto",
         imports=("edgehub.standin", "cryptography"),
@@ -119,6 +125,7 @@ IMAGES = (
     Image(
         "sink",
         "deployment/images/sink/Dockerfile",
+        package="edgehub.sink_service",
         extra="sink",
         flavour="mosquitto",
         imports=("edgehub.sink", "pyarrow"),
@@ -128,6 +135,7 @@ IMAGES = (
     Image(
         "simulator",
         "deployment/images/simulator/Dockerfile",
+        package="simulator",
         extra="simulator",
         flavour="base",
         imports=("simulator.run",),
@@ -137,6 +145,7 @@ IMAGES = (
     Image(
         "dashboard",
         "deployment/images/dashboard/Dockerfile",
+        package="dashboard",
         extra="dashboard",
         flavour="base",
         imports=("dashboard.app", "bokeh"),
@@ -145,6 +154,7 @@ IMAGES = (
     Image(
         "training",
         "deployment/images/training/Dockerfile",
+        package="cloud_training",
         extra="training",
         flavour="java",
         service=False,

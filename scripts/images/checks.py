@@ -20,7 +20,7 @@ java -version 2>&1 | head -n 1
 touch "$HOME/.write-check" /tmp/.write-check && rm "$HOME/.write-check" /tmp/.write-check
 echo "writable: HOME=$HOME and /tmp"
 edgefleet generate-history --devices 5 --rows 120 --out /tmp/history.parquet
-edgefleet train --history /tmp/history.parquet --out /tmp/bundle --tracking-uri sqlite:////tmp/mlflow.db --quiet
+python -m cloud_training train --history /tmp/history.parquet --out /tmp/bundle --tracking-uri sqlite:////tmp/mlflow.db --quiet
 edgefleet bundle verify /tmp/bundle"""
 TRAINING_REPORT = ("openjdk", "writable", "wrote", "bundle")
 
@@ -69,13 +69,13 @@ def check_user(image: Image, ref: str) -> tuple[bool, list[str]]:
 
 
 def check_entry_point(image: Image, ref: str) -> tuple[bool, list[str]]:
-    """The deployment images' entry point, the edgefleet CLI, runs."""
-    if not image.edgefleet_entry_point:
+    """The deployment images' entry point, their package's own `python -m <package>`, runs."""
+    if not image.deployment_image:
         return True, []
     code, text = output(["docker", "run", "--rm", "--network", "none", ref, "--help"])
-    if code != 0 or not text.startswith("usage: edgefleet"):
-        return False, ["FAIL 'edgefleet --help' (the entry point) does not run"]
-    return True, ["entry point: edgefleet"]
+    if code != 0 or not text.startswith(f"usage: python -m {image.package}"):
+        return False, [f"FAIL 'python -m {image.package} --help' (the entry point) does not run"]
+    return True, [f"entry point: python -m {image.package}"]
 
 
 def check_health(image: Image, ref: str) -> tuple[bool, list[str]]:

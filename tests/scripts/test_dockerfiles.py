@@ -21,8 +21,8 @@ EXTRAS = {image.name: image.extra for image in IMAGES}
 FLAVOURS = {image.name: image.flavour for image in IMAGES}
 SERVICES = {"sensor", "inference", "edgehub", "sink", "dashboard"}  # long-running: a HEALTHCHECK
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
-# Images whose process package has its own entry point run it, not the umbrella `edgefleet` CLI.
-ENTRYPOINTS = {"training": '["python", "-m", "cloud_training"]'}
+# Every image runs its own package's entry point, never the umbrella `edgefleet` CLI.
+PACKAGES = {image.name: image.package for image in IMAGES}
 
 
 def instructions(name: str) -> list[str]:
@@ -75,9 +75,9 @@ def test_image_dockerfile_basics(name: str):
 
 
 @pytest.mark.parametrize("name", DEPLOYMENT_IMAGES)
-def test_deployment_image_dockerfile_runs_edgefleet_and_labels_last(name: str):
+def test_deployment_image_runs_its_own_package_and_labels_last(name: str):
     final = final_stage(name)
-    assert "ENTRYPOINT " + ENTRYPOINTS.get(name, '["edgefleet"]') in final
+    assert f'ENTRYPOINT ["python", "-m", "{PACKAGES[name]}"]' in final
     # settings come before the big venv layer; the revision label is the only step after it, and its
     # ARG follows every RUN (a RUN after it would rebuild on every commit)
     venv = final.index("COPY --from=deps /opt/venv /opt/venv")
@@ -144,3 +144,13 @@ def test_compose_uses_only_images_the_build_script_makes():
     compose = yaml.safe_load((REPO / "deployment" / "docker-compose.yml").read_text())
     images = {service["image"].split(":")[0] for service in compose["services"].values() if "image" in service}
     assert images <= {f"edgefleet-{name}" for name in DOCKERFILES}
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_every_image_runs_a_package_entry_point_that_exists(name: str):
+    package = PACKAGES[name]
+    assert (REPO / package.replace(".", "/") / "__main__.py").is_file() or (
+        REPO / (package.replace(".", "/") + ".py")
+    ).is_file()
+    if not DOCKERFILES[name].startswith("deployment/"):  # the modules: CMD, as iotedgedev expects
+        assert f'CMD ["python", "-m", "{package}"]' in final_stage(name)
