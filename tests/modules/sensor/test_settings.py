@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from edgefleet.desired import SensorDesired
 from edgefleet.errors import StartError
 from edgefleet.process import load_settings
 from modules.runtime import apply_desired_patch
-from modules.sensor.settings import SensorDesired, SensorSettings
+from modules.sensor.settings import SensorSettings
 
 pytestmark = pytest.mark.fast
 
