@@ -67,7 +67,7 @@ class LastGoodDesired:
 
 @dataclass(frozen=True, slots=True)
 class StartDesired(Generic[DesiredT]):
-    """The desired values a module starts with (None: nothing usable) and the error to report, if any."""
+    """The desired values a module starts with (None: nothing usable) and the error to log and report, if any."""
 
     desired: DesiredT | None
     error: str | None
@@ -91,9 +91,7 @@ def _last_good(schema: type[DesiredT], rejected: DesiredError, store: LastGoodDe
         except DesiredError as err:
             logger.error("Ignoring the last good desired properties in %s: %s", store.path, err)
         else:
-            error = DesiredError(rejected.problems, f"running with the last good values from {store.path}")
-            logger.error("%s", error)
-            return StartDesired(desired, str(error))
-    error = DesiredError(rejected.problems, "no last good values saved; fix the deployment's desired properties")
-    logger.error("%s", error)
-    return StartDesired(None, str(error))
+            running = DesiredError(rejected.problems, f"running with the last good values from {store.path}")
+            return StartDesired(desired, str(running))
+    nothing = DesiredError(rejected.problems, "no last good values saved; fix the deployment's desired properties")
+    return StartDesired(None, str(nothing))

@@ -214,8 +214,10 @@ class SensorService:
         start = desired_at_start(SensorDesired, twin, self._last_good)
         if start.desired is None:
             self._reject_desired(start.error or "desired properties rejected")
-        else:
-            self._use_desired(start.desired, start.error)
+            return
+        if start.error is not None:
+            logger.error("%s", start.error)
+        self._use_desired(start.desired, start.error)
 
     def _reject_desired(self, error: str) -> None:
         logger.error("%s", error)
