@@ -247,7 +247,13 @@ class LocalEdge:
         env.update(self.standin.module_environment(module))
         env["PYTHONUNBUFFERED"] = "1"
         if module == "sensor":
-            env.update({"FIELD_MQTT_HOST": FIELD_HOST, "FIELD_MQTT_PORT": str(self.field_port)})
+            env.update(
+                {
+                    "FIELD_MQTT_HOST": FIELD_HOST,
+                    "FIELD_MQTT_PORT": str(self.field_port),
+                    "STATE_DIR": str(self.workdir / "sensor-state"),
+                }
+            )
         if module == "inference":
             env.update({"BUNDLE_DIR": str(self.bundle_dir), "STATE_DIR": str(self.workdir / "inference-state")})
         env["HEALTH_FILE"] = str(self.workdir / "health" / f"{module}.health")

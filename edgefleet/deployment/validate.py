@@ -1,24 +1,29 @@
 """Validate a deployment manifest offline and report every problem, errors and warnings alike.
 
 Beyond the structure (edgefleet.deployment.checks) it checks what a schema cannot: the route
-grammar (edgefleet.routes), that routes name modules the manifest deploys, and that they use the
-inputs and outputs the modules' code declares (edgefleet.endpoints).
+grammar (edgefleet.routes), that routes name modules the manifest deploys, that they use the
+inputs and outputs the modules' code declares (edgefleet.endpoints), and that our modules'
+desired properties pass the schema the modules themselves apply (edgefleet.desired).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgefleet.deployment.checks import Findings, Problem, Severity, check_structure
 from edgefleet.deployment.load import Deployment, expand_placeholders, read_manifest_json
-from edgefleet.deployment.schema import AGENT, DeploymentError
+from edgefleet.deployment.schema import AGENT, DESIRED, DeploymentError
+from edgefleet.desired import DESIRED_SCHEMAS, DesiredError, parse_desired
 from edgefleet.endpoints import MODULES, ModuleEndpoints
 from edgefleet.routes import Route, referenced_endpoints
 
 logger = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
 
 __all__ = ["Problem", "Severity", "validate_deployment"]
 
@@ -57,13 +62,36 @@ def validate_deployment(
 
 
 def _check(raw: Mapping[str, Any], endpoints: Mapping[str, ModuleEndpoints]) -> list[Problem]:
-    """Check the structure, then, when both twins are there, the routes against the modules' code."""
+    """Check the structure, then, when both twins are there, the routes and desired properties against the code."""
     structure = check_structure(raw)
     if not structure.has_agent_and_hub:
         return structure.problems
     against_code = _CodeChecker(structure.modules, structure.routes, endpoints)
     against_code.run()
-    return [*structure.problems, *against_code.problems]
+    return [*structure.problems, *against_code.problems, *_check_desired(raw, structure.modules)]
+
+
+def _check_desired(raw: Mapping[str, Any], modules: Sequence[str]) -> list[Problem]:
+    """Check each deployed module's desired properties against the schema the module itself applies."""
+    content = raw.get("modulesContent")
+    findings = Findings()
+    for name in modules:
+        schema = DESIRED_SCHEMAS.get(name)
+        if schema is None or not isinstance(content, Mapping):
+            continue  # a module we do not ship: its properties are its own business
+        twin = content.get(name, {})
+        desired = twin.get(DESIRED, {}) if isinstance(twin, Mapping) else None
+        if not isinstance(desired, Mapping):
+            continue  # the structural check reported it
+        # A template's `${NAME}` values are only known once built; the build checks them expanded.
+        unexpanded = {key for key, value in desired.items() if isinstance(value, str) and _PLACEHOLDER.search(value)}
+        try:
+            parse_desired(schema, {key: value for key, value in desired.items() if key not in unexpanded})
+        except DesiredError as err:
+            for problem in err.problems:
+                if problem.property not in unexpanded:
+                    findings.error(f'twin "{name}"', f'desired property "{problem.property}": {problem.message}')
+    return findings.problems
 
 
 class _CodeChecker(Findings):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.alerts import ALERT_SCHEMA
 from edgefleet.bundle import Route
+from edgefleet.desired import DesiredError, InferenceDesired
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
 from edgefleet.errors import BundleError
 from edgefleet.health import touch_health
@@ -42,9 +43,17 @@ from edgefleet.messages import (
 from modules.inference.bundle import drift_monitor_for, open_bundle
 from modules.inference.drift import DriftMonitor
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
-from modules.inference.settings import InferenceDesired, InferenceSettings
+from modules.inference.settings import InferenceSettings
 from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
-from modules.runtime import EdgeLink, LatencyWindow, ModuleClient, Outbox, apply_desired_patch
+from modules.runtime import (
+    EdgeLink,
+    LastGoodDesired,
+    LatencyWindow,
+    ModuleClient,
+    Outbox,
+    apply_desired_patch,
+    desired_at_start,
+)
 
 if TYPE_CHECKING:
     from azure.iot.device.custom_typing import JSONSerializable
@@ -83,6 +92,7 @@ class InferenceService:
         self.settings = settings
         self.desired = InferenceDesired()
         self.config_error: str | None = None
+        self._last_good = LastGoodDesired(settings.state_dir)
         self.predictor = open_bundle(settings, self.desired.poor_model_threshold)
         logger.info(
             "Bundle %s: %d devices, features %s",
@@ -315,15 +325,32 @@ class InferenceService:
     # -- twin and methods -------------------------------------------------------------------------
 
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
-        """Apply desired properties (the full set at start, or a patch while running)."""
+        """Apply a desired-properties patch strictly; when rejected keep the last good values and report why."""
         try:
             desired = apply_desired_patch(self.desired, patch)
-        except ValueError as err:
-            logger.error("%s", err)
-            self.config_error = str(err)
-            self.link.report(self.reported())
+        except DesiredError as err:
+            self._reject_desired(str(err))
             return
-        self.desired, self.config_error = desired, None
+        self._last_good.save(desired)
+        self._use_desired(desired, None)
+
+    def _apply_desired_at_start(self, twin: Mapping[str, Any]) -> None:
+        """Apply the twin's full desired set, or the last good one saved when the twin's is rejected."""
+        start = desired_at_start(InferenceDesired, twin, self._last_good)
+        if start.desired is None:
+            self._reject_desired(start.error or "desired properties rejected")
+            return
+        if start.error is not None:
+            logger.error("%s", start.error)
+        self._use_desired(start.desired, start.error)
+
+    def _reject_desired(self, error: str) -> None:
+        logger.error("%s", error)
+        self.config_error = error
+        self.link.report(self.reported())
+
+    def _use_desired(self, desired: InferenceDesired, config_error: str | None) -> None:
+        self.desired, self.config_error = desired, config_error
         logging.getLogger().setLevel(desired.log_level)
         if desired.poor_model_threshold != self.predictor.poor_model_threshold:
             self.predictor.set_poor_model_threshold(desired.poor_model_threshold)
@@ -428,7 +455,7 @@ class InferenceService:
         self._loader.start()
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self.apply_desired(self.link.desired())
+        self._apply_desired_at_start(self.link.desired())
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
         self._worker.start()

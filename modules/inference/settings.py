@@ -1,17 +1,14 @@
-"""Typed settings of the inference module, validated once at start; twin desired properties on top."""
+"""Typed settings of the inference module, validated once at start (its desired properties: edgefleet.desired)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from modules.inference.predictor import PredictorMode
-from modules.runtime import LOG_LEVELS, ModuleSettings
-
-_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
+from modules.runtime import ModuleSettings
 
 
 def _env(name: str) -> Any:
@@ -44,30 +41,3 @@ class InferenceSettings(ModuleSettings):
                 f"BUNDLE_DIR {str(value)!r} holds no manifest.json; point it at a bundle from `edgefleet train`"
             )
         return value
-
-
-class InferenceDesired(BaseModel):
-    """The inference module's twin desired properties (the manifest's `inference.properties.desired`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    expected_bundle_version: str | None = Field(None, alias="expectedBundleVersion")
-    poor_model_threshold: float = Field(1.0, ge=0, alias="poorModelThreshold")
-    log_level: str = Field("INFO", alias="logLevel")
-
-    @field_validator("expected_bundle_version")
-    @classmethod
-    def _resolved(cls, value: str | None) -> str | None:
-        if value is not None and _PLACEHOLDER.search(value):
-            raise ValueError(
-                f"{value!r} is an unexpanded placeholder; build the manifest with the bundle's version "
-                "(edgefleet manifest build --var BUNDLE_VERSION=...) or remove the property"
-            )
-        return value or None
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.upper() not in LOG_LEVELS:
-            raise ValueError(f"logLevel {value!r} is not one of {', '.join(LOG_LEVELS)}")
-        return value.upper()

@@ -10,6 +10,7 @@ device, an in-memory fake in tests.
 from __future__ import annotations
 
 from modules.runtime.client import EdgeLink, MethodHandler, ModuleClient, create_module_client
+from modules.runtime.last_good import LastGoodDesired, StartDesired, desired_at_start
 from modules.runtime.latency import LatencyWindow
 from modules.runtime.outbox import Outbox
 from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_patch
@@ -17,11 +18,14 @@ from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_p
 __all__ = [
     "LOG_LEVELS",
     "EdgeLink",
+    "LastGoodDesired",
     "LatencyWindow",
     "MethodHandler",
     "ModuleClient",
     "ModuleSettings",
     "Outbox",
+    "StartDesired",
     "apply_desired_patch",
     "create_module_client",
+    "desired_at_start",
 ]

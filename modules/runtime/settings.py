@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["LOG_LEVELS", "ModuleSettings", "apply_desired_patch"]
+from edgefleet.desired import LOG_LEVELS, DesiredError, merge_desired, parse_desired
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+__all__ = ["LOG_LEVELS", "ModuleSettings", "apply_desired_patch"]
 
 
 class ModuleSettings(BaseSettings):
@@ -21,7 +21,7 @@ class ModuleSettings(BaseSettings):
 
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "LOG_LEVEL"))
     report_interval_s: float = Field(
-        10.0, gt=0, validation_alias=AliasChoices("report_interval_s", "REPORT_INTERVAL_S")
+        10.0, gt=0, allow_inf_nan=False, validation_alias=AliasChoices("report_interval_s", "REPORT_INTERVAL_S")
     )
     # On a device the runtime sets IOTEDGE_DEVICEID; the stand-in's connection string names it.
     edge_device: str | None = Field(None, validation_alias=AliasChoices("edge_device", "IOTEDGE_DEVICEID"))
@@ -59,10 +59,8 @@ DesiredT = TypeVar("DesiredT", bound=BaseModel)
 
 
 def apply_desired_patch(current: DesiredT, patch: Mapping[str, Any]) -> DesiredT:
-    """Return `current` with a twin desired patch applied; raise ValueError naming each bad property."""
-    changes = {key: value for key, value in patch.items() if not key.startswith("$")}  # $version, $metadata
+    """Return `current` with a twin desired patch applied (`null` = default); raise DesiredError naming each bad one."""
     try:
-        return type(current).model_validate({**current.model_dump(by_alias=True), **changes})
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
-        raise ValueError(f"desired properties rejected ({problems}); keeping the previous values") from None
+        return parse_desired(type(current), merge_desired(current.model_dump(by_alias=True), patch))
+    except DesiredError as err:
+        raise DesiredError(err.problems, "keeping the previous values") from None

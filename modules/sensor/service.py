@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.desired import DesiredError, SensorDesired
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
 from edgefleet.health import touch_health
 from edgefleet.messages import (
@@ -23,10 +25,17 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
-from modules.runtime import EdgeLink, ModuleClient, Outbox, apply_desired_patch
+from modules.runtime import (
+    EdgeLink,
+    LastGoodDesired,
+    ModuleClient,
+    Outbox,
+    apply_desired_patch,
+    desired_at_start,
+)
 from modules.sensor.batcher import Batcher
 from modules.sensor.sequence import SequenceTracker, Verdict
-from modules.sensor.settings import SensorDesired, SensorSettings
+from modules.sensor.settings import SensorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +53,9 @@ class SensorService:
     def __init__(self, settings: SensorSettings, client: ModuleClient, field_client: mqtt.Client | None = None) -> None:
         self.settings = settings
         self.link = EdgeLink(client, SENSOR)
-        self.desired = SensorDesired()
+        self.desired = SensorDesired.before_twin()  # subscribed to nothing until the twin is read
         self.config_error: str | None = None
+        self._last_good = LastGoodDesired(settings.state_dir)
         self.outbox = Outbox(self.link.send, threads=2, max_pending=settings.max_pending_batches)
         self._lock = threading.Condition()
         self._batcher = Batcher(self.desired.batch_window_ms, self.desired.max_batch_bytes)
@@ -70,6 +80,20 @@ class SensorService:
         field.on_disconnect = self._on_field_disconnect
         field.on_message = self._on_field_message
         return field
+
+    def _check_field_host(self) -> None:
+        """Warn once at start when the field broker's host name does not resolve (the client keeps retrying)."""
+        host, port = self.settings.field_mqtt_host, self.settings.field_mqtt_port
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            logger.warning(
+                "FIELD_MQTT_HOST %r does not resolve (%s): no readings arrive until it does; "
+                "check the name and the network (retrying every %.0f s)",
+                host,
+                err,
+                RECONNECT_MAX_S,
+            )
 
     def _on_field_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
         if rc != 0:
@@ -176,18 +200,35 @@ class SensorService:
     # -- twin and methods -------------------------------------------------------------------------
 
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
-        """Apply desired properties (the full set at start, or a patch while running)."""
+        """Apply a desired-properties patch strictly; when rejected keep the last good values and report why."""
         try:
             desired = apply_desired_patch(self.desired, patch)
-        except ValueError as err:
-            logger.error("%s", err)
-            with self._lock:
-                self.config_error = str(err)
-            self.link.report(self.reported())
+        except DesiredError as err:
+            self._reject_desired(str(err))
             return
+        self._last_good.save(desired)
+        self._use_desired(desired, None)
+
+    def _apply_desired_at_start(self, twin: Mapping[str, Any]) -> None:
+        """Apply the twin's full desired set, or the last good one saved when the twin's is rejected."""
+        start = desired_at_start(SensorDesired, twin, self._last_good)
+        if start.desired is None:
+            self._reject_desired(start.error or "desired properties rejected")
+            return
+        if start.error is not None:
+            logger.error("%s", start.error)
+        self._use_desired(start.desired, start.error)
+
+    def _reject_desired(self, error: str) -> None:
+        logger.error("%s", error)
+        with self._lock:
+            self.config_error = error
+        self.link.report(self.reported())
+
+    def _use_desired(self, desired: SensorDesired, config_error: str | None) -> None:
         full = None
         with self._lock:
-            self.desired, self.config_error = desired, None
+            self.desired, self.config_error = desired, config_error
             if (desired.batch_window_ms, desired.max_batch_bytes) != (
                 self._batcher.window_ms,
                 self._batcher.max_bytes,
@@ -254,9 +295,8 @@ class SensorService:
         """Connect to edgeHub, read the twin, then start reading the field broker; False if stopped first."""
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self.apply_desired(self.link.desired())
-        if self.desired.field_topic is None:
-            logger.error("No fieldTopic in the twin: set sensor.properties.desired.fieldTopic in the deployment")
+        self._apply_desired_at_start(self.link.desired())
+        threading.Thread(target=self._check_field_host, name="sensor-field-dns", daemon=True).start()
         self._flusher = threading.Thread(target=self._flush_loop, name="sensor-flush", daemon=True)
         self._flusher.start()
         self.field.connect_async(

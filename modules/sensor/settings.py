@@ -1,34 +1,20 @@
-"""Typed settings of the sensor module, validated once at start; twin desired properties on top."""
+"""Typed settings of the sensor module, validated once at start (its desired properties: edgefleet.desired)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
-from edgefleet.field import FIELD_TOPIC_FILTER
-from edgefleet.messages import BATCH_OVERHEAD_BYTES
 from modules.runtime import ModuleSettings
 
-MIN_BATCH_BYTES = 1024
-MAX_BATCH_BYTES = 256 * 1024  # IoT Hub's message size limit
+# The sensor keeps its last accepted desired properties here across restarts.
+DEFAULT_STATE_DIR = Path("/tmp/edgefleet-sensor")
 
 
 def _env(name: str) -> Any:
     return AliasChoices(name.lower(), name)
-
-
-def check_topic_filter(topic: str) -> str:
-    """Return an MQTT topic filter, or raise saying what is wrong with it."""
-    if not topic or len(topic.encode()) > 65535:
-        raise ValueError(f"the field topic must be 1 to 65,535 bytes, e.g. {FIELD_TOPIC_FILTER}")
-    levels = topic.split("/")
-    for index, level in enumerate(levels):
-        if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise ValueError(f"field topic {topic!r}: '#' must be a whole level and the last one")
-        if "+" in level and level != "+":
-            raise ValueError(f"field topic {topic!r}: '+' must be a whole level, e.g. {FIELD_TOPIC_FILTER}")
-    return topic
 
 
 class SensorSettings(ModuleSettings):
@@ -45,29 +31,11 @@ class SensorSettings(ModuleSettings):
     max_field_message_bytes: int = Field(256 * 1024, ge=256, validation_alias=_env("MAX_FIELD_MESSAGE_BYTES"))
     # Batches waiting for edgeHub before the field client stops reading (the field broker queues the rest).
     max_pending_batches: int = Field(1000, ge=1, validation_alias=_env("MAX_PENDING_BATCHES"))
+    # Where the last accepted desired properties are kept across a restart.
+    state_dir: Path = Field(DEFAULT_STATE_DIR, validation_alias=_env("STATE_DIR"))
 
     @model_validator(mode="after")
     def _credentials_together(self) -> SensorSettings:
         if (self.field_mqtt_user is None) != (self.field_mqtt_password is None):
             raise ValueError("Set FIELD_MQTT_USER and FIELD_MQTT_PASSWORD together")
         return self
-
-
-class SensorDesired(BaseModel):
-    """The sensor's twin desired properties (the manifest's `sensor.properties.desired`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    batch_window_ms: int = Field(200, ge=0, le=60_000, alias="batchWindowMs")
-    max_batch_bytes: int = Field(3900, ge=MIN_BATCH_BYTES, le=MAX_BATCH_BYTES, alias="maxBatchBytes")
-    field_topic: str | None = Field(None, alias="fieldTopic")
-    enabled: bool = True
-
-    @field_validator("field_topic")
-    @classmethod
-    def _topic(cls, value: str | None) -> str | None:
-        return None if value is None else check_topic_filter(value)
-
-    def max_reading_bytes(self) -> int:
-        """Return the largest encoded reading one batch can carry."""
-        return self.max_batch_bytes - BATCH_OVERHEAD_BYTES

@@ -201,7 +201,58 @@ def test_a_twin_for_a_module_that_is_not_deployed_is_reported():
 def test_a_twin_property_name_iot_hub_refuses_is_reported():
     manifest = template()
     manifest["modulesContent"]["sensor"]["properties.desired"]["batch.window"] = 1
-    assert only_error(manifest).where == 'twin "sensor"'
+    found = errors(validate_deployment(manifest))
+    assert any(p.where == 'twin "sensor"' and "may not contain '.'" in p.message for p in found)
+
+
+@pytest.mark.parametrize(
+    ("module", "prop", "bad"),
+    [
+        ("sensor", "enabled", "no"),
+        ("sensor", "batchWindowMs", "250"),
+        ("sensor", "maxBatchBytes", 3900.5),
+        ("inference", "poorModelThreshold", "1.0"),
+        ("inference", "logLevel", "LOUD"),
+    ],
+)
+def test_a_bad_desired_value_is_reported_naming_the_module_and_the_property(module, prop, bad):
+    manifest = template()
+    manifest["modulesContent"][module]["properties.desired"][prop] = bad
+    problem = only_error(manifest)
+    assert problem.where == f'twin "{module}"'
+    assert f'desired property "{prop}"' in problem.message
+    assert json.dumps(bad) in problem.message  # the value as written, next to how to fix it
+
+
+def test_a_sensor_twin_without_a_field_topic_is_an_error_not_a_deaf_sensor():
+    manifest = template()
+    del manifest["modulesContent"]["sensor"]["properties.desired"]["fieldTopic"]
+    problem = only_error(manifest)
+    assert 'desired property "fieldTopic"' in problem.message
+
+
+def test_a_template_placeholder_is_checked_once_the_manifest_is_built():
+    manifest = template()  # expectedBundleVersion is "${BUNDLE_VERSION}" until built
+    assert errors(validate_deployment(manifest)) == []
+    variables = {"MODULES.sensor": "r/s:1", "MODULES.inference": "r/i:1", "BUNDLE_VERSION": ""}
+    assert errors(validate_deployment(manifest, variables=variables)) == []  # empty: any bundle
+
+
+def test_the_desired_properties_of_a_module_we_do_not_ship_are_not_checked():
+    manifest = template()
+    agent(manifest)["modules"]["thirdparty"] = copy.deepcopy(agent(manifest)["modules"]["sensor"])
+    manifest["modulesContent"]["thirdparty"] = {"properties.desired": {"enabled": "no"}}
+    assert errors(validate_deployment(manifest)) == []
+
+
+def test_manifest_validate_main_names_the_module_and_property_of_a_bad_desired_value(tmp_path, capsys):
+    manifest = template()
+    manifest["modulesContent"]["sensor"]["properties.desired"]["enabled"] = "no"
+    path = tmp_path / "deployment.template.json"
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+    assert main(["manifest", "validate", str(path)]) != 0
+    out = capsys.readouterr().err
+    assert 'twin "sensor"' in out and 'desired property "enabled"' in out
 
 
 def test_manifest_validate_main_prints_ok_for_the_shipped_template(capsys):

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from edgefleet.bundle import read_manifest
+from edgefleet.desired import InferenceDesired
 from edgefleet.messages import Reading, encode_json, pack_batches, units_4kb
 from modules.inference.predictor import Predictor
-from modules.inference.settings import InferenceDesired
 from modules.runtime import LatencyWindow, apply_desired_patch
 
 pytestmark = pytest.mark.fast
