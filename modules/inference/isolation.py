@@ -25,8 +25,9 @@ RowOutcome = float | str
 
 
 def describe_error(err: BaseException) -> str:
-    """Return `err` as one short line for logs, dead letters and alerts."""
-    return f"{type(err).__name__}: {err}"[:ERROR_CHARS]
+    """Return `err` as one short line for logs, dead letters and alerts (always valid UTF-8)."""
+    text = f"{type(err).__name__}: {err}"[:ERROR_CHARS]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate would fail encode_json
 
 
 def predict_each(predictor: Predictor, model: Any, choice: Choice, rows: Sequence[list[float]]) -> list[RowOutcome]:

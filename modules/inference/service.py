@@ -399,7 +399,9 @@ class InferenceService:
         except Exception:  # the reading itself may be what cannot be written
             payload = f"device_id={reading.device_id!r} seq={reading.seq}"
         source = f"{INFERENCE.name}/{TELEMETRY}"
-        self._dead_letter(DeadLetter(reason, detail[:DEADLETTER_DETAIL_CHARS], source, payload))
+        # A model's error text may hold anything, even a lone surrogate JSON cannot carry as UTF-8.
+        detail = detail[:DEADLETTER_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+        self._dead_letter(DeadLetter(reason, detail, source, payload))
 
     def _internal_error(self, reading: Reading, step: str, err: Exception) -> None:
         """Dead-letter a reading a bug stopped; log the first traceback of each kind, then one line each."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.bundle import Route
-from modules.inference.isolation import Quarantine, predict_each
+from modules.inference.isolation import Quarantine, describe_error, predict_each
 from modules.inference.predictor import Choice, Predictor
 from tests.modules.inference.faulty_bundle import DEVICE_VALUE, HUGE, write_faulty_bundle
 
@@ -84,3 +84,10 @@ def test_failures_lists_the_most_failing_models_first():
     quarantine.record("dev-3", ["x", "x"])
 
     assert quarantine.failures(2) == {"dev-2": 3, "dev-3": 2}
+
+
+def test_an_error_text_is_short_and_always_encodable():
+    text = describe_error(ValueError("bad feature \ud800" + "x" * 1000))
+
+    assert text.startswith("ValueError: bad feature \\ud800") and len(text) <= 310
+    text.encode("utf-8")
