@@ -257,7 +257,10 @@ class _OnnxModel:
         self._input = self._session.get_inputs()[0].name
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out = self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        # A value beyond float32 (a sensor's 1e39 sentinel) becomes inf; the caller handles what that predicts.
+        with np.errstate(over="ignore"):
+            x32 = np.ascontiguousarray(x, dtype=np.float32)
+        out = self._session.run(None, {self._input: x32})[0]
         return np.asarray(out, dtype=float).reshape(-1)
 
 

@@ -67,6 +67,10 @@ BAD_FEATURE_NAME = "bad_feature_name"
 NO_FEATURES = "no_features"
 OVERSIZE = "oversize"
 EMPTY_BATCH = "empty_batch"
+# A valid reading the edge could not answer (never a MessageError: the reading kept its contract).
+PREDICTION_FAILED = "prediction_failed"  # neither its own model nor the fleet model gave a finite value
+INTERNAL_ERROR = "internal_error"  # a bug or a broken dependency while answering it; see the module's log
+PROCESSING_REASONS = frozenset({PREDICTION_FAILED, INTERNAL_ERROR})
 REASONS = frozenset(
     {
         NOT_UTF8,
@@ -83,6 +87,7 @@ REASONS = frozenset(
         NO_FEATURES,
         OVERSIZE,
         EMPTY_BATCH,
+        *PROCESSING_REASONS,
     }
 )
 

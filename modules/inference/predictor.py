@@ -129,10 +129,14 @@ class Predictor:
             self.reader.model(Route("device", device_id, None))
             return None
         except Exception as err:  # a tampered or unreadable file: serve the fleet model instead
-            with self._lock:
-                self._broken[device_id] = str(err)
-                self._choices.pop(device_id, None)
+            self.mark_broken(device_id, str(err))
             return str(err)
+
+    def mark_broken(self, device_id: str, error: str) -> None:
+        """Serve `device_id` by the fleet model (`model_error`) for as long as this bundle is open."""
+        with self._lock:
+            self._broken[device_id] = error
+            self._choices.pop(device_id, None)
 
     def predict(self, model: Any, choice: Choice, rows: Sequence[list[float]]) -> list[float]:
         """Predict feature rows that share one model; values rounded to float32 precision."""
@@ -149,6 +153,6 @@ class Predictor:
         return [short_float(value) for value in values]
 
     def broken(self) -> dict[str, str]:
-        """Return the devices whose model failed to load, with the error."""
+        """Return the devices whose model failed to load or was quarantined, with the error."""
         with self._lock:
             return dict(self._broken)

@@ -20,15 +20,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.alerts import ALERT_SCHEMA
+from edgefleet.alerts import ALERT_SCHEMA, DriftAlert
 from edgefleet.bundle import Route
 from edgefleet.desired import DesiredError, InferenceDesired
-from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS
+from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS, TELEMETRY
 from edgefleet.errors import BundleError
 from edgefleet.health import touch_health
 from edgefleet.messages import (
     BATCH_SCHEMA,
+    DEADLETTER_DETAIL_CHARS,
     DEADLETTER_SCHEMA,
+    INTERNAL_ERROR,
+    PREDICTION_FAILED,
     DeadLetter,
     EdgeInfo,
     MessageError,
@@ -38,10 +41,12 @@ from edgefleet.messages import (
     encode_json,
     format_ts,
     pack_batches,
+    payload_text,
     prediction_json_obj,
 )
 from modules.inference.bundle import drift_monitor_for, open_bundle
 from modules.inference.drift import DriftMonitor
+from modules.inference.isolation import Quarantine, RowOutcome, describe_error, predict_each
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceSettings
 from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
@@ -64,6 +69,7 @@ __all__ = ["InferenceService"]
 
 # Twin documents are limited in size: report the first drifting devices, count all of them.
 MAX_REPORTED_DRIFTING = 50
+MAX_REPORTED_QUARANTINED = 50  # and the first quarantined devices, and the 50 most failing models
 DRAIN_TIMEOUT_S = 30.0
 HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
 
@@ -83,6 +89,10 @@ class _Swap:
 _Item = InputMessage | _Loaded | _Swap
 # A reading on its way to a model: the reading, its feature row, when it was received (wall clock, s).
 _Entry = tuple[Reading, list[float], float]
+# Readings that share a model call: why that model, the model itself (held, so an LRU eviction between
+# routing and predicting cannot take it away), and the readings.
+_Group = tuple[Choice, Any, list[_Entry]]
+FLEET_AFTER_ERROR = Choice(Route("fleet", None, MODEL_ERROR))
 
 
 class InferenceService:
@@ -119,6 +129,9 @@ class InferenceService:
         # Residual drift per device (worker thread only); rebuilt when the bundle changes.
         self._drift: DriftMonitor | None = None
         self._drift_version: str | None = None
+        # Device models that keep failing (worker records; replaced when the bundle is).
+        self._quarantine = Quarantine(settings.quarantine_after_failures)
+        self._logged_errors: set[str] = set()  # internal errors whose traceback is in the log already
         self.spool = Spool(settings.state_dir / SPOOL_DIR)
 
     # -- receiving --------------------------------------------------------------------------------
@@ -163,25 +176,30 @@ class InferenceService:
                         self._idle.notify_all()
 
     def _process(self, items: list[_Item]) -> None:
-        ready: dict[tuple[str | None, str | None, bool], tuple[Choice, list[_Entry]]] = {}
+        ready: dict[tuple[str | None, str | None, bool], _Group] = {}
         predictor = self.predictor
 
-        def add(choice: Choice, reading: Reading, row: list[float], received_s: float) -> None:
+        def add(choice: Choice, model: Any, reading: Reading, row: list[float], received_s: float) -> None:
             key = (choice.route.device_id, choice.route.fallback_reason, choice.fill)
             group = ready.get(key)
             if group is None:
-                group = ready[key] = (choice, [])
-            group[1].append((reading, row, received_s))
+                group = ready[key] = (choice, model, [])
+            group[2].append((reading, row, received_s))
 
         def place(reading: Reading, received_s: float) -> None:
-            choice, row = predictor.choose(reading)
-            if choice.route.device_id is not None and predictor.ready_model(choice.route) is None:
+            try:
+                choice, row = predictor.choose(reading)
+            except Exception as err:  # one reading's bug must not cost the round
+                self._internal_error(reading, "choosing its model", err)
+                return
+            model = predictor.ready_model(choice.route)
+            if choice.route.device_id is not None and model is None:
                 self._pending[choice.route.device_id].append((reading, row, received_s))
                 if choice.route.device_id not in self._loading:
                     self._loading.add(choice.route.device_id)
                     self._loads.put((predictor, choice.route.device_id))
                 return
-            add(choice, reading, row, received_s)
+            add(choice, model, reading, row, received_s)
 
         for item in items:
             if isinstance(item, InputMessage):
@@ -196,6 +214,7 @@ class InferenceService:
                     place(reading, received_s)
             else:
                 predictor = self.predictor = item.predictor
+                self._quarantine = Quarantine(self.settings.quarantine_after_failures)
                 waiting = [entry for entries in self._pending.values() for entry in entries]
                 self._pending.clear()
                 self._loading.clear()
@@ -222,41 +241,41 @@ class InferenceService:
             for reading in readings
         ]
 
-    def _predict_and_send(self, predictor: Predictor, groups: list[tuple[Choice, list[_Entry]]]) -> None:
+    def _predict_and_send(self, predictor: Predictor, groups: list[_Group]) -> None:
         edge_device = self.settings.edge_device_id
         version = predictor.version
         encoded: list[bytes] = []
         latencies: list[float] = []
         fallbacks: Counter[str] = Counter()
         drift = self._drift_monitor(predictor)
-        drift_alerts = []
-        for choice, entries in groups:
-            model = predictor.ready_model(choice.route)
-            values = predictor.predict(model, choice, [row for _, row, _ in entries])
-            route: Route = choice.route
-            info_cache: dict[float, PredictionInfo] = {}
+        drift_alerts: list[DriftAlert] = []
+        infos: dict[tuple[Route, float], PredictionInfo] = {}
+        for choice, model, entries in groups:
+            served = self._serve(predictor, choice, model, entries)
             done_s = time.time()
-            for (reading, row, received_s), value in zip(entries, values, strict=True):
-                info = info_cache.get(value)
-                if info is None:
-                    info = info_cache[value] = PredictionInfo(value, route.kind, version, route.fallback_reason)
+            for (reading, row, received_s), route, value in served:
                 latency_ms = round((done_s - received_s) * 1000, 3)
+                try:  # encoding or drift failing costs this reading, never its neighbours
+                    info = infos.get((route, value))
+                    if info is None:
+                        info = infos[route, value] = PredictionInfo(value, route.kind, version, route.fallback_reason)
+                    edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
+                    body = encode_json(prediction_json_obj(reading, info, edge))
+                    alerts: list[DriftAlert] = []
+                    if drift is not None:
+                        # A reading predicted on filled-in features measures the fill, not the model: only
+                        # the features it carries are judged (the missing ones are NaN in `row`).
+                        label = None if choice.fill else reading.label
+                        alerts = drift.observe(reading.device_id, row, value, label, reading.ts)
+                except Exception as err:
+                    self._internal_error(reading, "answering it", err)
+                    continue
+                encoded.append(body)
                 latencies.append(latency_ms)
-                edge = EdgeInfo(edge_device, datetime.fromtimestamp(received_s, UTC), latency_ms)
-                encoded.append(encode_json(prediction_json_obj(reading, info, edge)))
-                if drift is not None:
-                    # A reading predicted on filled-in features measures the fill, not the model: only
-                    # the features it carries are judged (the missing ones are NaN in `row`).
-                    label = None if choice.fill else reading.label
-                    drift_alerts += drift.observe(reading.device_id, row, value, label, reading.ts)
-            if route.fallback_reason is not None:
-                fallbacks[route.fallback_reason] += len(entries)
-        for body in pack_batches(encoded, self.settings.predictions_max_bytes):
-            self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
-        for alert in drift_alerts:  # modules.inference.drift logs each one
-            self.outbox.put(
-                ALERTS, encode_json(alert.to_json_obj(edge_device)), {"schema": ALERT_SCHEMA, "kind": "drift"}
-            )
+                drift_alerts += alerts
+                if route.fallback_reason is not None:
+                    fallbacks[route.fallback_reason] += 1
+        self._send_round(encoded, drift_alerts)
         self.latency.add_many(latencies)
         with self._lock:
             self._counters["drift_alerts"] += len(drift_alerts)
@@ -264,11 +283,97 @@ class InferenceService:
             self._counters["device_model"] += len(encoded) - sum(fallbacks.values())
             self._fallbacks.update(fallbacks)
 
+    def _serve(
+        self, predictor: Predictor, choice: Choice, model: Any, entries: list[_Entry]
+    ) -> list[tuple[_Entry, Route, float]]:
+        """Predict one group; what its model cannot answer goes to the fleet model, then to the dead letters."""
+        route = choice.route
+        outcomes = predict_each(predictor, model, choice, [row for _, row, _ in entries])
+        if route.device_id is not None:
+            self._record_model_outcomes(predictor, route.device_id, outcomes)
+        served: list[tuple[_Entry, Route, float]] = []
+        failed: list[tuple[_Entry, str]] = []
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if isinstance(outcome, str):
+                failed.append((entry, outcome))
+            else:
+                served.append((entry, route, outcome))
+        if not failed:
+            return served
+        with self._lock:
+            self._counters["model_errors"] += len(failed)
+        if route.device_id is None:  # the fleet model itself could not answer: nothing left to ask
+            logger.error(
+                "The fleet model (%s) failed %d reading(s): %s", route.fallback_reason, len(failed), failed[0][1]
+            )
+            for (reading, _, _), error in failed:
+                detail = f"device {reading.device_id}: the fleet model ({route.fallback_reason}) failed: {error}"
+                self._reading_failed(reading, PREDICTION_FAILED, detail)
+            return served
+        logger.warning(
+            "Model of %s failed %d of %d reading(s); the fleet model answers them: %s",
+            route.device_id,
+            len(failed),
+            len(entries),
+            failed[0][1],
+        )
+        fleet_route = FLEET_AFTER_ERROR.route
+        fleet = predictor.ready_model(fleet_route)
+        retried = predict_each(predictor, fleet, FLEET_AFTER_ERROR, [row for (_, row, _), _ in failed])
+        for (entry, error), outcome in zip(failed, retried, strict=True):
+            if isinstance(outcome, str):
+                with self._lock:
+                    self._counters["model_errors"] += 1
+                detail = f"device {route.device_id}: its model failed ({error}); the fleet model failed too ({outcome})"
+                self._reading_failed(entry[0], PREDICTION_FAILED, detail)
+            else:
+                served.append((entry, fleet_route, outcome))
+        return served
+
+    def _record_model_outcomes(self, predictor: Predictor, device_id: str, outcomes: list[RowOutcome]) -> None:
+        """Count a device model's failures; quarantine it (fleet model, one alert) after a run of them."""
+        error = self._quarantine.record(device_id, outcomes)
+        if error is None:
+            return
+        predictor.mark_broken(device_id, error)
+        limit = self._quarantine.limit
+        logger.error(
+            "Quarantined the model of %s after %d failed readings in a row; the fleet model serves it until "
+            "a bundle reload: %s",
+            device_id,
+            limit,
+            error,
+        )
+        self._alert(
+            MODEL_ERROR,
+            f"device {device_id}: model quarantined after {limit} failed readings in a row, the fleet model "
+            f"serves it until a bundle reload: {error}",
+            key=f"quarantine:{predictor.version}:{device_id}",
+        )
+
+    def _send_round(self, encoded: list[bytes], drift_alerts: list[DriftAlert]) -> None:
+        for body in pack_batches(encoded, self.settings.predictions_max_bytes):
+            self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
+        edge_device = self.settings.edge_device_id
+        for alert in drift_alerts:  # modules.inference.drift logs each one
+            try:
+                body = encode_json(alert.to_json_obj(edge_device))
+            except Exception:  # one unwritable alert must not cost the others
+                logger.exception("Drift alert for %s cannot be encoded; not sent", alert.device_id)
+                with self._lock:
+                    self._counters["internal_errors"] += 1
+                continue
+            self.outbox.put(ALERTS, body, {"schema": ALERT_SCHEMA, "kind": "drift"})
+
     def _drift_monitor(self, predictor: Predictor) -> DriftMonitor | None:
         """Return the drift monitor of `predictor`'s bundle, building it on the bundle's first use."""
         if self._drift_version == predictor.version:
             return self._drift
-        self._drift = drift_monitor_for(predictor)
+        try:
+            self._drift = drift_monitor_for(predictor)
+        except Exception:  # drift is advice: without it every reading is still answered
+            logger.exception("Drift monitor for bundle %s cannot be built; drift is not judged", predictor.version)
+            self._drift = None
         self._drift_version = predictor.version
         return self._drift
 
@@ -296,6 +401,27 @@ class InferenceService:
             self._post(_Loaded(predictor, device_id, error))
 
     # -- dead letters and alerts ------------------------------------------------------------------
+
+    def _reading_failed(self, reading: Reading, reason: str, detail: str) -> None:
+        """Dead-letter one valid reading the module could not answer."""
+        try:
+            payload = payload_text(encode_json(reading.to_json_obj()))
+        except Exception:  # the reading itself may be what cannot be written
+            payload = f"device_id={reading.device_id!r} seq={reading.seq}"
+        source = f"{INFERENCE.name}/{TELEMETRY}"
+        # A model's error text may hold anything, even a lone surrogate JSON cannot carry as UTF-8.
+        detail = detail[:DEADLETTER_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+        self._dead_letter(DeadLetter(reason, detail, source, payload))
+
+    def _internal_error(self, reading: Reading, step: str, err: Exception) -> None:
+        """Dead-letter a reading a bug stopped; log the first traceback of each kind, then one line each."""
+        kind = f"{step}:{type(err).__name__}"
+        first = kind not in self._logged_errors
+        self._logged_errors.add(kind)
+        logger.error("Device %s seq %d: %s failed: %s", reading.device_id, reading.seq, step, err, exc_info=first)
+        self._reading_failed(
+            reading, INTERNAL_ERROR, f"device {reading.device_id}: {step} failed: {describe_error(err)}"
+        )
 
     def _dead_letter(self, dead: DeadLetter) -> None:
         with self._lock:
@@ -385,6 +511,9 @@ class InferenceService:
             counters["fallbacks"] = dict(self._fallbacks)
             counters["deadletters"] = dict(self._deadletters)
             counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
+        counters.setdefault("model_errors", 0)
+        counters["quarantined_devices"] = len(self._quarantine.quarantined())
+        counters["model_failures"] = self._quarantine.failures(MAX_REPORTED_QUARANTINED)
         counters["drifting_devices"] = len(self.drifting_devices())
         counters["drift_flatlined"] = self._drift.flatlined_readings if self._drift is not None else 0
         counters["latency"] = self.latency.percentiles()
@@ -399,6 +528,7 @@ class InferenceService:
             self._counters.clear()
             self._fallbacks.clear()
             self._deadletters.clear()
+        self._quarantine.reset_counts()
         self.latency.reset()
         self.outbox.reset()
         return before
@@ -432,6 +562,7 @@ class InferenceService:
             "bundleStatus": self.bundle_status(),
             "configError": self.config_error,
             "drift": {"drifting": self.drifting_devices()[:MAX_REPORTED_DRIFTING]},
+            "quarantined": self._quarantine.quarantined()[:MAX_REPORTED_QUARANTINED],
             "counters": {
                 **stats,
                 "messages_out": outbox["sent"].get(PREDICTIONS, 0),

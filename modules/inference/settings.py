@@ -32,6 +32,8 @@ class InferenceSettings(ModuleSettings):
     predictor: PredictorMode = Field("bundle", validation_alias=_env("PREDICTOR"))
     # Input messages taken per processing round (each a sensor batch of ~15-20 readings).
     max_messages_per_round: int = Field(100, ge=1, validation_alias=_env("MAX_MESSAGES_PER_ROUND"))
+    # A device model that fails this many readings in a row is not tried again until a bundle reload.
+    quarantine_after_failures: int = Field(3, ge=1, validation_alias=_env("QUARANTINE_AFTER_FAILURES"))
 
     @field_validator("bundle_dir")
     @classmethod

@@ -23,6 +23,7 @@ from edgefleet.messages import (
     NOT_OBJECT,
     NOT_UTF8,
     OVERSIZE,
+    PROCESSING_REASONS,
     REASONS,
     TELEMETRY_SCHEMA,
     WRONG_SCHEMA,
@@ -157,7 +158,12 @@ def test_each_reason_code_is_triggered_by_a_realistic_bad_input(reason):
 
 
 def test_every_reason_code_has_a_realistic_bad_input():
-    assert set(REALISTIC_BAD_PAYLOADS) == REASONS
+    assert set(REALISTIC_BAD_PAYLOADS) == REASONS - PROCESSING_REASONS
+
+
+def test_reasons_for_valid_readings_the_edge_could_not_answer_are_dead_letter_reasons_too():
+    assert {"prediction_failed", "internal_error"} == PROCESSING_REASONS
+    assert PROCESSING_REASONS <= REASONS
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
