@@ -67,6 +67,7 @@ BAD_FEATURE_NAME = "bad_feature_name"
 NO_FEATURES = "no_features"
 OVERSIZE = "oversize"
 EMPTY_BATCH = "empty_batch"
+# The contract's reason codes: what `decode_payload` can say about a payload or reading.
 REASONS = frozenset(
     {
         NOT_UTF8,
@@ -85,6 +86,11 @@ REASONS = frozenset(
         EMPTY_BATCH,
     }
 )
+# Reason codes of the edge's own checks on a well-formed reading (the sensor's guards): they need
+# context the message alone does not carry (the topic it arrived on). The sensor also uses
+# BAD_TIMESTAMP for readings dated outside its window around the edge's clock.
+DEVICE_MISMATCH = "device_mismatch"
+EDGE_REASONS = frozenset({DEVICE_MISMATCH})
 
 ModelKind = Literal["device", "fleet"]
 _MODEL_KINDS = frozenset({"device", "fleet"})

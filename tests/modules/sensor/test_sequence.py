@@ -19,6 +19,7 @@ def test_sequence_tracker_counts_gaps_duplicates_late_readings_and_restarts():
         "seq_duplicates": 1,
         "seq_late": 1,
         "seq_resets": 1,
+        "seq_jumps": 0,
     }
 
 
