@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -32,6 +33,23 @@ logger = logging.getLogger(__name__)
 FIELD_HOST = "127.0.0.1"
 MODULE_STOP_TIMEOUT_S = 40.0
 MIRROR_CLOSE_TIMEOUT_S = 5.0
+# The sensor's own past window (modules/sensor/settings.py); a replay widens it, never narrows it.
+SENSOR_MAX_READING_AGE = timedelta(days=7)
+
+
+def replay_module_env(earliest_ts: datetime | str, now: datetime | None = None) -> dict[str, dict[str, str]]:
+    """Return module env letting the sensor take a simulation that replays readings dated from `earliest_ts` on.
+
+    The sensor dead-letters readings older than its window around the edge's clock; a simulation
+    on simulated time (the demo continues the generated history, dated in the past) is a device
+    replaying a backlog on purpose. `earliest_ts` is the simulation's start ("now": no change).
+    """
+    if not isinstance(earliest_ts, datetime):
+        return {}
+    age = (now or datetime.now(UTC)) - earliest_ts + SENSOR_MAX_READING_AGE
+    if age <= SENSOR_MAX_READING_AGE:
+        return {}
+    return {"sensor": {"MAX_READING_AGE_S": str(int(age.total_seconds()))}}
 
 
 def free_port(host: str = FIELD_HOST) -> int:
