@@ -15,6 +15,8 @@ from edgefleet.messages import (
     BATCH_OVERHEAD_BYTES,
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
+    DEVICE_MISMATCH,
+    EDGE_REASONS,
     EMPTY_BATCH,
     MISSING_FIELD,
     NO_FEATURES,
@@ -158,6 +160,11 @@ def test_each_reason_code_is_triggered_by_a_realistic_bad_input(reason):
 
 def test_every_reason_code_has_a_realistic_bad_input():
     assert set(REALISTIC_BAD_PAYLOADS) == REASONS
+
+
+def test_the_edges_own_reason_codes_are_apart_from_the_contracts():
+    # decode_payload never gives these: they judge a well-formed reading against its context.
+    assert DEVICE_MISMATCH in EDGE_REASONS and not EDGE_REASONS & REASONS
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
