@@ -46,9 +46,10 @@ def replay_module_env(earliest_ts: datetime | str, now: datetime | None = None) 
     """
     if not isinstance(earliest_ts, datetime):
         return {}
-    age = (now or datetime.now(UTC)) - earliest_ts + SENSOR_MAX_READING_AGE
-    if age <= SENSOR_MAX_READING_AGE:
+    behind = (now or datetime.now(UTC)) - earliest_ts
+    if behind <= SENSOR_MAX_READING_AGE:
         return {}
+    age = behind + SENSOR_MAX_READING_AGE  # a week beyond the start: the replay takes a while to run
     return {"sensor": {"MAX_READING_AGE_S": str(int(age.total_seconds()))}}
 
 

@@ -70,3 +70,20 @@ def test_a_reading_whose_device_id_disagrees_with_its_topic_is_refused_naming_bo
 
 def test_on_a_shared_topic_any_device_id_is_taken():
     DeviceTopic("fleet/telemetry").check("fleet/telemetry", "dev-8")
+
+
+def test_the_window_defaults_to_a_week_back_and_five_minutes_ahead_and_the_environment_can_change_it():
+    from edgefleet.process import load_settings
+    from modules.sensor.settings import SensorSettings
+
+    connection = "HostName=h;GatewayHostName=127.0.0.1;DeviceId=edge7;ModuleId=sensor;SharedAccessKey=a"
+    default = load_settings(SensorSettings, field_mqtt_host="localhost", edgehub_connection_string=connection)
+    assert (default.max_reading_age_s, default.max_clock_skew_s, default.seq_jump_limit) == (604_800, 300, 10_000)
+    wider = load_settings(
+        SensorSettings,
+        field_mqtt_host="localhost",
+        edgehub_connection_string=connection,
+        MAX_READING_AGE_S="3600",
+        MAX_CLOCK_SKEW_S="0",
+    )
+    assert (wider.max_reading_age_s, wider.max_clock_skew_s) == (3600, 0)
