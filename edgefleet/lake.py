@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from edgefleet.alerts import ALERT_SCHEMA
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
+from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ __all__ = [
     "SEQ_COLUMN",
     "SOURCE_COLUMN",
     "append_to_lake",
+    "lake_feature_columns",
     "read_deadletters",
     "read_drift_alerts",
     "read_jsonl",
@@ -82,6 +85,21 @@ def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:
         tmp.replace(final)
         written.append(final)
     return written
+
+
+def lake_feature_columns(lake_dir: Path) -> set[str]:
+    """Return the feature columns the lake's files already have (read from their schemas, not their rows)."""
+    names: set[str] = set()
+    for path in Path(lake_dir).glob("date=*/*.parquet"):
+        try:
+            columns = pq.read_schema(path).names
+        except (OSError, ValueError) as err:  # a damaged file: the other files still tell the schema
+            logger.warning("Cannot read the schema of %s: %s", path, err)
+            continue
+        names.update(
+            c for c in columns if c not in RESERVED_FEATURE_NAMES and not c.startswith(RESERVED_FEATURE_PREFIXES)
+        )
+    return names
 
 
 def read_lake(lake_dir: Path) -> pd.DataFrame:

@@ -71,6 +71,7 @@ EMPTY_BATCH = "empty_batch"
 PREDICTION_FAILED = "prediction_failed"  # neither its own model nor the fleet model gave a finite value
 INTERNAL_ERROR = "internal_error"  # a bug or a broken dependency while answering it; see the module's log
 PROCESSING_REASONS = frozenset({PREDICTION_FAILED, INTERNAL_ERROR})
+# The contract's reason codes: what `decode_payload` can say about a payload or reading.
 REASONS = frozenset(
     {
         NOT_UTF8,
@@ -90,6 +91,11 @@ REASONS = frozenset(
         *PROCESSING_REASONS,
     }
 )
+# Reason codes of the edge's own checks on a well-formed reading (the sensor's guards): they need
+# context the message alone does not carry (the topic it arrived on). The sensor also uses
+# BAD_TIMESTAMP for readings dated outside its window around the edge's clock.
+DEVICE_MISMATCH = "device_mismatch"
+EDGE_REASONS = frozenset({DEVICE_MISMATCH})
 
 ModelKind = Literal["device", "fleet"]
 _MODEL_KINDS = frozenset({"device", "fleet"})

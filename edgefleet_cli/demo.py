@@ -161,7 +161,7 @@ def _run_edge(
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
     from edgefleet.lake import read_deadletters, read_lake
-    from edgefleet_cli.local_edge import LocalEdge
+    from edgefleet_cli.local_edge import LocalEdge, replay_module_env
     from edgefleet_cli.up import poll, run_up
     from simulator.run import run_simulation
 
@@ -175,6 +175,7 @@ def _run_edge(
         bundle_dir=bundle_dir,
         ip_base=ip_base,
         desired_overrides={"inference": {"expectedBundleVersion": version}},
+        module_env=replay_module_env(profile.start_ts),
         lake_dir=lake_dir,
         dashboard_port=dashboard_port,
     )

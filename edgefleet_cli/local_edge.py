@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -49,6 +50,24 @@ FIELD_HOST = "127.0.0.1"
 MODULE_STOP_TIMEOUT_S = 40.0
 MIRROR_CLOSE_TIMEOUT_S = 5.0
 DEFAULT_REPORT_INTERVAL_S: float = ModuleSettings.model_fields["report_interval_s"].default
+# The sensor's own past window (modules/sensor/settings.py); a replay widens it, never narrows it.
+SENSOR_MAX_READING_AGE = timedelta(days=7)
+
+
+def replay_module_env(earliest_ts: datetime | str, now: datetime | None = None) -> dict[str, dict[str, str]]:
+    """Return module env letting the sensor take a simulation that replays readings dated from `earliest_ts` on.
+
+    The sensor dead-letters readings older than its window around the edge's clock; a simulation
+    on simulated time (the demo continues the generated history, dated in the past) is a device
+    replaying a backlog on purpose. `earliest_ts` is the simulation's start ("now": no change).
+    """
+    if not isinstance(earliest_ts, datetime):
+        return {}
+    behind = (now or datetime.now(UTC)) - earliest_ts
+    if behind <= SENSOR_MAX_READING_AGE:
+        return {}
+    age = behind + SENSOR_MAX_READING_AGE  # a week beyond the start: the replay takes a while to run
+    return {"sensor": {"MAX_READING_AGE_S": str(int(age.total_seconds()))}}
 
 
 def free_port(host: str = FIELD_HOST) -> int:

@@ -14,6 +14,14 @@ in directories whose `_` prefix makes parquet readers (pyarrow, Spark) skip them
 Row columns: `device_id`, `seq`, `ts`, one column per feature, `label` (NaN when absent), the
 `prediction_*` and `edge_*` columns (null for raw telemetry, so every file has the same
 bookkeeping columns and types), and `source_module` (which module sent it upstream).
+
+Feature columns: training takes every numeric lake column as a feature, so a name becomes a
+column only when something vouches for it. Predictions do: the inference module sends only the
+bundle's features. Raw telemetry (the sensor's `telemetry` route) does not: its rows keep the
+names the lake already has (its files' schemas at start, plus every name a prediction brought)
+and drop the others, counted in `feature_values_dropped`. Only while the lake has no feature
+column at all (before any bundle served this edge) do raw names found a column. Either way the
+lake holds at most `max_feature_columns`; a name beyond that is dropped too.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +48,7 @@ from edgefleet.lake import (
     PREDICTION_COLUMNS,
     SOURCE_COLUMN,
     append_to_lake,
+    lake_feature_columns,
 )
 from edgefleet.messages import (
     BATCH_SCHEMA,
@@ -49,6 +58,7 @@ from edgefleet.messages import (
     WRONG_TYPE,
     DeadLetter,
     MessageError,
+    Reading,
     decode_json,
     format_ts,
     parse_reading,
@@ -58,18 +68,31 @@ from edgefleet.routes import Message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LakeSink"]
+__all__ = ["MAX_FEATURE_COLUMNS", "LakeSink"]
+
+# The widest bundle the lake serves; a lake past this is a device inventing names, not features.
+MAX_FEATURE_COLUMNS = 64
+MAX_LOGGED_DROPPED_NAMES = 20  # dropped names are logged once each, the first ones only
 
 
 class LakeSink:
     """Buffer `$upstream` readings and predictions as lake rows; side files for the rest."""
 
-    def __init__(self, lake_dir: Path, flush_every_s: float = 5.0, flush_rows: int = 10_000) -> None:
-        if flush_every_s <= 0 or flush_rows <= 0:
-            raise ValueError("flush_every_s and flush_rows must be positive")
+    def __init__(
+        self,
+        lake_dir: Path,
+        flush_every_s: float = 5.0,
+        flush_rows: int = 10_000,
+        max_feature_columns: int = MAX_FEATURE_COLUMNS,
+    ) -> None:
+        if flush_every_s <= 0 or flush_rows <= 0 or max_feature_columns <= 0:
+            raise ValueError("flush_every_s, flush_rows and max_feature_columns must be positive")
         self.lake_dir = Path(lake_dir)
         self.flush_every_s = flush_every_s
         self.flush_rows = flush_rows
+        self.max_feature_columns = max_feature_columns
+        self._features = lake_feature_columns(self.lake_dir)  # the lake's feature columns (guarded by _lock)
+        self._dropped_names: set[str] = set()
         self._rows: list[dict[str, Any]] = []
         self._oldest: float | None = None  # monotonic time of the oldest buffered row
         self._lock = threading.Lock()  # the buffer and counters
@@ -117,10 +140,48 @@ class LakeSink:
         rows = []
         for item in items:
             try:
-                rows.append(_row(item, module))
+                reading = parse_reading(item)
             except MessageError as err:
                 self._write_deadletter(DeadLetter.from_item(err, source, item).to_json_obj())
+                continue
+            assert isinstance(item, dict)  # parse_reading refuses anything else
+            rows.append(
+                _row(
+                    reading,
+                    item,
+                    module,
+                    self._lake_features(reading, vouched=isinstance(item.get("prediction"), dict)),
+                )
+            )
         self._buffer(rows)
+
+    def _lake_features(self, reading: Reading, vouched: bool) -> Iterable[tuple[str, float]]:
+        """Return the reading's features that may be lake columns; admit a prediction's new names."""
+        with self._lock:
+            known = self._features
+            if all(name in known for name, _ in reading.features):
+                return reading.features
+            may_add = vouched or not known
+            kept, dropped = [], []
+            for name, value in reading.features:
+                if name not in known and may_add and len(known) < self.max_feature_columns:
+                    known.add(name)
+                if name in known:
+                    kept.append((name, value))
+                else:
+                    dropped.append(name)
+            if dropped:
+                self._stats["feature_values_dropped"] += len(dropped)
+                new = [n for n in dropped if n not in self._dropped_names]
+                new = new[: max(0, MAX_LOGGED_DROPPED_NAMES - len(self._dropped_names))]
+                self._dropped_names.update(new)
+        if dropped and new:
+            logger.warning(
+                "Not a lake column (no prediction carries it, or the lake has %d feature columns): %s",
+                self.max_feature_columns,
+                ", ".join(new),
+            )
+        return kept
 
     def _buffer(self, rows: list[dict[str, Any]]) -> None:
         """Add rows; flush at once when the buffer reaches `flush_rows`."""
@@ -198,7 +259,7 @@ class LakeSink:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return counters: messages, rows_received, rows_written, files_written, deadletters, events."""
+        """Return counters: messages, rows, files, dead letters, events and dropped feature values."""
         with self._lock:
             return dict(self._stats)
 
@@ -223,12 +284,12 @@ class LakeSink:
         self.close()
 
 
-def _row(item: object, module: str) -> dict[str, Any]:
-    """Return the flat lake row of a telemetry or prediction object, or raise MessageError."""
-    reading = parse_reading(item)
-    assert isinstance(item, dict)  # parse_reading refuses anything else
+def _row(
+    reading: Reading, item: Mapping[str, Any], module: str, features: Iterable[tuple[str, float]]
+) -> dict[str, Any]:
+    """Return the flat lake row of a parsed telemetry or prediction object with the given feature columns."""
     row: dict[str, Any] = {"device_id": reading.device_id, "seq": reading.seq, "ts": reading.ts}
-    row.update(reading.features)
+    row.update(features)
     row["label"] = math.nan if reading.label is None else reading.label
     prediction = item.get("prediction")
     if isinstance(prediction, dict):

@@ -75,7 +75,12 @@ class SinkService:
         self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
         self._broker.start()
         try:
-            self._sink = LakeSink(self.settings.lake_dir, self.settings.flush_every_s, self.settings.flush_rows)
+            self._sink = LakeSink(
+                self.settings.lake_dir,
+                self.settings.flush_every_s,
+                self.settings.flush_rows,
+                self.settings.max_feature_columns,
+            )
             listen_host, listen_port = self.settings.listen
             # The broker listens on every address here; the subscriber reaches it on loopback.
             host = "127.0.0.1" if listen_host in ("0.0.0.0", "") else listen_host

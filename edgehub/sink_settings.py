@@ -26,6 +26,8 @@ class SinkSettings(BaseSettings):
     state_dir: Path = Path("out/sink")
     flush_every_s: float = Field(5.0, gt=0)
     flush_rows: int = Field(10_000, gt=0)
+    # The most feature columns the lake may hold (edgehub/sink.py: which names become columns).
+    max_feature_columns: int = Field(64, gt=0)
     health_file: Path | None = None
     log_level: LogLevel = "INFO"
 

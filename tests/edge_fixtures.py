@@ -43,9 +43,19 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, interval_s: floa
     return value
 
 
+# Readings are dated from two days ago on, one per seq second: inside the sensor's window around
+# the edge's clock (7 days back), whatever day the tests run.
+READINGS_START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+
+
+def ts_text(ts: datetime) -> str:
+    """Return a UTC timestamp as a device writes it."""
+    return ts.isoformat().replace("+00:00", "Z")
+
+
 def reading(device_id: str, seq: int, features: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
     """Return one telemetry object as a field device sends it."""
-    ts = datetime(2026, 11, 21, tzinfo=UTC) + timedelta(seconds=seq)
+    ts = READINGS_START + timedelta(seconds=seq)
     obj = {
         "schema": "edgefleet.telemetry/1",
         "device_id": device_id,

@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
     from edgefleet.process import stop_event_on_signals
-    from edgefleet_cli.local_edge import LocalEdge
+    from edgefleet_cli.local_edge import LocalEdge, replay_module_env
     from edgefleet_cli.up import module_summary, run_up, start_edge
 
     bundle = Path(args.bundle).resolve()
@@ -51,11 +51,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     simulation = None
     progress: dict[str, object] = {}
+    module_env: dict[str, dict[str, str]] = {}
     if args.simulate:
         from simulator.profile import load_profile
         from simulator.run import run_simulation
 
         profile = load_profile(Path(args.simulate))
+        module_env = replay_module_env(profile.start_ts)
 
         def simulation(port: int, stop: threading.Event) -> SimulationReport:
             return run_simulation(
@@ -69,6 +71,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ip_base=args.ip_base,
         edge_device=args.edge_device,
         desired_overrides={"inference": {"expectedBundleVersion": version}},
+        module_env=module_env,
         lake_dir=Path(args.lake).resolve(),
         field_port=args.field_port,
         dashboard_port=None if args.no_dashboard else args.dashboard_port,

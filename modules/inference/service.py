@@ -31,6 +31,7 @@ from edgefleet.messages import (
     DEADLETTER_DETAIL_CHARS,
     DEADLETTER_SCHEMA,
     INTERNAL_ERROR,
+    NO_FEATURES,
     PREDICTION_FAILED,
     DeadLetter,
     EdgeInfo,
@@ -70,6 +71,9 @@ __all__ = ["InferenceService"]
 # Twin documents are limited in size: report the first drifting devices, count all of them.
 MAX_REPORTED_DRIFTING = 50
 MAX_REPORTED_QUARANTINED = 50  # and the first quarantined devices, and the 50 most failing models
+# Feature names outside the bundle are counted; the first few are named in the twin (bounded:
+# a device sending a new name per reading must not grow the twin or this process).
+MAX_REPORTED_UNKNOWN_FEATURES = 10
 DRAIN_TIMEOUT_S = 30.0
 HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
 
@@ -126,6 +130,7 @@ class InferenceService:
         self._busy = 0  # inbox items not yet fully processed
         self._last_arrival_s = 0.0
         self._alerted: set[str] = set()
+        self._unknown_names: dict[str, None] = {}  # the first names seen, in order (a bounded ordered set)
         # Residual drift per device (worker thread only); rebuilt when the bundle changes.
         self._drift: DriftMonitor | None = None
         self._drift_version: str | None = None
@@ -236,10 +241,38 @@ class InferenceService:
             self._dead_letter(DeadLetter.from_item(item_err, source, bad))
         with self._lock:
             self._counters["readings_in"] += len(readings)
-        return [
-            (reading, reading.received_ts.timestamp() if reading.received_ts is not None else item.received_s)
-            for reading in readings
-        ]
+        known = frozenset(self.predictor.features)
+        decoded = []
+        for reading in readings:
+            kept = self._bundle_features_only(reading, known, source)
+            if kept is not None:
+                received_s = kept.received_ts.timestamp() if kept.received_ts is not None else item.received_s
+                decoded.append((kept, received_s))
+        return decoded
+
+    def _bundle_features_only(self, reading: Reading, known: frozenset[str], source: str) -> Reading | None:
+        """Return the reading with only the bundle's features (None: it had none, and is dead-lettered).
+
+        Names the bundle does not know are counted and left out of the prediction: the model
+        cannot use them, and each one sent upstream would become a lake column of its own.
+        """
+        unknown = [name for name, _ in reading.features if name not in known]
+        if not unknown:
+            return reading
+        with self._lock:
+            self._counters["unknown_features"] += 1
+            for name in unknown:
+                if len(self._unknown_names) >= MAX_REPORTED_UNKNOWN_FEATURES:
+                    break
+                self._unknown_names.setdefault(name)
+        kept = tuple(pair for pair in reading.features if pair[0] in known)
+        if not kept:
+            err = MessageError(
+                NO_FEATURES, f"none of the reading's features is one of the bundle's ({', '.join(sorted(known))})"
+            )
+            self._dead_letter(DeadLetter.from_item(err, source, reading.to_json_obj()))
+            return None
+        return Reading(reading.device_id, reading.seq, reading.ts, kept, reading.label, reading.received_ts)
 
     def _predict_and_send(self, predictor: Predictor, groups: list[_Group]) -> None:
         edge_device = self.settings.edge_device_id
@@ -364,6 +397,11 @@ class InferenceService:
                     self._counters["internal_errors"] += 1
                 continue
             self.outbox.put(ALERTS, body, {"schema": ALERT_SCHEMA, "kind": "drift"})
+
+    def unknown_feature_names(self) -> list[str]:
+        """Return the first feature names seen that the bundle does not know (at most MAX_REPORTED_UNKNOWN_FEATURES)."""
+        with self._lock:
+            return list(self._unknown_names)
 
     def _drift_monitor(self, predictor: Predictor) -> DriftMonitor | None:
         """Return the drift monitor of `predictor`'s bundle, building it on the bundle's first use."""
@@ -510,6 +548,7 @@ class InferenceService:
             counters: dict[str, Any] = dict(self._counters)
             counters["fallbacks"] = dict(self._fallbacks)
             counters["deadletters"] = dict(self._deadletters)
+            counters.setdefault("unknown_features", 0)
             counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
         counters.setdefault("model_errors", 0)
         counters["quarantined_devices"] = len(self._quarantine.quarantined())
@@ -528,6 +567,7 @@ class InferenceService:
             self._counters.clear()
             self._fallbacks.clear()
             self._deadletters.clear()
+            self._unknown_names.clear()
         self._quarantine.reset_counts()
         self.latency.reset()
         self.outbox.reset()
@@ -563,6 +603,7 @@ class InferenceService:
             "configError": self.config_error,
             "drift": {"drifting": self.drifting_devices()[:MAX_REPORTED_DRIFTING]},
             "quarantined": self._quarantine.quarantined()[:MAX_REPORTED_QUARANTINED],
+            "unknownFeatureNames": self.unknown_feature_names(),
             "counters": {
                 **stats,
                 "messages_out": outbox["sent"].get(PREDICTIONS, 0),

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +22,7 @@ from edgefleet.messages import (
     OVERSIZE,
     DeadLetter,
     MessageError,
+    Reading,
     decode_payload,
     encode_json,
 )
@@ -34,6 +35,7 @@ from modules.runtime import (
     desired_at_start,
 )
 from modules.sensor.batcher import Batcher
+from modules.sensor.guards import DeviceTopic, TimestampWindow
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorSettings
 
@@ -59,7 +61,11 @@ class SensorService:
         self.outbox = Outbox(self.link.send, threads=2, max_pending=settings.max_pending_batches)
         self._lock = threading.Condition()
         self._batcher = Batcher(self.desired.batch_window_ms, self.desired.max_batch_bytes)
-        self._sequences = SequenceTracker()
+        self._sequences = SequenceTracker(settings.seq_jump_limit)
+        self._window = TimestampWindow(
+            timedelta(seconds=settings.max_reading_age_s), timedelta(seconds=settings.max_clock_skew_s)
+        )
+        self._device_topic = DeviceTopic(self.desired.field_topic)
         self._counters: Counter[str] = Counter()
         self._deadletters: Counter[str] = Counter()
         self._field_connected = False
@@ -152,26 +158,38 @@ class SensorService:
         for item_err, item in errors:
             self._dead_letter(DeadLetter.from_item(item_err, source, item))
         full_batches: list[bytes] = []
-        oversize: list[DeadLetter] = []
+        refused: list[DeadLetter] = []
         with self._lock:
+            device_topic = self._device_topic
             for reading in readings:
                 self._counters["readings"] += 1
+                try:
+                    self._guard(reading, topic, device_topic, received)
+                except MessageError as err:
+                    refused.append(DeadLetter.from_item(err, source, reading.to_json_obj()))
+                    continue
                 if self._sequences.observe(reading.device_id, reading.seq) is Verdict.DUPLICATE:
                     continue  # a QoS 1 redelivery: forwarded already
                 body = encode_json(reading.stamped(received).to_json_obj())
                 if len(body) > max_reading_bytes:
                     too_big = MessageError(OVERSIZE, f"reading is {len(body)} bytes; at most {max_reading_bytes} fit")
-                    oversize.append(DeadLetter.from_error(too_big, source, body))
+                    refused.append(DeadLetter.from_error(too_big, source, body))
                     continue
                 full = self._batcher.add(body, time.monotonic())
                 if full is not None:
                     full_batches.append(full)
                 self._counters["forwarded"] += 1
             self._lock.notify()
-        for dead in oversize:
+        for dead in refused:
             self._dead_letter(dead)
         for batch in full_batches:
             self._send_batch(batch)
+
+    def _guard(self, reading: Reading, topic: str, device_topic: DeviceTopic, now: datetime) -> None:
+        """Raise MessageError when a well-formed reading is dated implausibly or speaks for another device."""
+        # The topic first: a reading published for another device says nothing trustworthy about time.
+        device_topic.check(topic, reading.device_id)
+        self._window.check(reading.ts, now)
 
     def _send_batch(self, batch: bytes) -> None:
         self.outbox.put(TELEMETRY, batch, {"schema": BATCH_SCHEMA})
@@ -229,6 +247,7 @@ class SensorService:
         full = None
         with self._lock:
             self.desired, self.config_error = desired, config_error
+            self._device_topic = DeviceTopic(desired.field_topic)
             if (desired.batch_window_ms, desired.max_batch_bytes) != (
                 self._batcher.window_ms,
                 self._batcher.max_bytes,

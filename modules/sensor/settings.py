@@ -33,6 +33,18 @@ class SensorSettings(ModuleSettings):
     max_pending_batches: int = Field(1000, ge=1, validation_alias=_env("MAX_PENDING_BATCHES"))
     # Where the last accepted desired properties are kept across a restart.
     state_dir: Path = Field(DEFAULT_STATE_DIR, validation_alias=_env("STATE_DIR"))
+    # The window of plausible reading dates around the edge's clock; outside it a reading is
+    # dead-lettered (`bad_timestamp`), kept with its payload, not written into a stray lake day.
+    # Past: a device that loses the field broker buffers its readings and sends them late; a week
+    # covers a device offline over a long weekend or holiday without an engineer on site. (The
+    # edge's own upstream outages do not count: edgeHub stores those after the sensor stamped them.)
+    max_reading_age_s: float = Field(7 * 86_400, gt=0, validation_alias=_env("MAX_READING_AGE_S"))
+    # Future: NTP-synced device clocks agree within a second; minutes allow for a device that syncs
+    # rarely. A reading from further ahead is a broken clock, never a buffered one.
+    max_clock_skew_s: float = Field(300, ge=0, validation_alias=_env("MAX_CLOCK_SKEW_S"))
+    # A seq this far ahead of the device's recent highest is taken once without moving its duplicate
+    # window (modules/sensor/sequence.py): an impostor or a corrupt counter cannot mute the real device.
+    seq_jump_limit: int = Field(10_000, ge=1, validation_alias=_env("SEQ_JUMP_LIMIT"))
 
     @model_validator(mode="after")
     def _credentials_together(self) -> SensorSettings:

@@ -15,6 +15,8 @@ from edgefleet.messages import (
     BATCH_OVERHEAD_BYTES,
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
+    DEVICE_MISMATCH,
+    EDGE_REASONS,
     EMPTY_BATCH,
     MISSING_FIELD,
     NO_FEATURES,
@@ -164,6 +166,11 @@ def test_every_reason_code_has_a_realistic_bad_input():
 def test_reasons_for_valid_readings_the_edge_could_not_answer_are_dead_letter_reasons_too():
     assert {"prediction_failed", "internal_error"} == PROCESSING_REASONS
     assert PROCESSING_REASONS <= REASONS
+
+
+def test_the_edges_own_reason_codes_are_apart_from_the_contracts():
+    # decode_payload never gives these: they judge a well-formed reading against its context.
+    assert DEVICE_MISMATCH in EDGE_REASONS and not EDGE_REASONS & REASONS
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])

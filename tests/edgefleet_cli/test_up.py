@@ -17,6 +17,7 @@ import pytest
 from edgefleet.bundle import read_manifest
 from edgefleet.lake import read_deadletters, read_lake
 from edgefleet_cli.edge_report import account
+from edgefleet_cli.local_edge import replay_module_env
 from edgefleet_cli.up import run_up
 from simulator.profile import parse_profile
 from simulator.run import run_simulation
@@ -48,8 +49,9 @@ def _profile(seed: int = 3) -> object:
 
 
 def test_every_simulated_reading_is_predicted_dead_lettered_or_counted_as_a_duplicate(start_edge):
-    edge = start_edge()
     profile = _profile()
+    # The simulation runs on simulated time, dated in the past: let the sensor take its backlog.
+    edge = start_edge(module_env=replay_module_env(profile.start_ts))
     progress: dict[str, object] = {}
 
     def simulation(port: int, stop: threading.Event) -> object:

@@ -104,3 +104,70 @@ def test_bad_readings_and_other_messages_go_to_side_files_that_training_skips(tm
     assert events[0]["properties"] == {"kind": "alert"}
     history, features = read_history(tmp_path)
     assert len(history) == 1 and features == ("temp",)
+
+
+def predicted(seq: int, features: dict[str, float]) -> dict[str, object]:
+    """Return a prediction as the inference module sends it (only the bundle's features)."""
+    return {
+        **reading(seq),
+        "features": features,
+        "prediction": {"value": 1.5, "model": "device", "model_version": "v1", "fallback_reason": None},
+        "edge": {"edge_device": "edge1", "received_ts": "2026-11-20T12:00:01Z", "latency_ms": 3.0},
+    }
+
+
+def lake_features(lake: Path) -> set[str]:
+    columns = set(pd.read_parquet(lake).columns)
+    return {c for c in columns if c not in {"device_id", "seq", "ts", "label", "date", "source_module"}} - {
+        c for c in columns if c.startswith(("prediction_", "edge_"))
+    }
+
+
+def test_raw_telemetry_cannot_add_a_feature_column_a_prediction_never_carried(tmp_path: Path) -> None:
+    with LakeSink(tmp_path) as sink:
+        sink(message(predicted(1, {"temp": 1.0}), module="inference", output="predictions"))
+        for seq in range(2, 102):  # 100 raw readings, each with a name no bundle knows
+            sink(message({**reading(seq), "features": {"temp": 2.0, f"junk_{seq}": 1.0}}))
+
+    assert lake_features(tmp_path) == {"temp"}
+    lake = pd.read_parquet(tmp_path)
+    assert len(lake) == 101  # every raw reading is still a row, with the features the lake has
+    assert sink.stats()["feature_values_dropped"] == 100
+
+
+def test_a_predictions_new_feature_becomes_a_column_and_raw_rows_then_keep_it(tmp_path: Path) -> None:
+    with LakeSink(tmp_path) as sink:
+        sink(message(predicted(1, {"temp": 1.0}), module="inference", output="predictions"))
+        sink(message({**reading(2), "features": {"temp": 2.0, "rpm": 900.0}}))  # before a bundle knew rpm
+        sink(message(predicted(3, {"temp": 1.0, "rpm": 1000.0}), module="inference", output="predictions"))
+        sink(message({**reading(4), "features": {"temp": 2.0, "rpm": 950.0}}))
+
+    lake = pd.read_parquet(tmp_path).set_index("seq")
+    assert lake_features(tmp_path) == {"temp", "rpm"}
+    assert pd.isna(lake.loc[2, "rpm"]) and lake.loc[4, "rpm"] == 950.0
+
+
+def test_a_restarted_sink_learns_the_feature_columns_from_the_lakes_files(tmp_path: Path) -> None:
+    with LakeSink(tmp_path) as sink:
+        sink(message(predicted(1, {"temp": 1.0}), module="inference", output="predictions"))
+    with LakeSink(tmp_path) as sink:
+        sink(message({**reading(2), "features": {"temp": 2.0, "junk": 1.0}}))
+
+    assert lake_features(tmp_path) == {"temp"}
+
+
+def test_raw_telemetry_founds_the_columns_of_a_lake_no_prediction_reached_yet(tmp_path: Path) -> None:
+    with LakeSink(tmp_path) as sink:
+        sink(message({**reading(1), "features": {"temp": 1.0, "rpm": 2.0}}))
+        sink(message({**reading(2), "features": {"temp": 1.0, "junk": 2.0}}))
+
+    assert lake_features(tmp_path) == {"temp", "rpm"}
+
+
+def test_the_lake_holds_at_most_max_feature_columns(tmp_path: Path) -> None:
+    features = {f"f{index:02d}": float(index) for index in range(10)}
+    with LakeSink(tmp_path, max_feature_columns=4) as sink:
+        sink(message(predicted(1, features), module="inference", output="predictions"))
+
+    assert lake_features(tmp_path) == {"f00", "f01", "f02", "f03"}
+    assert sink.stats()["feature_values_dropped"] == 6

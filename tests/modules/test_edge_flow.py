@@ -6,11 +6,11 @@ import json
 import random
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import parse_deployment
-from tests.edge_fixtures import deadletters, events, lake_rows, reading, wait_for
+from tests.edge_fixtures import READINGS_START, deadletters, events, lake_rows, reading, wait_for
 
 
 def _predictions(edge, expected: int):
@@ -286,7 +286,7 @@ def test_a_device_whose_inputs_moved_away_from_its_training_data_raises_one_feat
         desired_overrides={"inference": {"expectedBundleVersion": manifest.bundle_version}},
     )
     publisher = publisher_factory(edge)
-    start = datetime(2026, 11, 21, tzinfo=UTC)
+    start = READINGS_START
     for device_id in (stable, moved, moved_without_vibration):
         rows = history[history["device_id"] == device_id]
         for seq, (_, row) in enumerate(rows.iterrows()):

@@ -266,3 +266,30 @@ def test_an_unknown_direct_method_answers_404_naming_the_known_ones(service, cli
 
     assert response.status == 404
     assert "reload" in response.payload["error"] and "stats" in response.payload["error"]
+
+
+def test_features_the_bundle_does_not_know_are_counted_named_in_the_twin_and_left_out_of_the_prediction(
+    service, client
+):
+    extra = [
+        reading("dev-own", seq, temperature_c=21.0, humidity_pct=40.0, **{f"junk_{seq}": 1.0}) for seq in range(30)
+    ]
+    client.deliver(TELEMETRY, batch(reading("dev-own", 100), *extra))
+
+    served = predictions(client, 31)
+    assert all(set(item["features"]) == set(FEATURES) for item in served.values())
+    assert served[("dev-own", 5)]["prediction"]["model"] == "device"  # nothing missing: its own model
+    stats = service.stats()
+    assert stats["unknown_features"] == 30
+    names = service.reported()["unknownFeatureNames"]
+    assert names == [f"junk_{seq}" for seq in range(10)]  # the first few, bounded
+
+
+def test_a_reading_with_none_of_the_bundles_features_is_dead_lettered_as_having_no_features(service, client):
+    client.deliver(TELEMETRY, batch(reading("dev-own", 1, pressure_kpa=101.0), reading("dev-own", 2)))
+
+    [dead] = client.wait_sent(DEADLETTER, 1)
+    assert dead.json()["reason"] == "no_features"
+    assert "temperature_c" in dead.json()["detail"]
+    assert list(predictions(client, 1)) == [("dev-own", 2)]
+    assert service.stats()["unknown_features"] == 1
