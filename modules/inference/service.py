@@ -428,7 +428,7 @@ class InferenceService:
         self._loader.start()
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self.apply_desired(self.link.desired())
+        self.link.apply_twin()
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
         self._worker.start()
@@ -456,9 +456,11 @@ class InferenceService:
         """Answer what has arrived, send it, disconnect; keep late arrivals in the spool."""
         with self._lock:
             self._handover = []  # from now on, arrivals wait in memory for the spool
+        # One budget for both waits: with edgeHub gone, SIGTERM still ends the module in time.
+        deadline_s = time.monotonic() + DRAIN_TIMEOUT_S
         if not self.wait_idle(DRAIN_TIMEOUT_S):
             logger.error("Stopping with %d message(s) not processed", self._busy)
-        if not self.outbox.drain(DRAIN_TIMEOUT_S):
+        if not self.outbox.drain(max(0.0, deadline_s - time.monotonic())):
             logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
         self.link.report(self.reported())
         self.link.shutdown()
@@ -482,7 +484,8 @@ class InferenceService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
-                touch_health(self.settings.health_file)
+                if self.link.healthy():  # a deaf module must turn unhealthy, so that it gets restarted
+                    touch_health(self.settings.health_file)
         finally:
             self.stop()
         return 0

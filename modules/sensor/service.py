@@ -254,7 +254,7 @@ class SensorService:
         """Connect to edgeHub, read the twin, then start reading the field broker; False if stopped first."""
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self.apply_desired(self.link.desired())
+        self.link.apply_twin()
         if self.desired.field_topic is None:
             logger.error("No fieldTopic in the twin: set sensor.properties.desired.fieldTopic in the deployment")
         self._flusher = threading.Thread(target=self._flush_loop, name="sensor-flush", daemon=True)
@@ -282,6 +282,13 @@ class SensorService:
         self.outbox.close()
         self.link.shutdown()
 
+    def _links_healthy(self) -> bool:
+        """Return whether both links receive: edgeHub connected and subscribed, the field subscribed as desired."""
+        with self._lock:
+            wanted = self.desired.field_topic if self.desired.enabled else None
+            field_ok = self._field_connected and self._subscribed == wanted
+        return field_ok and self.link.healthy()
+
     def run(self, stop_event: threading.Event) -> int:
         """Run until `stop_event` is set; report the twin every `report_interval_s`."""
         if not self.start(stop_event):
@@ -292,7 +299,7 @@ class SensorService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
-                if self._field_connected:
+                if self._links_healthy():  # a deaf module must turn unhealthy, so that it gets restarted
                     touch_health(self.settings.health_file)
         finally:
             self.stop()
