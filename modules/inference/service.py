@@ -44,7 +44,7 @@ from modules.inference.drift import DriftMonitor
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceDesired, InferenceSettings
 from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
-from modules.runtime import EdgeLink, LatencyWindow, ModuleClient, Outbox, apply_desired_patch
+from modules.runtime import STOP_RESERVE_S, EdgeLink, LatencyWindow, ModuleClient, Outbox, apply_desired_patch
 
 if TYPE_CHECKING:
     from azure.iot.device.custom_typing import JSONSerializable
@@ -456,12 +456,13 @@ class InferenceService:
         """Answer what has arrived, send it, disconnect; keep late arrivals in the spool."""
         with self._lock:
             self._handover = []  # from now on, arrivals wait in memory for the spool
-        # One budget for both waits: with edgeHub gone, SIGTERM still ends the module in time.
-        deadline_s = time.monotonic() + DRAIN_TIMEOUT_S
-        if not self.wait_idle(DRAIN_TIMEOUT_S):
+        # One budget for both waits, less what disconnecting takes: with edgeHub gone, SIGTERM
+        # still ends the module within DRAIN_TIMEOUT_S.
+        deadline_s = time.monotonic() + DRAIN_TIMEOUT_S - STOP_RESERVE_S
+        if not self.wait_idle(DRAIN_TIMEOUT_S - STOP_RESERVE_S):
             logger.error("Stopping with %d message(s) not processed", self._busy)
         if not self.outbox.drain(max(0.0, deadline_s - time.monotonic())):
-            logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
+            logger.error("edgeHub did not take %d message(s) before stopping", self.outbox.pending())
         self.link.report(self.reported())
         self.link.shutdown()
         # The SDK may still hand over messages it acknowledged just before disconnecting.

@@ -9,13 +9,14 @@ device, an in-memory fake in tests.
 
 from __future__ import annotations
 
-from modules.runtime.client import EdgeLink, MethodHandler, ModuleClient, create_module_client
+from modules.runtime.client import STOP_RESERVE_S, EdgeLink, MethodHandler, ModuleClient, create_module_client
 from modules.runtime.latency import LatencyWindow
 from modules.runtime.outbox import Outbox
 from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_patch
 
 __all__ = [
     "LOG_LEVELS",
+    "STOP_RESERVE_S",
     "EdgeLink",
     "LatencyWindow",
     "MethodHandler",

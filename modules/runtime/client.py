@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from edgefleet.endpoints import ModuleEndpoints
 from edgefleet.errors import StartError
+from modules.runtime.outbox import CLOSE_TIMEOUT_S
 
 if TYPE_CHECKING:
     # Types only: importing the SDK costs ~0.1 s, paid when the client is created, not on import.
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdgeLink", "MethodHandler", "ModuleClient", "create_module_client"]
+__all__ = ["STOP_RESERVE_S", "EdgeLink", "MethodHandler", "ModuleClient", "create_module_client"]
 
 CONNECT_RETRY_FIRST_S = 1.0
 CONNECT_RETRY_MAX_S = 30.0
@@ -36,6 +37,9 @@ TWIN_TIMEOUT_S = 10.0
 REPORT_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 5.0
 RESYNC_RETRY_S = 1.0
+# What stopping needs after the drain (a last report, the outbox's threads, the SDK's shutdown):
+# a module keeps this much of its drain timeout back, so SIGTERM ends it within that timeout.
+STOP_RESERVE_S = REPORT_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + CLOSE_TIMEOUT_S + 1.0
 
 _T = TypeVar("_T")
 

@@ -15,11 +15,11 @@ from edgefleet.messages import units_4kb
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outbox"]
+__all__ = ["CLOSE_TIMEOUT_S", "Outbox"]
 
 SEND_RETRY_FIRST_S = 0.2
 SEND_RETRY_MAX_S = 10.0
-CLOSE_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 1.0  # close follows a drain: senders are idle, or stuck on an edgeHub that is gone
 
 
 @dataclass(frozen=True, slots=True)
