@@ -52,6 +52,7 @@ from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceSettings
 from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
 from modules.runtime import (
+    STOP_RESERVE_S,
     EdgeLink,
     LastGoodDesired,
     LatencyWindow,
@@ -615,7 +616,7 @@ class InferenceService:
 
     def _register_handlers(self) -> None:
         self.link.on_input(self.on_input)
-        self.link.on_desired_patch(self.apply_desired)
+        self.link.on_desired(self._apply_desired_at_start, self.apply_desired)
         self.link.on_method("stats", lambda payload: (200, self.stats()))
         self.link.on_method("reset", lambda payload: (200, self.reset()))
         self.link.on_method("reload", self.reload)
@@ -627,7 +628,7 @@ class InferenceService:
         self._loader.start()
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self._apply_desired_at_start(self.link.desired())
+        self.link.apply_twin()
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
         self._worker.start()
@@ -655,10 +656,13 @@ class InferenceService:
         """Answer what has arrived, send it, disconnect; keep late arrivals in the spool."""
         with self._lock:
             self._handover = []  # from now on, arrivals wait in memory for the spool
-        if not self.wait_idle(DRAIN_TIMEOUT_S):
+        # One budget for both waits, less what disconnecting takes: with edgeHub gone, SIGTERM
+        # still ends the module within DRAIN_TIMEOUT_S.
+        deadline_s = time.monotonic() + DRAIN_TIMEOUT_S - STOP_RESERVE_S
+        if not self.wait_idle(DRAIN_TIMEOUT_S - STOP_RESERVE_S):
             logger.error("Stopping with %d message(s) not processed", self._busy)
-        if not self.outbox.drain(DRAIN_TIMEOUT_S):
-            logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
+        if not self.outbox.drain(max(0.0, deadline_s - time.monotonic())):
+            logger.error("edgeHub did not take %d message(s) before stopping", self.outbox.pending())
         self.link.report(self.reported())
         self.link.shutdown()
         # The SDK may still hand over messages it acknowledged just before disconnecting.
@@ -681,7 +685,8 @@ class InferenceService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
-                touch_health(self.settings.health_file)
+                if self.link.healthy():  # a deaf module must turn unhealthy, so that it gets restarted
+                    touch_health(self.settings.health_file)
         finally:
             self.stop()
         return 0

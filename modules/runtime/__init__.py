@@ -9,7 +9,7 @@ device, an in-memory fake in tests.
 
 from __future__ import annotations
 
-from modules.runtime.client import EdgeLink, MethodHandler, ModuleClient, create_module_client
+from modules.runtime.client import STOP_RESERVE_S, EdgeLink, MethodHandler, ModuleClient, create_module_client
 from modules.runtime.last_good import LastGoodDesired, StartDesired, desired_at_start
 from modules.runtime.latency import LatencyWindow
 from modules.runtime.outbox import Outbox
@@ -17,6 +17,7 @@ from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_p
 
 __all__ = [
     "LOG_LEVELS",
+    "STOP_RESERVE_S",
     "EdgeLink",
     "LastGoodDesired",
     "LatencyWindow",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from edgefleet.endpoints import ModuleEndpoints
 from edgefleet.errors import StartError
+from modules.runtime.outbox import CLOSE_TIMEOUT_S
 
 if TYPE_CHECKING:
     # Types only: importing the SDK costs ~0.1 s, paid when the client is created, not on import.
@@ -23,10 +24,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdgeLink", "MethodHandler", "ModuleClient", "create_module_client"]
+__all__ = ["STOP_RESERVE_S", "EdgeLink", "MethodHandler", "ModuleClient", "create_module_client"]
 
 CONNECT_RETRY_FIRST_S = 1.0
 CONNECT_RETRY_MAX_S = 30.0
+# The SDK's own reconnect interval (whole seconds): its default of 10 s leaves a module deaf that long.
+SDK_RECONNECT_INTERVAL_S = 2
+# Bounds on SDK calls that wait for edgeHub forever when it is gone or lost our subscriptions:
+# a module must keep reporting health and obey SIGTERM whatever edgeHub does.
+SUBSCRIBE_TIMEOUT_S = 10.0
+TWIN_TIMEOUT_S = 10.0
+REPORT_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 5.0
+RESYNC_RETRY_S = 1.0
+# What stopping needs after the drain (a last report, the outbox's threads, the SDK's shutdown):
+# a module keeps this much of its drain timeout back, so SIGTERM ends it within that timeout.
+STOP_RESERVE_S = REPORT_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + CLOSE_TIMEOUT_S + 1.0
+
+_T = TypeVar("_T")
 
 # A direct method's payload in; (status, JSON-able payload) out.
 MethodHandler: TypeAlias = "Callable[[JSONSerializable], tuple[int, JSONSerializable]]"
@@ -50,6 +65,16 @@ class ModuleClient(Protocol):
     def patch_twin_reported_properties(self, reported_properties_patch: TwinPatch) -> None: ...
 
     def send_method_response(self, method_response: MethodResponse) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def on_connection_state_change(self) -> object: ...
+
+    # The SDK calls it with no arguments, though its annotation names one.
+    @on_connection_state_change.setter
+    def on_connection_state_change(self, value: Callable[..., None]) -> None: ...
 
     @property
     def on_message_received(self) -> object: ...
@@ -79,7 +104,9 @@ def create_module_client() -> ModuleClient:
     enable_tcp_nodelay()  # also covers the sensor's field client, created later in this process
     try:
         # Keep retrying the connection forever: edgeHub restarts are routine on a device.
-        return IoTHubModuleClient.create_from_edge_environment(connection_retry=True, keep_alive=30)
+        return IoTHubModuleClient.create_from_edge_environment(
+            connection_retry=True, connection_retry_interval=SDK_RECONNECT_INTERVAL_S, keep_alive=30
+        )
     except Exception as err:  # the SDK raises OSError/ValueError/... depending on what is missing
         raise StartError(
             f"cannot create the module client ({err}). Run the module under IoT Edge, or for local runs set "
@@ -88,13 +115,62 @@ def create_module_client() -> ModuleClient:
         ) from err
 
 
+class _FeaturePipeline(Protocol):
+    """The SDK's MQTT pipeline, as far as re-subscribing needs it (a private part of the SDK client)."""
+
+    feature_enabled: dict[str, bool]
+
+    def enable_feature(self, feature_name: str, callback: Callable[..., None]) -> None: ...
+
+
+def _call_within(timeout_s: float, what: str, call: Callable[[], _T]) -> _T:
+    """Return `call()`, run on a helper thread; raise TimeoutError when it takes longer than `timeout_s`.
+
+    The SDK's twin and shutdown calls wait without limit for a connection (and a twin request
+    waits forever for a response on a topic the broker may have forgotten we subscribed to);
+    a call that times out is left to finish, or not, on its daemon thread.
+    """
+    done = threading.Event()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as err:  # handed to the caller's thread
+            failure.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"edgehub-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"{what} took longer than {timeout_s:.0f} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 class EdgeLink:
-    """The module's edgeHub connection: outputs, inputs, twin and direct methods."""
+    """The module's edgeHub connection: outputs, inputs, twin and direct methods.
+
+    After every reconnect the link subscribes again and re-reads the twin: the SDK subscribes
+    once and counts on the broker keeping its session, which a broker restart or another client
+    connecting with our id and a clean session wipes, leaving the module connected but deaf.
+    """
 
     def __init__(self, client: ModuleClient, endpoints: ModuleEndpoints) -> None:
         self.client = client
         self.endpoints = endpoints
         self._methods: dict[str, MethodHandler] = {}
+        self._register: Callable[[], None] | None = None
+        self._desired_handler: Callable[[Mapping[str, Any]], None] | None = None
+        self._full_desired_handler: Callable[[Mapping[str, Any]], None] | None = None
+        # Serializes full-twin reads with patches, so a patch is never overtaken by an older twin.
+        self._desired_lock = threading.Lock()
+        self._desired_version: int | None = None
+        self._subscribed = threading.Event()
+        self._resync_wanted = threading.Event()
+        self._closing = threading.Event()
 
     def on_input(self, handler: Callable[[str, bytes, Mapping[str, str]], None]) -> None:
         """Call `handler(input_name, body, properties)` for every message on a declared input."""
@@ -111,9 +187,27 @@ class EdgeLink:
 
         self.client.on_message_received = _received
 
-    def on_desired_patch(self, handler: Callable[[Mapping[str, Any]], None]) -> None:
-        """Call `handler(patch)` for every desired-properties patch."""
-        self.client.on_twin_desired_properties_patch_received = handler
+    def on_desired(self, full: Callable[[Mapping[str, Any]], None], patch: Callable[[Mapping[str, Any]], None]) -> None:
+        """Call `full(desired)` with the whole desired set (`apply_twin`: at start and after every
+        reconnect) and `patch(changes)` with every later patch.
+
+        The two differ: a property missing from the whole set is back to its default, while a patch
+        changes only the properties it names.
+        """
+        self._full_desired_handler = full
+        self._desired_handler = patch
+        self.client.on_twin_desired_properties_patch_received = self._patch_received
+
+    def _patch_received(self, patch: Mapping[str, Any]) -> None:
+        with self._desired_lock:
+            version = patch.get("$version")
+            if isinstance(version, int) and self._desired_version is not None and version <= self._desired_version:
+                logger.debug("Desired patch $version=%d is already in the twin read last; skipped", version)
+                return
+            if isinstance(version, int):
+                self._desired_version = version
+            if self._desired_handler is not None:
+                self._desired_handler(patch)
 
     def on_method(self, name: str, handler: MethodHandler) -> None:
         """Answer direct method `name` with `handler(payload) -> (status, payload)`."""
@@ -143,6 +237,8 @@ class EdgeLink:
         yet; the SDK's `connection_retry` only covers reconnecting after a dropped connection, and
         registering a handler with no connection raises. Handlers go in before the connection is
         up (`register` is retried with it): queued input messages arrive right after connecting.
+        Once connected, every later reconnect re-subscribes and re-applies the twin (`healthy`
+        is False until that is done).
         """
         delay_s = CONNECT_RETRY_FIRST_S
         stop_event = stop_event or threading.Event()
@@ -151,22 +247,105 @@ class EdgeLink:
                 if register is not None:
                     register()
                 self.client.connect()
-                return True
             except Exception as err:  # ConnectionFailedError, OperationTimeout, ... all mean "not yet"
                 logger.warning("edgeHub not reachable (%s: %s); retrying in %.0f s", type(err).__name__, err, delay_s)
+            else:
+                self._watch_connection(register)
+                return True
             stop_event.wait(delay_s)
             delay_s = min(CONNECT_RETRY_MAX_S, delay_s * 2)
         return False
 
+    def _watch_connection(self, register: Callable[[], None] | None) -> None:
+        self._register = register
+        self._subscribed.set()
+        threading.Thread(target=self._resync_loop, name="edgehub-resync", daemon=True).start()
+        self.client.on_connection_state_change = self._connection_changed
+
+    def healthy(self) -> bool:
+        """Return whether the link is connected and subscribed: able to receive as well as send."""
+        return self._subscribed.is_set() and bool(self.client.connected)
+
+    def _connection_changed(self) -> None:
+        """Note a connect or disconnect (the SDK's event thread): the resync thread takes it from here."""
+        self._subscribed.clear()
+        if self.client.connected:
+            logger.info("Reconnected to edgeHub; subscribing again and re-reading the twin")
+        else:
+            logger.warning("Lost the edgeHub connection; the SDK reconnects")
+        self._resync_wanted.set()
+
+    def _resync_loop(self) -> None:
+        while True:
+            self._resync_wanted.wait()
+            self._resync_wanted.clear()
+            if self._closing.is_set():
+                return
+            if not self.client.connected:
+                continue  # the connect event wakes us again
+            try:
+                self._resubscribe()
+                self.apply_twin()
+            except Exception as err:  # a timeout or a dropped connection: try again, health stays down
+                logger.warning("Re-subscribing to edgeHub failed (%s: %s); retrying", type(err).__name__, err)
+                self._closing.wait(RESYNC_RETRY_S)
+                self._resync_wanted.set()
+                continue
+            if self.client.connected and not self._resync_wanted.is_set():
+                self._subscribed.set()
+                logger.info("edgeHub subscriptions and twin restored")
+
+    def _resubscribe(self) -> None:
+        """Subscribe again to every feature the SDK has enabled (inputs, twin, patches, methods)."""
+        # The SDK's handler setters only subscribe while its feature flag is off, and a reconnect
+        # leaves the flags on; asking its pipeline to enable each feature again re-sends the
+        # SUBSCRIBE (the broker treats a repeated subscription as a no-op).
+        pipeline: _FeaturePipeline | None = getattr(self.client, "_mqtt_pipeline", None)
+        if pipeline is None:  # not the SDK's client (tests): registering the handlers again is all there is
+            if self._register is not None:
+                self._register()
+            return
+        for feature, enabled in list(pipeline.feature_enabled.items()):
+            if enabled:
+                self._enable(pipeline, feature)
+
+    @staticmethod
+    def _enable(pipeline: _FeaturePipeline, feature: str) -> None:
+        done = threading.Event()
+        errors: list[BaseException | None] = []
+
+        def completed(error: BaseException | None = None, **_: object) -> None:
+            errors.append(error)
+            done.set()
+
+        pipeline.enable_feature(feature, callback=completed)
+        if not done.wait(SUBSCRIBE_TIMEOUT_S):
+            raise TimeoutError(f"subscribing to {feature} took longer than {SUBSCRIBE_TIMEOUT_S:.0f} s")
+        if errors[0] is not None:
+            raise errors[0]
+
     def desired(self) -> dict[str, Any]:
-        """Return the twin's desired properties."""
-        twin = self.client.get_twin()
+        """Return the twin's desired properties (with their `$version`)."""
+        twin = _call_within(TWIN_TIMEOUT_S, "get_twin", self.client.get_twin)
         return dict(twin.get("desired", {}))
 
+    def apply_twin(self) -> None:
+        """Read the full twin and hand its whole desired set to the full-desired handler (which reports)."""
+        with self._desired_lock:
+            desired = self.desired()
+            version = desired.get("$version")
+            if isinstance(version, int):
+                self._desired_version = version
+            if self._full_desired_handler is not None:
+                self._full_desired_handler(desired)
+
     def report(self, reported: Mapping[str, Any]) -> None:
-        """Patch the twin's reported properties; a failure is logged, never raised."""
+        """Patch the twin's reported properties; a failure is logged, never raised; skipped while disconnected."""
+        if not self.client.connected:
+            logger.debug("Not reporting twin properties: edgeHub is not connected")
+            return
         try:
-            self.client.patch_twin_reported_properties(dict(reported))
+            _call_within(REPORT_TIMEOUT_S, "report", lambda: self.client.patch_twin_reported_properties(dict(reported)))
         except Exception as err:
             logger.warning("Could not report twin properties: %s", err)
 
@@ -180,8 +359,11 @@ class EdgeLink:
         self.client.send_message_to_output(message, self.endpoints.output(output))
 
     def shutdown(self) -> None:
-        """Disconnect and stop the SDK's threads."""
+        """Disconnect and stop the SDK's threads (given up after SHUTDOWN_TIMEOUT_S when edgeHub is gone)."""
+        self._closing.set()
+        self._subscribed.clear()
+        self._resync_wanted.set()
         try:
-            self.client.shutdown()
+            _call_within(SHUTDOWN_TIMEOUT_S, "shutdown", self.client.shutdown)
         except Exception as err:
             logger.warning("Client shutdown failed: %s", err)

@@ -15,10 +15,11 @@ from edgefleet.messages import units_4kb
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outbox"]
+__all__ = ["CLOSE_TIMEOUT_S", "Outbox"]
 
 SEND_RETRY_FIRST_S = 0.2
 SEND_RETRY_MAX_S = 10.0
+CLOSE_TIMEOUT_S = 1.0  # close follows a drain: senders are idle, or stuck on an edgeHub that is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +115,19 @@ class Outbox:
         with self._lock:
             self.sent, self.bytes_sent, self.units_sent, self.retries = {}, {}, {}, 0
 
-    def close(self) -> None:
-        """Stop the sender threads (call `drain` first to send what is queued)."""
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop the sender threads (call `drain` first to send what is queued) within `timeout_s`.
+
+        With edgeHub gone the queue may be full and a sender stuck in the SDK: those (daemon)
+        threads are left behind rather than holding up the module's exit.
+        """
+        self._closing.set()
+        deadline_s = time.monotonic() + timeout_s
         for _ in self._threads:
-            self._queue.put(None)
+            try:
+                self._queue.put(None, timeout=max(0.0, deadline_s - time.monotonic()))
+            except queue.Full:
+                logger.warning("Outbox closed with %d message(s) unsent", self.pending())
+                break
         for thread in self._threads:
-            thread.join(5)
+            thread.join(max(0.0, deadline_s - time.monotonic()))

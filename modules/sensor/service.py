@@ -27,6 +27,7 @@ from edgefleet.messages import (
     encode_json,
 )
 from modules.runtime import (
+    STOP_RESERVE_S,
     EdgeLink,
     LastGoodDesired,
     ModuleClient,
@@ -306,7 +307,7 @@ class SensorService:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def _register_handlers(self) -> None:
-        self.link.on_desired_patch(self.apply_desired)
+        self.link.on_desired(self._apply_desired_at_start, self.apply_desired)
         self.link.on_method("stats", lambda payload: (200, self.stats()))
         self.link.on_method("reset", lambda payload: (200, self.reset()))
 
@@ -314,7 +315,7 @@ class SensorService:
         """Connect to edgeHub, read the twin, then start reading the field broker; False if stopped first."""
         if not self.link.connect(stop_event, self._register_handlers):
             return False
-        self._apply_desired_at_start(self.link.desired())
+        self.link.apply_twin()
         threading.Thread(target=self._check_field_host, name="sensor-field-dns", daemon=True).start()
         self._flusher = threading.Thread(target=self._flush_loop, name="sensor-flush", daemon=True)
         self._flusher.start()
@@ -335,11 +336,19 @@ class SensorService:
             last = self._batcher.take()
         if last is not None:
             self._send_batch(last)
-        if not self.outbox.drain(DRAIN_TIMEOUT_S):
-            logger.error("edgeHub did not take %d message(s) within %.0f s", self.outbox.pending(), DRAIN_TIMEOUT_S)
+        # Less what disconnecting takes: with edgeHub gone, SIGTERM still ends the module within DRAIN_TIMEOUT_S.
+        if not self.outbox.drain(DRAIN_TIMEOUT_S - STOP_RESERVE_S):
+            logger.error("edgeHub did not take %d message(s) before stopping", self.outbox.pending())
         self.link.report(self.reported())
         self.outbox.close()
         self.link.shutdown()
+
+    def _links_healthy(self) -> bool:
+        """Return whether both links receive: edgeHub connected and subscribed, the field subscribed as desired."""
+        with self._lock:
+            wanted = self.desired.field_topic if self.desired.enabled else None
+            field_ok = self._field_connected and self._subscribed == wanted
+        return field_ok and self.link.healthy()
 
     def run(self, stop_event: threading.Event) -> int:
         """Run until `stop_event` is set; report the twin every `report_interval_s`."""
@@ -351,7 +360,7 @@ class SensorService:
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
-                if self._field_connected:
+                if self._links_healthy():  # a deaf module must turn unhealthy, so that it gets restarted
                     touch_health(self.settings.health_file)
         finally:
             self.stop()

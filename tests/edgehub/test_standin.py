@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -318,3 +320,31 @@ def test_module_hosts_must_be_distinct_ip_addresses_of_known_modules(tmp_path: P
         make({"sensor": "10.0.0.2", "inference": "10.0.0.2"})
     with pytest.raises(StandInError, match="does not run"):
         make({"pump": "10.0.0.2"})
+
+
+def test_the_router_subscribes_again_after_a_module_broker_is_killed_and_loses_its_session(
+    start_edge: StartEdge,
+) -> None:
+    edge = start_edge({"all": "FROM /messages/* INTO $upstream"}, processes=False)
+    broker = edge.standin._brokers[edge.standin.modules.index("inference")]
+    pid = broker.pid
+    assert pid is not None
+    # Killed before its first autosave: the restarted broker knows no session, the router's included.
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not broker.running())
+    broker.start()
+
+    module = mqtt.Client(f"{edge.standin.edge_device}/inference")
+    module.tls_set(ca_certs=str(edge.standin.ca_file))
+    module.connect(edge.standin.module_host("inference"), 8883)
+    module.loop_start()
+    try:
+        # Published until one is routed: the router's reconnect may take a moment.
+        def routed() -> int:
+            module.publish("devices/edge1/modules/inference/messages/events/%24.on=telemetry", b"{}", qos=1)
+            return edge.standin.router.stats().get("received", 0)
+
+        wait_for(routed, timeout_s=15, interval_s=0.3)
+    finally:
+        module.disconnect()
+        module.loop_stop()
