@@ -53,11 +53,13 @@ from modules.inference.settings import InferenceSettings
 from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
 from modules.runtime import (
     STOP_RESERVE_S,
+    UNHEALTHY_EXIT_CODE,
     EdgeLink,
     LastGoodDesired,
     LatencyWindow,
     ModuleClient,
     Outbox,
+    UnhealthyClock,
     apply_desired_patch,
     desired_at_start,
 )
@@ -675,18 +677,28 @@ class InferenceService:
         self._loads.put(None)
 
     def run(self, stop_event: threading.Event) -> int:
-        """Run until `stop_event` is set; report the twin every `report_interval_s`."""
+        """Run until `stop_event` is set or the module stays unhealthy too long; report every `report_interval_s`."""
+        clock = UnhealthyClock(self.settings.unhealthy_exit_s, time.monotonic())
         if not self.start(stop_event):
             logger.info("Stopped before edgeHub was reachable")
             self.outbox.close()
             self.link.shutdown()
             return 0
         logger.info("Inference module ready")
+        exit_code = 0
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
+                now_s = time.monotonic()
                 if self.link.healthy():  # a deaf module must turn unhealthy, so that it gets restarted
                     touch_health(self.settings.health_file)
+                    clock.observe(True, now_s)
+                elif clock.observe(False, now_s):
+                    logger.error(
+                        "%s", clock.giving_up("inference", "the edgeHub link is not connected and subscribed", now_s)
+                    )
+                    exit_code = UNHEALTHY_EXIT_CODE
+                    break
         finally:
             self.stop()
-        return 0
+        return exit_code

@@ -14,10 +14,12 @@ from modules.runtime.last_good import LastGoodDesired, StartDesired, desired_at_
 from modules.runtime.latency import LatencyWindow
 from modules.runtime.outbox import Outbox
 from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_patch
+from modules.runtime.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
 
 __all__ = [
     "LOG_LEVELS",
     "STOP_RESERVE_S",
+    "UNHEALTHY_EXIT_CODE",
     "EdgeLink",
     "LastGoodDesired",
     "LatencyWindow",
@@ -26,6 +28,7 @@ __all__ = [
     "ModuleSettings",
     "Outbox",
     "StartDesired",
+    "UnhealthyClock",
     "apply_desired_patch",
     "create_module_client",
     "desired_at_start",

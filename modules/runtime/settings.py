@@ -27,6 +27,12 @@ class ModuleSettings(BaseSettings):
     edge_device: str | None = Field(None, validation_alias=AliasChoices("edge_device", "IOTEDGE_DEVICEID"))
     # Touched after every twin report; the image's HEALTHCHECK reads its age.
     health_file: Path | None = Field(None, validation_alias=AliasChoices("health_file", "HEALTH_FILE"))
+    # Unhealthy this long without a break (starting included), the module exits so its runtime restarts
+    # it; longer than an orchestrator's health check (3 report intervals), so one that acts on health
+    # gets there first. 0: never.
+    unhealthy_exit_s: float = Field(
+        120.0, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("unhealthy_exit_s", "UNHEALTHY_EXIT_S")
+    )
     edgehub_connection_string: SecretStr | None = Field(
         None, validation_alias=AliasChoices("edgehub_connection_string", "EdgeHubConnectionString")
     )

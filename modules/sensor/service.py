@@ -28,10 +28,12 @@ from edgefleet.messages import (
 )
 from modules.runtime import (
     STOP_RESERVE_S,
+    UNHEALTHY_EXIT_CODE,
     EdgeLink,
     LastGoodDesired,
     ModuleClient,
     Outbox,
+    UnhealthyClock,
     apply_desired_patch,
     desired_at_start,
 )
@@ -343,28 +345,42 @@ class SensorService:
         self.outbox.close()
         self.link.shutdown()
 
-    def _links_healthy(self) -> bool:
-        """Return whether both links receive: edgeHub connected and subscribed, the field subscribed as desired."""
+    def _health_problem(self) -> str | None:
+        """Return why the module cannot receive; None when edgeHub and the field are both subscribed as desired."""
         with self._lock:
             wanted = self.desired.field_topic if self.desired.enabled else None
-            field_ok = self._field_connected and self._subscribed == wanted
-        return field_ok and self.link.healthy()
+            connected, subscribed = self._field_connected, self._subscribed
+        if not self.link.healthy():
+            return "the edgeHub link is not connected and subscribed"
+        if not connected:
+            return f"the field broker {self.settings.field_mqtt_host}:{self.settings.field_mqtt_port} is not connected"
+        if subscribed != wanted:
+            return f"the field subscription is {subscribed!r}, desired {wanted!r}"
+        return None
 
     def run(self, stop_event: threading.Event) -> int:
-        """Run until `stop_event` is set; report the twin every `report_interval_s`."""
+        """Run until `stop_event` is set or the module stays unhealthy too long; report every `report_interval_s`."""
+        clock = UnhealthyClock(self.settings.unhealthy_exit_s, time.monotonic())
         if not self.start(stop_event):
             logger.info("Stopped before edgeHub was reachable")
             self.outbox.close()
             self.link.shutdown()
             return 0
+        exit_code = 0
         try:
             while not stop_event.wait(self.settings.report_interval_s):
                 self.link.report(self.reported())
-                if self._links_healthy():  # a deaf module must turn unhealthy, so that it gets restarted
+                problem, now_s = self._health_problem(), time.monotonic()
+                if problem is None:  # a deaf module must turn unhealthy, so that it gets restarted
                     touch_health(self.settings.health_file)
+                    clock.observe(True, now_s)
+                elif clock.observe(False, now_s):
+                    logger.error("%s", clock.giving_up("sensor", problem, now_s))
+                    exit_code = UNHEALTHY_EXIT_CODE
+                    break
         finally:
             self.stop()
-        return 0
+        return exit_code
 
 
 def _dead_props(dead: DeadLetter) -> dict[str, str]:
