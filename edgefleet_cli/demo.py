@@ -58,19 +58,48 @@ def run_demo(
     dashboard_port: int | None = None,
 ) -> int:
     """Run the loop; return 0 when every step worked and no reading was lost."""
-    from cloud_training.pipeline import run_training
-    from cloud_training.settings import TrainSettings
-    from edgefleet.bundle import verify_bundle
-    from edgefleet_cli.console import console, render_training, training_progress
+    from edgefleet_cli.console import console
 
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    history = _write_demo_history(workdir, devices, rows, seed)
+    bundle_dir = _train(history, workdir, tracking_uri)
+    if bundle_dir is None:
+        return 1
+    profile = _demo_profile(seed, edge_seconds, devices, rate_per_s)
+    console.rule(f"3/5 the edge with the simulator for {edge_seconds:.0f} s (some devices drift at 1/3)")
+    if dashboard_port is not None:
+        console.print(f"live dashboard while the edge runs: http://127.0.0.1:{dashboard_port}/")
+    first = _run_edge(workdir / "edge-1", bundle_dir, profile, "127.0.81", dashboard_port)
+    drifted = sorted({d for event in _relation_events(first.simulation) for d in event.get("devices", [])})
+    drift_at = _drift_time(first.simulation)
+    retrained_dir = _retrain(first, bundle_dir, workdir, tracking_uri)
+    console.rule(f"5/5 the edge with the retrained bundle for {edge_seconds / 2:.0f} s (drift in effect)")
+    after = _after_retrain_profile(profile, first, drifted, edge_seconds / 2)
+    second = _run_edge(workdir / "edge-2", retrained_dir, after, "127.0.82", dashboard_port)
+    return _report(workdir, first, second, bundle_dir, retrained_dir, drifted, drift_at, tracking_uri)
+
+
+def _write_demo_history(workdir: Path, devices: int, rows: int, seed: int) -> Path:
+    """Write the seeded fleet history (5% of devices with data faults) and say so."""
+    from edgefleet_cli.console import console
+
     history = write_history(
         generate_history(HistorySpec(n_devices=devices, rows_per_device=rows, seed=seed, bad_fraction=0.05)),
         workdir / "history.parquet",
     )
     console.rule(f"1/5 history: {devices} devices x {rows} readings -> {history}")
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    return history
+
+
+def _train(history: Path, workdir: Path, tracking_uri: str) -> Path | None:
+    """Train on local Spark, track in MLflow, export; return the verified bundle (None: it failed verification)."""
+    from cloud_training.pipeline import run_training
+    from cloud_training.settings import TrainSettings
+    from edgefleet.bundle import verify_bundle
+    from edgefleet_cli.console import console, render_training, training_progress
+
     settings = TrainSettings(
         history=history, out=workdir / "bundle", tracking_uri=tracking_uri, registered_model="edgefleet-demo"
     )
@@ -79,31 +108,30 @@ def run_demo(
         outcome = run_training(settings, on_progress)
     render_training(outcome)
     problems = verify_bundle(outcome.bundle_dir)
-    if problems:
-        for problem in problems:
-            console.print(f"[red]BAD[/red] {problem}")
-        return 1
+    for problem in problems:
+        console.print(f"[red]BAD[/red] {problem}")
+    return None if problems else outcome.bundle_dir
 
+
+def _demo_profile(seed: int, edge_seconds: float, devices: int, rate_per_s: float) -> SimulatorProfile:
+    """Return the simulator's demo profile for this fleet, seed and duration."""
     from simulator.profile import DEMO_PROFILE, load_profile, with_overrides
 
-    profile = load_profile(DEMO_PROFILE)
-    profile = with_overrides(profile, seed=seed, duration_s=edge_seconds)
-    profile = _fleet_of(profile, devices, rate_per_s)
-    console.rule(f"3/5 the edge with the simulator for {edge_seconds:.0f} s (some devices drift at 1/3)")
-    if dashboard_port is not None:
-        console.print(f"live dashboard while the edge runs: http://127.0.0.1:{dashboard_port}/")
-    first = _run_edge(workdir / "edge-1", outcome.bundle_dir, profile, "127.0.81", dashboard_port)
-    drifted = sorted({d for event in _relation_events(first.simulation) for d in event.get("devices", [])})
-    drift_at = _drift_time(first.simulation)
+    profile = with_overrides(load_profile(DEMO_PROFILE), seed=seed, duration_s=edge_seconds)
+    return _fleet_of(profile, devices, rate_per_s)
 
-    console.rule("4/5 retrain on the lake: challengers vs champions, fresh hold-out")
+
+def _retrain(first: EdgeRun, bundle_dir: Path, workdir: Path, tracking_uri: str) -> Path:
+    """Retrain on the first run's lake against the trained bundle; return the retrained bundle."""
     from cloud_training.retrain import run_retrain
     from cloud_training.settings import RetrainSettings
+    from edgefleet_cli.console import console
 
+    console.rule("4/5 retrain on the lake: challengers vs champions, fresh hold-out")
     retrained = run_retrain(
         RetrainSettings(
             lake=first.lake,
-            bundle=outcome.bundle_dir,
+            bundle=bundle_dir,
             out=workdir / "bundle-retrained",
             tracking_uri=tracking_uri,
             registered_model="edgefleet-demo",
@@ -115,19 +143,37 @@ def run_demo(
         f"retrained bundle {retrained.bundle_version}: alias moved: {retrained.alias_moved}; "
         f"manifest {retrained.manifest_path}"
     )
+    return retrained.bundle_dir
 
-    console.rule(f"5/5 the edge with the retrained bundle for {edge_seconds / 2:.0f} s (drift in effect)")
-    from simulator.profile import DriftEvent
 
-    after = with_overrides(
+def _after_retrain_profile(
+    profile: SimulatorProfile, first: EdgeRun, drifted: list[str], duration_s: float
+) -> SimulatorProfile:
+    """Return the profile that continues the first run, with its drifted devices drifted from the start."""
+    from simulator.profile import DriftEvent, with_overrides
+
+    return with_overrides(
         profile,
-        duration_s=edge_seconds / 2,
+        duration_s=duration_s,
         start_ts=_sim_end(first.simulation),
         drift=(DriftEvent(at_s=0.0, devices=tuple(drifted)),) if drifted else (),
     )
-    second = _run_edge(workdir / "edge-2", retrained.bundle_dir, after, "127.0.82", dashboard_port)
 
-    summary = _summary(first, second, outcome.bundle_dir, retrained.bundle_dir, drifted, drift_at)
+
+def _report(
+    workdir: Path,
+    first: EdgeRun,
+    second: EdgeRun,
+    bundle_dir: Path,
+    retrained_dir: Path,
+    drifted: list[str],
+    drift_at: datetime | None,
+    tracking_uri: str,
+) -> int:
+    """Print the summary, write report.html and summary.json; return 0 when no reading was lost."""
+    from edgefleet_cli.console import console
+
+    summary = _summary(first, second, bundle_dir, retrained_dir, drifted, drift_at)
     _render(summary, console)
     report = _write_report(workdir / "report.html", summary, first, second, drift_at)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
