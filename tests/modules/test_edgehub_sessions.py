@@ -111,7 +111,8 @@ def test_the_inference_module_hears_again_after_a_client_with_its_id_wipes_its_s
 )
 def test_a_module_whose_broker_stays_down_stops_touching_its_health_file(start_edge, tmp_path, module, lost):
     health = tmp_path / f"{module}.health"
-    edge = start_edge(module_env={module: {"HEALTH_FILE": str(health)}})
+    # The supervisor would restart the module this test leaves unhealthy on purpose.
+    edge = start_edge(module_env={module: {"HEALTH_FILE": str(health)}}, supervise=False)
     wait_for(lambda: health.exists() and time.time() - health.stat().st_mtime < 1.5, timeout_s=10)
     broker = _module_broker(edge, module) if lost == "edgehub" else edge.field_broker
 
