@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.alerts import ALERT_SCHEMA, DriftAlert
 from edgefleet.bundle import Route
-from edgefleet.desired import DesiredError, InferenceDesired
+from edgefleet.desired import InferenceDesired
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS, TELEMETRY
 from edgefleet.errors import BundleError
 from edgefleet.health import touch_health
@@ -60,8 +60,9 @@ from modules.runtime import (
     ModuleClient,
     Outbox,
     UnhealthyClock,
-    apply_desired_patch,
+    accept_desired,
     desired_at_start,
+    desired_from_patch,
 )
 
 if TYPE_CHECKING:
@@ -493,23 +494,15 @@ class InferenceService:
 
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
         """Apply a desired-properties patch strictly; when rejected keep the last good values and report why."""
-        try:
-            desired = apply_desired_patch(self.desired, patch)
-        except DesiredError as err:
-            self._reject_desired(str(err))
-            return
-        self._last_good.save(desired)
-        self._use_desired(desired, None)
+        accept_desired(
+            desired_from_patch(self.desired, patch, self._last_good), self._use_desired, self._reject_desired
+        )
 
     def _apply_desired_at_start(self, twin: Mapping[str, Any]) -> None:
-        """Apply the twin's full desired set, or the last good one saved when the twin's is rejected."""
-        start = desired_at_start(InferenceDesired, twin, self._last_good)
-        if start.desired is None:
-            self._reject_desired(start.error or "desired properties rejected")
-            return
-        if start.error is not None:
-            logger.error("%s", start.error)
-        self._use_desired(start.desired, start.error)
+        """Apply the twin's whole desired set, or the last good one saved when the twin's is rejected."""
+        accept_desired(
+            desired_at_start(InferenceDesired, twin, self._last_good), self._use_desired, self._reject_desired
+        )
 
     def _reject_desired(self, error: str) -> None:
         logger.error("%s", error)

@@ -10,10 +10,17 @@ device, an in-memory fake in tests.
 from __future__ import annotations
 
 from modules.runtime.client import STOP_RESERVE_S, EdgeLink, MethodHandler, ModuleClient, create_module_client
-from modules.runtime.last_good import LastGoodDesired, StartDesired, desired_at_start
+from modules.runtime.last_good import (
+    LastGoodDesired,
+    StartDesired,
+    accept_desired,
+    apply_desired_patch,
+    desired_at_start,
+    desired_from_patch,
+)
 from modules.runtime.latency import LatencyWindow
 from modules.runtime.outbox import Outbox
-from modules.runtime.settings import LOG_LEVELS, ModuleSettings, apply_desired_patch
+from modules.runtime.settings import LOG_LEVELS, ModuleSettings
 from modules.runtime.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
 
 __all__ = [
@@ -29,7 +36,9 @@ __all__ = [
     "Outbox",
     "StartDesired",
     "UnhealthyClock",
+    "accept_desired",
     "apply_desired_patch",
     "create_module_client",
     "desired_at_start",
+    "desired_from_patch",
 ]

@@ -9,18 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from edgefleet.desired import DesiredError, parse_desired
+from edgefleet.desired import DesiredError, merge_desired, parse_desired
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LAST_GOOD_FILE", "LastGoodDesired", "StartDesired", "desired_at_start"]
+__all__ = [
+    "LAST_GOOD_FILE",
+    "LastGoodDesired",
+    "StartDesired",
+    "accept_desired",
+    "apply_desired_patch",
+    "desired_at_start",
+    "desired_from_patch",
+]
 
 LAST_GOOD_FILE = "desired.json"
 
@@ -95,3 +103,35 @@ def _last_good(schema: type[DesiredT], rejected: DesiredError, store: LastGoodDe
             return StartDesired(desired, str(running))
     nothing = DesiredError(rejected.problems, "no last good values saved; fix the deployment's desired properties")
     return StartDesired(None, str(nothing))
+
+
+def apply_desired_patch(current: DesiredT, patch: Mapping[str, Any]) -> DesiredT:
+    """Return `current` with a twin desired patch applied (`null` = default); raise DesiredError naming each bad one."""
+    try:
+        return parse_desired(type(current), merge_desired(current.model_dump(by_alias=True), patch))
+    except DesiredError as err:
+        raise DesiredError(err.problems, "keeping the previous values") from None
+
+
+def desired_from_patch(current: DesiredT, patch: Mapping[str, Any], store: LastGoodDesired) -> StartDesired[DesiredT]:
+    """Apply a patch strictly; keep the result as the last good set, or return why it was rejected."""
+    try:
+        desired = apply_desired_patch(current, patch)
+    except DesiredError as err:
+        return StartDesired(None, str(err))
+    store.save(desired)
+    return StartDesired(desired, None)
+
+
+def accept_desired(
+    outcome: StartDesired[DesiredT],
+    use: Callable[[DesiredT, str | None], None],
+    reject: Callable[[str], None],
+) -> None:
+    """Hand a module the desired values to run with (and any error to report), or the rejection alone."""
+    if outcome.desired is None:
+        reject(outcome.error or "desired properties rejected")
+        return
+    if outcome.error is not None:
+        logger.error("%s", outcome.error)
+    use(outcome.desired, outcome.error)

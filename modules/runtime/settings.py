@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgefleet.desired import LOG_LEVELS, DesiredError, merge_desired, parse_desired
+from edgefleet.desired import LOG_LEVELS
 
-__all__ = ["LOG_LEVELS", "ModuleSettings", "apply_desired_patch"]
+__all__ = ["LOG_LEVELS", "ModuleSettings"]
 
 
 class ModuleSettings(BaseSettings):
@@ -59,14 +57,3 @@ class ModuleSettings(BaseSettings):
     def edge_device_id(self) -> str:
         """Return the IoT Edge device this module runs on ('local' when nothing names it)."""
         return self.edge_device or "local"
-
-
-DesiredT = TypeVar("DesiredT", bound=BaseModel)
-
-
-def apply_desired_patch(current: DesiredT, patch: Mapping[str, Any]) -> DesiredT:
-    """Return `current` with a twin desired patch applied (`null` = default); raise DesiredError naming each bad one."""
-    try:
-        return parse_desired(type(current), merge_desired(current.model_dump(by_alias=True), patch))
-    except DesiredError as err:
-        raise DesiredError(err.problems, "keeping the previous values") from None

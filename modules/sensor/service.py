@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.desired import DesiredError, SensorDesired
+from edgefleet.desired import SensorDesired
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
 from edgefleet.health import touch_health
 from edgefleet.messages import (
@@ -34,8 +34,9 @@ from modules.runtime import (
     ModuleClient,
     Outbox,
     UnhealthyClock,
-    apply_desired_patch,
+    accept_desired,
     desired_at_start,
+    desired_from_patch,
 )
 from modules.sensor.batcher import Batcher
 from modules.sensor.guards import DeviceTopic, TimestampWindow
@@ -222,23 +223,14 @@ class SensorService:
 
     def apply_desired(self, patch: Mapping[str, Any]) -> None:
         """Apply a desired-properties patch strictly; when rejected keep the last good values and report why."""
-        try:
-            desired = apply_desired_patch(self.desired, patch)
-        except DesiredError as err:
-            self._reject_desired(str(err))
-            return
-        self._last_good.save(desired)
-        self._use_desired(desired, None)
+        accept_desired(
+            desired_from_patch(self.desired, patch, self._last_good), self._use_desired, self._reject_desired
+        )
 
     def _apply_desired_at_start(self, twin: Mapping[str, Any]) -> None:
-        """Apply the twin's full desired set, or the last good one saved when the twin's is rejected."""
-        start = desired_at_start(SensorDesired, twin, self._last_good)
-        if start.desired is None:
-            self._reject_desired(start.error or "desired properties rejected")
-            return
-        if start.error is not None:
-            logger.error("%s", start.error)
-        self._use_desired(start.desired, start.error)
+        """Apply the twin's whole desired set, or the last good one saved when the twin's is rejected."""
+        outcome = desired_at_start(SensorDesired, twin, self._last_good)
+        accept_desired(outcome, self._use_desired, self._reject_desired)
 
     def _reject_desired(self, error: str) -> None:
         logger.error("%s", error)
