@@ -27,6 +27,7 @@ class _Outgoing:
     output: str
     body: bytes
     properties: Mapping[str, str] | None
+    on_sent: Callable[[], None] | None
 
 
 class Outbox:
@@ -53,11 +54,17 @@ class Outbox:
         for thread in self._threads:
             thread.start()
 
-    def put(self, output: str, body: bytes, properties: Mapping[str, str] | None = None) -> None:
-        """Queue one message for an output."""
+    def put(
+        self,
+        output: str,
+        body: bytes,
+        properties: Mapping[str, str] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue one message for an output; `on_sent` runs once edgeHub acknowledged it (e.g. to free a journal)."""
         with self._lock:
             self._busy += 1
-        self._queue.put(_Outgoing(output, body, properties))
+        self._queue.put(_Outgoing(output, body, properties, on_sent))
 
     def pending(self) -> int:
         """Return messages queued or being sent."""
@@ -80,6 +87,11 @@ class Outbox:
                     logger.warning("Send to %s failed (%s); retrying in %.1f s", item.output, err, delay_s)
                     time.sleep(delay_s * (0.5 + random.random() / 2))
                     delay_s = min(SEND_RETRY_MAX_S, delay_s * 2)
+            if item.on_sent is not None:
+                try:
+                    item.on_sent()
+                except Exception:  # the message is sent; a failing bookkeeping callback must not stop sending
+                    logger.exception("After sending to %s", item.output)
             with self._lock:
                 self.sent[item.output] = self.sent.get(item.output, 0) + 1
                 self.bytes_sent[item.output] = self.bytes_sent.get(item.output, 0) + len(item.body)
