@@ -119,6 +119,8 @@ class Journal:
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as err:
+                # A torn record would hide every later record of this segment from `recover`: start a new one.
+                self._seal_current()
                 raise JournalError(f"cannot write the journal {self.folder} ({err})") from err
             self._current_bytes += len(record)
             self._refs[segment] += 1
@@ -149,10 +151,9 @@ class Journal:
     def close(self) -> None:
         """Close the open segment; undelivered segments stay for the next start."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-            self._current = None
+            if self._current is not None:
+                # Seal (drop its own reference), not only close: a release after `close` still deletes it.
+                self._seal_current()
 
     def stats(self) -> dict[str, int]:
         """Return messages and bytes appended, segments deleted and segments still pending."""
