@@ -5,6 +5,7 @@ the `LakeSink`. In containers the sink is its own service, like IoT Hub is on a 
 the stand-in publishes every `$upstream` message to the sink's broker with `HubPublisher`, and
 the sink (`python -m edgehub.sink_service`) subscribes with a persistent session, so a sink
 restart or a slow parquet flush loses nothing. The wire form is `edgefleet.hub_wire`'s.
+A message is durable for the stand-in once the hub broker acknowledged it (`on_durable`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,6 +21,7 @@ import paho.mqtt.client as mqtt
 from edgefleet.hub_wire import KEEPALIVE_S, format_hub_topic
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.routes import Message
+from edgehub.acks import PubackBook
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class HubPublisher:
         self._outstanding = 0
         self._published = 0
         self._closed = False
+        self._acks = PubackBook(f"the hub at {host}:{port}")
         self.connected = threading.Event()
         enable_tcp_nodelay()
         # A persistent session and paho's own retry of unacknowledged QoS 1 publishes: a hub
@@ -60,8 +64,8 @@ class HubPublisher:
         self._client.loop_start()
         return self
 
-    def __call__(self, message: Message) -> None:
-        """Publish one message at QoS 1, waiting while the window of unacknowledged ones is full."""
+    def __call__(self, message: Message, on_durable: Callable[[], None] | None = None) -> None:
+        """Publish one message at QoS 1 (`on_durable` runs at the hub's PUBACK); wait while the window is full."""
         with self._cond:
             while self._outstanding >= self.window and not self._closed:
                 self._cond.wait(timeout=1.0)
@@ -74,6 +78,8 @@ class HubPublisher:
             with self._cond:
                 self._outstanding -= 1
             raise RuntimeError(f"cannot publish to the hub at {self.host}:{self.port}: {mqtt.error_string(info.rc)}")
+        # Outside our lock: paho runs on_publish holding its own, see edgehub.acks.
+        self._acks.register(info.mid, on_durable)
 
     def outstanding(self) -> int:
         """Return how many publishes the hub broker has not acknowledged yet."""
@@ -125,3 +131,4 @@ class HubPublisher:
             self._outstanding -= 1
             self._published += 1
             self._cond.notify_all()
+        self._acks.acknowledged(mid)

@@ -17,6 +17,12 @@ requesting module's own broker only.
 
 Everything is QoS 1. Messages flow network thread -> dispatcher thread (routing, module
 deliveries) -> upstream thread (the sink may be slow on a flush without holding up modules).
+
+Nothing acknowledged is lost: with a `journal`, each event is appended to it on the network
+thread, before paho acknowledges it to the sending module's broker, and its journal segment
+stays referenced until every delivery of it is durable at the next hop (the target broker's
+PUBACK for a module input; the upstream's `on_durable` for `$upstream`). After a kill, `start`
+routes what the journal kept again: a message may arrive twice, never zero times.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.routes import Message, Route, RouteSink, route_message
 from edgefleet.topics import (
@@ -54,6 +61,7 @@ from edgefleet.topics import (
     twin_desired_patch_topic,
     twin_response_topic,
 )
+from edgehub.acks import Callback, PubackBook
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +157,7 @@ class _Link:
         self._window = threading.Condition()
         self._outstanding = 0
         self._sub_mids: set[int] = set()
+        self._acks = PubackBook(f"the broker of {module}")
         enable_tcp_nodelay()
         client = mqtt.Client(client_id=ROUTER_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
         if address.ca_file is not None:
@@ -213,10 +222,11 @@ class _Link:
             self.subscribed.set()
 
     def _handle_publish(self, client: Any, userdata: Any, mid: int) -> None:
-        """Free one slot of the publish window (the broker acknowledged a QoS 1 publish)."""
+        """Free one slot of the publish window and run the publish's callback (the broker has it)."""
         with self._window:
             self._outstanding -= 1
             self._window.notify_all()
+        self._acks.acknowledged(mid)
 
     def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
         """Pass an incoming message to the router, tagged with this link's module."""
@@ -224,8 +234,8 @@ class _Link:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, wait: bool) -> bool:
-        """Publish at QoS 1; with `wait`, first wait for room in the window. Return whether it was queued."""
+    def publish(self, topic: str, payload: bytes, *, wait: bool, on_ack: Callback | None = None) -> bool:
+        """Publish at QoS 1 (`on_ack` runs at the PUBACK); with `wait`, wait for room first. Return if queued."""
         with self._window:
             while wait and self._outstanding >= PUBLISH_WINDOW and not self.closed:
                 self._window.wait(timeout=1.0)
@@ -240,6 +250,8 @@ class _Link:
                 self._outstanding -= 1
             logger.error("Router could not publish to %s: %s", self.module, mqtt.error_string(info.rc))
             return False
+        # Outside our lock: paho runs on_publish holding its own, see edgehub.acks.
+        self._acks.register(info.mid, on_ack)
         return True
 
     def outstanding(self) -> int:
@@ -248,7 +260,10 @@ class _Link:
             return self._outstanding
 
 
-_Item = tuple[str, str, bytes] | Message | None
+# An event as received (module, topic, payload, journal segment), a generated message, or the stop marker.
+_Item = tuple[str, str, bytes, Segment | None] | Message | None
+# The journal key of an event: the module whose broker it came from, then its topic.
+_KEY_SEPARATOR = "\n"
 
 
 class Router:
@@ -260,9 +275,10 @@ class Router:
         edge_device: str,
         routes: Sequence[Route],
         desired: Mapping[str, Mapping[str, Any]],
-        upstream: Callable[[Message], None],
+        upstream: Callable[[Message, Callback | None], None],
         *,
         hub_name: str = "edgefleet-local",
+        journal: Journal | None = None,
     ) -> None:
         unknown = sorted(set(desired) - set(brokers))
         if unknown:
@@ -271,13 +287,14 @@ class Router:
         self.routes = list(routes)
         self.hub_name = hub_name
         self._upstream = upstream
+        self._journal = journal  # the router's from here on: closed by stop()
         self._lock = threading.Lock()
         self._twins = {module: _Twin(copy.deepcopy(dict(desired.get(module, {})))) for module in brokers}
         self._pending: dict[tuple[str, str], _PendingCall] = {}
         self._stats: Counter[str] = Counter()
         self._warned: Counter[str] = Counter()
         self._events: queue.Queue[_Item] = queue.Queue()
-        self._upstream_queue: queue.Queue[Message | None] = queue.Queue()
+        self._upstream_queue: queue.Queue[tuple[Message, Callback | None] | None] = queue.Queue()
         self._links = {module: _Link(module, address, self._on_message) for module, address in brokers.items()}
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -295,9 +312,33 @@ class Router:
         ]
         for thread in self._threads:
             thread.start()
+        self._replay_journal()
         for link in self._links.values():
             link.start()
         return self
+
+    def _replay_journal(self) -> None:
+        """Route again what the journal kept from an earlier run (before the links bring new messages)."""
+        if self._journal is None:
+            return
+        replayed, kept = 0, True
+        for record in self._journal.recover():
+            module, _, topic = record.key.partition(_KEY_SEPARATOR)
+            if module not in self._links:
+                logger.warning("Journal holds a message from %r, which the stand-in no longer runs; dropped", module)
+                continue
+            segment = self._journal_append(module, topic, record.payload)
+            kept = kept and segment is not None
+            self._events.put((module, topic, record.payload, segment))
+            replayed += 1
+        if kept:
+            self._journal.forget_recovered()
+        else:  # their new copies are not all on disk: keep the old segments for the next start
+            logger.error("Kept the journal's old segments in %s for the next start", self._journal.folder)
+        with self._lock:
+            self._stats["replayed"] += replayed
+        if replayed:
+            logger.info("Routing %d message(s) again that an earlier run took but had not delivered", replayed)
 
     def wait_ready(self, timeout_s: float = 10.0) -> bool:
         """Wait until the router is connected and subscribed on every module broker."""
@@ -325,6 +366,9 @@ class Router:
             for call in self._pending.values():
                 call.status = 503
                 call.done.set()
+        if self._journal is not None:
+            # What is not acknowledged yet stays in it for the next start; later releases still free segments.
+            self._journal.close()
 
     def run(self, stop_event: threading.Event) -> None:
         """Run until `stop_event` is set."""
@@ -347,9 +391,12 @@ class Router:
     # -- public operations ----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return counters: received, to_module, to_upstream, unrouted, rejected, ..."""
+        """Return counters: received, to_module, to_upstream, unrouted, rejected, ..., journal_*."""
         with self._lock:
-            return dict(self._stats)
+            stats = dict(self._stats)
+        if self._journal is not None:
+            stats.update({f"journal_{key}": value for key, value in self._journal.stats().items()})
+        return stats
 
     def unacknowledged(self) -> dict[str, int]:
         """Return, per module broker, how many router publishes await the broker's PUBACK."""
@@ -407,7 +454,8 @@ class Router:
             return
         payload = bytes(msg.payload)
         if topic.startswith("devices/"):
-            self._events.put((module, topic, payload))
+            # On disk before this returns, i.e. before paho acknowledges it to the module's broker.
+            self._events.put((module, topic, payload, self._journal_append(module, topic, payload)))
         elif topic.startswith("$iothub/twin/"):
             self._handle_twin_request(module, topic, payload)
         elif topic.startswith("$iothub/methods/res/"):
@@ -484,6 +532,48 @@ class Router:
         call.status, call.payload = response.status, value
         call.done.set()
 
+    # -- journal ------------------------------------------------------------------------------
+
+    def _journal_append(self, module: str, topic: str, payload: bytes) -> Segment | None:
+        """Keep an event in the journal; on failure log how to fix it and route it anyway (unprotected)."""
+        if self._journal is None:
+            return None
+        try:
+            return self._journal.append(f"{module}{_KEY_SEPARATOR}{topic}", payload)
+        except JournalError as err:
+            with self._lock:
+                self._stats["journal_errors"] += 1
+                self._warned["journal"] += 1
+                count = self._warned["journal"]
+            if count <= _WARN_LIMIT:
+                logger.error(
+                    "Cannot journal a message from %s (%s): it is routed, but a crash before its delivery would "
+                    "lose it; free disk space or make %s writable (EDGEHUB_STATE_DIR)",
+                    module,
+                    err,
+                    self._journal.folder,
+                )
+            return None
+
+    def _holder(self, segment: Segment | None) -> Callback | None:
+        """Take one more reference to `segment` for a delivery; return the callback that drops it (once)."""
+        if segment is None or self._journal is None:
+            return None
+        journal = self._journal
+        journal.acquire(segment)
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):
+                journal.release(segment)
+
+        return release
+
+    def _release(self, segment: Segment | None) -> None:
+        """Drop the router's own reference to an event's segment (its deliveries hold theirs)."""
+        if segment is not None and self._journal is not None:
+            self._journal.release(segment)
+
     def _reject(self, module: str, reason: str) -> None:
         """Count a message the router cannot use; log the first few of each kind."""
         key = f"{module}:{reason.split(':')[0]}"
@@ -502,17 +592,21 @@ class Router:
             item = self._events.get()
             if item is None:
                 return
+            segment = None
             try:
                 if isinstance(item, Message):
-                    self._route(item)
+                    self._route(item, None)
                 else:
-                    self._route_event(*item)
+                    module, topic, payload, segment = item
+                    self._route_event(module, topic, payload, segment)
             except Exception:  # one bad message must never stop the router
                 logger.exception("Router failed on a message")
                 with self._lock:
                     self._stats["errors"] += 1
+            finally:
+                self._release(segment)
 
-    def _route_event(self, module: str, topic: str, payload: bytes) -> None:
+    def _route_event(self, module: str, topic: str, payload: bytes, segment: Segment | None) -> None:
         """Turn a module event into a routes Message, with the connection's identity, and route it."""
         try:
             event = parse_event_topic(topic)
@@ -533,10 +627,10 @@ class Router:
         )
         with self._lock:
             self._stats["received"] += 1
-        self._route(message)
+        self._route(message, segment)
 
-    def _route(self, message: Message) -> None:
-        """Deliver a message to every sink of every matching route."""
+    def _route(self, message: Message, segment: Segment | None) -> None:
+        """Deliver a message to every sink of every matching route; each delivery holds `segment` until durable."""
         sinks = route_message(self.routes, message)
         if not sinks:
             with self._lock:
@@ -544,37 +638,44 @@ class Router:
             return
         for sink in sinks:
             if sink.kind == "upstream":
-                self._upstream_queue.put(message)
+                self._upstream_queue.put((message, self._holder(segment)))
                 with self._lock:
                     self._stats["to_upstream"] += 1
             else:
-                self._deliver(sink, message)
+                self._deliver(sink, message, self._holder(segment))
 
-    def _deliver(self, sink: RouteSink, message: Message) -> None:
-        """Publish a message to a module input on that module's broker."""
+    def _deliver(self, sink: RouteSink, message: Message, on_delivered: Callback | None) -> None:
+        """Publish a message to a module input on that module's broker; `on_delivered` runs at its PUBACK."""
         assert sink.module is not None and sink.input is not None
         link = self._links.get(sink.module)
         if link is None:
             self._reject(sink.module, "route targets a module the stand-in does not run")
+            if on_delivered is not None:
+                on_delivered()
             return
         system = dict(message.system_properties)
         system["connectionDeviceId"] = message.connection_device_id
         if message.connection_module_id is not None:
             system["connectionModuleId"] = message.connection_module_id
         topic = format_input_topic(self.edge_device, sink.module, sink.input, message.properties, system)
-        if link.publish(topic, message.body, wait=True):
+        if link.publish(topic, message.body, wait=True, on_ack=on_delivered):
             with self._lock:
                 self._stats["to_module"] += 1
+        elif not link.closed and on_delivered is not None:
+            on_delivered()  # paho refused this message for good (logged): replaying it would fail again
+        # A closed link (stopping) keeps the reference: the journal routes the message at the next start.
 
     def _upstream_loop(self) -> None:
         """Hand `$upstream` messages to the sink, one at a time, in order."""
         while True:
-            message = self._upstream_queue.get()
-            if message is None:
+            item = self._upstream_queue.get()
+            if item is None:
                 return
+            message, on_durable = item
             try:
-                self._upstream(message)
+                self._upstream(message, on_durable)
             except Exception:  # the sink's problem must not stop routing
+                # The journal keeps the message (its reference is not dropped): it is routed again at the next start.
                 logger.exception("Upstream sink failed on a message from %s", message.connection_module_id)
                 with self._lock:
                     self._stats["upstream_errors"] += 1

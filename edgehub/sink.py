@@ -22,6 +22,12 @@ names the lake already has (its files' schemas at start, plus every name a predi
 and drop the others, counted in `feature_values_dropped`. Only while the lake has no feature
 column at all (before any bundle served this edge) do raw names found a column. Either way the
 lake holds at most `max_feature_columns`; a name beyond that is dropped too.
+
+Durability: a message's `on_durable` (see `edgehub.upstream`) runs once everything it became is
+in the lake's files: at once for side-file records (written unbuffered as they come), after the
+flush that writes its rows otherwise. A flush that fails keeps its rows buffered for the next
+one. A message replayed after a crash upstream may come twice: a flush writes one row per
+(device_id, seq, source_module) of its buffer (a reading has a sensor row and an inference row).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +100,7 @@ class LakeSink:
         self._features = lake_feature_columns(self.lake_dir)  # the lake's feature columns (guarded by _lock)
         self._dropped_names: set[str] = set()
         self._rows: list[dict[str, Any]] = []
+        self._on_flushed: list[Callable[[], None]] = []  # on_durable of the messages whose rows are buffered
         self._oldest: float | None = None  # monotonic time of the oldest buffered row
         self._lock = threading.Lock()  # the buffer and counters
         self._write_lock = threading.Lock()  # one writer at a time, so files appear in order
@@ -104,39 +111,43 @@ class LakeSink:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message, on_durable: Callable[[], None] | None = None) -> None:
         """Take one upstream message: rows for readings and predictions, JSON Lines for the rest."""
         if self._closed.is_set():
             raise RuntimeError("LakeSink is closed")
+        self._buffer(self._take(message), on_durable)
+
+    def _take(self, message: Message) -> list[dict[str, Any]]:
+        """Write a message's side-file records; return its rows for the buffer."""
         module = message.connection_module_id or message.connection_device_id
         source = f"{module}/{message.output or ''}"
         with self._lock:
             self._stats["messages"] += 1
         if message.kind != "telemetry":
             self._write_event(message, _body_for_record(message.body))
-            return
+            return []
         try:
             obj = decode_json(message.body)
         except MessageError:
             self._write_event(message, _body_for_record(message.body))
-            return
+            return []
         schema = obj.get("schema") if isinstance(obj, dict) else None
         if schema == DEADLETTER_SCHEMA:
             assert isinstance(obj, dict)
             self._write_deadletter({**obj, "received_from": source})
-            return
+            return []
         if schema == BATCH_SCHEMA:
             assert isinstance(obj, dict)
             items = obj.get("readings")
             if not isinstance(items, list) or not items:
                 err = MessageError(EMPTY_BATCH if items == [] else WRONG_TYPE, "batch without a readings array")
                 self._write_deadletter(DeadLetter.from_error(err, source, message.body).to_json_obj())
-                return
+                return []
         elif schema == TELEMETRY_SCHEMA:
             items = [obj]
         else:
             self._write_event(message, obj)
-            return
+            return []
         rows = []
         for item in items:
             try:
@@ -153,7 +164,7 @@ class LakeSink:
                     self._lake_features(reading, vouched=isinstance(item.get("prediction"), dict)),
                 )
             )
-        self._buffer(rows)
+        return rows
 
     def _lake_features(self, reading: Reading, vouched: bool) -> Iterable[tuple[str, float]]:
         """Return the reading's features that may be lake columns; admit a prediction's new names."""
@@ -183,14 +194,18 @@ class LakeSink:
             )
         return kept
 
-    def _buffer(self, rows: list[dict[str, Any]]) -> None:
-        """Add rows; flush at once when the buffer reaches `flush_rows`."""
+    def _buffer(self, rows: list[dict[str, Any]], on_durable: Callable[[], None] | None) -> None:
+        """Add a message's rows; flush at once when the buffer reaches `flush_rows`."""
         if not rows:
+            if on_durable is not None:  # its side-file records are written already
+                _run(on_durable)
             return
         with self._lock:
             if not self._rows:
                 self._oldest = time.monotonic()
             self._rows.extend(rows)
+            if on_durable is not None:
+                self._on_flushed.append(on_durable)
             self._stats["rows_received"] += len(rows)
             full = len(self._rows) >= self.flush_rows
         if full:
@@ -199,17 +214,28 @@ class LakeSink:
     # -- writing --------------------------------------------------------------------------------
 
     def flush(self) -> list[Path]:
-        """Write every buffered row to the lake now; return the files written."""
+        """Write every buffered row to the lake now, then report their messages durable; return the files written."""
         with self._write_lock:
             with self._lock:
-                rows, self._rows, self._oldest = self._rows, [], None
+                rows, on_flushed, oldest = self._rows, self._on_flushed, self._oldest
+                self._rows, self._on_flushed, self._oldest = [], [], None
             if not rows:
                 return []
-            written = append_to_lake(self.lake_dir, _frame(rows))
+            unique = _unique_rows(rows)
+            try:
+                written = append_to_lake(self.lake_dir, _frame(unique))
+            except BaseException:
+                with self._lock:  # back in front of what arrived meanwhile, for the next flush
+                    self._rows, self._on_flushed = rows + self._rows, on_flushed + self._on_flushed
+                    self._oldest = oldest
+                raise
             with self._lock:
-                self._stats["rows_written"] += len(rows)
+                self._stats["rows_written"] += len(unique)
+                self._stats["duplicate_rows_dropped"] += len(rows) - len(unique)
                 self._stats["files_written"] += len(written)
-        logger.debug("Flushed %d rows into %d lake file(s)", len(rows), len(written))
+        for on_durable in on_flushed:
+            _run(on_durable)
+        logger.debug("Flushed %d rows into %d lake file(s)", len(unique), len(written))
         return written
 
     def _tick(self) -> None:
@@ -282,6 +308,26 @@ class LakeSink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the rows without repeats of a (device_id, seq, source_module) (a redelivery), first kept."""
+    seen: set[tuple[Any, Any, Any]] = set()
+    unique = []
+    for row in rows:
+        key = (row["device_id"], row["seq"], row[SOURCE_COLUMN])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+def _run(on_durable: Callable[[], None]) -> None:
+    """Run a durability callback; its failure is logged, never the writer's."""
+    try:
+        on_durable()
+    except Exception:
+        logger.exception("A lake sink durability callback failed")
 
 
 def _row(

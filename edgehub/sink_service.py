@@ -4,8 +4,10 @@ Run it with `python -m edgehub.sink_service` (or `edgefleet sink`). The stand-in
 (`python -m edgehub --upstream-mqtt HOST:PORT`) publishes every `$upstream`
 message to this service's broker (wire form in `edgehub.hub`). The service
 subscribes with a persistent session at QoS 1 and feeds a `LakeSink`. The broker keeps its
-sessions on disk, so a restart of either side loses nothing that was acknowledged; rows the
-sink buffered are written on SIGTERM (a SIGKILL loses at most `flush_every_s` of buffered rows).
+sessions on disk, so a restart of either side loses nothing that was acknowledged. Each message
+is appended to a journal (`<state_dir>/journal`) before paho acknowledges it and stays there
+until its rows are in the lake's files, so a SIGKILL inside the flush window loses nothing
+either: the next start writes what the journal kept (a row may then come twice, never zero times).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import paho.mqtt.client as mqtt
 from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
 from edgefleet.hub_wire import HUB_SUBSCRIPTION, KEEPALIVE_S, parse_hub_message
+from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
+from edgefleet.routes import Message
 from edgefleet.topics import TopicError
 from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
 from edgehub.sink import LakeSink
@@ -35,6 +39,7 @@ __all__ = ["SINK_CLIENT_ID", "SinkService", "main"]
 
 SINK_CLIENT_ID = "edgefleet-lake-sink"
 HEALTH_INTERVAL_S = 5.0
+_WARN_LIMIT = 5  # journal write failures logged, then only counted
 
 
 class SinkService:
@@ -46,6 +51,10 @@ class SinkService:
         self._stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._sink: LakeSink | None = None
+        try:
+            self._journal = Journal(settings.state_dir / "journal")
+        except JournalError as err:
+            raise EdgefleetError(f"{err}: pass --state-dir or set SINK_STATE_DIR to a writable folder") from err
         self._broker = Broker(
             settings.state_dir / "broker",
             "hub",
@@ -68,19 +77,37 @@ class SinkService:
             stats = dict(self._stats)
         if self._sink is not None:
             stats.update({f"lake_{key}": value for key, value in self._sink.stats().items()})
+        stats.update({f"journal_{key}": value for key, value in self._journal.stats().items()})
         return stats
+
+    def _open_sink(self) -> LakeSink:
+        """Open the lake writer and hand it what the journal kept from an earlier run (before subscribing)."""
+        self._sink = LakeSink(
+            self.settings.lake_dir,
+            self.settings.flush_every_s,
+            self.settings.flush_rows,
+            self.settings.max_feature_columns,
+        )
+        replayed, kept = 0, True
+        for record in self._journal.recover():
+            kept = self._take(record.key, record.payload) and kept
+            replayed += 1
+        if kept:
+            self._journal.forget_recovered()
+        else:  # their new copies are not all on disk: keep the old segments for the next start
+            logger.error("Kept the journal's old segments in %s for the next start", self._journal.folder)
+        if replayed:
+            logger.info("Writing %d hub message(s) again that an earlier run took but had not written", replayed)
+        with self._lock:
+            self._stats["replayed"] += replayed
+        return self._sink
 
     def run(self, stop_event: threading.Event, on_ready: Callable[[SinkService], None] | None = None) -> None:
         """Serve until `stop_event` is set, then drain: disconnect, write buffered rows, stop the broker."""
         self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
         self._broker.start()
         try:
-            self._sink = LakeSink(
-                self.settings.lake_dir,
-                self.settings.flush_every_s,
-                self.settings.flush_rows,
-                self.settings.max_feature_columns,
-            )
+            self._open_sink()
             listen_host, listen_port = self.settings.listen
             # The broker listens on every address here; the subscriber reaches it on loopback.
             host = "127.0.0.1" if listen_host in ("0.0.0.0", "") else listen_host
@@ -106,6 +133,7 @@ class SinkService:
                     self._sink.close()
                     logger.info("Sink stopped: %s", self.stats())
             finally:
+                self._journal.close()  # what is not in the lake yet stays for the next start
                 self._broker.stop()
 
     # -- paho callbacks (network thread) --------------------------------------------------------
@@ -128,23 +156,51 @@ class SinkService:
             logger.warning("Sink lost its broker (%s); reconnecting", mqtt.error_string(rc))
 
     def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        """Hand one hub message to the lake sink (paho acknowledges it after this returns)."""
+        """Journal one hub message and hand it to the lake sink (paho acknowledges it after this returns)."""
+        self._take(msg.topic, bytes(msg.payload))
+
+    def _take(self, topic: str, payload: bytes) -> bool:
+        """Journal a hub message and hand it to the lake sink; return False if the journal could not keep it."""
         assert self._sink is not None
         try:
-            message = parse_hub_message(msg.topic, msg.payload)
+            message = parse_hub_message(topic, payload)
         except TopicError as err:
-            logger.warning("Sink ignores a message on %r: %s", msg.topic, err)
+            logger.warning("Sink ignores a message on %r: %s", topic, err)
             with self._lock:
                 self._stats["rejected"] += 1
-            return
+            return True
         with self._lock:
             self._stats["received"] += 1
+        segment = self._journal_append(topic, payload, message)
         try:
-            self._sink(message)
-        except Exception:  # one bad message must not stop the sink
+            self._sink(message, None if segment is None else self._releaser(segment))
+        except Exception:  # one bad message must not stop the sink; the journal keeps it for the next start
             logger.exception("Lake sink failed on a message from %s", message.connection_module_id)
             with self._lock:
                 self._stats["errors"] += 1
+        return segment is not None
+
+    def _releaser(self, segment: Segment) -> Callable[[], None]:
+        """Return the callback that lets the journal forget a message once the lake has it."""
+        return lambda: self._journal.release(segment)
+
+    def _journal_append(self, topic: str, payload: bytes, message: Message) -> Segment | None:
+        """Keep a hub message in the journal; on failure log how to fix it and write it anyway (unprotected)."""
+        try:
+            return self._journal.append(topic, payload)
+        except JournalError as err:
+            with self._lock:
+                self._stats["journal_errors"] += 1
+                count = self._stats["journal_errors"]
+            if count <= _WARN_LIMIT:
+                logger.error(
+                    "Cannot journal a hub message from %s (%s): it goes to the lake, but a crash before the next "
+                    "flush would lose it; free disk space or make %s writable (SINK_STATE_DIR)",
+                    message.connection_module_id,
+                    err,
+                    self._journal.folder,
+                )
+            return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

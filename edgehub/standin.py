@@ -38,6 +38,7 @@ from typing import Any
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
+from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
 from edgehub.broker import Broker, Listener
 from edgehub.certs import CertPaths, ensure_certs
@@ -186,7 +187,13 @@ class EdgeHubStandIn:
                 for module, host in zip(self.modules, hosts, strict=True)
             }
             self._router = Router(
-                addresses, self.edge_device, self.routes, self.desired, self.upstream, hub_name=self.hub_hostname
+                addresses,
+                self.edge_device,
+                self.routes,
+                self.desired,
+                self.upstream,
+                hub_name=self.hub_hostname,
+                journal=self._open_journal(),
             ).start()
             if not self._router.wait_ready(self.ready_timeout_s):
                 raise StandInError(f"the router could not subscribe on every module broker in {self.ready_timeout_s} s")
@@ -199,6 +206,13 @@ class EdgeHubStandIn:
             ", ".join(f"{module}@{host}:{GATEWAY_PORT}" for module, host in zip(self.modules, hosts, strict=True)),
         )
         return self
+
+    def _open_journal(self) -> Journal:
+        """Open the router's journal: what it took from modules and has not delivered yet."""
+        try:
+            return Journal(self.state_dir / "journal")
+        except JournalError as err:
+            raise StandInError(f"{err}: pass --state-dir or set EDGEHUB_STATE_DIR to a writable folder") from err
 
     def stop(self) -> None:
         """Stop the router (handing what it holds to the upstream), then the brokers; the upstream stays open."""

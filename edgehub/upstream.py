@@ -4,25 +4,32 @@ The stand-in only routes; whoever starts it chooses the upstream and closes it a
 stand-in stopped: `HubPublisher` (the sink service's broker, in containers), `LakeSink` (the
 lake written in this process, `edgefleet up` and the tests), or either with a copy for the
 dashboard (`MirroredUpstream`).
+
+An upstream calls a message's `on_durable` once the message survives a kill of this process
+(acknowledged by the hub broker, or written to the lake's files): only then does the router
+let its journal forget it. An upstream may call it on any thread, at most once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from edgefleet.routes import Message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MirroredUpstream", "Upstream"]
+__all__ = ["MirroredUpstream", "OnDurable", "Upstream"]
+
+OnDurable = Callable[[], None]
 
 
 class Upstream(Protocol):
     """Take routed `$upstream` messages; report counters and health; close when the stand-in stopped."""
 
-    def __call__(self, message: Message) -> None:
-        """Take one message (called on the router's upstream thread; may block for back-pressure)."""
+    def __call__(self, message: Message, on_durable: OnDurable | None = None) -> None:
+        """Take one message; call `on_durable` once it is durable (on the router's upstream thread; may block)."""
 
     def stats(self) -> dict[str, int]:
         """Return counters for status displays."""
@@ -42,9 +49,9 @@ class MirroredUpstream:
         self.mirror = mirror
         self.mirror_errors = 0
 
-    def __call__(self, message: Message) -> None:
-        """Deliver to the primary (its errors propagate), then try the mirror."""
-        self.primary(message)
+    def __call__(self, message: Message, on_durable: OnDurable | None = None) -> None:
+        """Deliver to the primary (its errors propagate; it says when the message is durable), then try the mirror."""
+        self.primary(message, on_durable)
         try:
             self.mirror(message)
         except Exception as err:  # the watcher's problem never reaches the lake

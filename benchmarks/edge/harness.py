@@ -190,11 +190,13 @@ class Upstream:
         self.predictions = Arrivals()
         self.other: Counter[str] = Counter()  # dead letters, alerts: a sign that something went wrong
 
-    def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message, on_durable: Callable[[], None] | None = None) -> None:
         if message.connection_module_id == "inference" and message.output == "predictions":
             self.predictions.add(message.body.count(PREDICTION_MARK), message.body)
         elif not (message.connection_module_id == "sensor" and message.output == "telemetry"):
             self.other[f"{message.connection_module_id}/{message.output}"] += 1
+        if on_durable is not None:  # counted is all this upstream does with a message
+            on_durable()
 
     def stats(self) -> dict[str, int]:
         return dict(self.other)

@@ -121,8 +121,10 @@ class CollectingUpstream:
         self.messages: list[Message] = []
         self.closed = False
 
-    def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message, on_durable: Callable[[], None] | None = None) -> None:
         self.messages.append(message)
+        if on_durable is not None:
+            on_durable()
 
     def stats(self) -> dict[str, int]:
         return {"messages": len(self.messages)}

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+import pandas as pd
 import pytest
+
+from edgefleet_cli.local_edge import free_port
+from tests.edge_fixtures import reading
 
 from .conftest import next_ip_base, wait_for
 
@@ -76,3 +84,67 @@ def test_help_lists_the_flags_and_exits_0() -> None:
 
     assert process.returncode == 0
     assert "--upstream-mqtt HOST:PORT" in out and "--module-host MODULE=IP" in out
+
+
+SENSOR_TELEMETRY = "devices/edge1/modules/sensor/messages/events/%24.on=telemetry&%24.ct=application%2Fjson"
+
+
+def publish_as_sensor(ip_base: str, ca_file: Path, bodies: list[bytes]) -> None:
+    """Publish events at QoS 1 on the sensor's broker, as the module does, and wait for every PUBACK."""
+    client = mqtt.Client(client_id="sensor", clean_session=True, protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.connect(f"{ip_base}.10", 8883)
+    client.loop_start()
+    try:
+        infos = [client.publish(SENSOR_TELEMETRY, body, qos=1) for body in bodies]
+        for info in infos:
+            info.wait_for_publish(timeout=20)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def lake_seqs(lake_dir: Path) -> list[int]:
+    return sorted(pd.read_parquet(lake_dir)["seq"]) if list(lake_dir.glob("date=*/*.parquet")) else []
+
+
+def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_path: Path) -> None:
+    count = 200
+    ip_base, hub_port = next_ip_base(), free_port()
+    state, health_file = tmp_path / "state", tmp_path / "healthy"
+    args = (
+        "--deployment", TEMPLATE, "--state-dir", state, "--ip-base", ip_base,
+        "--upstream-mqtt", f"127.0.0.1:{hub_port}", "--health-file", health_file,
+    )  # fmt: skip
+    standin = edgehub(*args)
+    sink: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: health_file.exists() or standin.poll() is not None, timeout_s=60)
+        assert standin.poll() is None, standin.communicate()[1]
+        bodies = [json.dumps(reading("dev-1", seq)).encode() for seq in range(count)]
+        publish_as_sensor(ip_base, state / "certs" / "ca.pem", bodies)
+        time.sleep(1.0)  # the router takes them off the broker in milliseconds; the hub is not there
+        standin.kill()
+        standin.communicate(timeout=30)
+
+        sink_args = (
+            "--listen", f"127.0.0.1:{hub_port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "sink",
+            "--flush-every-s", 0.2,
+        )  # fmt: skip
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "edgehub.sink_service", *map(str, sink_args)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        health_file.unlink()
+        standin = edgehub(*args)
+        wait_for(lambda: len(set(lake_seqs(tmp_path / "lake"))) >= count or standin.poll() is not None, 60)
+    finally:
+        for process in (standin, sink):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=60)
+
+    seqs = lake_seqs(tmp_path / "lake")
+    assert set(seqs) == set(range(count))  # 0 lost
+    print(f"stand-in kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")

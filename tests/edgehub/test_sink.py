@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import edgehub.sink as sink_module
 from edgefleet.history import read_history
 from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
 from edgefleet.routes import Message
@@ -171,3 +172,59 @@ def test_the_lake_holds_at_most_max_feature_columns(tmp_path: Path) -> None:
 
     assert lake_features(tmp_path) == {"f00", "f01", "f02", "f03"}
     assert sink.stats()["feature_values_dropped"] == 6
+
+
+def test_a_message_is_reported_durable_only_after_the_flush_that_writes_its_rows(tmp_path: Path) -> None:
+    durable: list[int] = []
+    with LakeSink(tmp_path, flush_every_s=60, flush_rows=1000) as sink:
+        sink(message(reading(1)), on_durable=lambda: durable.append(1))
+        sink(message({"schema": "edgefleet.batch/1", "readings": [reading(2), reading(3)]}), lambda: durable.append(2))
+        assert durable == []  # buffered rows are lost to a kill: the journal upstream must keep them
+        sink.flush()
+        assert durable == [1, 2]
+    assert sorted(pd.read_parquet(tmp_path)["seq"]) == [1, 2, 3]
+
+
+def test_a_message_that_becomes_side_file_records_is_durable_at_once(tmp_path: Path) -> None:
+    durable: list[str] = []
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        sink(message(b"not json"), on_durable=lambda: durable.append("event"))
+        sink(message({"schema": "edgefleet.batch/1", "readings": []}), on_durable=lambda: durable.append("dead"))
+        assert durable == ["event", "dead"]
+        assert jsonl(tmp_path / EVENTS_DIR) and jsonl(tmp_path / DEADLETTER_DIR)
+
+
+def test_rows_of_a_failed_flush_stay_buffered_and_are_durable_after_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = sink_module.append_to_lake
+    calls = []
+
+    def full_disk_once(lake_dir: Path, frame: pd.DataFrame) -> list[Path]:
+        calls.append(len(frame))
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_append(lake_dir, frame)
+
+    monkeypatch.setattr(sink_module, "append_to_lake", full_disk_once)
+    durable: list[int] = []
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        sink(message(reading(1)), on_durable=lambda: durable.append(1))
+        with pytest.raises(OSError, match="No space"):
+            sink.flush()
+        assert durable == []
+        sink(message(reading(2)), on_durable=lambda: durable.append(2))
+        sink.flush()
+        assert durable == [1, 2]
+    assert sorted(pd.read_parquet(tmp_path)["seq"]) == [1, 2]
+
+
+def test_a_reading_delivered_twice_before_a_flush_becomes_one_row_per_module(tmp_path: Path) -> None:
+    prediction = {**reading(1), "prediction": {"anomaly_score": 0.1}}
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        for _ in range(2):  # replayed after a crash upstream
+            sink(message(reading(1)))
+            sink(message(prediction, module="inference", output="predictions"))
+    lake = pd.read_parquet(tmp_path)
+    assert sorted(lake["source_module"]) == ["inference", "sensor"]
+    assert sink.stats()["duplicate_rows_dropped"] == 2

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from edgefleet.journal import Journal
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from edgehub.hub import HubPublisher
@@ -38,6 +40,43 @@ def telemetry(seq: int) -> Message:
     return Message("edge1", "sensor", "telemetry", {}, JSON, json.dumps({**body, "features": {"temp": 1.0}}).encode())
 
 
+def journaled(state_dir: Path) -> int:
+    """Return how many messages the sink's journal holds (read only)."""
+    return sum(1 for _ in Journal(state_dir / "journal").recover())
+
+
+def lake_seqs(lake_dir: Path) -> list[int]:
+    return sorted(pd.read_parquet(lake_dir)["seq"]) if list(lake_dir.glob("date=*/*.parquet")) else []
+
+
+def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path) -> None:
+    count, port = 150, free_port()
+    args = ("--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state")
+    health_file = tmp_path / "healthy"
+    process = sink_service(*args, "--flush-every-s", 3600, "--health-file", health_file)
+    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-publisher").start()
+    try:
+        wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
+        assert process.poll() is None, process.communicate()[1]
+        for seq in range(count):
+            publisher(telemetry(seq))
+        assert publisher.close(timeout_s=20)
+        time.sleep(1.0)  # the sink takes them off its broker (and acknowledges them) in milliseconds
+        process.kill()
+        process.communicate(timeout=30)
+        assert lake_seqs(tmp_path / "lake") == []  # all of them were in the flush window
+
+        process = sink_service(*args, "--flush-every-s", 0.2)
+        wait_for(lambda: len(set(lake_seqs(tmp_path / "lake"))) >= count or process.poll() is not None, 60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+
+    seqs = lake_seqs(tmp_path / "lake")
+    assert set(seqs) == set(range(count)), err  # 0 lost
+    print(f"sink kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")
+
+
 def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path: Path) -> None:
     port = free_port()
     health_file = tmp_path / "healthy"
@@ -52,6 +91,7 @@ def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path:
         for seq in range(3):
             publisher(telemetry(seq))
         assert publisher.close(timeout_s=20)
+        wait_for(lambda: journaled(tmp_path / "state") == 3)  # the sink took them off its broker
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
