@@ -91,3 +91,11 @@ def test_what_was_appended_survives_a_kill_9_of_the_writer(tmp_path: Path) -> No
     assert result.returncode == -signal.SIGKILL
     assert [int(r.payload) for r in Journal(tmp_path).recover()] == list(range(100))
     assert os.listdir(tmp_path)
+
+
+def test_a_message_delivered_after_close_leaves_nothing_to_replay(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    segment = journal.append("t", b"in a lake buffer while the router stops")
+    journal.close()
+    journal.release(segment)  # the upstream flushed it after the router closed the journal
+    assert _segments(tmp_path) == []
