@@ -89,7 +89,12 @@ def test_a_reading_delivered_twice_is_read_once_per_route(tmp_path: Path) -> Non
 
     assert len(read_lake(tmp_path, keep_duplicates=True)) == 6
     keys = sorted(zip(lake["device_id"], lake["seq"], lake["source_module"], strict=True))
-    assert keys == [("dev-1", 1, "inference"), ("dev-1", 1, "sensor"), ("dev-1", 2, "inference"), ("dev-2", 1, "inference")]
+    assert keys == [
+        ("dev-1", 1, "inference"),
+        ("dev-1", 1, "sensor"),
+        ("dev-1", 2, "inference"),
+        ("dev-2", 1, "inference"),
+    ]
 
 
 def test_of_two_copies_of_a_reading_the_one_with_a_prediction_is_kept() -> None:
