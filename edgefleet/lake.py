@@ -4,9 +4,11 @@ Layout: `<lake>/date=YYYY-MM-DD/part-<uuid>.parquet`, written by the local IoT H
 (`edgehub.sink.LakeSink`) and read by training, retraining, the demo's report and the tests.
 Columns: `device_id`, `seq`, `ts`, one column per feature (named as in the reading), `label`
 (NaN when absent), the `prediction_*` and `edge_*` columns (null for raw telemetry) and
-`source_module` (which module sent the row upstream). Files are written to a dot-prefixed temp
-name and renamed, so readers never see half a file. Beside the parquet, in `_`-prefixed
-directories that parquet readers (pyarrow, Spark) skip, JSON Lines per UTC day:
+`source_module` (which module sent the row upstream). Delivery is at least once, so a reading
+may land twice; `read_lake` returns one row per (device_id, seq) and source module. Files are
+written to a dot-prefixed temp name and renamed, so readers never see half a file. Beside the
+parquet, in `_`-prefixed directories that parquet readers (pyarrow, Spark) skip, JSON Lines per
+UTC day:
 `_deadletters/` (dead letters) and `_events/` (alerts and every other message).
 """
 
@@ -40,6 +42,7 @@ __all__ = [
     "SEQ_COLUMN",
     "SOURCE_COLUMN",
     "append_to_lake",
+    "drop_duplicate_readings",
     "lake_feature_columns",
     "read_deadletters",
     "read_drift_alerts",
@@ -102,12 +105,35 @@ def lake_feature_columns(lake_dir: Path) -> set[str]:
     return names
 
 
-def read_lake(lake_dir: Path) -> pd.DataFrame:
-    """Return every lake row (empty frame when the lake is empty)."""
+def drop_duplicate_readings(rows: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per (device_id, seq) and source module, preferring a row that carries a prediction.
+
+    At-least-once delivery (a module or broker restarted before its acknowledgement went out)
+    lands some readings twice. The raw telemetry row (`source_module` sensor) and the prediction
+    row (inference) of one reading are two records of two routes, not duplicates: both stay.
+    Rows without a device id or seq cannot be told apart and are all kept. Row order is kept.
+    """
+    if rows.empty or DEVICE_COLUMN not in rows or SEQ_COLUMN not in rows:
+        return rows
+    keys = [DEVICE_COLUMN, SEQ_COLUMN, *([SOURCE_COLUMN] if SOURCE_COLUMN in rows else [])]
+    ranked = rows
+    if PREDICTION_VALUE_COLUMN in rows:
+        # Stable sort: rows with a prediction first, otherwise the order they were written in.
+        ranked = rows.iloc[rows[PREDICTION_VALUE_COLUMN].isna().to_numpy().argsort(kind="stable")]
+    identified = ranked[DEVICE_COLUMN].notna() & ranked[SEQ_COLUMN].notna()
+    keep = ~ranked.duplicated(subset=keys, keep="first") | ~identified
+    if keep.all():
+        return rows
+    return ranked[keep].sort_index().reset_index(drop=True)
+
+
+def read_lake(lake_dir: Path, *, keep_duplicates: bool = False) -> pd.DataFrame:
+    """Return the lake's rows, one per reading and source module (every row with `keep_duplicates`)."""
     files = sorted(Path(lake_dir).glob("date=*/*.parquet"))
     if not files:
         return pd.DataFrame(columns=[DEVICE_COLUMN, SEQ_COLUMN, TS_COLUMN, LABEL_COLUMN, SOURCE_COLUMN])
-    return pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    rows = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    return rows if keep_duplicates else drop_duplicate_readings(rows)
 
 
 def read_jsonl(folder: Path) -> list[dict[str, Any]]:

@@ -6,10 +6,19 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from edgefleet.alerts import ALERT_SCHEMA
-from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR, read_deadletters, read_drift_alerts
+from edgefleet.lake import (
+    DEADLETTER_DIR,
+    EVENTS_DIR,
+    append_to_lake,
+    drop_duplicate_readings,
+    read_deadletters,
+    read_drift_alerts,
+    read_lake,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -47,3 +56,60 @@ def test_a_damaged_line_is_skipped_with_a_warning_and_costs_only_itself(
 
     assert [a["device_id"] for a in alerts] == ["dev-1", "dev-2"]
     assert "Skipped 2 unreadable line(s)" in caplog.text
+
+
+def lake_row(device_id: str, seq: int, source: str, prediction: float | None = None) -> dict[str, object]:
+    return {
+        "device_id": device_id,
+        "seq": seq,
+        "ts": pd.Timestamp("2026-12-06T00:00:00Z") + pd.Timedelta(seconds=seq),
+        "temperature_c": 20.0 + seq,
+        "label": 1.0,
+        "prediction_value": prediction,
+        "source_module": source,
+    }
+
+
+def test_a_reading_delivered_twice_is_read_once_per_route(tmp_path: Path) -> None:
+    # A restart redelivered seq 1 to both routes; the raw and the predicted record of a reading both stay.
+    append_to_lake(tmp_path, pd.DataFrame([lake_row("dev-1", 1, "sensor"), lake_row("dev-1", 1, "inference", 0.5)]))
+    append_to_lake(
+        tmp_path,
+        pd.DataFrame(
+            [
+                lake_row("dev-1", 1, "sensor"),
+                lake_row("dev-1", 1, "inference", 0.5),
+                lake_row("dev-1", 2, "inference", 0.7),
+                lake_row("dev-2", 1, "inference", 0.9),
+            ]
+        ),
+    )
+
+    lake = read_lake(tmp_path)
+
+    assert len(read_lake(tmp_path, keep_duplicates=True)) == 6
+    keys = sorted(zip(lake["device_id"], lake["seq"], lake["source_module"], strict=True))
+    assert keys == [
+        ("dev-1", 1, "inference"),
+        ("dev-1", 1, "sensor"),
+        ("dev-1", 2, "inference"),
+        ("dev-2", 1, "inference"),
+    ]
+
+
+def test_of_two_copies_of_a_reading_the_one_with_a_prediction_is_kept() -> None:
+    rows = pd.DataFrame(
+        [lake_row("dev-1", 1, "inference"), lake_row("dev-1", 1, "inference", 0.5), lake_row("dev-1", 2, "sensor")]
+    )
+
+    kept = drop_duplicate_readings(rows)
+
+    assert list(kept["seq"]) == [1, 2]
+    assert kept.loc[kept["seq"] == 1, "prediction_value"].tolist() == [0.5]
+
+
+def test_rows_without_a_seq_are_never_merged() -> None:
+    rows = pd.DataFrame([lake_row("dev-1", 1, "sensor"), lake_row("dev-1", 1, "sensor")])
+    rows["seq"] = [None, None]
+
+    assert len(drop_duplicate_readings(rows)) == 2
