@@ -238,7 +238,7 @@ def _run_edge(
     simulation_report = result.simulation.to_json_obj() if result.simulation is not None else {}
     return EdgeRun(
         lake=lake_dir,
-        rows=read_lake(lake_dir),
+        rows=read_lake(lake_dir, keep_duplicates=True),  # the report counts duplicate deliveries
         deadletters=read_deadletters(lake_dir),
         simulation=simulation_report,
         sensor=final.sensor or result.last.sensor,
