@@ -119,6 +119,9 @@ class Journal:
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as err:
+                # A failed write may have left part of the record (disk full mid-write): records
+                # appended after it to this file could not be read back, so start a new segment.
+                self._seal_current()
                 raise JournalError(f"cannot write the journal {self.folder} ({err})") from err
             self._current_bytes += len(record)
             self._refs[segment] += 1
