@@ -6,7 +6,9 @@ write-ahead journal (`edgefleet.journal`, under STATE_DIR): every piece of pendi
 its data (the handling itself, the open batch, each batch or dead letter in the outbox) holds a
 reference to its segment, released once edgeHub acknowledged that work. What a kill -9 leaves in
 the journal is handled again at the next start, before the field client connects. Replayed
-readings may have been delivered already: the lake removes duplicates by (device_id, seq).
+readings may have been delivered already (a segment is freed only once all of it was): the
+lake then holds them twice, and its readers count a reading once per (device_id, seq)
+(retraining: `cloud_training.retrain_policy.fresh_readings`).
 """
 
 from __future__ import annotations
@@ -231,6 +233,7 @@ class SensorService:
         refused: list[DeadLetter] = []
         with self._lock:
             device_topic = self._device_topic
+            deadline_before = self._batcher.deadline()
             for reading in readings:
                 self._counters["readings"] += 1
                 try:
@@ -249,7 +252,10 @@ class SensorService:
                 if full is not None:
                     full_batches.append(full)
                 self._counters["forwarded"] += 1
-            self._lock.notify()
+            if self._batcher.deadline() != deadline_before:
+                # Only a new deadline concerns the flusher: waking it for every message would make
+                # it contend for the GIL each time the journal's write releases it.
+                self._lock.notify()
         for dead in refused:
             self._dead_letter(dead, segment)
         for batch in full_batches:
@@ -398,8 +404,8 @@ class SensorService:
     def _replay_journal(self) -> None:
         """Handle again what a previous run journaled but edgeHub never acknowledged, then drop the old segments.
 
-        Some of it may have been delivered (a segment is freed only when all of it was): the lake
-        removes duplicates by (device_id, seq).
+        Some of it may have been delivered (a segment is freed only when all of it was): those
+        readings reach the lake twice, the same (device_id, seq), and are counted once there.
         """
         messages = 0
         with self._lock:
@@ -414,7 +420,7 @@ class SensorService:
         if messages:
             logger.warning(
                 "Replayed %d field message(s) (%d reading(s)) that a previous run had taken but not "
-                "delivered to edgeHub; some may be duplicates, which the lake removes by (device_id, seq)",
+                "delivered to edgeHub; some may reach the lake twice (same device_id and seq)",
                 messages,
                 readings,
             )
