@@ -1,21 +1,36 @@
-"""The sensor service: field MQTT in, validated, stamped and batched telemetry out to edgeHub."""
+"""The sensor service: field MQTT in, validated, stamped and batched telemetry out to edgeHub.
+
+paho acknowledges a field message (PUBACK) as soon as `on_message` returns, long before its
+readings leave the open batch and the outbox. So each field message is first appended to a
+write-ahead journal (`edgefleet.journal`, under STATE_DIR): every piece of pending work carrying
+its data (the handling itself, the open batch, each batch or dead letter in the outbox) holds a
+reference to its segment, released once edgeHub acknowledged that work. What a kill -9 leaves in
+the journal is handled again at the next start, before the field client connects. Replayed
+readings may have been delivered already (a segment is freed only once all of it was): the
+lake then holds them twice, and its readers count a reading once per (device_id, seq)
+(retraining: `cloud_training.retrain_policy.fresh_readings`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.desired import SensorDesired
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
+from edgefleet.errors import StartError
 from edgefleet.health import touch_health
+from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -38,7 +53,7 @@ from modules.runtime import (
     desired_at_start,
     desired_from_patch,
 )
-from modules.sensor.batcher import Batcher
+from modules.sensor.batcher import Batch, Batcher
 from modules.sensor.guards import DeviceTopic, TimestampWindow
 from modules.sensor.sequence import SequenceTracker, Verdict
 from modules.sensor.settings import SensorSettings
@@ -51,6 +66,9 @@ FIELD_QOS = 1
 # broker is picked up within seconds.
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
+JOURNAL_DIR = "journal"  # under STATE_DIR
+# A full disk fails every append: log the first failure and then at most one summary per interval.
+JOURNAL_ERROR_LOG_INTERVAL_S = 60.0
 
 
 class SensorService:
@@ -62,9 +80,10 @@ class SensorService:
         self.desired = SensorDesired.before_twin()  # subscribed to nothing until the twin is read
         self.config_error: str | None = None
         self._last_good = LastGoodDesired(settings.state_dir)
+        self.journal = _open_journal(settings.state_dir / JOURNAL_DIR)
         self.outbox = Outbox(self.link.send, threads=2, max_pending=settings.max_pending_batches)
         self._lock = threading.Condition()
-        self._batcher = Batcher(self.desired.batch_window_ms, self.desired.max_batch_bytes)
+        self._batcher = Batcher(self.desired.batch_window_ms, self.desired.max_batch_bytes, self.journal.acquire)
         self._sequences = SequenceTracker(settings.seq_jump_limit)
         self._window = TimestampWindow(
             timedelta(seconds=settings.max_reading_age_s), timedelta(seconds=settings.max_clock_skew_s)
@@ -75,6 +94,7 @@ class SensorService:
         self._field_connected = False
         self._subscribed: str | None = None
         self._stopping = threading.Event()
+        self._journal_error_logged_s: float | None = None
         self.field = field_client or self._make_field_client()
 
     # -- field MQTT -------------------------------------------------------------------------------
@@ -139,16 +159,64 @@ class SensorService:
             logger.info("Subscribed to %s", wanted)
 
     def _on_field_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.handle_payload(msg.topic, msg.payload)
-        except Exception:  # never let one reading kill the field client's network thread
-            logger.exception("Unexpected error handling a reading from %s", msg.topic)
-            self._dead_letter(DeadLetter("internal_error", "see the sensor's log", f"sensor/{msg.topic}", ""))
+        # paho sends the PUBACK when this returns: the message must be in the journal by then.
+        self.take_field_message(msg.topic, msg.payload)
 
     # -- readings ---------------------------------------------------------------------------------
 
-    def handle_payload(self, topic: str, payload: bytes) -> None:
-        """Validate, stamp and queue the readings of one field message; dead-letter the bad ones."""
+    def take_field_message(self, topic: str, payload: bytes) -> None:
+        """Journal one field message, then handle it; never raise (the caller is paho's network thread)."""
+        segment = self._journal_append(topic, payload)
+        try:
+            self.handle_payload(topic, payload, segment)
+        except Exception:  # never let one reading kill the field client's network thread
+            logger.exception("Unexpected error handling a reading from %s", topic)
+            self._dead_letter(DeadLetter("internal_error", "see the sensor's log", f"sensor/{topic}", ""), segment)
+        finally:
+            if segment is not None:  # the handling's own reference: what it queued holds its own
+                self.journal.release(segment)
+
+    def _journal_append(self, topic: str, payload: bytes) -> Segment | None:
+        """Append a field message to the journal; on failure log, count and return None (it is still forwarded)."""
+        try:
+            return self.journal.append(topic, payload)
+        except JournalError as err:
+            # paho 1.6 acknowledges whatever on_message does, so refusing the reading would only
+            # lose it now: forward it, unprotected against a crash until the disk takes writes again.
+            now_s = time.monotonic()
+            with self._lock:
+                self._counters["journal_errors"] += 1
+                errors = self._counters["journal_errors"]
+                last_s = self._journal_error_logged_s
+                if last_s is not None and now_s - last_s < JOURNAL_ERROR_LOG_INTERVAL_S:
+                    return None
+                self._journal_error_logged_s = now_s
+            logger.error(
+                "%s; readings are still forwarded, but a crash before edgeHub takes them loses them "
+                "(%d journal error(s) so far): free disk space in, or make writable, STATE_DIR (%s)",
+                err,
+                errors,
+                self.settings.state_dir,
+            )
+            return None
+
+    def _release_all(self, segments: tuple[Segment, ...]) -> Callable[[], None] | None:
+        """Return a callback that releases `segments` (None when there are none)."""
+        if not segments:
+            return None
+
+        def release() -> None:
+            for segment in segments:
+                self.journal.release(segment)
+
+        return release
+
+    def handle_payload(self, topic: str, payload: bytes, segment: Segment | None = None) -> None:
+        """Validate, stamp and queue the readings of one field message; dead-letter the bad ones.
+
+        `segment` is the journal segment holding the message: everything queued here takes a
+        reference to it, released once edgeHub acknowledged it; the caller keeps its own.
+        """
         received = datetime.now(UTC)
         source = f"sensor/{topic}"
         with self._lock:
@@ -157,14 +225,15 @@ class SensorService:
         try:
             readings, errors = decode_payload(payload, max_bytes=self.settings.max_field_message_bytes)
         except MessageError as err:
-            self._dead_letter(DeadLetter.from_error(err, source, payload))
+            self._dead_letter(DeadLetter.from_error(err, source, payload), segment)
             return
         for item_err, item in errors:
-            self._dead_letter(DeadLetter.from_item(item_err, source, item))
-        full_batches: list[bytes] = []
+            self._dead_letter(DeadLetter.from_item(item_err, source, item), segment)
+        full_batches: list[Batch] = []
         refused: list[DeadLetter] = []
         with self._lock:
             device_topic = self._device_topic
+            deadline_before = self._batcher.deadline()
             for reading in readings:
                 self._counters["readings"] += 1
                 try:
@@ -173,19 +242,22 @@ class SensorService:
                     refused.append(DeadLetter.from_item(err, source, reading.to_json_obj()))
                     continue
                 if self._sequences.observe(reading.device_id, reading.seq) is Verdict.DUPLICATE:
-                    continue  # a QoS 1 redelivery: forwarded already
+                    continue  # a QoS 1 redelivery: forwarded already (it holds no journal reference)
                 body = encode_json(reading.stamped(received).to_json_obj())
                 if len(body) > max_reading_bytes:
                     too_big = MessageError(OVERSIZE, f"reading is {len(body)} bytes; at most {max_reading_bytes} fit")
                     refused.append(DeadLetter.from_error(too_big, source, body))
                     continue
-                full = self._batcher.add(body, time.monotonic())
+                full = self._batcher.add(body, time.monotonic(), segment)
                 if full is not None:
                     full_batches.append(full)
                 self._counters["forwarded"] += 1
-            self._lock.notify()
+            if self._batcher.deadline() != deadline_before:
+                # Only a new deadline concerns the flusher: waking it for every message would make
+                # it contend for the GIL each time the journal's write releases it.
+                self._lock.notify()
         for dead in refused:
-            self._dead_letter(dead)
+            self._dead_letter(dead, segment)
         for batch in full_batches:
             self._send_batch(batch)
 
@@ -195,14 +267,21 @@ class SensorService:
         device_topic.check(topic, reading.device_id)
         self._window.check(reading.ts, now)
 
-    def _send_batch(self, batch: bytes) -> None:
-        self.outbox.put(TELEMETRY, batch, {"schema": BATCH_SCHEMA})
+    def _send_batch(self, batch: Batch) -> None:
+        """Queue a batch; the references it carries are released once edgeHub acknowledged it."""
+        self.outbox.put(TELEMETRY, batch.body, {"schema": BATCH_SCHEMA}, on_sent=self._release_all(batch.segments))
 
-    def _dead_letter(self, dead: DeadLetter) -> None:
+    def _dead_letter(self, dead: DeadLetter, segment: Segment | None = None) -> None:
+        """Queue a dead letter, holding a reference to its field message's segment until edgeHub has it."""
         with self._lock:
             self._deadletters[dead.reason] += 1
         logger.debug("Dead-lettered a reading: %s (%s)", dead.reason, dead.detail)
-        self.outbox.put(DEADLETTER, encode_json(dead.to_json_obj()), _dead_props(dead))
+        segments: tuple[Segment, ...] = ()
+        if segment is not None:
+            self.journal.acquire(segment)
+            segments = (segment,)
+        body = encode_json(dead.to_json_obj())
+        self.outbox.put(DEADLETTER, body, _dead_props(dead), on_sent=self._release_all(segments))
 
     def _flush_loop(self) -> None:
         """Send the open batch when its window has passed."""
@@ -248,7 +327,7 @@ class SensorService:
                 self._batcher.max_bytes,
             ):
                 full = self._batcher.take()
-                self._batcher = Batcher(desired.batch_window_ms, desired.max_batch_bytes)
+                self._batcher = Batcher(desired.batch_window_ms, desired.max_batch_bytes, self.journal.acquire)
             self._lock.notify()
         if full is not None:
             self._send_batch(full)
@@ -271,6 +350,8 @@ class SensorService:
             counters["field_connected"] = self._field_connected
             counters["subscribed"] = self._subscribed
             counters["open_batch_readings"] = len(self._batcher)
+            counters.setdefault("journal_errors", 0)
+        counters["journal"] = self.journal.stats()
         counters["outbox"] = self.outbox.stats()
         return counters
 
@@ -313,11 +394,36 @@ class SensorService:
         threading.Thread(target=self._check_field_host, name="sensor-field-dns", daemon=True).start()
         self._flusher = threading.Thread(target=self._flush_loop, name="sensor-flush", daemon=True)
         self._flusher.start()
+        self._replay_journal()  # before the field client: replayed readings come first, in order
         self.field.connect_async(
             self.settings.field_mqtt_host, self.settings.field_mqtt_port, self.settings.field_keepalive_s
         )
         self.field.loop_start()
         return True
+
+    def _replay_journal(self) -> None:
+        """Handle again what a previous run journaled but edgeHub never acknowledged, then drop the old segments.
+
+        Some of it may have been delivered (a segment is freed only when all of it was): those
+        readings reach the lake twice, the same (device_id, seq), and are counted once there.
+        """
+        messages = 0
+        with self._lock:
+            readings_before = self._counters["readings"]
+        for record in self.journal.recover():
+            self.take_field_message(record.key, record.payload)  # journaled again, in new segments
+            messages += 1
+        self.journal.forget_recovered()
+        with self._lock:
+            self._counters["replayed_messages"] += messages
+            readings = self._counters["readings"] - readings_before
+        if messages:
+            logger.warning(
+                "Replayed %d field message(s) (%d reading(s)) that a previous run had taken but not "
+                "delivered to edgeHub; some may reach the lake twice (same device_id and seq)",
+                messages,
+                readings,
+            )
 
     def stop(self) -> None:
         """Stop reading the field, send what is batched and queued, then disconnect."""
@@ -336,6 +442,8 @@ class SensorService:
         self.link.report(self.reported())
         self.outbox.close()
         self.link.shutdown()
+        # What edgeHub did not take stays in the journal's segments and is replayed at the next start.
+        self.journal.close()
 
     def _health_problem(self) -> str | None:
         """Return why the module cannot receive; None when edgeHub and the field are both subscribed as desired."""
@@ -357,6 +465,7 @@ class SensorService:
             logger.info("Stopped before edgeHub was reachable")
             self.outbox.close()
             self.link.shutdown()
+            self.journal.close()
             return 0
         exit_code = 0
         try:
@@ -373,6 +482,18 @@ class SensorService:
         finally:
             self.stop()
         return exit_code
+
+
+def _open_journal(folder: Path) -> Journal:
+    """Open the sensor's journal; raise StartError saying how to fix a folder that cannot be created."""
+    how = "set STATE_DIR to a directory the sensor's user can create and write (a volume kept across restarts)"
+    try:
+        journal = Journal(folder)
+    except JournalError as err:
+        raise StartError(f"cannot create the journal folder {folder} ({err.__cause__ or err}); {how}") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartError(f"cannot write the journal folder {folder} (permission denied); {how}")
+    return journal
 
 
 def _dead_props(dead: DeadLetter) -> dict[str, str]:

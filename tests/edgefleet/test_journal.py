@@ -99,3 +99,24 @@ def test_a_message_delivered_after_close_leaves_nothing_to_replay(tmp_path: Path
     journal.close()
     journal.release(segment)  # the upstream flushed it after the router closed the journal
     assert _segments(tmp_path) == []
+
+
+def test_a_write_torn_by_a_full_disk_costs_no_message_appended_after_it(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal(tmp_path)
+    journal.append("t", b"before")
+    real_write = os.write
+    writes = iter([lambda fd, data: real_write(fd, bytes(data)[:5])])  # the disk fills mid-record
+
+    def full_disk(fd: int, data: bytes) -> int:
+        step = next(writes, None)
+        if step is None:
+            raise OSError(28, "No space left on device")
+        return step(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        journal.append("t", b"refused")
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append("t", b"after")  # the disk has room again
+    journal.close()
+    assert [r.payload for r in Journal(tmp_path).recover()] == [b"before", b"after"]
