@@ -294,7 +294,9 @@ class LocalEdge:
                 self.dashboard = _start_part("dashboard", self.dashboard_log_path, self._start_dashboard)
             if self.mirror is not None:
                 _start_part("dashboard mirror", None, self.mirror.start)
-            self.broker_keeper = BrokerKeeper([b for b in (self.field_broker, self.hub_broker) if b is not None]).start()
+            self.broker_keeper = BrokerKeeper(
+                [b for b in (self.field_broker, self.hub_broker) if b is not None]
+            ).start()
             _start_part("edgeHub stand-in", self.workdir / "edgehub" / "brokers", self.standin.start)
             for module in self.modules:
                 self.start_module(module)

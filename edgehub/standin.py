@@ -271,7 +271,7 @@ def run_standin(
             logger.info("Module %s: environment in %s", module, path)
         if on_ready is not None:
             on_ready(standin)
-        while not stop_event.wait(HEALTH_INTERVAL_S):
+        while True:
             problems = standin.problems()
             now_s = time.monotonic()
             if not problems:
@@ -279,7 +279,8 @@ def run_standin(
             if clock.observe(not problems, now_s):
                 logger.error(clock.giving_up("The edgeHub stand-in", "; ".join(problems), now_s))
                 return UNHEALTHY_EXIT_CODE
-    return 0
+            if stop_event.wait(HEALTH_INTERVAL_S):
+                return 0
 
 
 def _local_key(edge_device: str, module: str) -> str:
