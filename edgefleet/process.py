@@ -7,6 +7,7 @@ with `stop_event_on_signals()` turning SIGTERM and SIGINT into a clean stop.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings
 
+from edgefleet.environment import EnvCheck, unknown_variables
 from edgefleet.errors import StartError
 
 logger = logging.getLogger(__name__)
@@ -30,11 +32,16 @@ LogLevel = Annotated[
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Validate settings once at start; raise StartError listing every problem."""
+    """Validate settings once at start; raise StartError listing every problem.
+
+    A class with an `env_check` (`EnvCheck`) also refuses variables that look like its settings
+    but are none of them (a misspelling is otherwise ignored without a word).
+    """
+    check = getattr(cls, "env_check", None)
+    lines = [f"  {line}" for line in unknown_variables(cls, check, os.environ)] if isinstance(check, EnvCheck) else []
     try:
-        return cls(**overrides)
+        settings = cls(**overrides)
     except ValidationError as err:
-        lines = []
         prefix = str(cls.model_config.get("env_prefix") or "")
         for problem in err.errors():
             # Field names are the environment variables' names in lower case, after the prefix.
@@ -42,6 +49,9 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
             where = f"{prefix}{where}" if where else "settings"
             lines.append(f"  {where}: {problem['msg'].removeprefix('Value error, ')}")
         raise StartError(f"invalid {cls.__name__}:\n" + "\n".join(lines)) from None
+    if lines:
+        raise StartError(f"invalid {cls.__name__}:\n" + "\n".join(lines))
+    return settings
 
 
 def configure_logging(level: str) -> None:

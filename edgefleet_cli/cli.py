@@ -54,8 +54,7 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
             print(f"{module}: GatewayHostName={standin.module_host(module)}, env in {env_file}")
         print("edgeHub stand-in running; Ctrl-C to stop")
 
-    serve_standin(settings, stop, ready)
-    return 0
+    return serve_standin(settings, stop, ready)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -78,9 +77,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
         print(f"IoT Hub sink listening on {host}:{port}, lake in {settings.lake_dir}; Ctrl-C to stop", flush=True)
 
     service = SinkService(settings)
-    service.run(stop, ready)
+    code = service.run(stop, ready)
     print(f"sink stopped: {service.stats()}", flush=True)
-    return 0
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,8 @@ Used by the tests, the benchmark and the CLI. Modules run as real processes
 (`python -m modules.<name>`) with the environment a device would give them: the manifest's
 `env` for the module, the stand-in's connection variables, and local overrides (the field
 broker's address, the bundle directory, the health file). Once started, a `Supervisor` restarts
-them as their `restartPolicy` says; a failed start stops every part it had started.
+them as their `restartPolicy` says, and a `BrokerKeeper` restarts a field (or dashboard hub)
+broker that died (the stand-in keeps its own brokers); a failed start stops every part it had started.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from edgefleet_cli.supervisor import (
     Supervisor,
     describe_exit,
 )
-from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
+from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
 from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
@@ -256,6 +257,7 @@ class LocalEdge:
         self.restart_backoff = restart_backoff or Backoff()
         self.unhealthy_after_s = unhealthy_after_s
         self.supervisor: Supervisor | None = None
+        self.broker_keeper: BrokerKeeper | None = None
         self._final_statuses: dict[str, ModuleStatus] | None = None  # the supervisor's last word, after stop
         self._stopping = False
 
@@ -292,6 +294,9 @@ class LocalEdge:
                 self.dashboard = _start_part("dashboard", self.dashboard_log_path, self._start_dashboard)
             if self.mirror is not None:
                 _start_part("dashboard mirror", None, self.mirror.start)
+            self.broker_keeper = BrokerKeeper(
+                [b for b in (self.field_broker, self.hub_broker) if b is not None]
+            ).start()
             _start_part("edgeHub stand-in", self.workdir / "edgehub" / "brokers", self.standin.start)
             for module in self.modules:
                 self.start_module(module)
@@ -368,6 +373,13 @@ class LocalEdge:
             statuses[module] = ModuleStatus(module, phase, 0, code)
         return statuses
 
+    def broker_restarts(self) -> dict[str, int]:
+        """Return how often each broker (field, dashboard hub, the stand-in's per module) restarted after dying."""
+        keeper = self.broker_keeper
+        restarts = keeper.restarts() if keeper is not None else {}
+        restarts.update({f"edgeHub {module}": count for module, count in self.standin.broker_restarts().items()})
+        return restarts
+
     def method(self, module: str, name: str, payload: object = None, timeout_s: float = 10.0) -> tuple[int, object]:
         """Invoke a direct method on a module; return its status and decoded JSON payload."""
         return self.standin.router.invoke_method(module, name, payload, timeout_s=timeout_s)
@@ -403,6 +415,7 @@ class LocalEdge:
         errors: list[Exception] = []
         steps = (
             self._stop_supervisor,
+            self._stop_broker_keeper,  # before any broker stops: it would start it again
             self._stop_modules,
             self.standin.stop,
             self._close_upstream,
@@ -431,6 +444,10 @@ class LocalEdge:
         if supervisor is not None:
             supervisor.stop()
             self._final_statuses = supervisor.statuses()
+
+    def _stop_broker_keeper(self) -> None:
+        if self.broker_keeper is not None:
+            self.broker_keeper.stop()  # kept: its restart counts are the run's summary
 
     def _stop_modules(self) -> None:
         for process in self.processes.values():

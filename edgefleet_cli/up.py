@@ -57,6 +57,7 @@ class Snapshot:
     sink: dict[str, int] = field(default_factory=dict)
     simulator: dict[str, Any] = field(default_factory=dict)
     modules: dict[str, ModuleStatus] = field(default_factory=dict)
+    broker_restarts: dict[str, int] = field(default_factory=dict)
 
     def moved_since(self, other: Snapshot) -> bool:
         """Return whether any counter changed since `other`."""
@@ -88,7 +89,12 @@ class UpResult:
 
 def poll(edge: LocalEdge, simulator_progress: dict[str, Any] | None = None) -> Snapshot:
     """Read every module's counters (a module that does not answer shows as empty)."""
-    snapshot = Snapshot(time.monotonic(), simulator=dict(simulator_progress or {}), modules=edge.module_statuses())
+    snapshot = Snapshot(
+        time.monotonic(),
+        simulator=dict(simulator_progress or {}),
+        modules=edge.module_statuses(),
+        broker_restarts=edge.broker_restarts(),
+    )
     for module in edge.modules:
         state = snapshot.modules.get(module)
         if state is not None and state.phase in (Phase.RESTARTING, Phase.DOWN, Phase.STOPPED):
@@ -132,6 +138,11 @@ def status_table(now: Snapshot, before: Snapshot) -> Table:
             continue
         state = _state_cells(status)
         table.add_row(module, *state, *(counters or ("", "", "", "no answer")))
+    if now.broker_restarts:
+        restarted = [f"{name} {count}" for name, count in now.broker_restarts.items() if count]
+        details = "restarted after dying: " + ", ".join(restarted) if restarted else "field and edgeHub brokers"
+        total = str(sum(now.broker_restarts.values()))
+        table.add_row("brokers", "", total, "", "", "", "", details)
     if now.sink:
         rate = _rate(now, before, lambda s: float(s.sink.get("rows_received", 0)))
         details = f"{now.sink.get('rows_written', 0):,} rows written · {now.sink.get('files_written', 0)} files"

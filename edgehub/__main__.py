@@ -12,13 +12,12 @@ from edgehub.settings import EdgeHubSettings, parse_flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the stand-in; exit 2 with a message on a configuration mistake."""
+    """Run the stand-in; exit 2 with a message on a configuration mistake, 3 when it stayed unhealthy."""
     try:
         settings = load_settings(EdgeHubSettings, **parse_flags(argv))
         configure_logging(settings.log_level)
         stop_event = stop_event_on_signals()
-        serve_standin(settings, stop_event)
-        return 0
+        return serve_standin(settings, stop_event)
     except EdgefleetError as err:
         print(f"edgehub: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,16 @@ if TYPE_CHECKING:  # certs needs cryptography, which the sink's image (plain lis
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTOSAVE", "FAST_AUTOSAVE", "Autosave", "Broker", "BrokerError", "Listener", "find_mosquitto"]
+__all__ = [
+    "AUTOSAVE",
+    "FAST_AUTOSAVE",
+    "Autosave",
+    "Broker",
+    "BrokerError",
+    "BrokerKeeper",
+    "Listener",
+    "find_mosquitto",
+]
 
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin", "/usr/local/opt/mosquitto/sbin")
@@ -210,20 +220,44 @@ class Broker:
         self.log_path = self.state_dir / f"mosquitto-{name}.log"
         self.pid_path = self.state_dir / f"mosquitto-{name}.pid"
         self._process: subprocess.Popen[bytes] | None = None
+        # Between start() and stop()/kill() the broker should run: a `BrokerKeeper` restarts it then.
+        self._wanted = False
+        self._last_exit: int | None = None
+        # A keeper thread and a caller may start or stop the same broker at once.
+        self._lock = threading.RLock()
 
     @property
     def pid(self) -> int | None:
         """Return the broker's process id while it runs."""
-        return self._process.pid if self._process is not None else None
+        process = self._process
+        return process.pid if process is not None else None
 
     def running(self) -> bool:
         """Return whether the broker process is alive."""
-        return self._process is not None and self._process.poll() is None
+        process = self._process
+        return process is not None and process.poll() is None
+
+    def died(self) -> bool:
+        """Return whether the broker should run (started, not stopped on purpose) but does not."""
+        return self._wanted and not self.running()
+
+    def exit_code(self) -> int | None:
+        """Return how the last broker process ended (negative: the signal), None if none ended yet."""
+        process = self._process
+        if process is not None and process.poll() is not None:
+            self._last_exit = process.returncode
+        return self._last_exit
 
     def start(self) -> Broker:
         """Write the config, start Mosquitto and wait until all listeners accept connections."""
+        with self._lock:
+            self._wanted = True
+            return self._start()
+
+    def _start(self) -> Broker:
         if self.running():
             return self
+        self.exit_code()  # remember how the previous process ended before replacing it
         executable = self.executable or find_mosquitto()
         self._stop_stale()
         for listener in self.listeners:
@@ -244,7 +278,7 @@ class Broker:
         try:
             self._wait_until_listening()
         except BaseException:
-            self.stop()
+            self._end_process()
             raise
         logger.info(
             "Started mosquitto %r (pid %d) on %s",
@@ -314,7 +348,13 @@ class Broker:
             return "(no log)"
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL if it does not exit in time."""
+        """Stop the broker: SIGTERM, then SIGKILL if it does not exit in time; a keeper leaves it stopped."""
+        with self._lock:
+            self._wanted = False
+            self._end_process(timeout_s)
+
+    def _end_process(self, timeout_s: float = 5.0) -> None:
+        self.exit_code()
         process, self._process = self._process, None
         self.pid_path.unlink(missing_ok=True)
         if process is None or process.poll() is not None:
@@ -329,13 +369,27 @@ class Broker:
         logger.info("Stopped mosquitto %r", self.name)
 
     def kill(self, timeout_s: float = 5.0) -> None:
-        """Kill the broker with SIGKILL, as a crash would; `start()` brings it back on the same files."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.kill()
-        process.wait(timeout_s)
-        logger.info("Killed mosquitto %r", self.name)
+        """Kill the broker with SIGKILL, as a crash would, and leave it down (a keeper does not restart it).
+
+        `start()` brings it back on the same files.
+        """
+        with self._lock:
+            self._wanted = False
+            process, self._process = self._process, None
+            if process is None or process.poll() is not None:
+                return
+            process.kill()
+            process.wait(timeout_s)
+            self._last_exit = process.returncode
+            logger.info("Killed mosquitto %r", self.name)
+
+    def restart_if_died(self) -> bool:
+        """Start the broker again if it died (not if it was stopped or killed on purpose); return whether it did."""
+        with self._lock:
+            if not self.died():
+                return False
+            self._start()
+            return True
 
     def __enter__(self) -> Broker:
         return self.start()
@@ -344,3 +398,151 @@ class Broker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# A dead broker is noticed within this (the health loops that report it run every few seconds).
+KEEPER_INTERVAL_S = 0.2
+# A broker that dies again within this long of its restart is failing, not crashing once: back off.
+SETTLED_AFTER_S = 10.0
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+_LOG_TAIL_LINES = 10
+
+
+@dataclass(slots=True)
+class _Revival:
+    """Restart bookkeeping of one broker."""
+
+    restarts: int = 0
+    failures: int = 0  # deaths or failed starts in a row, each soon after the previous start
+    started_s: float = 0.0
+    retry_at_s: float | None = None  # set once its death was noticed and logged
+    problem: str | None = None  # why it is down, while it is
+
+
+class BrokerKeeper:
+    """A thread that restarts brokers that died: at once, then backing off while one keeps dying right away.
+
+    edgeHub never loses its listeners; the stand-in's Mosquitto children can (a crash, the OOM
+    killer, a kill -9). The keeper starts a dead broker again on the same config, addresses and
+    persistence files. A broker stopped or killed on purpose (`stop()`, `kill()`) stays down.
+    """
+
+    def __init__(
+        self,
+        brokers: Sequence[Broker],
+        *,
+        interval_s: float = KEEPER_INTERVAL_S,
+        settled_after_s: float = SETTLED_AFTER_S,
+        backoff_initial_s: float = RESTART_BACKOFF_INITIAL_S,
+        backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+    ) -> None:
+        self.brokers = tuple(brokers)
+        self.interval_s = interval_s
+        self.settled_after_s = settled_after_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        now = time.monotonic()
+        self._revivals = {broker.name: _Revival(started_s=now) for broker in self.brokers}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> BrokerKeeper:
+        """Start watching the (running) brokers."""
+        self._thread = threading.Thread(target=self._run, name="broker-keeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching; a restart under way finishes first. Call before stopping the brokers."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+
+    def restarts(self) -> dict[str, int]:
+        """Return how often each broker was restarted."""
+        with self._lock:
+            return {name: revival.restarts for name, revival in self._revivals.items()}
+
+    def problems(self) -> list[str]:
+        """Return why brokers are down, one line each (empty while all run)."""
+        with self._lock:
+            found = {name: revival.problem for name, revival in self._revivals.items()}
+        return [
+            found[broker.name] or f"mosquitto {broker.name!r} is down"
+            for broker in self.brokers
+            if not broker.running()
+        ]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check(time.monotonic())
+
+    def check(self, now_s: float) -> None:
+        """Restart every broker that died and whose backoff has passed."""
+        for broker in self.brokers:
+            if self._stop.is_set():
+                return
+            try:
+                self._check(broker, now_s)
+            except Exception:  # keep the other brokers; the next round tries again
+                logger.exception("Checking mosquitto %r failed", broker.name)
+
+    def _check(self, broker: Broker, now_s: float) -> None:
+        revival = self._revivals[broker.name]
+        if not broker.died():
+            return
+        if revival.retry_at_s is None:
+            self._noticed(broker, revival, now_s, f"exited with {_describe_exit(broker.exit_code())}")
+        assert revival.retry_at_s is not None
+        if now_s < revival.retry_at_s:
+            return
+        try:
+            restarted = broker.restart_if_died()
+        except BrokerError as err:
+            with self._lock:
+                revival.retry_at_s = None
+            self._noticed(broker, revival, now_s, f"could not be restarted: {err}", failed_start=True)
+            return
+        if restarted:
+            with self._lock:
+                revival.restarts += 1
+                revival.started_s = now_s
+                revival.retry_at_s = None
+                revival.problem = None
+            logger.warning("Restarted mosquitto %r (restart %d)", broker.name, revival.restarts)
+
+    def _noticed(
+        self, broker: Broker, revival: _Revival, now_s: float, what: str, *, failed_start: bool = False
+    ) -> None:
+        """Log a death or failed start and schedule the next try: at once, or later if it keeps failing."""
+        again = failed_start or now_s - revival.started_s < self.settled_after_s
+        with self._lock:
+            revival.failures = revival.failures + 1 if again else 1
+            delay_s = self.delay_s(revival.failures)
+            revival.retry_at_s = now_s + delay_s
+            revival.problem = f"mosquitto {broker.name!r} {what.splitlines()[0]}"
+        when = "now" if delay_s == 0 else f"in {delay_s:.1f} s ({revival.failures} failures in a row)"
+        # A failed start's message carries the log already.
+        log_tail = "" if failed_start else "\n".join(broker.log_tail().splitlines()[-_LOG_TAIL_LINES:])
+        logger.warning("mosquitto %r %s; restarting it %s\n%s", broker.name, what, when, log_tail)
+
+    def delay_s(self, failures: int) -> float:
+        """Return the wait before the next start after `failures` failures in a row: none for the first."""
+        if failures <= 1:
+            return 0.0
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 2, 32)))
+
+
+def _describe_exit(exit_code: int | None) -> str:
+    """Return `exit code 1` or `signal SIGKILL` for a Popen return code."""
+    if exit_code is None:
+        return "an unknown status"
+    if exit_code < 0:
+        try:
+            return f"signal {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"signal {-exit_code}"
+    return f"exit code {exit_code}"

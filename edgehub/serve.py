@@ -33,8 +33,11 @@ def serve_standin(
     settings: EdgeHubSettings,
     stop_event: threading.Event,
     on_ready: Callable[[EdgeHubStandIn], None] | None = None,
-) -> None:
-    """Run the stand-in the manifest describes until `stop_event` is set; close the upstream after it."""
+) -> int:
+    """Run the stand-in the manifest describes until `stop_event` is set; close the upstream after it.
+
+    Return the process's exit code: 0, or 3 when it stayed unhealthy (`unhealthy_exit_s`).
+    """
     deployment = load_deployment(settings.deployment, settings.variables)
     modules = tuple(deployment.modules)
     upstream = open_upstream(settings)
@@ -49,6 +52,12 @@ def serve_standin(
             ip_base=settings.ip_base,
             module_hosts=settings.module_hosts,
         )
-        run_standin(standin, stop_event, health_file=settings.health_file, on_ready=on_ready)
+        return run_standin(
+            standin,
+            stop_event,
+            health_file=settings.health_file,
+            on_ready=on_ready,
+            unhealthy_exit_s=settings.unhealthy_exit_s,
+        )
     finally:
         upstream.close()

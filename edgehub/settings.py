@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.deployment import parse_variables
+from edgefleet.environment import EnvCheck
 from edgefleet.errors import EdgefleetError
 from edgefleet.hub_wire import parse_hub_address
 from edgefleet.process import LogLevel
-from edgehub.standin import DEFAULT_IP_BASE, check_ip_base, check_module_hosts, check_name
+from edgehub.standin import DEFAULT_IP_BASE, UNHEALTHY_EXIT_S, check_ip_base, check_module_hosts, check_name
 
 __all__ = ["EdgeHubSettings", "parse_flags"]
 
@@ -24,7 +25,8 @@ T = TypeVar("T")
 class EdgeHubSettings(BaseSettings):
     """Where the manifest is, which addresses modules reach, and where `$upstream` goes."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEHUB_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="EDGEHUB_", extra="forbid", frozen=True, allow_inf_nan=False)
+    env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("EDGEHUB_",))
 
     deployment: Path = Path("deployment/deployment.template.json")
     # `${NAME}` placeholders of the manifest; None leaves them as written (the template works so).
@@ -39,6 +41,10 @@ class EdgeHubSettings(BaseSettings):
     module_hosts: dict[str, str] = Field(default_factory=dict)
     upstream_mqtt: tuple[str, int] | None = None
     health_file: Path | None = None
+    # Unhealthy this long without a break (a module broker that cannot be restarted, the upstream
+    # unreachable), the stand-in exits with code 3 so that its container's restart policy restarts it.
+    # 0: never.
+    unhealthy_exit_s: float = Field(UNHEALTHY_EXIT_S, ge=0)
     log_level: LogLevel = "INFO"
 
     @field_validator("deployment")
@@ -127,5 +133,8 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--upstream-mqtt", dest="upstream_mqtt", metavar="HOST:PORT", help="send $upstream to the IoT Hub sink service"
     )
     parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
+    parser.add_argument(
+        "--unhealthy-exit-s", dest="unhealthy_exit_s", help="exit with code 3 after this long unhealthy (0: never)"
+    )
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return vars(parser.parse_args(argv))

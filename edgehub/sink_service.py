@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,8 @@ from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
 from edgefleet.routes import Message
 from edgefleet.topics import TopicError
-from edgehub.broker import FAST_AUTOSAVE, Broker, Listener
+from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
+from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
 from edgehub.sink import LakeSink
 from edgehub.sink_settings import SinkSettings, parse_flags
 
@@ -38,7 +40,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["SINK_CLIENT_ID", "SinkService", "main"]
 
 SINK_CLIENT_ID = "edgefleet-lake-sink"
-HEALTH_INTERVAL_S = 5.0
+# The health file is touched and the exit decision taken this often (a dead broker is restarted
+# sooner, by the service's `BrokerKeeper`).
+HEALTH_INTERVAL_S = 1.0
 _WARN_LIMIT = 5  # journal write failures logged, then only counted
 
 
@@ -70,6 +74,20 @@ class SinkService:
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
         self._client = client
+        self._keeper: BrokerKeeper | None = None
+
+    def broker_restarts(self) -> int:
+        """Return how often the hub broker was restarted after it died."""
+        return self._keeper.restarts().get(self._broker.name, 0) if self._keeper is not None else 0
+
+    def problems(self) -> list[str]:
+        """Return what makes the service unhealthy, one line each (empty while healthy)."""
+        found = self._keeper.problems() if self._keeper is not None else []
+        if not found and not self._broker.running():
+            found.append("the hub broker is down")
+        if not self.subscribed.is_set():
+            found.append("the lake writer is not subscribed to the hub broker")
+        return found
 
     def stats(self) -> dict[str, int]:
         """Return counters: hub messages received, rejected topics, plus the lake sink's counters."""
@@ -102,10 +120,16 @@ class SinkService:
             self._stats["replayed"] += replayed
         return self._sink
 
-    def run(self, stop_event: threading.Event, on_ready: Callable[[SinkService], None] | None = None) -> None:
-        """Serve until `stop_event` is set, then drain: disconnect, write buffered rows, stop the broker."""
+    def run(self, stop_event: threading.Event, on_ready: Callable[[SinkService], None] | None = None) -> int:
+        """Serve until `stop_event` is set, then drain: disconnect, write buffered rows, stop the broker.
+
+        Return 0, or UNHEALTHY_EXIT_CODE once unhealthy for `unhealthy_exit_s` without a break (its
+        broker cannot be restarted, or it cannot subscribe): a container restarts on an exit only.
+        """
         self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
+        clock = UnhealthyClock(self.settings.unhealthy_exit_s, time.monotonic(), setting="SINK_UNHEALTHY_EXIT_S")
         self._broker.start()
+        self._keeper = BrokerKeeper([self._broker]).start()
         try:
             self._open_sink()
             listen_host, listen_port = self.settings.listen
@@ -121,11 +145,16 @@ class SinkService:
             if on_ready is not None:
                 on_ready(self)
             while True:
-                if self.subscribed.is_set():
+                problems, now_s = self.problems(), time.monotonic()
+                if not problems:
                     touch_health(self.settings.health_file)
-                if stop_event.wait(HEALTH_INTERVAL_S if self.subscribed.is_set() else 0.5):
-                    break
+                if clock.observe(not problems, now_s):
+                    logger.error(clock.giving_up("The IoT Hub sink", "; ".join(problems), now_s))
+                    return UNHEALTHY_EXIT_CODE
+                if stop_event.wait(HEALTH_INTERVAL_S if not problems else 0.5):
+                    return 0
         finally:
+            self._keeper.stop()  # before the broker: it would start it again
             self._client.disconnect()
             self._client.loop_stop()
             try:
@@ -204,13 +233,12 @@ class SinkService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the sink service until SIGTERM or SIGINT; exit 2 with a message on a configuration mistake."""
+    """Run the sink service until SIGTERM or SIGINT; exit 2 on a configuration mistake, 3 when it stayed unhealthy."""
     try:
         settings = load_settings(SinkSettings, **parse_flags(argv))
         configure_logging(settings.log_level)
         stop_event = stop_event_on_signals()
-        SinkService(settings).run(stop_event)
-        return 0
+        return SinkService(settings).run(stop_event)
     except EdgefleetError as err:
         print(f"sink: {err}", file=sys.stderr)  # noqa: T201 - the one line a failed start leaves
         return 2

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefleet.environment import EnvCheck
 from edgefleet.hub_wire import HubAddress
 from edgefleet.process import LogLevel
 
@@ -19,7 +20,8 @@ __all__ = ["SinkSettings", "parse_flags"]
 class SinkSettings(BaseSettings):
     """Where the hub broker listens and where the lake goes."""
 
-    model_config = SettingsConfigDict(env_prefix="SINK_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="SINK_", extra="forbid", frozen=True, allow_inf_nan=False)
+    env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("SINK_",))
 
     listen: HubAddress = ("127.0.0.1", 1884)
     lake_dir: Path = Path("out/lake")
@@ -29,6 +31,9 @@ class SinkSettings(BaseSettings):
     # The most feature columns the lake may hold (edgehub/sink.py: which names become columns).
     max_feature_columns: int = Field(64, gt=0)
     health_file: Path | None = None
+    # Unhealthy this long without a break (its hub broker cannot be restarted, or the lake writer is
+    # not subscribed to it), the sink exits with code 3 so that its container is restarted. 0: never.
+    unhealthy_exit_s: float = Field(120.0, ge=0)
     log_level: LogLevel = "INFO"
 
     @field_validator("lake_dir", "state_dir")
@@ -49,5 +54,8 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--state-dir", dest="state_dir", help="broker persistence and logs (default out/sink)")
     parser.add_argument("--flush-every-s", dest="flush_every_s", help="write buffered rows at least this often")
     parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
+    parser.add_argument(
+        "--unhealthy-exit-s", dest="unhealthy_exit_s", help="exit with code 3 after this long unhealthy (0: never)"
+    )
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return vars(parser.parse_args(argv))

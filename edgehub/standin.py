@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +41,8 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
-from edgehub.broker import Broker, Listener
+from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
+from edgehub.broker import Broker, BrokerKeeper, Listener
 from edgehub.certs import CertPaths, ensure_certs
 from edgehub.router import BrokerAddress, Router
 from edgehub.upstream import Upstream
@@ -51,6 +53,7 @@ __all__ = [
     "DEFAULT_HUB_HOSTNAME",
     "DEFAULT_IP_BASE",
     "GATEWAY_PORT",
+    "UNHEALTHY_EXIT_S",
     "EdgeHubStandIn",
     "StandInError",
     "check_ip_base",
@@ -62,7 +65,11 @@ __all__ = [
 # The Python SDK hard-codes port 8883 for MQTT over TLS: modules differ by address, not port.
 GATEWAY_PORT = 8883
 DEFAULT_IP_BASE = "127.0.77"
-HEALTH_INTERVAL_S = 5.0
+# The health file is touched and the exit decision taken this often; dead brokers are restarted
+# sooner, by the stand-in's `BrokerKeeper`.
+HEALTH_INTERVAL_S = 1.0
+# As the modules' UNHEALTHY_EXIT_S: longer than compose's health check (3 x 5 s) and a sink restart.
+UNHEALTHY_EXIT_S = 120.0
 FIRST_HOST = 10  # module i listens on <ip_base>.(10 + i)
 DEFAULT_HUB_HOSTNAME = "edgefleet-local.azure-devices.net"  # only appears in SAS token audiences
 _MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -111,6 +118,7 @@ class EdgeHubStandIn:
         self.hub_hostname = hub_hostname
         self.ready_timeout_s = ready_timeout_s
         self._brokers: list[Broker] = []
+        self._keeper: BrokerKeeper | None = None
         self._router: Router | None = None
         self.certs: CertPaths | None = None
         for route in self.routes:
@@ -182,6 +190,7 @@ class EdgeHubStandIn:
                 )
                 self._brokers.append(broker)
                 broker.start()
+            self._keeper = BrokerKeeper(self._brokers).start()
             addresses = {
                 module: BrokerAddress(host, GATEWAY_PORT, self.certs.ca_cert)
                 for module, host in zip(self.modules, hosts, strict=True)
@@ -217,7 +226,10 @@ class EdgeHubStandIn:
     def stop(self) -> None:
         """Stop the router (handing what it holds to the upstream), then the brokers; the upstream stays open."""
         router, self._router = self._router, None
+        keeper, self._keeper = self._keeper, None
         try:
+            if keeper is not None:
+                keeper.stop()  # before the brokers: it would start them again
             if router is not None:
                 router.stop()
         finally:
@@ -227,8 +239,22 @@ class EdgeHubStandIn:
 
     def healthy(self) -> bool:
         """Return whether every broker runs and the upstream delivers."""
-        brokers_up = bool(self._brokers) and all(broker.running() for broker in self._brokers)
-        return brokers_up and self.upstream.healthy()
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """Return what makes the stand-in unhealthy, one line each (empty while healthy)."""
+        if not self._brokers:
+            return ["the stand-in is not running"]
+        found = self._keeper.problems() if self._keeper is not None else []
+        if not found and not all(broker.running() for broker in self._brokers):
+            found.append("a module broker is down")
+        if not self.upstream.healthy():
+            found.append("the upstream does not take messages")
+        return found
+
+    def broker_restarts(self) -> dict[str, int]:
+        """Return how often each module's broker was restarted after it died."""
+        return self._keeper.restarts() if self._keeper is not None else {}
 
     def __enter__(self) -> EdgeHubStandIn:
         return self.start()
@@ -245,18 +271,30 @@ def run_standin(
     *,
     health_file: Path | None = None,
     on_ready: Callable[[EdgeHubStandIn], None] | None = None,
-) -> None:
-    """Run the stand-in until `stop_event` is set; `on_ready` gets it once modules can connect."""
+    unhealthy_exit_s: float = 0.0,
+) -> int:
+    """Run the stand-in until `stop_event` is set; `on_ready` gets it once modules can connect.
+
+    Return 0, or UNHEALTHY_EXIT_CODE once it was unhealthy for `unhealthy_exit_s` (0: never):
+    a container's restart policy acts on an exit, never on a failing health check.
+    """
+    clock = UnhealthyClock(unhealthy_exit_s, time.monotonic(), setting="EDGEHUB_UNHEALTHY_EXIT_S")
     with standin:
         env_files = standin.write_env_files()
         for module, path in env_files.items():
             logger.info("Module %s: environment in %s", module, path)
         if on_ready is not None:
             on_ready(standin)
-        touch_health(health_file)
-        while not stop_event.wait(HEALTH_INTERVAL_S):
-            if standin.healthy():
+        while True:
+            problems = standin.problems()
+            now_s = time.monotonic()
+            if not problems:
                 touch_health(health_file)
+            if clock.observe(not problems, now_s):
+                logger.error(clock.giving_up("The edgeHub stand-in", "; ".join(problems), now_s))
+                return UNHEALTHY_EXIT_CODE
+            if stop_event.wait(HEALTH_INTERVAL_S):
+                return 0
 
 
 def _local_key(edge_device: str, module: str) -> str:

@@ -98,6 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"stopped after {result.duration_s:.0f} s; lake in {edge.lake_dir}")
     for line in module_summary(result.last.modules):
         print(f"  {line}")
+    for name, count in result.last.broker_restarts.items():
+        if count:
+            print(f"  broker {name}: restarted {count} time(s) after it died")
     return _exit_code(result, workdir / "logs")
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
 
+from edgefleet.environment import EnvCheck
 from modules.inference.predictor import PredictorMode
 from modules.runtime import ModuleSettings
 
@@ -17,6 +18,9 @@ def _env(name: str) -> Any:
 
 class InferenceSettings(ModuleSettings):
     """Environment of the inference module (the deployment manifest's `env`)."""
+
+    # The inference module reads no INFERENCE_* variable: one set is a mistake.
+    env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("INFERENCE_",))
 
     bundle_dir: Path = Field(validation_alias=_env("BUNDLE_DIR"))
     # Estimated memory of loaded models (an ONNX session holds ~8x its file); ~1,000 forests at 256.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.desired import LOG_LEVELS
+from edgefleet.environment import EnvCheck
 
 __all__ = ["LOG_LEVELS", "ModuleSettings"]
 
@@ -15,7 +17,10 @@ __all__ = ["LOG_LEVELS", "ModuleSettings"]
 class ModuleSettings(BaseSettings):
     """Settings every module has; subclasses add their own with an env prefix."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No float setting takes inf or nan: an infinite interval or window is a typo, never a choice.
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+    # Module variables have no prefix (the manifest's `env`): near misses of these names are refused.
+    env_check: ClassVar[EnvCheck] = EnvCheck()
 
     log_level: str = Field("INFO", validation_alias=AliasChoices("log_level", "LOG_LEVEL"))
     report_interval_s: float = Field(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 
+from edgefleet.environment import EnvCheck
 from modules.runtime import ModuleSettings
 
 # The sensor keeps its last accepted desired properties here across restarts.
@@ -19,6 +20,9 @@ def _env(name: str) -> Any:
 
 class SensorSettings(ModuleSettings):
     """Environment of the sensor module (the deployment manifest's `env`)."""
+
+    # The sensor reads no SENSOR_* variable: one set (e.g. compose's SENSOR_MAX_READING_AGE_S) is a mistake.
+    env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("SENSOR_",))
 
     field_mqtt_host: str = Field(validation_alias=_env("FIELD_MQTT_HOST"))
     field_mqtt_port: int = Field(1883, ge=1, le=65535, validation_alias=_env("FIELD_MQTT_PORT"))

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,42 @@ def test_the_status_table_shows_each_modules_state_restarts_and_last_exit():
         "sensor: running, 0 restart(s), last exit -",
         "inference: restarting in 3 s, 2 restart(s), last exit signal SIGKILL",
     ]
+
+
+def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_readings_again(small_bundle, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    from tests.edge_fixtures import reading, wait_for
+
+    command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--duration-s", 20)
+    field_port = int(command[command.index("--field-port") + 1])
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_up_env(tmp_path)
+    )
+    device = "dev-field-restart"
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("edge running"), banner
+        pid_file = tmp_path / "edge" / "field" / "mosquitto-field.pid"
+        old_pid = int(pid_file.read_text())
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() not in ("", str(old_pid)), timeout_s=5)
+        # A field device publishes again; the sensor's session died with the broker, so some may go unheard.
+        device_client = mqtt.Client(client_id="test-field-device", clean_session=True)
+        device_client.connect("127.0.0.1", field_port)
+        device_client.loop_start()
+        for seq in range(40):
+            device_client.publish(f"fleet/{device}/telemetry", json.dumps(reading(device, seq)), qos=1)
+            time.sleep(0.2)
+        device_client.disconnect()
+        device_client.loop_stop()
+        output, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output + errors
+    assert "broker field: restarted 1 time(s) after it died" in output
+    lake = read_lake(tmp_path / "lake")
+    assert device in set(lake["device_id"]), errors
+    assert _processes_of_run(tmp_path) == []
