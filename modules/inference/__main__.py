@@ -1,4 +1,4 @@
-"""Run the inference module: settings → module client → InferenceService.run(stop_event)."""
+"""Run the inference module: settings → journal → module client → InferenceService.run(stop_event)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.process import configure_logging, load_settings, stop_event_on_signals
+from modules.inference.inbox import JOURNAL_DIR, open_journal
 from modules.inference.service import InferenceService
 from modules.inference.settings import InferenceSettings
 from modules.runtime import create_module_client
@@ -17,7 +18,9 @@ def main() -> int:
         settings = load_settings(InferenceSettings)
         configure_logging(settings.log_level)
         stop_event = stop_event_on_signals()
-        return InferenceService(settings, create_module_client()).run(stop_event)
+        # Before the client: an unwritable STATE_DIR is a configuration mistake to fix, said first.
+        journal = open_journal(settings.state_dir / JOURNAL_DIR)
+        return InferenceService(settings, create_module_client(), journal).run(stop_event)
     except EdgefleetError as err:
         print(f"inference: {err}", file=sys.stderr)
         return 2

@@ -1,10 +1,19 @@
 """The inference service: telemetry in, one prediction per reading out, bad input dead-lettered.
 
-Threads: the SDK's handler thread only queues what arrives; one worker decodes, routes and
-predicts (many readings per model call); one loader thread reads device models into the LRU
-(sha256-checked), so a cache miss delays only that device's readings, never the message path;
-the outbox threads send. On SIGTERM the worker finishes what is queued, the outbox drains,
-and what edgeHub hands over after that is kept in a spool file and answered on the next start.
+Threads: the SDK's handler thread only journals and queues what arrives; one worker decodes,
+routes and predicts (many readings per model call); one loader thread reads device models into
+the LRU (sha256-checked), so a cache miss delays only that device's readings, never the message
+path; the outbox threads send.
+
+Nothing acknowledged is lost: the SDK acknowledges (PUBACK) each message to edgeHub before the
+module has answered it, so the handler's first step appends it to the write-ahead journal
+(modules.inference.inbox). Every output carrying its readings (prediction batches, dead letters,
+drift alerts) holds a reference to its journal segment until edgeHub acknowledged that output, and
+the processing round holds one until it is done; a segment is deleted when the last is released.
+A kill -9 or a stop leaves the unanswered messages in the journal; the next start answers them
+first (duplicates are possible, and removed by (device_id, seq) where predictions land).
+The window left: the SDK sends the PUBACK as soon as its MQTT thread has put the message in its own
+inbox, before our handler runs, so a kill -9 loses what waits in the SDK's inbox (README, Reliability).
 """
 
 from __future__ import annotations
@@ -14,10 +23,10 @@ import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.alerts import ALERT_SCHEMA, DriftAlert
@@ -26,6 +35,7 @@ from edgefleet.desired import InferenceDesired
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS, TELEMETRY
 from edgefleet.errors import BundleError
 from edgefleet.health import touch_health
+from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_DETAIL_CHARS,
@@ -33,6 +43,7 @@ from edgefleet.messages import (
     INTERNAL_ERROR,
     NO_FEATURES,
     PREDICTION_FAILED,
+    BatchPacker,
     DeadLetter,
     EdgeInfo,
     MessageError,
@@ -41,16 +52,15 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
     format_ts,
-    pack_batches,
     payload_text,
     prediction_json_obj,
 )
 from modules.inference.bundle import drift_monitor_for, open_bundle
 from modules.inference.drift import DriftMonitor
+from modules.inference.inbox import JOURNAL_DIR, LEGACY_SPOOL_DIR, InputMessage, legacy_spool, open_journal
 from modules.inference.isolation import Quarantine, RowOutcome, describe_error, predict_each
 from modules.inference.predictor import MODEL_ERROR, Choice, Predictor
 from modules.inference.settings import InferenceSettings
-from modules.inference.spool import SPOOL_DIR, InputMessage, Spool
 from modules.runtime import (
     STOP_RESERVE_S,
     UNHEALTHY_EXIT_CODE,
@@ -79,7 +89,8 @@ MAX_REPORTED_QUARANTINED = 50  # and the first quarantined devices, and the 50 m
 # a device sending a new name per reading must not grow the twin or this process).
 MAX_REPORTED_UNKNOWN_FEATURES = 10
 DRAIN_TIMEOUT_S = 30.0
-HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before we spool
+HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before the journal closes
+JOURNAL_ERROR_LOG_EVERY_S = 10.0  # a failing disk is logged once per interval, and every failure counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +106,9 @@ class _Swap:
 
 
 _Item = InputMessage | _Loaded | _Swap
-# A reading on its way to a model: the reading, its feature row, when it was received (wall clock, s).
-_Entry = tuple[Reading, list[float], float]
+# A reading on its way to a model: the reading, its feature row, when it was received (wall clock, s)
+# and the journal segment of the message it came in (None: not journaled).
+_Entry = tuple[Reading, list[float], float, Segment | None]
 # Readings that share a model call: why that model, the model itself (held, so an LRU eviction between
 # routing and predicting cannot take it away), and the readings.
 _Group = tuple[Choice, Any, list[_Entry]]
@@ -106,8 +118,10 @@ FLEET_AFTER_ERROR = Choice(Route("fleet", None, MODEL_ERROR))
 class InferenceService:
     """Predict every reading that arrives on input `telemetry` with its device's model."""
 
-    def __init__(self, settings: InferenceSettings, client: ModuleClient) -> None:
+    def __init__(self, settings: InferenceSettings, client: ModuleClient, journal: Journal | None = None) -> None:
         self.settings = settings
+        # First: a STATE_DIR this process cannot write stops the start with how to fix it.
+        self.journal = journal if journal is not None else open_journal(settings.state_dir / JOURNAL_DIR)
         self.desired = InferenceDesired()
         self.config_error: str | None = None
         self._last_good = LastGoodDesired(settings.state_dir)
@@ -129,7 +143,9 @@ class InferenceService:
         self._counters: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
         self._deadletters: Counter[str] = Counter()
-        self._handover: list[InputMessage] | None = None  # set while stopping: late arrivals go to the spool
+        self._stopping = False  # set while stopping: late arrivals stay in the journal for the next start
+        self._journal_errors = 0
+        self._journal_error_logged_s = -JOURNAL_ERROR_LOG_EVERY_S
         self._idle = threading.Condition(self._lock)
         self._busy = 0  # inbox items not yet fully processed
         self._last_arrival_s = 0.0
@@ -141,20 +157,68 @@ class InferenceService:
         # Device models that keep failing (worker records; replaced when the bundle is).
         self._quarantine = Quarantine(settings.quarantine_after_failures)
         self._logged_errors: set[str] = set()  # internal errors whose traceback is in the log already
-        self.spool = Spool(settings.state_dir / SPOOL_DIR)
 
     # -- receiving --------------------------------------------------------------------------------
 
     def on_input(self, input_name: str, body: bytes, properties: Mapping[str, str]) -> None:
-        """Queue one message from edgeHub (the SDK's handler thread; never blocks for long)."""
-        item = InputMessage(input_name, body, time.time())
+        """Journal one message from edgeHub, then queue it (the SDK's handler thread; never blocks for long).
+
+        The SDK has acknowledged the message already: the journal is the first thing that keeps it.
+        """
+        item = self._journaled(InputMessage(input_name, body, time.time()))
         with self._lock:
             self._last_arrival_s = time.monotonic()
-            if self._handover is not None:
-                self._handover.append(item)
-                return
-            self._busy += 1
-        self._inbox.put(item)
+            if self._stopping:
+                self._counters["kept_for_next_start"] += 1
+                late = True
+            else:
+                self._busy += 1
+                late = False
+        if not late:
+            self._inbox.put(item)
+        elif item.segment is None:
+            logger.error("LOST a message that arrived while stopping: the journal could not keep it (see above)")
+
+    def _journaled(self, item: InputMessage) -> InputMessage:
+        """Append `item` to the journal and return it with its segment (None when the disk refused)."""
+        try:
+            segment = self.journal.append(item.journal_key(), item.body)
+        except JournalError as err:
+            now_s = time.monotonic()
+            with self._lock:
+                self._journal_errors += 1
+                errors = self._journal_errors
+                log = now_s - self._journal_error_logged_s >= JOURNAL_ERROR_LOG_EVERY_S
+                if log:
+                    self._journal_error_logged_s = now_s
+            if log:
+                logger.error(
+                    "%s; messages are still answered, but a kill now loses the unanswered ones "
+                    "(%d journal write error(s) so far). Free space on that disk, or point STATE_DIR at a "
+                    "writable folder with room",
+                    err,
+                    errors,
+                )
+            return item
+        return InputMessage(item.name, item.body, item.received_s, segment)
+
+    def _hold(self, segments: Iterable[Segment | None]) -> tuple[Segment, ...]:
+        """Add a reference to each distinct journaled segment (for one more output carrying their data)."""
+        held = tuple({segment for segment in segments if segment is not None})
+        for segment in held:
+            self.journal.acquire(segment)
+        return held
+
+    def _release(self, segments: Iterable[Segment]) -> None:
+        for segment in segments:
+            self.journal.release(segment)
+
+    def _send(
+        self, output: str, body: bytes, properties: Mapping[str, str], segments: Iterable[Segment | None] = ()
+    ) -> None:
+        """Queue one output; it holds the journal segments of the inputs it answers until edgeHub has it."""
+        held = self._hold(segments)
+        self.outbox.put(output, body, properties, on_sent=partial(self._release, held) if held else None)
 
     def _post(self, item: _Item) -> None:
         with self._lock:
@@ -172,9 +236,14 @@ class InferenceService:
                     items.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+            # The round holds the references its messages came with (and those of readings that waited
+            # for their model) until every output is queued, each output holding its own.
+            held: list[Segment] = []
             try:
-                self._process(items)
+                self._process(items, held)
+                self._release(held)
             except Exception:  # the worker must survive anything one round throws
+                # What the bug cost stays in the journal (never released): the next start answers it.
                 logger.exception("Unexpected error in a processing round of %d item(s)", len(items))
                 with self._lock:
                     self._counters["internal_errors"] += 1
@@ -184,51 +253,60 @@ class InferenceService:
                     if self._busy == 0:
                         self._idle.notify_all()
 
-    def _process(self, items: list[_Item]) -> None:
+    def _process(self, items: list[_Item], held: list[Segment]) -> None:
+        """Answer one round of items; `held` collects the journal references the round releases when done."""
         ready: dict[tuple[str | None, str | None, bool], _Group] = {}
         predictor = self.predictor
 
-        def add(choice: Choice, model: Any, reading: Reading, row: list[float], received_s: float) -> None:
+        def add(choice: Choice, model: Any, entry: _Entry) -> None:
             key = (choice.route.device_id, choice.route.fallback_reason, choice.fill)
             group = ready.get(key)
             if group is None:
                 group = ready[key] = (choice, model, [])
-            group[2].append((reading, row, received_s))
+            group[2].append(entry)
 
-        def place(reading: Reading, received_s: float) -> None:
+        def place(reading: Reading, received_s: float, segment: Segment | None) -> None:
             try:
                 choice, row = predictor.choose(reading)
             except Exception as err:  # one reading's bug must not cost the round
-                self._internal_error(reading, "choosing its model", err)
+                self._internal_error(reading, "choosing its model", err, segment)
                 return
             model = predictor.ready_model(choice.route)
             if choice.route.device_id is not None and model is None:
-                self._pending[choice.route.device_id].append((reading, row, received_s))
+                # Waiting for its model outlives this round: the wait holds a reference of its own.
+                self._hold([segment])
+                self._pending[choice.route.device_id].append((reading, row, received_s, segment))
                 if choice.route.device_id not in self._loading:
                     self._loading.add(choice.route.device_id)
                     self._loads.put((predictor, choice.route.device_id))
                 return
-            add(choice, model, reading, row, received_s)
+            add(choice, model, (reading, row, received_s, segment))
+
+        def place_waiting(waiting: list[_Entry]) -> None:
+            for reading, _row, received_s, segment in waiting:
+                if segment is not None:
+                    held.append(segment)  # the wait's reference, now the round's
+                place(reading, received_s, segment)
 
         for item in items:
             if isinstance(item, InputMessage):
+                if item.segment is not None:
+                    held.append(item.segment)
                 for reading, received_s in self._decode(item):
-                    place(reading, received_s)
+                    place(reading, received_s, item.segment)
             elif isinstance(item, _Loaded):
                 self._loading.discard(item.device_id)
                 waiting = self._pending.pop(item.device_id, [])
                 if item.error is not None:
                     self._alert(MODEL_ERROR, f"device {item.device_id}: {item.error}", key=f"load:{item.device_id}")
-                for reading, _row, received_s in waiting:
-                    place(reading, received_s)
+                place_waiting(waiting)
             else:
                 predictor = self.predictor = item.predictor
                 self._quarantine = Quarantine(self.settings.quarantine_after_failures)
                 waiting = [entry for entries in self._pending.values() for entry in entries]
                 self._pending.clear()
                 self._loading.clear()
-                for reading, _row, received_s in waiting:
-                    place(reading, received_s)
+                place_waiting(waiting)
         if ready:
             self._predict_and_send(predictor, list(ready.values()))
 
@@ -239,22 +317,24 @@ class InferenceService:
         try:
             readings, errors = decode_payload(item.body, self.settings.max_message_bytes)
         except MessageError as err:
-            self._dead_letter(DeadLetter.from_error(err, source, item.body))
+            self._dead_letter(DeadLetter.from_error(err, source, item.body), item.segment)
             return []
         for item_err, bad in errors:
-            self._dead_letter(DeadLetter.from_item(item_err, source, bad))
+            self._dead_letter(DeadLetter.from_item(item_err, source, bad), item.segment)
         with self._lock:
             self._counters["readings_in"] += len(readings)
         known = frozenset(self.predictor.features)
         decoded = []
         for reading in readings:
-            kept = self._bundle_features_only(reading, known, source)
+            kept = self._bundle_features_only(reading, known, source, item.segment)
             if kept is not None:
                 received_s = kept.received_ts.timestamp() if kept.received_ts is not None else item.received_s
                 decoded.append((kept, received_s))
         return decoded
 
-    def _bundle_features_only(self, reading: Reading, known: frozenset[str], source: str) -> Reading | None:
+    def _bundle_features_only(
+        self, reading: Reading, known: frozenset[str], source: str, segment: Segment | None
+    ) -> Reading | None:
         """Return the reading with only the bundle's features (None: it had none, and is dead-lettered).
 
         Names the bundle does not know are counted and left out of the prediction: the model
@@ -274,23 +354,23 @@ class InferenceService:
             err = MessageError(
                 NO_FEATURES, f"none of the reading's features is one of the bundle's ({', '.join(sorted(known))})"
             )
-            self._dead_letter(DeadLetter.from_item(err, source, reading.to_json_obj()))
+            self._dead_letter(DeadLetter.from_item(err, source, reading.to_json_obj()), segment)
             return None
         return Reading(reading.device_id, reading.seq, reading.ts, kept, reading.label, reading.received_ts)
 
     def _predict_and_send(self, predictor: Predictor, groups: list[_Group]) -> None:
         edge_device = self.settings.edge_device_id
         version = predictor.version
-        encoded: list[bytes] = []
+        encoded: list[tuple[bytes, Segment | None]] = []  # each prediction, and the segment of its reading
         latencies: list[float] = []
         fallbacks: Counter[str] = Counter()
         drift = self._drift_monitor(predictor)
-        drift_alerts: list[DriftAlert] = []
+        drift_alerts: list[tuple[DriftAlert, Segment | None]] = []
         infos: dict[tuple[Route, float], PredictionInfo] = {}
         for choice, model, entries in groups:
             served = self._serve(predictor, choice, model, entries)
             done_s = time.time()
-            for (reading, row, received_s), route, value in served:
+            for (reading, row, received_s, segment), route, value in served:
                 latency_ms = round((done_s - received_s) * 1000, 3)
                 try:  # encoding or drift failing costs this reading, never its neighbours
                     info = infos.get((route, value))
@@ -305,11 +385,11 @@ class InferenceService:
                         label = None if choice.fill else reading.label
                         alerts = drift.observe(reading.device_id, row, value, label, reading.ts)
                 except Exception as err:
-                    self._internal_error(reading, "answering it", err)
+                    self._internal_error(reading, "answering it", err, segment)
                     continue
-                encoded.append(body)
+                encoded.append((body, segment))
                 latencies.append(latency_ms)
-                drift_alerts += alerts
+                drift_alerts += [(alert, segment) for alert in alerts]
                 if route.fallback_reason is not None:
                     fallbacks[route.fallback_reason] += 1
         self._send_round(encoded, drift_alerts)
@@ -325,7 +405,7 @@ class InferenceService:
     ) -> list[tuple[_Entry, Route, float]]:
         """Predict one group; what its model cannot answer goes to the fleet model, then to the dead letters."""
         route = choice.route
-        outcomes = predict_each(predictor, model, choice, [row for _, row, _ in entries])
+        outcomes = predict_each(predictor, model, choice, [entry[1] for entry in entries])
         if route.device_id is not None:
             self._record_model_outcomes(predictor, route.device_id, outcomes)
         served: list[tuple[_Entry, Route, float]] = []
@@ -343,9 +423,9 @@ class InferenceService:
             logger.error(
                 "The fleet model (%s) failed %d reading(s): %s", route.fallback_reason, len(failed), failed[0][1]
             )
-            for (reading, _, _), error in failed:
+            for (reading, _, _, segment), error in failed:
                 detail = f"device {reading.device_id}: the fleet model ({route.fallback_reason}) failed: {error}"
-                self._reading_failed(reading, PREDICTION_FAILED, detail)
+                self._reading_failed(reading, PREDICTION_FAILED, detail, segment)
             return served
         logger.warning(
             "Model of %s failed %d of %d reading(s); the fleet model answers them: %s",
@@ -356,13 +436,13 @@ class InferenceService:
         )
         fleet_route = FLEET_AFTER_ERROR.route
         fleet = predictor.ready_model(fleet_route)
-        retried = predict_each(predictor, fleet, FLEET_AFTER_ERROR, [row for (_, row, _), _ in failed])
+        retried = predict_each(predictor, fleet, FLEET_AFTER_ERROR, [entry[1] for entry, _ in failed])
         for (entry, error), outcome in zip(failed, retried, strict=True):
             if isinstance(outcome, str):
                 with self._lock:
                     self._counters["model_errors"] += 1
                 detail = f"device {route.device_id}: its model failed ({error}); the fleet model failed too ({outcome})"
-                self._reading_failed(entry[0], PREDICTION_FAILED, detail)
+                self._reading_failed(entry[0], PREDICTION_FAILED, detail, entry[3])
             else:
                 served.append((entry, fleet_route, outcome))
         return served
@@ -388,11 +468,23 @@ class InferenceService:
             key=f"quarantine:{predictor.version}:{device_id}",
         )
 
-    def _send_round(self, encoded: list[bytes], drift_alerts: list[DriftAlert]) -> None:
-        for body in pack_batches(encoded, self.settings.predictions_max_bytes):
-            self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA})
+    def _send_round(
+        self, encoded: list[tuple[bytes, Segment | None]], drift_alerts: list[tuple[DriftAlert, Segment | None]]
+    ) -> None:
+        """Pack the round's predictions into batches and send them with its drift alerts, each holding its segments."""
+        packer = BatchPacker(self.settings.predictions_max_bytes)
+        segments: list[Segment | None] = []  # of the readings in the open batch
+        for body, segment in encoded:
+            full = packer.add(body)
+            if full is not None:  # closed without `body`, which opens the next batch
+                self._send(PREDICTIONS, full, {"schema": BATCH_SCHEMA}, segments)
+                segments = []
+            segments.append(segment)
+        last = packer.take()
+        if last is not None:
+            self._send(PREDICTIONS, last, {"schema": BATCH_SCHEMA}, segments)
         edge_device = self.settings.edge_device_id
-        for alert in drift_alerts:  # modules.inference.drift logs each one
+        for alert, segment in drift_alerts:  # modules.inference.drift logs each one
             try:
                 body = encode_json(alert.to_json_obj(edge_device))
             except Exception:  # one unwritable alert must not cost the others
@@ -400,7 +492,7 @@ class InferenceService:
                 with self._lock:
                     self._counters["internal_errors"] += 1
                 continue
-            self.outbox.put(ALERTS, body, {"schema": ALERT_SCHEMA, "kind": "drift"})
+            self._send(ALERTS, body, {"schema": ALERT_SCHEMA, "kind": "drift"}, [segment])
 
     def unknown_feature_names(self) -> list[str]:
         """Return the first feature names seen that the bundle does not know (at most MAX_REPORTED_UNKNOWN_FEATURES)."""
@@ -444,7 +536,7 @@ class InferenceService:
 
     # -- dead letters and alerts ------------------------------------------------------------------
 
-    def _reading_failed(self, reading: Reading, reason: str, detail: str) -> None:
+    def _reading_failed(self, reading: Reading, reason: str, detail: str, segment: Segment | None) -> None:
         """Dead-letter one valid reading the module could not answer."""
         try:
             payload = payload_text(encode_json(reading.to_json_obj()))
@@ -453,25 +545,25 @@ class InferenceService:
         source = f"{INFERENCE.name}/{TELEMETRY}"
         # A model's error text may hold anything, even a lone surrogate JSON cannot carry as UTF-8.
         detail = detail[:DEADLETTER_DETAIL_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
-        self._dead_letter(DeadLetter(reason, detail, source, payload))
+        self._dead_letter(DeadLetter(reason, detail, source, payload), segment)
 
-    def _internal_error(self, reading: Reading, step: str, err: Exception) -> None:
+    def _internal_error(self, reading: Reading, step: str, err: Exception, segment: Segment | None) -> None:
         """Dead-letter a reading a bug stopped; log the first traceback of each kind, then one line each."""
         kind = f"{step}:{type(err).__name__}"
         first = kind not in self._logged_errors
         self._logged_errors.add(kind)
         logger.error("Device %s seq %d: %s failed: %s", reading.device_id, reading.seq, step, err, exc_info=first)
         self._reading_failed(
-            reading, INTERNAL_ERROR, f"device {reading.device_id}: {step} failed: {describe_error(err)}"
+            reading, INTERNAL_ERROR, f"device {reading.device_id}: {step} failed: {describe_error(err)}", segment
         )
 
-    def _dead_letter(self, dead: DeadLetter) -> None:
+    def _dead_letter(self, dead: DeadLetter, segment: Segment | None) -> None:
+        """Send one dead letter; it holds the journal segment of the message it came from until edgeHub has it."""
         with self._lock:
             self._deadletters[dead.reason] += 1
         logger.debug("Dead-lettered: %s (%s)", dead.reason, dead.detail)
-        self.outbox.put(
-            DEADLETTER, encode_json(dead.to_json_obj()), {"schema": DEADLETTER_SCHEMA, "reason": dead.reason}
-        )
+        body = encode_json(dead.to_json_obj())
+        self._send(DEADLETTER, body, {"schema": DEADLETTER_SCHEMA, "reason": dead.reason}, [segment])
 
     def _alert(self, kind: str, detail: str, key: str | None = None) -> None:
         """Send one alert upstream (once per `key`)."""
@@ -554,6 +646,10 @@ class InferenceService:
         counters["latency"] = self.latency.percentiles()
         counters["cached_model_bytes"] = self.predictor.reader.cached_bytes
         counters["outbox"] = self.outbox.stats()
+        with self._lock:
+            write_errors = self._journal_errors
+        # Cumulative (a reset leaves it): segments_pending > 0 long after a quiet spell means stuck answers.
+        counters["journal"] = {**self.journal.stats(), "write_errors": write_errors}
         return counters
 
     def reset(self) -> dict[str, Any]:
@@ -617,24 +713,48 @@ class InferenceService:
         self.link.on_method("reload", self.reload)
 
     def start(self, stop_event: threading.Event | None = None) -> bool:
-        """Start the worker threads, connect, apply the twin and replay the spool; False if stopped first."""
+        """Queue what the journal kept, start the worker threads, connect and apply the twin; False if stopped first."""
         self._worker = threading.Thread(target=self._work_loop, name="inference-worker", daemon=True)
         self._loader = threading.Thread(target=self._load_loop, name="inference-loader", daemon=True)
         self._loader.start()
+        # Before connecting: what a previous run left unanswered is answered before anything new.
+        self._replay()
         if not self.link.connect(stop_event, self._register_handlers):
             return False
         self.link.apply_twin()
         # Only now: readings that arrived while the twin was read wait in the queue, so none is
         # routed with defaults the deployment overrides (poorModelThreshold).
         self._worker.start()
-        replayed = self.spool.replay(self._post)
-        if replayed:
-            threading.Thread(target=self._forget_spool, args=(replayed,), daemon=True).start()
         return True
 
-    def _forget_spool(self, files: list[Path]) -> None:
-        if self.wait_idle(DRAIN_TIMEOUT_S) and self.outbox.drain(DRAIN_TIMEOUT_S):
-            self.spool.forget(files)
+    def _replay(self) -> None:
+        """Queue the messages a previous run left unanswered (journal, then an older release's spool), oldest first."""
+        queued = kept = 0
+        for record in self.journal.recover():
+            try:
+                item = InputMessage.from_record(record)
+            except ValueError as err:
+                logger.error("Skipping a journal record that is not an input message: %s", err)
+                continue
+            queued += 1
+            kept += self._queue_again(item)
+        if queued:
+            logger.info("Answering %d message(s) a previous run left unanswered", queued)
+        if kept == queued:
+            self.journal.forget_recovered()  # each is in a new segment now
+        else:
+            logger.error("The journal could not keep %d replayed message(s); the old segments stay", queued - kept)
+        # Releases before the journal kept messages arriving while stopping in spool/*.jsonl.
+        for path, messages in legacy_spool(self.settings.state_dir / LEGACY_SPOOL_DIR):
+            logger.info("Answering %d message(s) an older release kept in %s", len(messages), path)
+            if sum(self._queue_again(item) for item in messages) == len(messages):
+                path.unlink(missing_ok=True)
+
+    def _queue_again(self, item: InputMessage) -> bool:
+        """Journal a replayed message again and queue it; return whether the journal kept it."""
+        item = self._journaled(item)
+        self._post(item)
+        return item.segment is not None
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued message (and every reading waiting for its model) is answered."""
@@ -648,9 +768,9 @@ class InferenceService:
         return True
 
     def stop(self) -> None:
-        """Answer what has arrived, send it, disconnect; keep late arrivals in the spool."""
+        """Answer what has arrived, send it, disconnect; what stays unanswered stays in the journal."""
         with self._lock:
-            self._handover = []  # from now on, arrivals wait in memory for the spool
+            self._stopping = True  # from now on, arrivals are journaled for the next start, not queued
         # One budget for both waits, less what disconnecting takes: with edgeHub gone, SIGTERM
         # still ends the module within DRAIN_TIMEOUT_S.
         deadline_s = time.monotonic() + DRAIN_TIMEOUT_S - STOP_RESERVE_S
@@ -663,10 +783,11 @@ class InferenceService:
         # The SDK may still hand over messages it acknowledged just before disconnecting.
         while time.monotonic() - self._last_arrival_s < HANDOVER_QUIET_S:
             time.sleep(HANDOVER_QUIET_S / 3)
-        with self._lock:
-            late, self._handover = self._handover or [], None
-        self.spool.write(late)
         self.outbox.close()
+        self.journal.close()
+        pending = self.journal.stats()["segments_pending"]
+        if pending:
+            logger.info("%d journal segment(s) hold messages not answered yet; the next start answers them", pending)
         self._loads.put(None)
 
     def run(self, stop_event: threading.Event) -> int:
@@ -675,6 +796,7 @@ class InferenceService:
         if not self.start(stop_event):
             logger.info("Stopped before edgeHub was reachable")
             self.outbox.close()
+            self.journal.close()
             self.link.shutdown()
             return 0
         logger.info("Inference module ready")

@@ -1,11 +1,10 @@
-"""The inference service over an in-memory edgeHub: routing, dead letters, the spool and bundle reloads."""
+"""The inference service over an in-memory edgeHub: routing, dead letters and bundle reloads."""
 
 from __future__ import annotations
 
 import io
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,6 @@ from edgefleet.endpoints import DEADLETTER, PREDICTIONS, TELEMETRY
 from edgefleet.messages import BATCH_SCHEMA
 from modules.inference.service import InferenceService
 from modules.inference.settings import InferenceSettings
-from modules.inference.spool import SPOOL_DIR
 from tests.modules.fakes import FakeModuleClient, SentMessage
 
 pytestmark = pytest.mark.fast
@@ -207,30 +205,6 @@ def test_a_bad_reading_is_dead_lettered_and_its_neighbours_in_the_batch_are_stil
     [dead] = client.wait_sent(DEADLETTER, 1)
     assert dead.json()["reason"] == "bad_seq"
     assert list(predictions(client, 1)) == [("never-seen", 1)]
-
-
-def test_messages_handed_over_while_stopping_are_spooled_and_answered_after_the_restart(settings, client):
-    first = InferenceService(settings, client)
-    assert first.start(threading.Event())
-    client.hand_over_at_shutdown(TELEMETRY, reading("dev-own", 41))
-    client.hand_over_at_shutdown(TELEMETRY, reading("never-seen", 42))
-    first.stop()
-    assert client.sent(PREDICTIONS) == []
-    spool = settings.state_dir / SPOOL_DIR
-    assert len(list(spool.glob("*.jsonl"))) == 1
-
-    restarted = FakeModuleClient()
-    second = InferenceService(settings, restarted)
-    assert second.start(threading.Event())
-    try:
-        answered = predictions(restarted, 2)
-        assert set(answered) == {("dev-own", 41), ("never-seen", 42)}
-        deadline = time.monotonic() + 10
-        while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert list(spool.glob("*.jsonl")) == []  # answered, so not replayed a second time
-    finally:
-        second.stop()
 
 
 def test_reload_swaps_in_the_new_bundle_version_for_the_next_readings(service, client, settings):

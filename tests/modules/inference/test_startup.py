@@ -11,6 +11,7 @@ import pytest
 
 from edgefleet.bundle import read_manifest
 from edgefleet.errors import EdgefleetError
+from tests.modules.inference.test_service import write_tiny_bundle
 
 
 def _run_module(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -41,6 +42,16 @@ def test_inference_without_a_bundle_says_how_to_fix_it(tmp_path):
     result = _run_module("inference", {"BUNDLE_DIR": str(tmp_path / "nowhere")})
     assert result.returncode == 2
     assert "BUNDLE_DIR" in result.stderr and "edgefleet train" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_inference_with_a_state_dir_it_cannot_write_says_to_set_state_dir(tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    bundle = write_tiny_bundle(tmp_path / "bundle", "v1")
+    result = _run_module("inference", {"BUNDLE_DIR": str(bundle), "STATE_DIR": str(not_a_folder / "state")})
+    assert result.returncode == 2
+    assert "STATE_DIR" in result.stderr and "a-file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
