@@ -120,7 +120,9 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
     standin = edgehub(*args)
     sink: subprocess.Popen[str] | None = None
     try:
-        wait_for(lambda: health_file.exists() or standin.poll() is not None, timeout_s=60)
+        # Not healthy (its upstream is away on purpose): ready once it wrote the modules' env files.
+        env_file = state / "modules" / "inference.env"
+        wait_for(lambda: env_file.exists() or standin.poll() is not None, timeout_s=60)
         assert standin.poll() is None, standin.communicate()[1]
         bodies = [json.dumps(reading("dev-1", seq)).encode() for seq in range(count)]
         publish_as_sensor(ip_base, state / "certs" / "ca.pem", bodies)
@@ -136,7 +138,6 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
             [sys.executable, "-m", "edgehub.sink_service", *map(str, sink_args)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        health_file.unlink()
         standin = edgehub(*args)
         wait_for(lambda: len(set(lake_seqs(tmp_path / "lake"))) >= count or standin.poll() is not None, 60)
     finally:
