@@ -13,7 +13,7 @@ when its last reference is released, so the folder holds exactly what is not del
 
 Writes are plain `write(2)` calls: the data is in the kernel once `append` returns, which
 survives the process being killed; `fsync=True` also survives a power cut, at a cost per
-message (see benchmarks/ack_after_next_hop.py).
+message. benchmarks/journal_cost.py (modules) and benchmarks/router_journal.py measure the cost.
 """
 
 from __future__ import annotations
