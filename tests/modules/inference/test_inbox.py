@@ -148,17 +148,19 @@ def test_a_message_waits_in_the_journal_while_its_prediction_is_not_acknowledged
 
 
 @pytest.mark.parametrize("fleet_fails", [False, True], ids=["fleet-answers", "fleet-fails-too"])
-def test_quarantined_fallback_and_dead_lettered_readings_still_free_their_segment(tmp_path, fleet_fails):
+def test_quarantined_fallback_and_dead_lettered_readings_still_free_their_segment(tmp_path, fleet_fails, hub):
     settings = _settings(tmp_path, write_faulty_bundle(tmp_path / "bundle", fleet_fails=fleet_fails))
-    client = FakeModuleClient()
-    service = InferenceService(settings, client)
+    service = InferenceService(settings, hub)
     assert service.start(threading.Event())
     try:
-        client.deliver(TELEMETRY, batch(*(reading("dev-broken", seq) for seq in range(1, 5))))  # raises at predict
-        client.deliver(TELEMETRY, b"{not json")
-        client.deliver(TELEMETRY, batch({**reading("dev-a", 1), "seq": -1}))
-        assert _segments(settings)
+        hub.hold(PREDICTIONS, DEADLETTER)
+        hub.deliver(TELEMETRY, batch(*(reading("dev-broken", seq) for seq in range(1, 5))))  # raises at predict
+        hub.deliver(TELEMETRY, b"{not json")
+        hub.deliver(TELEMETRY, batch({**reading("dev-a", 1), "seq": -1}))
+        _eventually(lambda: service.outbox.pending() >= 3)
+        assert _segments(settings)  # nothing answered yet, so the readings are still on disk
 
+        hub.acknowledge()
         _eventually(lambda: _segments(settings) == [])
         stats = service.stats()
         assert stats["quarantined_devices"] == 1
