@@ -76,7 +76,8 @@ def test_a_kill_9_of_inference_during_a_burst_loses_no_reading_it_acknowledged(
     publisher.wait_acked(timeout_s=90)
 
     def all_predicted() -> bool:
-        seen = set(zip(*(_inference_rows(edge)[c] for c in ("device_id", "seq")), strict=True))
+        rows = _inference_rows(edge)  # read once: the lake grows between two reads
+        seen = set(zip(rows["device_id"], rows["seq"], strict=True))
         return expected <= {(device, int(seq)) for device, seq in seen}
 
     try:
