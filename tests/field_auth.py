@@ -43,6 +43,7 @@ class FieldAuthBroker:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.port = free_port()
         # The server certificate names 127.0.0.1 and localhost only: other names fail hostname checking.
         self.certs: CertPaths = ensure_certs(folder / "tls", ["127.0.0.1"])
@@ -105,7 +106,6 @@ class FieldAuthBroker:
 def field_auth_broker(tmp_path: Path) -> Iterator[FieldAuthBroker]:
     """Start the authenticated TLS field broker for one test."""
     broker = FieldAuthBroker(tmp_path / "field-broker")
-    broker.folder.mkdir()
     broker.start()
     try:
         yield broker
