@@ -102,7 +102,9 @@ class PasswordFile:
         )
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
         return {"type": "string", "format": "path"}
 
     @classmethod
@@ -156,7 +158,7 @@ def describe_connect_error(err: OSError, *, ca_setting: str, host_setting: str, 
     return None
 
 
-class LoginClient(mqtt.Client):  # type: ignore[misc]  # paho 1.6 ships no type hints
+class LoginClient(mqtt.Client):
     """A paho client that reports why a connection attempt failed (paho itself only retries)."""
 
     on_connect_error: Callable[[OSError], None] | None = None

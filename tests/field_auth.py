@@ -45,8 +45,9 @@ class FieldAuthBroker:
         self.folder = folder
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.port = free_port()
-        # The server certificate names 127.0.0.1 and localhost only: other names fail hostname checking.
-        self.certs: CertPaths = ensure_certs(folder / "tls", ["127.0.0.1"])
+        # The server certificate names 127.0.0.1 and `field-broker` (compose's name): `localhost` fails
+        # hostname checking though it reaches the same listener.
+        self.certs: CertPaths = ensure_certs(folder / "tls", ["127.0.0.1"], hostnames=("field-broker",))
         self.passwords = folder / "passwd"
         self.acl = folder / "acl"
         self.log = folder / "mosquitto.log"

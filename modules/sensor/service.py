@@ -31,7 +31,6 @@ from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
 from edgefleet.errors import StartError
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError, Segment
-from edgefleet.mqtt_login import AUTH_REFUSALS, LoginClient, describe_connect_error, tls_context
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -42,6 +41,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
+from edgefleet.mqtt_login import AUTH_REFUSALS, LoginClient, describe_connect_error, tls_context
 from modules.runtime import (
     STOP_RESERVE_S,
     UNHEALTHY_EXIT_CODE,

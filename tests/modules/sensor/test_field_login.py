@@ -26,7 +26,6 @@ from tests.field_auth import (
     SENSOR_PASSWORD,
     SENSOR_USER,
     FieldAuthBroker,
-    field_auth_broker,  # noqa: F401 - the fixture
     secret_file,
 )
 from tests.modules.fakes import FakeModuleClient
