@@ -140,7 +140,9 @@ def tls_context(ca_file: Path) -> ssl.SSLContext:
     return context
 
 
-def describe_connect_error(err: OSError, *, ca_setting: str, host_setting: str, port_setting: str) -> str | None:
+def describe_connect_error(
+    err: OSError, *, tls: bool, ca_setting: str, host_setting: str, port_setting: str
+) -> str | None:
     """Return what a failed TLS connection means and how to fix it; None for a plain network error."""
     if isinstance(err, ssl.SSLCertVerificationError):
         detail = err.verify_message or str(err)
@@ -150,9 +152,11 @@ def describe_connect_error(err: OSError, *, ca_setting: str, host_setting: str, 
                 "to a name or address its certificate lists"
             )
         return f"the broker's certificate does not verify ({detail}): set {ca_setting} to the CA that signed it"
-    if isinstance(err, ssl.SSLError):
+    # A plain MQTT listener resets a connection that opens with a TLS hello.
+    if isinstance(err, ssl.SSLError) or (tls and isinstance(err, ConnectionResetError)):
+        reason = getattr(err, "reason", None) or err.strerror or str(err)
         return (
-            f"the TLS handshake failed ({err.reason or err}): check that {port_setting} is the broker's "
+            f"the TLS handshake failed ({reason}): check that {port_setting} is the broker's "
             "TLS listener (8883 by convention)"
         )
     return None

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -62,7 +63,8 @@ class MqttPublisher:
         self._connected = threading.Event()
         self._refused = False
         self._auth_refused = False
-        self._tls_problem: str | None = None
+        self._tls_problem: str | None = None  # fatal: connect() gives up
+        self._connect_error: str | None = None  # why the last attempt failed, for _on_connect_fail
         self._closing = False
         client = LoginClient(client_id=settings.client_id, clean_session=True, protocol=mqtt.MQTTv311)
         if settings.tls_ca_file is not None:
@@ -117,16 +119,24 @@ class MqttPublisher:
         self._connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if self._tls_problem is None:
+        if self._connect_error is None:
             self.last_error = "nothing accepted the connection there"
+        self._connect_error = None
 
     def _on_connect_error(self, err: OSError) -> None:
-        # A certificate that does not verify will not verify on the next try either: connect() gives up.
         what = describe_connect_error(
-            err, ca_setting="--ca-file (mqtt.tls_ca_file)", host_setting="--host", port_setting="--port"
+            err,
+            tls=self.settings.tls_ca_file is not None,
+            ca_setting="--ca-file (mqtt.tls_ca_file)",
+            host_setting="--host",
+            port_setting="--port",
         )
-        if what is not None:
-            self._tls_problem = self.last_error = what
+        if what is None:
+            return
+        self.last_error = self._connect_error = what
+        if isinstance(err, ssl.SSLError):
+            # A certificate that does not verify will not verify on the next try either: connect() gives up.
+            self._tls_problem = what
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
         self._connected.clear()

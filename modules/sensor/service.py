@@ -180,7 +180,11 @@ class SensorService:
         """Log and count a TLS failure (a plain network error is only counted: the broker may be starting)."""
         settings = self.settings
         what = describe_connect_error(
-            err, ca_setting="FIELD_MQTT_CA_FILE", host_setting="FIELD_MQTT_HOST", port_setting="FIELD_MQTT_PORT"
+            err,
+            tls=settings.field_tls,
+            ca_setting="FIELD_MQTT_CA_FILE",
+            host_setting="FIELD_MQTT_HOST",
+            port_setting="FIELD_MQTT_PORT",
         )
         with self._lock:
             if what is None:

@@ -16,6 +16,8 @@ from edgefleet.endpoints import TELEMETRY
 from edgefleet.field import FIELD_TOPIC_FILTER, field_topic
 from edgefleet.mqtt_login import tls_context
 from edgefleet.process import load_settings
+from edgefleet_cli.local_edge import free_port
+from edgehub.broker import Broker, Listener
 from edgehub.certs import ensure_certs
 from modules.sensor.service import SensorService
 from modules.sensor.settings import SensorSettings
@@ -148,3 +150,29 @@ def test_a_ca_that_did_not_sign_the_brokers_certificate_is_logged_saying_to_set_
         assert "FIELD_MQTT_CA_FILE" in stats["field_problem"]
     finally:
         service.stop()
+
+
+def test_tls_to_a_plain_mqtt_port_is_logged_saying_to_check_field_mqtt_port(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="modules.sensor.service")
+    port = free_port()
+    with Broker(tmp_path / "plain", "plain", [Listener("127.0.0.1", port)]):
+        settings = load_settings(
+            SensorSettings,
+            field_mqtt_host="127.0.0.1",
+            field_mqtt_port=port,
+            field_mqtt_ca_file=str(ensure_certs(tmp_path / "tls", ["127.0.0.1"]).ca_cert),
+            state_dir=tmp_path / "state",
+            report_interval_s=60.0,
+        )
+        service = SensorService(settings, FakeModuleClient(DESIRED))
+        assert service.start(threading.Event())
+        try:
+            wait_for(lambda: service.stats()["field_tls_errors"] >= 1, timeout_s=15)
+            errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+            assert "the TLS handshake failed" in errors[0]
+            assert "check that FIELD_MQTT_PORT is the broker's TLS listener" in errors[0]
+            assert not service.stats()["field_connected"]
+        finally:
+            service.stop()
