@@ -50,6 +50,22 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="broker host (overrides mqtt.host)")
     parser.add_argument("--port", type=int, help="broker port (overrides mqtt.port)")
     parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS (overrides mqtt.qos)")
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="CA certificate that signed the broker's certificate: connect with TLS, checking the host name "
+        "(overrides mqtt.tls_ca_file)",
+    )
+    parser.add_argument(
+        "--username",
+        help="broker user name (overrides mqtt.username); on the field broker, the gateway identity that may "
+        "publish for every device",
+    )
+    parser.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the broker password (chmod 600), read once at start (overrides mqtt.password_file)",
+    )
     parser.add_argument("--duration-s", type=float, help="simulated seconds to run (overrides duration_s)")
     parser.add_argument("--rate", type=float, help="cap the fleet's total readings/s (overrides rate_cap_per_s)")
     parser.add_argument(
@@ -72,17 +88,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         changes["speed"] = args.speed
     if args.duration_s is not None:
         changes["duration_s"] = args.duration_s
+    mqtt: dict[str, Any] = {}
     if args.qos is not None:
-        changes["mqtt"] = {"qos": args.qos}
+        mqtt["qos"] = args.qos
+    if args.ca_file is not None:
+        mqtt["tls_ca_file"] = args.ca_file
+    if args.username is not None:
+        mqtt["username"] = args.username
+    if args.password_file is not None:
+        mqtt.update(password_file=args.password_file, password=None)  # the file replaces a profile's password
+    if mqtt:
+        changes["mqtt"] = mqtt
     if changes:
         profile = with_overrides(profile, **changes)
     stop = stop_event_on_signals()
     host = args.host or profile.mqtt.host
     port = args.port or profile.mqtt.port
+    scheme = "mqtts" if profile.mqtt.tls_ca_file is not None else "mqtt"
     report_path = Path(args.report) if args.report else None
     progress = _Progress()
     if args.replay:
-        _say(f"replaying {args.replay} to mqtt://{host}:{port} (speed {profile.speed:g}); Ctrl-C stops")
+        _say(f"replaying {args.replay} to {scheme}://{host}:{port} (speed {profile.speed:g}); Ctrl-C stops")
         report = run_replay(
             Path(args.replay),
             stop,
@@ -97,7 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         _say(
             f"simulating {profile.device_count:,} devices ({profile.total_rate_per_s:,.0f} readings/s"
             f"{f', capped at {profile.rate_cap_per_s:,.0f}' if profile.rate_cap_per_s else ''}) "
-            f"for {duration} to mqtt://{host}:{port}; Ctrl-C stops",
+            f"for {duration} to {scheme}://{host}:{port}; Ctrl-C stops",
         )
         report = run_simulation(profile, stop, host=host, port=port, on_progress=progress, report_path=report_path)
     totals, delivery, expected = report.totals, report.delivery, report.expected_at_edge

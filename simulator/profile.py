@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from edgefleet.field import FIELD_TOPIC_TEMPLATE
+from edgefleet.mqtt_login import PasswordFile, check_ca_file
 from simulator.errors import ProfileError
 from simulator.physics import FEATURES, RELATION_KINDS
 
@@ -70,8 +71,13 @@ class MqttSettings(_Strict):
     tls_ca_file: Path | None = Field(
         None, description="CA certificate (PEM) that signed the broker's certificate; setting it turns TLS on"
     )
-    username: str | None = Field(None, min_length=1, description="broker user name")
-    password: SecretStr | None = Field(None, description="broker password (needs username)")
+    username: str | None = Field(
+        None, min_length=1, description="broker user name (the field broker's gateway identity, e.g. gateway)"
+    )
+    password: SecretStr | None = Field(None, description="broker password (needs username); prefer password_file")
+    password_file: PasswordFile | None = Field(
+        None, description="file holding the broker password (chmod 600), read once at start; needs username"
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     max_queued_messages: int = Field(
         20_000,
@@ -102,13 +108,23 @@ class MqttSettings(_Strict):
 
     @model_validator(mode="after")
     def _check_credentials(self) -> MqttSettings:
-        if self.password is not None and self.username is None:
-            raise ValueError("password is set but username is not: add mqtt.username")
-        if self.tls_ca_file is not None and not self.tls_ca_file.is_file():
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set mqtt.password or mqtt.password_file (--password-file), not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
             raise ValueError(
-                f"tls_ca_file {str(self.tls_ca_file)!r} does not exist (relative paths start at the profile)"
+                "a password is set but no user name: add mqtt.username (--username), e.g. gateway, "
+                "the field broker's identity for a publisher of many devices"
             )
+        if self.tls_ca_file is not None:
+            try:
+                check_ca_file(self.tls_ca_file)
+            except ValueError as err:
+                raise ValueError(f"tls_ca_file: {err} (relative paths start at the profile)") from None
         return self
+
+    def broker_password(self) -> SecretStr | None:
+        """Return the password to log in with: from password_file, or password."""
+        return self.password_file.password if self.password_file is not None else self.password
 
 
 class DeviceType(_Strict):
@@ -351,13 +367,16 @@ def parse_profile(data: object, source: str = "profile") -> SimulatorProfile:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make a relative `mqtt.tls_ca_file` relative to the profile's directory, not the working directory."""
+    """Make a relative `mqtt.tls_ca_file` or `mqtt.password_file` relative to the profile's directory."""
     mqtt = data.get("mqtt")
-    if isinstance(mqtt, dict) and isinstance(mqtt.get("tls_ca_file"), str):
-        ca_file = Path(mqtt["tls_ca_file"]).expanduser()
-        if not ca_file.is_absolute():
-            return {**data, "mqtt": {**mqtt, "tls_ca_file": str(base / ca_file)}}
-    return data
+    if not isinstance(mqtt, dict):
+        return data
+    resolved = dict(mqtt)
+    for key in ("tls_ca_file", "password_file"):
+        if isinstance(mqtt.get(key), str):
+            path = Path(mqtt[key]).expanduser()
+            resolved[key] = str(path if path.is_absolute() else base / path)
+    return {**data, "mqtt": resolved}
 
 
 def _location(loc: Sequence[int | str]) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.mqtt_login import AUTH_REFUSALS, LoginClient, describe_connect_error, tls_context
 from simulator.errors import SimulatorError
 from simulator.profile import MqttSettings
 
@@ -62,14 +63,17 @@ class MqttPublisher:
         self._connected = threading.Event()
         self._refused = False
         self._auth_refused = False
+        self._tls_problem: str | None = None  # fatal: connect() gives up
+        self._connect_error: str | None = None  # why the last attempt failed, for _on_connect_fail
         self._closing = False
-        client = mqtt.Client(client_id=settings.client_id, clean_session=True, protocol=mqtt.MQTTv311)
+        client = LoginClient(client_id=settings.client_id, clean_session=True, protocol=mqtt.MQTTv311)
         if settings.tls_ca_file is not None:
-            # Hostname checking stays on (PROTOCOL_TLS_CLIENT): the CA alone does not make a server trusted.
-            client.tls_set(ca_certs=str(settings.tls_ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            # Hostname checking stays on: the CA alone does not make a server trusted.
+            client.tls_set_context(tls_context(settings.tls_ca_file))
         if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password is not None else None
-            client.username_pw_set(settings.username, password)
+            secret = settings.broker_password()
+            client.username_pw_set(settings.username, secret.get_secret_value() if secret is not None else None)
+        client.on_connect_error = self._on_connect_error
         client.max_queued_messages_set(settings.max_queued_messages)
         client.max_inflight_messages_set(settings.max_inflight_messages)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
@@ -100,7 +104,7 @@ class MqttPublisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
         if rc != mqtt.CONNACK_ACCEPTED:
             self.last_error = mqtt.connack_string(rc).rstrip(".")
-            self._auth_refused = rc in (mqtt.CONNACK_REFUSED_BAD_USERNAME_PASSWORD, mqtt.CONNACK_REFUSED_NOT_AUTHORIZED)
+            self._auth_refused = rc in AUTH_REFUSALS
             self._refused = True
             logger.error("Broker %s refused the connection: %s", self.address, self.last_error)
             return
@@ -115,7 +119,24 @@ class MqttPublisher:
         self._connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = "nothing accepted the connection there"
+        if self._connect_error is None:
+            self.last_error = "nothing accepted the connection there"
+        self._connect_error = None
+
+    def _on_connect_error(self, err: OSError) -> None:
+        what = describe_connect_error(
+            err,
+            tls=self.settings.tls_ca_file is not None,
+            ca_setting="--ca-file (mqtt.tls_ca_file)",
+            host_setting="--host",
+            port_setting="--port",
+        )
+        if what is None:
+            return
+        self.last_error = self._connect_error = what
+        if isinstance(err, ssl.SSLError):
+            # A certificate that does not verify will not verify on the next try either: connect() gives up.
+            self._tls_problem = what
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
         self._connected.clear()
@@ -146,10 +167,18 @@ class MqttPublisher:
                 return False
             if self._refused:
                 self.close()
-                hint = "; check mqtt.username and mqtt.password" if self._auth_refused else ""
+                hint = (
+                    "; check mqtt.username and mqtt.password_file (--username, --password-file) against the "
+                    "broker's password file"
+                    if self._auth_refused
+                    else ""
+                )
                 raise SimulatorError(
                     f"the MQTT broker at {self.address} refused the connection: {self.last_error}{hint}"
                 )
+            if self._tls_problem is not None:
+                self.close()
+                raise SimulatorError(f"cannot connect to the MQTT broker at {self.address}: {self._tls_problem}")
             if time.monotonic() > deadline:
                 self.close()
                 reason = (self.last_error or "no answer").rstrip(".")

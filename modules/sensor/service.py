@@ -41,6 +41,7 @@ from edgefleet.messages import (
     decode_payload,
     encode_json,
 )
+from edgefleet.mqtt_login import AUTH_REFUSALS, LoginClient, describe_connect_error, tls_context
 from modules.runtime import (
     STOP_RESERVE_S,
     UNHEALTHY_EXIT_CODE,
@@ -67,6 +68,8 @@ FIELD_QOS = 1
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
 JOURNAL_DIR = "journal"  # under STATE_DIR
+# Always in the stats (0 until it happens), so a dashboard can watch them.
+FIELD_COUNTERS = ("journal_errors", "field_auth_refused", "field_refused", "field_tls_errors", "field_connect_failures")
 # A full disk fails every append: log the first failure and then at most one summary per interval.
 JOURNAL_ERROR_LOG_INTERVAL_S = 60.0
 
@@ -92,6 +95,8 @@ class SensorService:
         self._counters: Counter[str] = Counter()
         self._deadletters: Counter[str] = Counter()
         self._field_connected = False
+        # Why the field link is down (a refusal, a TLS failure), for the health message and the stats.
+        self._field_problem: str | None = None
         self._subscribed: str | None = None
         self._stopping = threading.Event()
         self._journal_error_logged_s: float | None = None
@@ -102,10 +107,22 @@ class SensorService:
     def _make_field_client(self) -> mqtt.Client:
         # A persistent session (clean_session=False, fixed client id): while the sensor restarts or
         # reconnects, the field broker queues our QoS 1 readings instead of dropping them.
-        field = mqtt.Client(client_id=self.settings.field_client_id, clean_session=False, protocol=mqtt.MQTTv311)
-        if self.settings.field_mqtt_user is not None and self.settings.field_mqtt_password is not None:
-            field.username_pw_set(self.settings.field_mqtt_user, self.settings.field_mqtt_password.get_secret_value())
+        settings = self.settings
+        field = LoginClient(client_id=settings.field_client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        if settings.field_mqtt_ca_file is not None:
+            field.tls_set_context(tls_context(settings.field_mqtt_ca_file))
+        if settings.field_mqtt_username is not None and settings.field_mqtt_password_file is not None:
+            field.username_pw_set(
+                settings.field_mqtt_username, settings.field_mqtt_password_file.password.get_secret_value()
+            )
+            if not settings.field_tls:
+                logger.warning(
+                    "FIELD_MQTT_USERNAME is set without FIELD_MQTT_CA_FILE: the field password crosses the "
+                    "network in clear text; set FIELD_MQTT_CA_FILE to connect with TLS"
+                )
+        # paho doubles the wait after every failed attempt (refused credentials included) up to the cap.
         field.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        field.on_connect_error = self._on_field_connect_error
         field.on_connect = self._on_field_connect
         field.on_disconnect = self._on_field_disconnect
         field.on_message = self._on_field_message
@@ -125,20 +142,64 @@ class SensorService:
                 RECONNECT_MAX_S,
             )
 
+    @property
+    def _field_address(self) -> str:
+        scheme = "mqtts" if self.settings.field_tls else "mqtt"
+        return f"{scheme}://{self.settings.field_mqtt_host}:{self.settings.field_mqtt_port}"
+
     def _on_field_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
         if rc != 0:
-            logger.error("Field broker refused the connection: %s", mqtt.connack_string(rc))
+            self._field_refused(rc)
             return
-        logger.info("Connected to the field broker %s:%d", self.settings.field_mqtt_host, self.settings.field_mqtt_port)
+        logger.info("Connected to the field broker %s", self._field_address)
         with self._lock:
             self._field_connected = True
+            self._field_problem = None
             self._subscribed = None  # subscribe again: the broker may have lost our session
         self._sync_subscription()
 
+    def _field_refused(self, rc: int) -> None:
+        """Log and count a refused CONNECT; paho retries after its (growing) reconnect delay."""
+        reason = mqtt.connack_string(rc).rstrip(".")
+        if rc in AUTH_REFUSALS:
+            counter = "field_auth_refused"
+            problem = (
+                f"the field broker {self._field_address} refused user {self.settings.field_mqtt_username!r}: "
+                f"{reason}; put the right password in FIELD_MQTT_PASSWORD_FILE and restart the sensor, "
+                "or fix the user in the broker's password file and reload the broker (SIGHUP)"
+            )
+        else:
+            counter = "field_refused"
+            problem = f"the field broker {self._field_address} refused the connection: {reason}"
+        with self._lock:
+            self._counters[counter] += 1
+            self._field_problem = problem
+        logger.error("%s (retrying within %.0f s)", problem, RECONNECT_MAX_S)
+
+    def _on_field_connect_error(self, err: OSError) -> None:
+        """Log and count a TLS failure (a plain network error is only counted: the broker may be starting)."""
+        settings = self.settings
+        what = describe_connect_error(
+            err,
+            tls=settings.field_tls,
+            ca_setting="FIELD_MQTT_CA_FILE",
+            host_setting="FIELD_MQTT_HOST",
+            port_setting="FIELD_MQTT_PORT",
+        )
+        with self._lock:
+            if what is None:
+                self._counters["field_connect_failures"] += 1
+                self._field_problem = f"cannot reach the field broker {self._field_address}: {err}"
+                return
+            self._counters["field_tls_errors"] += 1
+            self._field_problem = f"cannot connect to the field broker {self._field_address}: {what}"
+        logger.error("%s (FIELD_MQTT_CA_FILE=%s; retrying)", self._field_problem, settings.field_mqtt_ca_file)
+
     def _on_field_disconnect(self, client: mqtt.Client, userdata: Any, rc: int) -> None:
         with self._lock:
-            self._field_connected = False
-        if rc != 0 and not self._stopping.is_set():
+            was_connected, self._field_connected = self._field_connected, False
+        # After a refused CONNECT the broker closes the socket: the refusal was logged already.
+        if rc != 0 and was_connected and not self._stopping.is_set():
             logger.warning("Lost the field broker (%s); reconnecting", mqtt.error_string(rc))
 
     def _sync_subscription(self) -> None:
@@ -350,7 +411,9 @@ class SensorService:
             counters["field_connected"] = self._field_connected
             counters["subscribed"] = self._subscribed
             counters["open_batch_readings"] = len(self._batcher)
-            counters.setdefault("journal_errors", 0)
+            for name in FIELD_COUNTERS:
+                counters.setdefault(name, 0)
+            counters["field_problem"] = None if self._field_connected else self._field_problem
         counters["journal"] = self.journal.stats()
         counters["outbox"] = self.outbox.stats()
         return counters
@@ -449,11 +512,11 @@ class SensorService:
         """Return why the module cannot receive; None when edgeHub and the field are both subscribed as desired."""
         with self._lock:
             wanted = self.desired.field_topic if self.desired.enabled else None
-            connected, subscribed = self._field_connected, self._subscribed
+            connected, subscribed, problem = self._field_connected, self._subscribed, self._field_problem
         if not self.link.healthy():
             return "the edgeHub link is not connected and subscribed"
         if not connected:
-            return f"the field broker {self.settings.field_mqtt_host}:{self.settings.field_mqtt_port} is not connected"
+            return f"the field broker {self._field_address} is not connected" + (f" ({problem})" if problem else "")
         if subscribed != wanted:
             return f"the field subscription is {subscribed!r}, desired {wanted!r}"
         return None

@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from edgefleet.environment import EnvCheck
+from edgefleet.mqtt_login import PasswordFile, check_ca_file
 from modules.runtime import ModuleSettings
+
+__all__ = ["DEFAULT_STATE_DIR", "SensorSettings"]
 
 # The sensor keeps its last accepted desired properties here across restarts.
 DEFAULT_STATE_DIR = Path("/tmp/edgefleet-sensor")
+# The field broker's ports by convention: plain MQTT, and MQTT over TLS (FIELD_MQTT_CA_FILE set).
+PLAIN_PORT = 1883
+TLS_PORT = 8883
 
 
 def _env(name: str) -> Any:
@@ -25,9 +31,14 @@ class SensorSettings(ModuleSettings):
     env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("SENSOR_",))
 
     field_mqtt_host: str = Field(validation_alias=_env("FIELD_MQTT_HOST"))
-    field_mqtt_port: int = Field(1883, ge=1, le=65535, validation_alias=_env("FIELD_MQTT_PORT"))
-    field_mqtt_user: str | None = Field(None, validation_alias=_env("FIELD_MQTT_USER"))
-    field_mqtt_password: SecretStr | None = Field(None, validation_alias=_env("FIELD_MQTT_PASSWORD"))
+    # Default: 1883, or 8883 with FIELD_MQTT_CA_FILE.
+    field_mqtt_port: int = Field(PLAIN_PORT, ge=1, le=65535, validation_alias=_env("FIELD_MQTT_PORT"))
+    # The CA certificate (PEM) that signed the field broker's certificate: set, the sensor connects
+    # with TLS and checks the broker's certificate and that it names FIELD_MQTT_HOST.
+    field_mqtt_ca_file: Path | None = Field(None, validation_alias=_env("FIELD_MQTT_CA_FILE"))
+    field_mqtt_username: str | None = Field(None, min_length=1, validation_alias=_env("FIELD_MQTT_USERNAME"))
+    # The password comes from a mounted secret file (read once at start), never from the environment.
+    field_mqtt_password_file: PasswordFile | None = Field(None, validation_alias=_env("FIELD_MQTT_PASSWORD_FILE"))
     field_client_id: str = Field("edgefleet-sensor", min_length=1, validation_alias=_env("FIELD_CLIENT_ID"))
     field_keepalive_s: int = Field(30, ge=5, validation_alias=_env("FIELD_KEEPALIVE_S"))
     max_reading_bytes: int = Field(16 * 1024, ge=256, validation_alias=_env("MAX_READING_BYTES"))
@@ -50,8 +61,28 @@ class SensorSettings(ModuleSettings):
     # window (modules/sensor/sequence.py): an impostor or a corrupt counter cannot mute the real device.
     seq_jump_limit: int = Field(10_000, ge=1, validation_alias=_env("SEQ_JUMP_LIMIT"))
 
+    @field_validator("field_mqtt_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_ca_file(value)
+
     @model_validator(mode="after")
     def _credentials_together(self) -> SensorSettings:
-        if (self.field_mqtt_user is None) != (self.field_mqtt_password is None):
-            raise ValueError("Set FIELD_MQTT_USER and FIELD_MQTT_PASSWORD together")
+        if self.field_mqtt_password_file is not None and self.field_mqtt_username is None:
+            raise ValueError(
+                "FIELD_MQTT_PASSWORD_FILE is set but FIELD_MQTT_USERNAME is not: set FIELD_MQTT_USERNAME "
+                "to the sensor's user on the field broker"
+            )
+        if self.field_mqtt_username is not None and self.field_mqtt_password_file is None:
+            raise ValueError(
+                "FIELD_MQTT_USERNAME is set but FIELD_MQTT_PASSWORD_FILE is not: mount a file holding "
+                "the password (chmod 600) and set FIELD_MQTT_PASSWORD_FILE to its path"
+            )
+        if self.field_mqtt_ca_file is not None and "field_mqtt_port" not in self.model_fields_set:
+            object.__setattr__(self, "field_mqtt_port", TLS_PORT)
         return self
+
+    @property
+    def field_tls(self) -> bool:
+        """Return whether the sensor connects to the field broker with TLS."""
+        return self.field_mqtt_ca_file is not None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edgehub.certs import ensure_certs
 from simulator.errors import ProfileError
 from simulator.physics import device_ids
 from simulator.profile import DEMO_PROFILE, assign_device_ids, load_profile, parse_profile, with_overrides
@@ -131,14 +132,38 @@ def test_json_profiles_load_too(tmp_path: Path):
 
 
 def test_a_relative_ca_file_is_found_next_to_the_profile(tmp_path: Path):
-    (tmp_path / "certs").mkdir()
-    (tmp_path / "certs" / "ca.pem").write_text("not checked here")
+    ensure_certs(tmp_path, ["127.0.0.1"])  # writes certs/ca.pem
     path = tmp_path / "tls.yaml"
     path.write_text("device_types: [{name: a, count: 1}]\nmqtt: {tls_ca_file: certs/ca.pem, port: 8883}\n")
     assert load_profile(path).mqtt.tls_ca_file == tmp_path / "certs" / "ca.pem"
     path.write_text("device_types: [{name: a, count: 1}]\nmqtt: {tls_ca_file: certs/missing.pem}\n")
-    with pytest.raises(ProfileError, match=r"tls_ca_file .*missing.pem' does not exist"):
+    with pytest.raises(ProfileError, match=r"tls_ca_file: .*missing.pem does not exist: mount the CA certificate"):
         load_profile(path)
+    path.write_text("device_types: [{name: a, count: 1}]\nmqtt: {tls_ca_file: certs/ca.key}\n")
+    with pytest.raises(ProfileError, match=r"ca.key is not a PEM CA certificate"):
+        load_profile(path)
+
+
+def test_a_relative_password_file_is_read_next_to_the_profile_and_never_shown(tmp_path: Path):
+    (tmp_path / "gateway-password").write_text("hunter2\n")
+    (tmp_path / "gateway-password").chmod(0o600)
+    path = tmp_path / "auth.yaml"
+    path.write_text("device_types: [{name: a, count: 1}]\nmqtt: {username: gateway, password_file: gateway-password}\n")
+    settings = load_profile(path).mqtt
+    assert settings.password_file is not None and settings.password_file.path == tmp_path / "gateway-password"
+    password = settings.broker_password()
+    assert password is not None and password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+def test_a_password_and_a_password_file_together_are_refused(tmp_path: Path):
+    secret = tmp_path / "gateway-password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    mqtt = {"username": "gateway", "password": "hunter2", "password_file": str(secret)}
+    assert "set mqtt.password or mqtt.password_file (--password-file), not both" in errors_of(
+        {"device_types": [{"name": "a", "count": 1}], "mqtt": mqtt}
+    )
 
 
 def test_overrides_are_validated_like_the_file():

@@ -55,10 +55,10 @@ def test_inference_with_a_state_dir_it_cannot_write_says_to_set_state_dir(tmp_pa
     assert "Traceback" not in result.stderr
 
 
-def test_sensor_with_a_user_but_no_password_says_to_set_both():
-    result = _run_module("sensor", {"FIELD_MQTT_HOST": "localhost", "FIELD_MQTT_USER": "me"})
+def test_sensor_with_a_user_but_no_password_file_says_to_mount_one():
+    result = _run_module("sensor", {"FIELD_MQTT_HOST": "localhost", "FIELD_MQTT_USERNAME": "me"})
     assert result.returncode == 2
-    assert "Set FIELD_MQTT_USER and FIELD_MQTT_PASSWORD together" in result.stderr
+    assert "FIELD_MQTT_USERNAME is set but FIELD_MQTT_PASSWORD_FILE is not" in result.stderr
     assert "Traceback" not in result.stderr
 
 
