@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from edgefleet.errors import EdgefleetError
@@ -18,6 +19,8 @@ from field_broker.broker import FieldBroker
 from field_broker.settings import FieldBrokerSettings, parse_flags
 
 logger = logging.getLogger("field_broker")
+
+TICK_S = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,14 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"field_broker: {err}", file=sys.stderr)
         return 2
     touch_health(settings.health_file)
+    next_check_s = time.monotonic() + settings.reload_check_s
     try:
-        while not stop_event.wait(settings.reload_check_s):
+        # A short tick: SIGTERM and SIGHUP are handled within it, whatever the reload interval.
+        while not stop_event.wait(TICK_S):
             if not broker.running():
                 logger.error("mosquitto exited with code %s; exiting so that it is restarted", broker.exit_code())
                 return 1
             forced = reload_event.is_set()
-            reload_event.clear()
-            broker.reload_if_changed(force=forced)
+            if forced or time.monotonic() >= next_check_s:
+                reload_event.clear()
+                broker.reload_if_changed(force=forced)
+                next_check_s = time.monotonic() + settings.reload_check_s
             touch_health(settings.health_file)
     finally:
         broker.stop()

@@ -95,6 +95,7 @@ class FieldBroker:
         for port in ports:
             _check_free(settings.bind, port)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)  # it holds the ACL, the config and every queued reading
         write_secret(self.acl_path, render_acl(users))
         user = getpass.getuser() if os.geteuid() == 0 else None
         conf = render_config(
