@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ALERTS",
     "DEADLETTER",
+    "FIELDBROKER",
     "INFERENCE",
     "MODULES",
     "PREDICTIONS",
@@ -52,6 +53,8 @@ class ModuleEndpoints:
     name: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    # False for a module that never connects to edgeHub (the field broker): the stand-in runs no broker for it.
+    edgehub_client: bool = True
 
     def __post_init__(self) -> None:
         for kind, names in (("input", self.inputs), ("output", self.outputs)):
@@ -85,6 +88,9 @@ class ModuleEndpoints:
 SENSOR: Final = ModuleEndpoints(name="sensor", inputs=(), outputs=(TELEMETRY, DEADLETTER))
 INFERENCE: Final = ModuleEndpoints(name="inference", inputs=(TELEMETRY,), outputs=(PREDICTIONS, DEADLETTER, ALERTS))
 
+# The field devices' broker: a module of the deployment that neither sends nor receives edgeHub messages.
+FIELDBROKER: Final = ModuleEndpoints(name="fieldbroker", edgehub_client=False)
+
 MODULES: Final[Mapping[str, ModuleEndpoints]] = MappingProxyType(
-    {module.name: module for module in (SENSOR, INFERENCE)}
+    {module.name: module for module in (SENSOR, INFERENCE, FIELDBROKER)}
 )

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from edgefleet.deployment import load_deployment
+from edgefleet.endpoints import MODULES
 from edgehub.hub import HubPublisher
 from edgehub.settings import EdgeHubSettings
 from edgehub.standin import EdgeHubStandIn, run_standin
@@ -39,7 +40,8 @@ def serve_standin(
     Return the process's exit code: 0, or 3 when it stayed unhealthy (`unhealthy_exit_s`).
     """
     deployment = load_deployment(settings.deployment, settings.variables)
-    modules = tuple(deployment.modules)
+    # A module that never talks to edgeHub (the field broker) gets no broker of the stand-in.
+    modules = tuple(m for m in deployment.modules if m not in MODULES or MODULES[m].edgehub_client)
     upstream = open_upstream(settings)
     try:
         standin = EdgeHubStandIn(

@@ -36,6 +36,9 @@ __all__ = [
 
 MODULES_DIR = Path("modules")
 INFERENCE = "inference"
+# Modules whose image is one of deployment/images/ (relative to the directory holding `modules_dir`):
+# module name → its module.json, in iotedgedev's layout like the modules' own.
+SERVICE_MODULES = {"fieldbroker": Path("deployment/images/field-broker/module.json")}
 _PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 
 
@@ -48,10 +51,15 @@ def image_name(repository: str, tag: str, registry: str = "") -> str:
 def module_images(
     modules_dir: Path = MODULES_DIR, registry: str = "", bundle_version: str | None = None
 ) -> dict[str, str]:
-    """Return `MODULES.<m>` → image for every `modules/<m>/module.json`."""
+    """Return `MODULES.<m>` → image for every `modules/<m>/module.json` and every `SERVICE_MODULES` entry."""
     images: dict[str, str] = {}
-    for spec_path in sorted(Path(modules_dir).glob("*/module.json")):
-        module = spec_path.parent.name
+    specs = [(spec.parent.name, spec) for spec in sorted(Path(modules_dir).glob("*/module.json"))]
+    specs += [
+        (module, Path(modules_dir).parent / spec)
+        for module, spec in SERVICE_MODULES.items()
+        if (Path(modules_dir).parent / spec).is_file()
+    ]
+    for module, spec_path in specs:
         try:
             image = json.loads(spec_path.read_text(encoding="utf-8"))["image"]
             repository, tag = str(image["repository"]), str(image["tag"]["version"])

@@ -123,6 +123,16 @@ IMAGES = (
         context=("deployment/deployment.template.json",),
     ),
     Image(
+        "field-broker",
+        "deployment/images/field-broker/Dockerfile",
+        package="field_broker",
+        extra="field-broker",
+        flavour="mosquitto",
+        imports=("field_broker.broker",),
+        forbid=("pyspark", "mlflow", "pandas", "pyarrow", "paho", "cryptography"),
+        probes=("--mosquitto", "--writable", "/var/lib/edgefleet/field-broker,/tmp"),
+    ),
+    Image(
         "sink",
         "deployment/images/sink/Dockerfile",
         package="edgehub.sink_service",

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deployment" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deployment" / ".env.example"
 DEFAULT = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
+# A manifest module whose compose service has another name (IoT Edge module names have no '-').
+COMPOSE_SERVICE = {"fieldbroker": "field-broker"}
 
 
 def expand_defaults(value: Any) -> Any:
@@ -50,8 +52,9 @@ def flags(command: list[str]) -> dict[str, list[str]]:
 def test_every_module_of_the_manifest_runs_in_compose_with_the_manifests_env(compose: dict[str, Any]) -> None:
     deployment = load_deployment(ROOT / DEFAULT_TEMPLATE)
     services = compose["services"]
-    for name, spec in deployment.modules.items():
-        assert name in services, f"the manifest deploys {name}, compose does not run it"
+    for module, spec in deployment.modules.items():
+        name = COMPOSE_SERVICE.get(module, module)
+        assert name in services, f"the manifest deploys {module}, compose does not run it (as {name})"
         env = services[name].get("environment", {})
         for key, value in spec.env.items():
             assert env.get(key) == value, f"{name}: {key} is {env.get(key)!r} in compose, {value!r} in the manifest"

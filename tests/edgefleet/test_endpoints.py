@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.endpoints import INFERENCE, MODULES, SENSOR, EndpointError, ModuleEndpoints
+from edgefleet.endpoints import FIELDBROKER, INFERENCE, MODULES, SENSOR, EndpointError, ModuleEndpoints
 
 pytestmark = pytest.mark.fast
 
 
-def test_endpoint_declarations_cover_both_modules():
-    assert MODULES == {"sensor": SENSOR, "inference": INFERENCE}
+def test_endpoint_declarations_cover_every_module_and_the_field_broker_talks_to_no_edgehub():
+    assert MODULES == {"sensor": SENSOR, "inference": INFERENCE, "fieldbroker": FIELDBROKER}
+    assert not FIELDBROKER.inputs and not FIELDBROKER.outputs and not FIELDBROKER.edgehub_client
     assert SENSOR.output("telemetry") == "telemetry"
     assert INFERENCE.input("telemetry") == "telemetry"
 

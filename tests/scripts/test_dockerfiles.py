@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {image.name: image.dockerfile for image in IMAGES}
 EXTRAS = {image.name: image.extra for image in IMAGES}
 FLAVOURS = {image.name: image.flavour for image in IMAGES}
-SERVICES = {"sensor", "inference", "edgehub", "sink", "dashboard"}  # long-running: a HEALTHCHECK
+SERVICES = {"sensor", "inference", "edgehub", "field-broker", "sink", "dashboard"}  # long-running: a HEALTHCHECK
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
 # Every image runs its own package's entry point, never the umbrella `edgefleet` CLI.
 PACKAGES = {image.name: image.package for image in IMAGES}
@@ -40,7 +40,16 @@ def final_stage(name: str) -> list[str]:
 
 
 def test_build_script_knows_every_image_dockerfile():
-    assert set(DOCKERFILES) == {"sensor", "inference", "edgehub", "sink", "simulator", "dashboard", "training"}
+    assert set(DOCKERFILES) == {
+        "sensor",
+        "inference",
+        "edgehub",
+        "field-broker",
+        "sink",
+        "simulator",
+        "dashboard",
+        "training",
+    }
     assert set(EXTRAS) == set(FLAVOURS) == set(DOCKERFILES)
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "deployment" / "images").glob("*/Dockerfile")}
     assert on_disk == {path for path in DOCKERFILES.values() if path.startswith("deployment/")}
@@ -93,7 +102,7 @@ def test_deployment_image_runs_its_own_package_and_labels_last(name: str):
 
 
 def test_mosquitto_and_java_image_dockerfiles_need_no_network_on_our_base():
-    for name in ("edgehub", "sink"):
+    for name in ("edgehub", "field-broker", "sink"):
         assert FLAVOURS[name] == "mosquitto"
         assert any(step.startswith("RUN command -v mosquitto >/dev/null ||") for step in final_stage(name))
     assert FLAVOURS["training"] == "java"

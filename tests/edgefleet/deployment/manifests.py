@@ -14,6 +14,7 @@ _SHIPPED: dict[str, Any] = json.loads(TEMPLATE.read_text(encoding="utf-8"))
 VARIABLES = {
     "MODULES.sensor": "registry.example/edgefleet-sensor:0.1.0-amd64",
     "MODULES.inference": "registry.example/edgefleet-inference:0.1.0-amd64",
+    "MODULES.fieldbroker": "registry.example/edgefleet-field-broker:0.1.0-amd64",
     "BUNDLE_VERSION": "20261121T061500Z-abc123",
 }
 

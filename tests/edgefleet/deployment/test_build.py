@@ -30,6 +30,7 @@ def test_manifest_takes_images_from_module_json_and_the_bundle_version(small_bun
     deployment = load_deployment(out)
     assert deployment.modules["inference"].image == f"myacr.azurecr.io/edgefleet-inference:{version}"
     assert deployment.modules["sensor"].image == "myacr.azurecr.io/edgefleet-sensor:0.1.0"
+    assert deployment.modules["fieldbroker"].image == "myacr.azurecr.io/edgefleet-field-broker:0.1.0"
     assert deployment.desired("inference")["expectedBundleVersion"] == version
     raw = json.loads(out.read_text())
     options = raw["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["inference"]["settings"]
@@ -44,7 +45,9 @@ def test_long_create_options_are_split_into_512_character_chunks_that_read_back_
     template = tmp_path / "template.json"
     template.write_text(json.dumps(raw))
     out = write_deployment_manifest(
-        template, tmp_path / "out.json", {"MODULES.sensor": "s:1", "MODULES.inference": "i:1", "BUNDLE_VERSION": "v1"}
+        template,
+        tmp_path / "out.json",
+        {"MODULES.sensor": "s:1", "MODULES.inference": "i:1", "MODULES.fieldbroker": "f:1", "BUNDLE_VERSION": "v1"},
     )
     settings = json.loads(out.read_text())["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"][
         "inference"
@@ -83,6 +86,6 @@ def test_a_route_naming_a_missing_input_fails_the_build_naming_the_route(tmp_pat
         write_deployment_manifest(
             template,
             tmp_path / "out.json",
-            {"MODULES.sensor": "s:1", "MODULES.inference": "i:1", "BUNDLE_VERSION": "v"},
+            {"MODULES.sensor": "s:1", "MODULES.inference": "i:1", "MODULES.fieldbroker": "f:1", "BUNDLE_VERSION": "v"},
         )
     assert not (tmp_path / "out.json").exists()

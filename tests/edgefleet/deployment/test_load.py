@@ -24,7 +24,7 @@ pytestmark = pytest.mark.fast
 def test_shipped_template_loads_with_placeholders_kept_when_no_variables_are_given():
     deployment = load_deployment(TEMPLATE)
     assert isinstance(deployment, Deployment)
-    assert set(deployment.modules) == {"sensor", "inference"}
+    assert set(deployment.modules) == {"fieldbroker", "sensor", "inference"}
     assert deployment.modules["sensor"].image == "${MODULES.sensor}"
     assert deployment.desired("inference")["expectedBundleVersion"] == "${BUNDLE_VERSION}"
     assert deployment.store_and_forward_ttl_s == 7200

@@ -25,7 +25,7 @@ def test_a_route_to_an_unknown_module_is_reported_with_the_route_name():
     )
     problem = only_error(manifest)
     assert problem.where == 'route "sensorToInference"'
-    assert problem.message == 'module "infrence" is not in $edgeAgent modules (known: sensor, inference)'
+    assert problem.message == 'module "infrence" is not in $edgeAgent modules (known: fieldbroker, sensor, inference)'
 
 
 def test_a_route_from_an_unknown_module_is_reported_with_the_route_name():
@@ -195,7 +195,7 @@ def test_a_twin_for_a_module_that_is_not_deployed_is_reported():
     manifest["modulesContent"]["sensorr"] = {"properties.desired": {"enabled": True}}
     problem = only_error(manifest)
     assert problem.where == 'twin "sensorr"'
-    assert "known: sensor, inference" in problem.message
+    assert "known: fieldbroker, sensor, inference" in problem.message
 
 
 def test_a_twin_property_name_iot_hub_refuses_is_reported():
@@ -234,7 +234,8 @@ def test_a_sensor_twin_without_a_field_topic_is_an_error_not_a_deaf_sensor():
 def test_a_template_placeholder_is_checked_once_the_manifest_is_built():
     manifest = template()  # expectedBundleVersion is "${BUNDLE_VERSION}" until built
     assert errors(validate_deployment(manifest)) == []
-    variables = {"MODULES.sensor": "r/s:1", "MODULES.inference": "r/i:1", "BUNDLE_VERSION": ""}
+    variables = {"MODULES.sensor": "r/s:1", "MODULES.inference": "r/i:1", "MODULES.fieldbroker": "r/f:1"}
+    variables["BUNDLE_VERSION"] = ""
     assert errors(validate_deployment(manifest, variables=variables)) == []  # empty: any bundle
 
 
@@ -257,7 +258,7 @@ def test_manifest_validate_main_names_the_module_and_property_of_a_bad_desired_v
 
 def test_manifest_validate_main_prints_ok_for_the_shipped_template(capsys):
     assert main(["manifest", "validate", str(TEMPLATE)]) == 0
-    assert capsys.readouterr().out.strip() == "OK: 2 modules, 6 routes"
+    assert capsys.readouterr().out.strip() == "OK: 3 modules, 6 routes"
 
 
 def test_manifest_validate_main_prints_errors_and_warnings_and_fails(tmp_path, capsys):

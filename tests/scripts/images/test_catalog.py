@@ -9,7 +9,16 @@ import pytest
 from scripts.images.catalog import EDGE_FORBIDDEN, FLAVOURS, IMAGES, image
 
 REPO = Path(__file__).resolve().parents[3]
-OUR_PACKAGES = {"edgefleet", "modules", "edgehub", "simulator", "cloud_training", "dashboard", "edgefleet_cli"}
+OUR_PACKAGES = {
+    "edgefleet",
+    "modules",
+    "edgehub",
+    "simulator",
+    "cloud_training",
+    "dashboard",
+    "field_broker",
+    "edgefleet_cli",
+}
 
 
 def module_file_exists(module: str) -> bool:
@@ -26,7 +35,14 @@ def test_every_module_of_ours_an_image_check_imports_exists_in_the_tree(name: st
 
 
 def test_long_running_images_are_services_and_jobs_are_not():
-    assert {i.name for i in IMAGES if i.service} == {"sensor", "inference", "edgehub", "sink", "dashboard"}
+    assert {i.name for i in IMAGES if i.service} == {
+        "sensor",
+        "inference",
+        "edgehub",
+        "field-broker",
+        "sink",
+        "dashboard",
+    }
     assert {i.name for i in IMAGES if not i.service} == {"simulator", "training"}
 
 

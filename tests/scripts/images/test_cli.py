@@ -39,7 +39,14 @@ def test_only_builds_the_named_images_in_catalog_order():
 
 
 def test_skip_builds_every_image_but_the_named_ones():
-    assert names(select_images("", "training,inference")) == ["sensor", "edgehub", "sink", "simulator", "dashboard"]
+    assert names(select_images("", "training,inference")) == [
+        "sensor",
+        "edgehub",
+        "field-broker",
+        "sink",
+        "simulator",
+        "dashboard",
+    ]
 
 
 def test_an_unknown_image_name_is_an_error_listing_the_images():
