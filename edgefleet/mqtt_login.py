@@ -162,7 +162,7 @@ def describe_connect_error(
     return None
 
 
-class LoginClient(mqtt.Client):
+class LoginClient(mqtt.Client):  # type: ignore[misc,unused-ignore]  # paho 1.6 is untyped
     """A paho client that reports why a connection attempt failed (paho itself only retries)."""
 
     on_connect_error: Callable[[OSError], None] | None = None
