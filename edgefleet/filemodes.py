@@ -29,7 +29,7 @@ PUBLIC_FILE_MODE = 0o644
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) and make it 0700; return it. Raise OSError when the disk refuses."""
+    """Create `path` (and missing parents) 0700, or narrow it to 0700 if we own it; return it. Raise OSError."""
     path = Path(path)
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     _set_mode(path, PRIVATE_DIR_MODE)
@@ -67,6 +67,7 @@ def write_atomic(path: Path, data: bytes, file_mode: int = PRIVATE_FILE_MODE) ->
 
 
 def _set_mode(path: Path, mode: int) -> None:
-    """Chmod `path` to `mode` unless it has it already (a folder someone else owns may be right already)."""
-    if stat.S_IMODE(path.stat().st_mode) != mode:
+    """Chmod `path` to `mode` if it is ours and has another mode (a shared folder such as /tmp stays as it is)."""
+    info = path.stat()
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
         path.chmod(mode)
