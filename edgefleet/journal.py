@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.filemodes import private_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Journal", "JournalError", "JournalRecord", "Segment"]
@@ -83,7 +85,7 @@ class Journal:
         self._bytes = 0
         self._deleted = 0
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.folder)  # 0700 even when an older version made it wider
         except OSError as err:
             raise JournalError(f"cannot create the journal folder {self.folder} ({err}); set STATE_DIR") from err
         existing = _segment_files(self.folder)

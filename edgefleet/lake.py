@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from edgefleet.alerts import ALERT_SCHEMA
+from edgefleet.filemodes import open_private, private_dir
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES
 
@@ -73,17 +74,19 @@ BOOKKEEPING_COLUMNS: tuple[str, ...] = (*PREDICTION_COLUMNS, *EDGE_COLUMNS, SOUR
 
 
 def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:
-    """Append rows to the lake, one new file per day, each written atomically."""
+    """Append rows to the lake, one new file per day, each written atomically; folders 0700, files 0600."""
     if rows.empty:
         return []
     ts = pd.to_datetime(rows[TS_COLUMN], utc=True)
     written = []
+    private_dir(lake_dir)
     for day, part in rows.groupby(ts.dt.strftime("%Y-%m-%d"), sort=True):
-        day_dir = lake_dir / f"date={day}"
-        day_dir.mkdir(parents=True, exist_ok=True)
+        day_dir = private_dir(lake_dir / f"date={day}")
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = day_dir / f".{name}.tmp"  # dot-prefixed: readers skip it until renamed
-        part.to_parquet(tmp, index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+        # Written through a handle opened 0600: the readings are never readable by others, not even briefly.
+        with open_private(tmp, "wb") as handle:
+            part.to_parquet(handle, index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
         final = day_dir / name
         tmp.replace(final)
         written.append(final)

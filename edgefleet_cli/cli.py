@@ -40,6 +40,7 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
         "variables": args.var,
         "edge_device": args.edge_device,
         "state_dir": args.state_dir,
+        "ca_export_dir": args.ca_export_dir,
         "lake_dir": args.lake,
         "ip_base": args.ip_base,
         "module_hosts": args.module_host,
@@ -117,6 +118,7 @@ def _add_edgehub_command(sub: Subcommands) -> None:
     edgehub.add_argument("--var", action="append", metavar="NAME=VALUE")
     edgehub.add_argument("--edge-device", default="edge1")
     edgehub.add_argument("--state-dir", default="out/edgehub")
+    edgehub.add_argument("--ca-export-dir", help="publish the CA certificate here (default <state-dir>/public)")
     edgehub.add_argument("--lake", default="out/lake")
     edgehub.add_argument("--ip-base", default="127.0.77", help="modules connect to <ip-base>.10, .11, ... port 8883")
     edgehub.add_argument(

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import open_private, private_dir
 from edgefleet_cli.supervisor import (
     MIN_UNHEALTHY_AFTER_S,
     UNHEALTHY_REPORTS,
@@ -95,12 +96,12 @@ class ModuleProcess:
         # Keep only the dev variables: with IOTEDGE_* set the SDK would look for a real edge runtime.
         env = {key: value for key, value in os.environ.items() if not key.startswith("IOTEDGE_")}
         env.update(self.env)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)  # logs may quote readings: owner only
         if self.health_path is not None:
             # A file left by the previous process would make the new one look healthy before it is.
             self.health_path.parent.mkdir(parents=True, exist_ok=True)
             self.health_path.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as log:
+        with open_private(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"modules.{self.name}"],
                 stdin=subprocess.DEVNULL,
@@ -326,8 +327,8 @@ class LocalEdge:
 
     def _start_dashboard(self) -> subprocess.Popen[bytes]:
         """Start the dashboard (`python -m dashboard`) on the hub broker, serving on 127.0.0.1:`dashboard_port`."""
-        self.dashboard_log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.dashboard_log_path, "ab") as log:
+        private_dir(self.dashboard_log_path.parent)
+        with open_private(self.dashboard_log_path, "ab") as log:
             return subprocess.Popen(
                 [
                     sys.executable,

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import open_private, private_dir
 
 if TYPE_CHECKING:  # certs needs cryptography, which the sink's image (plain listener) does not have
     from edgehub.certs import CertPaths
@@ -262,11 +263,11 @@ class Broker:
         self._stop_stale()
         for listener in self.listeners:
             _check_free(listener)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)  # persistence holds queued messages; the log names clients and topics
         user = getpass.getuser() if os.geteuid() == 0 else None
         persistence_dir = self.state_dir.resolve() if self.persistent else None
         self.config_path.write_text(render_config(self.listeners, user, persistence_dir, self.name, self.autosave))
-        with open(self.log_path, "ab") as log:
+        with open_private(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [executable, "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,

@@ -6,6 +6,10 @@ cover every address the modules use. Everything is generated on first use into a
 directory (never committed) and reused until the SAN set changes or a certificate nears
 expiry; the CA is kept across server-certificate renewals so module environments that
 point at the CA file stay valid.
+
+Private keys are 0600 in a 0700 folder. Modules need the CA certificate only:
+`publish_ca_certificate` copies it alone into a folder others may read (a container volume
+that modules mount), so no module ever sees a key.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import datetime as dt
 import fcntl
 import ipaddress
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import PRIVATE_FILE_MODE, PUBLIC_DIR_MODE, PUBLIC_FILE_MODE, private_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CertError", "CertPaths", "ensure_certs"]
+__all__ = ["CA_FILE_NAME", "CertError", "CertPaths", "ensure_certs", "publish_ca_certificate"]
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=365)
@@ -38,6 +42,7 @@ SERVER_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=30)
 CA_NAME = "edgefleet local edgeHub CA"
 SERVER_NAME = "edgefleet local edgeHub"
+CA_FILE_NAME = "ca.pem"
 
 
 class CertError(EdgefleetError):
@@ -61,9 +66,12 @@ def ensure_certs(state_dir: Path, ips: Iterable[str], hostnames: Iterable[str] =
     if not wanted_ips and not wanted_names:
         raise CertError("the server certificate needs at least one IP address or host name")
     cert_dir = Path(state_dir) / "certs"
-    cert_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(cert_dir)
+    except OSError as err:
+        raise CertError(f"cannot create the certificate folder {cert_dir} ({err}): use a writable state dir") from err
     paths = CertPaths(
-        ca_cert=cert_dir / "ca.pem",
+        ca_cert=cert_dir / CA_FILE_NAME,
         ca_key=cert_dir / "ca.key",
         server_cert=cert_dir / "server.pem",
         server_key=cert_dir / "server.key",
@@ -79,7 +87,24 @@ def ensure_certs(state_dir: Path, ips: Iterable[str], hostnames: Iterable[str] =
                 ", ".join(sorted(map(str, wanted_ips)) + sorted(wanted_names)),
                 cert_dir,
             )
+        for key in (paths.ca_key, paths.server_key):  # keys an older version wrote with a wider mode
+            if key.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
+                key.chmod(PRIVATE_FILE_MODE)
     return paths
+
+
+def publish_ca_certificate(ca_cert: Path, export_dir: Path) -> Path:
+    """Copy the CA certificate (public, 0644) alone into `export_dir` (0755 when created here); return its path."""
+    export_dir = Path(export_dir)
+    try:
+        if not export_dir.is_dir():
+            export_dir.mkdir(mode=PUBLIC_DIR_MODE, parents=True)
+            export_dir.chmod(PUBLIC_DIR_MODE)  # modules running as other users must reach the file
+        target = export_dir / CA_FILE_NAME
+        write_atomic(target, Path(ca_cert).read_bytes(), PUBLIC_FILE_MODE)
+    except OSError as err:
+        raise CertError(f"cannot publish the CA certificate in {export_dir} ({err}): choose a writable folder") from err
+    return target
 
 
 @contextmanager
@@ -220,16 +245,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write a key readable only by its owner, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    tmp.replace(path)
+    """Write a key readable only by its owner (0600), atomically."""
+    write_atomic(path, data)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    """Write a certificate atomically, so a starting broker never reads half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write a certificate (0644) atomically, so a starting broker never reads half a file."""
+    write_atomic(path, data, PUBLIC_FILE_MODE)

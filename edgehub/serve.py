@@ -53,6 +53,7 @@ def serve_standin(
             upstream=upstream,
             ip_base=settings.ip_base,
             module_hosts=settings.module_hosts,
+            ca_export_dir=settings.ca_export_dir,
         )
         return run_standin(
             standin,

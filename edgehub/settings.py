@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.deployment import parse_variables
@@ -15,7 +15,14 @@ from edgefleet.environment import EnvCheck
 from edgefleet.errors import EdgefleetError
 from edgefleet.hub_wire import parse_hub_address
 from edgefleet.process import LogLevel
-from edgehub.standin import DEFAULT_IP_BASE, UNHEALTHY_EXIT_S, check_ip_base, check_module_hosts, check_name
+from edgehub.standin import (
+    DEFAULT_IP_BASE,
+    UNHEALTHY_EXIT_S,
+    check_ca_export_dir,
+    check_ip_base,
+    check_module_hosts,
+    check_name,
+)
 
 __all__ = ["EdgeHubSettings", "parse_flags"]
 
@@ -33,6 +40,8 @@ class EdgeHubSettings(BaseSettings):
     variables: dict[str, str] | None = None
     edge_device: str = "edge1"
     state_dir: Path = Path("out/edgehub")
+    # Where the CA certificate alone is published for modules (None: <state_dir>/public).
+    ca_export_dir: Path | None = None
     # Written here unless `upstream_mqtt` names the sink service.
     lake_dir: Path = Path("out/lake")
     flush_every_s: float = Field(5.0, gt=0)
@@ -66,11 +75,11 @@ class EdgeHubSettings(BaseSettings):
     def _edge_device_name(cls, value: str) -> str:
         return _checked(lambda: check_name(value, "edge device id"))
 
-    @field_validator("state_dir", "lake_dir")
+    @field_validator("state_dir", "lake_dir", "ca_export_dir")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
+    def _absolute(cls, value: Path | None) -> Path | None:
         # Env files name the CA certificate: they must work from any directory.
-        return value.resolve()
+        return value.resolve() if value is not None else None
 
     @field_validator("ip_base")
     @classmethod
@@ -92,6 +101,12 @@ class EdgeHubSettings(BaseSettings):
     def _distinct_addresses(cls, value: dict[str, str]) -> dict[str, str]:
         # Which modules exist is known once the manifest is read; the stand-in checks the names then.
         return _checked(lambda: check_module_hosts(value, list(value)))
+
+    @model_validator(mode="after")
+    def _ca_export_dir_shows_no_key(self) -> EdgeHubSettings:
+        if self.ca_export_dir is not None:
+            _checked(lambda: check_ca_export_dir(self.state_dir, self.ca_export_dir or self.state_dir))
+        return self
 
     @field_validator("upstream_mqtt", mode="before")
     @classmethod
@@ -120,6 +135,11 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--var", dest="variables", action="append", metavar="NAME=VALUE", help="expand ${NAME}")
     parser.add_argument("--edge-device", dest="edge_device", help="edge device id (default edge1)")
     parser.add_argument("--state-dir", dest="state_dir", help="certificates, broker state, module env files")
+    parser.add_argument(
+        "--ca-export-dir",
+        dest="ca_export_dir",
+        help="publish the CA certificate alone here, for modules to mount (default <state-dir>/public)",
+    )
     parser.add_argument("--lake", dest="lake_dir", help="write the lake here (unless --upstream-mqtt is given)")
     parser.add_argument("--ip-base", dest="ip_base", help="modules connect to <ip-base>.10, .11, ... port 8883")
     parser.add_argument(

@@ -46,6 +46,7 @@ from typing import Any
 
 import pandas as pd
 
+from edgefleet.filemodes import open_private, private_dir
 from edgefleet.lake import (
     BOOKKEEPING_COLUMNS,
     DEADLETTER_DIR,
@@ -273,13 +274,12 @@ class LakeSink:
 
     def _append_jsonl(self, directory: str, record: Mapping[str, Any]) -> None:
         """Append one JSON line to `<lake>/<directory>/<today>.jsonl`."""
-        folder = self.lake_dir / directory
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(self.lake_dir / directory)  # dead letters are readings too: 0700/0600
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
         # One unbuffered write per line under a lock, so lines never interleave. A reader may still
         # catch a long line half-written: the lake's readers (edgefleet.lake.read_jsonl) take only
         # lines that end in a newline.
-        with self._write_lock, open(folder / f"{datetime.now(UTC):%Y-%m-%d}.jsonl", "ab", buffering=0) as handle:
+        with self._write_lock, open_private(folder / f"{datetime.now(UTC):%Y-%m-%d}.jsonl") as handle:
             handle.write(line)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import private_dir
 from edgefleet.health import touch_health
 from edgefleet.hub_wire import HUB_SUBSCRIPTION, KEEPALIVE_S, parse_hub_message
 from edgefleet.journal import Journal, JournalError, Segment
@@ -56,8 +57,9 @@ class SinkService:
         self._lock = threading.Lock()
         self._sink: LakeSink | None = None
         try:
+            private_dir(settings.state_dir)  # the journal and the broker's persistence hold readings
             self._journal = Journal(settings.state_dir / "journal")
-        except JournalError as err:
+        except (OSError, JournalError) as err:
             raise EdgefleetError(f"{err}: pass --state-dir or set SINK_STATE_DIR to a writable folder") from err
         self._broker = Broker(
             settings.state_dir / "broker",
@@ -126,7 +128,7 @@ class SinkService:
         Return 0, or UNHEALTHY_EXIT_CODE once unhealthy for `unhealthy_exit_s` without a break (its
         broker cannot be restarted, or it cannot subscribe): a container restarts on an exit only.
         """
-        self.settings.lake_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.lake_dir)  # the lake holds every reading: owner only
         clock = UnhealthyClock(self.settings.unhealthy_exit_s, time.monotonic(), setting="SINK_UNHEALTHY_EXIT_S")
         self._broker.start()
         self._keeper = BrokerKeeper([self._broker]).start()

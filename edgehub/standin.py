@@ -19,6 +19,10 @@ through the SDK's documented development variables `EdgeHubConnectionString` and
 `EdgeModuleCACertificateFile` (see `module_environment`). The stand-in does not check the
 modules' SAS tokens; it listens on loopback addresses only.
 
+The state dir (0700) holds the CA's and the server's private keys (0600). Modules get the CA
+certificate alone, published into `ca_export_dir` (default `<state_dir>/public`; under Docker
+Compose a volume of its own that modules mount read-only), never the state dir.
+
 `$upstream` goes to the `Upstream` the caller passes in (`edgehub.upstream`): the stand-in
 routes, the caller decides where the local IoT Hub is and closes it after the stand-in stopped.
 """
@@ -38,12 +42,13 @@ from types import TracebackType
 from typing import Any
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import open_private, private_dir
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
 from edgehub.broker import Broker, BrokerKeeper, Listener
-from edgehub.certs import CertPaths, ensure_certs
+from edgehub.certs import CA_FILE_NAME, CertPaths, ensure_certs, publish_ca_certificate
 from edgehub.router import BrokerAddress, Router
 from edgehub.upstream import Upstream
 
@@ -56,6 +61,7 @@ __all__ = [
     "UNHEALTHY_EXIT_S",
     "EdgeHubStandIn",
     "StandInError",
+    "check_ca_export_dir",
     "check_ip_base",
     "check_module_hosts",
     "check_name",
@@ -96,8 +102,12 @@ class EdgeHubStandIn:
         hub_hostname: str = DEFAULT_HUB_HOSTNAME,
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
+        ca_export_dir: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.ca_export_dir = check_ca_export_dir(
+            self.state_dir, Path(ca_export_dir) if ca_export_dir is not None else self.state_dir / "public"
+        )
         self.edge_device = check_name(edge_device, "edge device id")
         self.modules = tuple(check_name(module, "module name") for module in modules)
         if not self.modules:
@@ -140,8 +150,8 @@ class EdgeHubStandIn:
 
     @property
     def ca_file(self) -> Path:
-        """Return the CA certificate modules must trust (exists once started)."""
-        return self.certs.ca_cert if self.certs is not None else self.state_dir / "certs" / "ca.pem"
+        """Return the published copy of the CA certificate modules must trust (exists once started)."""
+        return self.ca_export_dir / CA_FILE_NAME
 
     def module_environment(self, module: str) -> dict[str, str]:
         """Return the environment variables a module process needs to reach its edgeHub."""
@@ -157,14 +167,14 @@ class EdgeHubStandIn:
         return {"EdgeHubConnectionString": connection_string, "EdgeModuleCACertificateFile": str(self.ca_file)}
 
     def write_env_files(self) -> dict[str, Path]:
-        """Write `<state_dir>/modules/<module>.env` (KEY="value" lines) for every module; return the paths."""
-        folder = self.state_dir / "modules"
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write `<state_dir>/modules/<module>.env` (KEY="value" lines, 0600: they hold keys); return the paths."""
+        folder = private_dir(self.state_dir / "modules")
         paths = {}
         for module in self.modules:
             lines = [f'{key}="{value}"' for key, value in self.module_environment(module).items()]
             path = folder / f"{module}.env"
-            path.write_text("\n".join(lines) + "\n")
+            with open_private(path, "wb") as handle:
+                handle.write(("\n".join(lines) + "\n").encode())
             paths[module] = path
         return paths
 
@@ -183,7 +193,12 @@ class EdgeHubStandIn:
             return self
         try:
             hosts = [self.module_host(module) for module in self.modules]
+            try:
+                private_dir(self.state_dir)
+            except OSError as err:
+                raise StandInError(f"cannot use the state dir {self.state_dir} ({err}): pass a writable one") from err
             self.certs = ensure_certs(self.state_dir, ips=hosts, hostnames=["localhost"])
+            publish_ca_certificate(self.certs.ca_cert, self.ca_export_dir)
             for module, host in zip(self.modules, hosts, strict=True):
                 broker = Broker(
                     self.state_dir / "brokers", module, [Listener(host, GATEWAY_PORT, self.certs)], persistent=True
@@ -324,6 +339,17 @@ def check_module_hosts(module_hosts: Mapping[str, str], modules: Sequence[str]) 
     if len(set(module_hosts.values())) != len(module_hosts):
         raise StandInError("each module needs its own address: the SDK always connects to port 8883")
     return dict(module_hosts)
+
+
+def check_ca_export_dir(state_dir: Path, export_dir: Path) -> Path:
+    """Return where the CA certificate is published, or raise if that folder would show private keys."""
+    state, export = state_dir.resolve(), export_dir.resolve()
+    if export == state or export in state.parents or export.is_relative_to(state / "certs"):
+        raise StandInError(
+            f"the CA export folder {export_dir} would show the state dir's private keys to modules: "
+            f"choose a folder that is neither the state dir ({state_dir}), one of its parents, nor its certs/"
+        )
+    return export_dir
 
 
 def check_ip_base(ip_base: str) -> str:

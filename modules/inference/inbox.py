@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.errors import StartError
+from edgefleet.filemodes import private_dir
 from edgefleet.journal import Journal, JournalRecord, Segment
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class InputMessage:
 def open_journal(folder: Path) -> Journal:
     """Open the journal in `folder`; raise StartError saying how to fix a folder this process cannot write."""
     try:
+        private_dir(folder.parent)  # STATE_DIR: the journal and the last good desired set, owner only
         journal = Journal(folder)
         with tempfile.TemporaryFile(dir=folder):  # an existing folder may still refuse new files
             pass

@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from edgefleet.desired import SensorDesired
 from edgefleet.endpoints import DEADLETTER, SENSOR, TELEMETRY
 from edgefleet.errors import StartError
+from edgefleet.filemodes import private_dir
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.messages import (
@@ -551,8 +552,9 @@ def _open_journal(folder: Path) -> Journal:
     """Open the sensor's journal; raise StartError saying how to fix a folder that cannot be created."""
     how = "set STATE_DIR to a directory the sensor's user can create and write (a volume kept across restarts)"
     try:
+        private_dir(folder.parent)  # STATE_DIR: the journal and the last good desired set, owner only
         journal = Journal(folder)
-    except JournalError as err:
+    except (JournalError, OSError) as err:
         raise StartError(f"cannot create the journal folder {folder} ({err.__cause__ or err}); {how}") from err
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StartError(f"cannot write the journal folder {folder} (permission denied); {how}")

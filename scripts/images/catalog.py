@@ -41,6 +41,9 @@ class Image:
     dockerfile: str
     extra: str  # the pyproject.toml extra it installs (its wheel directory in the wheelhouse)
     flavour: str
+    # The user it runs as: each image its own uid, so no container reads another's state; the
+    # sink and training share 10001 because the lake (0700, files 0600) is the sink's and training reads it.
+    uid: int
     imports: tuple[str, ...] = ()  # must import in the image
     forbid: tuple[str, ...] = ()  # must not be importable in the image
     probes: tuple[str, ...] = ()  # further check_image.py arguments (--mosquitto, --writable ...)
@@ -91,8 +94,10 @@ IMAGES = (
         package="modules.sensor",
         extra="edge",
         flavour="base",
+        uid=10003,
         imports=("modules.sensor.service",),
         forbid=EDGE_FORBIDDEN,
+        probes=("--writable", "/var/lib/edgefleet,/tmp"),
     ),
     Image(
         "inference",
@@ -100,9 +105,10 @@ IMAGES = (
         package="modules.inference",
         extra="edge",
         flavour="base",
+        uid=10004,
         imports=("modules.inference.service", "onnxruntime", "sklearn"),
         forbid=EDGE_FORBIDDEN,
-        probes=("--bundle", "/app/bundle"),
+        probes=("--writable", "/var/lib/edgefleet,/tmp", "--bundle", "/app/bundle"),
         bakes_bundle=True,
     ),
     Image(
@@ -111,12 +117,13 @@ IMAGES = (
         package="edgehub",
         extra="edgehub",
         flavour="mosquitto",
+        uid=10002,
         imports=("edgehub.standin", "cryptography"),
         forbid=EDGE_FORBIDDEN,
         probes=(
             "--mosquitto",
             "--writable",
-            "/var/lib/edgefleet/edgehub,/tmp",
+            "/var/lib/edgefleet/edgehub,/var/lib/edgefleet-ca,/tmp",
             "--json-file",
             "/etc/edgefleet/deployment.json",
         ),
@@ -138,6 +145,7 @@ IMAGES = (
         package="edgehub.sink_service",
         extra="sink",
         flavour="mosquitto",
+        uid=10001,
         imports=("edgehub.sink", "pyarrow"),
         forbid=("pyspark", "mlflow"),
         probes=("--mosquitto", "--writable", "/lake,/var/lib/edgefleet/sink,/tmp"),
@@ -148,6 +156,7 @@ IMAGES = (
         package="simulator",
         extra="simulator",
         flavour="base",
+        uid=10005,
         imports=("simulator.run",),
         forbid=("pyspark", "mlflow", "pandas", "pyarrow"),
         service=False,
@@ -158,6 +167,7 @@ IMAGES = (
         package="dashboard",
         extra="dashboard",
         flavour="base",
+        uid=10006,
         imports=("dashboard.app", "bokeh"),
         forbid=("pyspark", "mlflow", "pyarrow"),
     ),
@@ -167,6 +177,7 @@ IMAGES = (
         package="cloud_training",
         extra="training",
         flavour="java",
+        uid=10001,
         service=False,
         training_run=True,
     ),

@@ -11,7 +11,6 @@ from scripts.images.docker import inspect
 __all__ = ["CHECK_SCRIPT", "check_image"]
 
 CHECK_SCRIPT = Path(__file__).with_name("check_image.py")
-SERVICE_UID = "10001"
 
 # For real, in one container (offline, as the image's user): Java, a writable HOME and /tmp, a tiny
 # fleet trained on Spark (local mode), exported with ONNX, tracked in MLflow (sqlite), the bundle verified.
@@ -61,11 +60,11 @@ def run_training(image: Image, ref: str) -> tuple[bool, list[str]]:
 
 
 def check_user(image: Image, ref: str) -> tuple[bool, list[str]]:
-    """The image runs as uid 10001."""
+    """The image runs as its own uid (catalog.py)."""
     code, uid = output(["docker", "run", "--rm", "--network", "none", "--entrypoint", "id", ref, "-u"])
     uid = uid.strip()
-    if code != 0 or uid != SERVICE_UID:
-        return False, [f"FAIL runs as uid {uid}, not {SERVICE_UID}"]
+    if code != 0 or uid != str(image.uid):
+        return False, [f"FAIL runs as uid {uid}, not {image.uid}"]
     return True, [f"runs as uid {uid}"]
 
 

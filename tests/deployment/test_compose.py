@@ -72,7 +72,24 @@ def test_each_module_connects_to_the_stand_in_address_the_stand_in_certifies(com
         # the stand-in's fixed address is on a network the module shares with it
         shared = set(services[module]["networks"]) & set(edgehub_networks)
         assert any(edgehub_networks[net] and edgehub_networks[net].get("ipv4_address") == host for net in shared)
-        assert env["EdgeModuleCACertificateFile"].endswith("/edgehub/certs/ca.pem")
+
+
+def test_modules_mount_the_published_ca_certificate_and_never_the_stand_ins_keys(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    export_dir = flags(services["edgehub"]["command"])["--ca-export-dir"][0]
+    state_dir = flags(services["edgehub"]["command"])["--state-dir"][0]
+    volumes = dict(reversed(mount.split(":")[:2]) for mount in services["edgehub"]["volumes"])
+    ca_volume, state_volume = volumes[export_dir], volumes[str(Path(state_dir).parent)]
+    assert ca_volume != state_volume
+    for name, spec in services.items():
+        if name == "edgehub":
+            continue
+        mounted = {mount.split(":")[0]: mount for mount in spec.get("volumes", [])}
+        assert state_volume not in mounted, f"{name} mounts the stand-in's state (its private keys)"
+        if "EdgeModuleCACertificateFile" in spec.get("environment", {}):
+            target = mounted[ca_volume].split(":")[1]
+            assert mounted[ca_volume].endswith(":ro")
+            assert spec["environment"]["EdgeModuleCACertificateFile"] == f"{target}/ca.pem"
 
 
 def test_the_stand_in_sends_upstream_to_the_sink_service_on_a_shared_network(compose: dict[str, Any]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from edgehub.certs import ensure_certs
+from edgehub.certs import CertError, ensure_certs, publish_ca_certificate
 
 pytestmark = pytest.mark.fast
 
@@ -53,3 +55,38 @@ def test_a_corrupt_server_key_is_replaced(tmp_path: Path) -> None:
     assert paths.server_key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
     x509.load_pem_x509_certificate(paths.server_cert.read_bytes()).verify_directly_issued_by(ca)
+
+
+def test_keys_and_their_folder_are_owner_only_even_when_an_older_run_left_them_wider(tmp_path: Path) -> None:
+    first = ensure_certs(tmp_path, ["127.0.5.10"])
+    first.ca_key.chmod(0o644)
+    first.server_key.chmod(0o640)
+    first.ca_key.parent.chmod(0o755)
+
+    paths = ensure_certs(tmp_path, ["127.0.5.10"])
+
+    assert stat.S_IMODE(paths.ca_key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == stat.S_IMODE(paths.server_key.stat().st_mode) == 0o600
+    assert paths.ca_key.read_bytes() == first.ca_key.read_bytes()  # narrowed, not regenerated
+
+
+def test_the_published_ca_certificate_is_world_readable_whatever_the_umask(tmp_path: Path) -> None:
+    paths = ensure_certs(tmp_path / "state", ["127.0.5.10"])
+    old = os.umask(0o077)
+    try:
+        published = publish_ca_certificate(paths.ca_cert, tmp_path / "public" / "edgehub")
+    finally:
+        os.umask(old)
+
+    assert published.read_bytes() == paths.ca_cert.read_bytes()
+    assert stat.S_IMODE(published.stat().st_mode) == 0o644
+    assert stat.S_IMODE(published.parent.stat().st_mode) == 0o755
+    assert os.listdir(published.parent) == ["ca.pem"]
+
+
+def test_publishing_the_ca_certificate_into_a_file_says_which_folder_to_fix(tmp_path: Path) -> None:
+    paths = ensure_certs(tmp_path / "state", ["127.0.5.10"])
+    (tmp_path / "taken").write_text("a file, not a folder")
+
+    with pytest.raises(CertError, match=r"cannot publish the CA certificate in .*taken"):
+        publish_ca_certificate(paths.ca_cert, tmp_path / "taken")

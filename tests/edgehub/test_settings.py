@@ -57,3 +57,12 @@ def test_every_mistake_is_reported_at_once_under_its_variable_name() -> None:
     assert "EDGEHUB_EDGE_DEVICE: edge device id 'edge 1' must be 1-64 letters" in message
     assert "EDGEHUB_MODULE_HOSTS: each module needs its own address" in message
     assert "EDGEHUB_FLUSH_EVERY_S: Input should be greater than 0" in message
+
+
+def test_the_ca_export_folder_is_a_flag_and_may_not_be_where_the_keys_are(tmp_path: Path) -> None:
+    flags = ["--deployment", str(TEMPLATE), "--state-dir", str(tmp_path / "state")]
+    settings = load_settings(EdgeHubSettings, **parse_flags([*flags, "--ca-export-dir", "relative/ca"]))
+    assert settings.ca_export_dir is not None and settings.ca_export_dir.is_absolute()
+
+    with pytest.raises(StartError, match="would show the state dir's private keys"):
+        load_settings(EdgeHubSettings, **parse_flags([*flags, "--ca-export-dir", str(tmp_path)]))

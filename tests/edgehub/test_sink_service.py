@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from edgefleet.journal import Journal
+from edgefleet.lake import DEADLETTER_DIR
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from edgehub.hub import HubPublisher
@@ -99,6 +101,39 @@ def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path:
     assert process.returncode == 0, err
     assert sorted(pd.read_parquet(tmp_path / "lake")["seq"]) == [0, 1, 2]
     assert "Traceback" not in err
+
+
+def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    port, lake, state = free_port(), tmp_path / "lake", tmp_path / "state"
+    health_file = tmp_path / "healthy"
+    process = sink_service(
+        "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", state,
+        "--flush-every-s", 0.2, "--health-file", health_file,
+    )  # fmt: skip
+    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-modes").start()
+    try:
+        wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
+        assert process.poll() is None, process.communicate()[1]
+        publisher(telemetry(1))
+        dead = {"schema": "edgefleet.deadletter/1", "reason": "not_json", "source": "sensor/telemetry"}
+        publisher(Message("edge1", "sensor", "deadletters", {}, JSON, json.dumps(dead).encode()))
+        assert publisher.close(timeout_s=20)
+        wait_for(lambda: lake_seqs(lake) == [1] and any((lake / DEADLETTER_DIR).glob("*.jsonl")))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    parquet = list(lake.glob("date=*/*.parquet"))
+    assert parquet and {mode(path) for path in parquet} == {0o600}
+    assert {mode(path.parent) for path in parquet} == {0o700} and mode(lake) == 0o700
+    assert mode(lake / DEADLETTER_DIR) == 0o700
+    assert {mode(path) for path in (lake / DEADLETTER_DIR).glob("*.jsonl")} == {0o600}
+    assert mode(state) == mode(state / "journal") == mode(state / "broker") == 0o700
+    assert {mode(path) for path in (state / "broker").glob("*.log")} == {0o600}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ def test_module_environment_names_the_module_gateway_and_ca(tmp_path: Path) -> N
 
     env = standin.module_environment("inference")
 
-    assert env["EdgeModuleCACertificateFile"] == str(tmp_path / "certs" / "ca.pem")
+    assert env["EdgeModuleCACertificateFile"] == str(tmp_path / "public" / "ca.pem")
     fields = dict(part.split("=", 1) for part in env["EdgeHubConnectionString"].split(";"))
     assert fields["GatewayHostName"] == "127.0.9.11"
     assert fields["DeviceId"] == "edge1" and fields["ModuleId"] == "inference"
@@ -306,6 +307,54 @@ def test_modules_can_be_given_their_own_broker_addresses_as_under_docker_compose
             assert module.request("get_twin")["twin"]["desired"]["site"] == "b"
         finally:
             module.close()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_modules_trust_the_published_ca_certificate_and_never_see_a_private_key(tmp_path: Path) -> None:
+    state, public = tmp_path / "state", tmp_path / "ca-volume"
+    standin = EdgeHubStandIn(
+        state,
+        "edge1",
+        ["sensor", "inference"],
+        parse_routes({"telemetry": TELEMETRY_ROUTE}),
+        {"inference": {"site": "b"}},
+        upstream=CollectingUpstream(),
+        ip_base=next_ip_base(),
+        ca_export_dir=public,
+    )
+    with standin:
+        env_files = standin.write_env_files()
+        env = standin.module_environment("inference")
+        assert env["EdgeModuleCACertificateFile"] == str(public / "ca.pem")
+        module = ModuleProcess("inference", env, tmp_path)
+        try:
+            module.wait_ready()
+            assert module.request("get_twin")["twin"]["desired"]["site"] == "b"
+        finally:
+            module.close()
+
+        # what modules mount: the CA certificate alone, readable by any uid
+        assert sorted(os.listdir(public)) == ["ca.pem"]
+        assert "PRIVATE KEY" not in (public / "ca.pem").read_text()
+        assert (public / "ca.pem").read_bytes() == (state / "certs" / "ca.pem").read_bytes()
+        assert (mode(public), mode(public / "ca.pem")) == (0o755, 0o644)
+        # what stays in the state dir: owner only
+        assert mode(state) == mode(state / "certs") == 0o700
+        assert mode(state / "certs" / "ca.key") == mode(state / "certs" / "server.key") == 0o600
+        assert mode(state / "modules") == 0o700
+        assert {mode(path) for path in env_files.values()} == {0o600}
+        assert mode(state / "brokers") == mode(state / "journal") == 0o700
+        assert {mode(log) for log in (state / "brokers").glob("*.log")} == {0o600}
+
+
+@pytest.mark.parametrize("where", [".", "..", "certs", "certs/public"])
+def test_the_standin_refuses_to_publish_its_ca_where_modules_would_see_its_keys(tmp_path: Path, where: str) -> None:
+    state = tmp_path / "edgehub"
+    with pytest.raises(StandInError, match="private keys"):
+        EdgeHubStandIn(state, "edge1", ["sensor"], [], {}, upstream=CollectingUpstream(), ca_export_dir=state / where)
 
 
 def test_module_hosts_must_be_distinct_ip_addresses_of_known_modules(tmp_path: Path) -> None:

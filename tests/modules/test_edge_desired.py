@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 from edgefleet.field import FIELD_TOPIC_FILTER
 from tests.edge_fixtures import lake_rows, reading, wait_for
 
@@ -45,3 +48,26 @@ def test_a_patch_with_enabled_no_is_refused_and_the_sensor_keeps_its_last_good_v
     publisher.publish(reading("dev-cfg", 2))
     publisher.wait_acked()
     assert _predicted_seqs(edge, 2) == [1, 2]
+
+
+def test_what_a_running_edge_keeps_on_disk_is_readable_by_its_owner_only(start_edge, publisher_factory):
+    edge = start_edge()
+    publisher = publisher_factory(edge)
+    publisher.publish(reading("dev-modes", 1))
+    publisher.wait_acked()
+    assert _predicted_seqs(edge, 1) == [1]
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    for module in ("sensor", "inference"):
+        state = edge.workdir / f"{module}-state"
+        assert mode(state) == mode(state / "journal") == 0o700, module
+        assert mode(state / "desired.json") == 0o600, module
+    assert mode(edge.workdir / "edgehub") == mode(edge.workdir / "edgehub" / "certs") == 0o700
+    assert {mode(key) for key in (edge.workdir / "edgehub" / "certs").glob("*.key")} == {0o600}
+    assert mode(edge.workdir / "edgehub" / "public" / "ca.pem") == 0o644  # what modules trust: public
+    parquet = list(edge.lake_dir.glob("date=*/*.parquet"))
+    assert parquet and {mode(path) for path in parquet} == {0o600}
+    assert mode(edge.lake_dir) == 0o700
+    assert {mode(log) for log in (edge.workdir / "logs").glob("*.log")} == {0o600}

@@ -23,6 +23,7 @@ SERVICES = {"sensor", "inference", "edgehub", "field-broker", "sink", "dashboard
 DEPLOYMENT_IMAGES = sorted(name for name, path in DOCKERFILES.items() if path.startswith("deployment/"))
 # Every image runs its own package's entry point, never the umbrella `edgefleet` CLI.
 PACKAGES = {image.name: image.package for image in IMAGES}
+UIDS = {image.name: image.uid for image in IMAGES}
 
 
 def instructions(name: str) -> list[str]:
@@ -71,7 +72,13 @@ def test_image_dockerfile_basics(name: str):
     assert any("--requirement /wheelhouse/deps/requirements.txt" in step for step in pip_installs)
     assert any(f'"${{app}}[{extra}]"' in step for step in pip_installs)
     final = final_stage(name)
-    assert "USER module" in final and any("--uid 10001" in step for step in final)
+    uid = UIDS[name]
+    users = [step for step in final if "useradd" in step]
+    assert len(users) == 1 and f"--uid {uid} " in users[0] and f"groupadd --system --gid {uid} " in users[0]
+    user = users[0].rsplit(" ", 1)[-1] if users[0].endswith("nologin " + name) else name
+    assert final.count(f"USER {user}") == 1
+    # the state dir (a named volume takes its owner) belongs to the image's own user
+    assert f"chown {uid}:{uid} /var/lib/edgefleet" in users[0] or f"chown -R {uid}:{uid}" in users[0]
     health = [step for step in final if step.startswith("HEALTHCHECK")]
     assert len(health) == 1
     if name in SERVICES:
@@ -83,6 +90,21 @@ def test_image_dockerfile_basics(name: str):
         assert health[0].endswith(by_http if name == "dashboard" else by_file)
     else:
         assert health[0] == "HEALTHCHECK NONE"  # batch jobs
+
+
+def test_every_image_runs_as_its_own_uid_but_training_shares_the_sinks_to_read_the_owner_only_lake():
+    assert UIDS["training"] == UIDS["sink"] == 10001  # and RETRAIN_OUT must be writable by 10001 (compose)
+    others = [uid for name, uid in UIDS.items() if name not in {"training", "sink"}]
+    assert len(set(others)) == len(others) and 10001 not in others
+    compose = (REPO / "deployment" / "docker-compose.yml").read_text()
+    assert "uid 10001" in compose
+
+
+def test_the_sensor_and_inference_images_differ_only_after_their_shared_layers():
+    sensor, inference = final_stage("sensor"), final_stage("inference")
+    shared = sensor.index("COPY --from=app /opt/app/ /opt/venv/lib/python3.11/site-packages/") + 1
+    assert inference[:shared] == sensor[:shared]
+    assert not any("useradd" in step or step.startswith("USER") for step in sensor[:shared])
 
 
 @pytest.mark.parametrize("name", DEPLOYMENT_IMAGES)
