@@ -135,6 +135,7 @@ IMAGES = (
         package="field_broker",
         extra="field-broker",
         flavour="mosquitto",
+        uid=10007,
         imports=("field_broker.broker",),
         forbid=("pyspark", "mlflow", "pandas", "pyarrow", "paho", "cryptography"),
         probes=("--mosquitto", "--writable", "/var/lib/edgefleet/field-broker,/tmp"),
