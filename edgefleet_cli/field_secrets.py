@@ -39,8 +39,10 @@ from field_broker.passwords import (
 __all__ = [
     "DEFAULT_HOSTS",
     "FieldDir",
+    "IMAGE_UIDS",
     "FieldSecretsError",
     "add_device",
+    "give_to_images",
     "client_password_file",
     "init_field_dir",
     "list_identities",
@@ -51,6 +53,11 @@ __all__ = [
 # (`fieldbroker`) and as a compose service (`field-broker`).
 DEFAULT_HOSTS: Final = ("localhost", "127.0.0.1", "fieldbroker", "field-broker")
 CLIENTS: Final = "clients"
+
+
+# The uid each image runs as (scripts/images/catalog.py; tests/edgefleet_cli/test_field.py keeps
+# them equal): the broker reads the directory, the sensor and the simulator their own password.
+IMAGE_UIDS: Final = {"field-broker": 10007, SENSOR_USER: 10003, GATEWAY_USER: 10005}
 
 
 class FieldSecretsError(EdgefleetError):
@@ -158,3 +165,28 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def give_to_images(field_dir: Path) -> dict[Path, int]:
+    """Hand the directory to the field broker image's user, each client password to its image's user.
+
+    Bind mounts keep the host's owners and modes, and every file here is 0600: without this the
+    containers cannot read their secrets. Needs root; returns what now belongs to which uid.
+    """
+    field_dir = Path(field_dir).resolve()
+    owners: dict[Path, int] = {}
+    for path in (field_dir, *sorted(field_dir.rglob("*"))):
+        owners[path] = IMAGE_UIDS["field-broker"]
+    for user in (SENSOR_USER, GATEWAY_USER):
+        owners[client_password_file(field_dir, user)] = IMAGE_UIDS[user]
+    try:
+        for path, uid in owners.items():
+            os.chown(path, uid, uid)
+    except PermissionError:
+        raise FieldSecretsError(
+            f"cannot hand {field_dir} to the images' users without root: run `sudo edgefleet field init "
+            f"--dir {field_dir} --image-owners`, or chown it yourself (uids: "
+            + ", ".join(f"{name} {uid}" for name, uid in IMAGE_UIDS.items())
+            + ")"
+        ) from None
+    return owners

@@ -108,4 +108,15 @@ def write_secret(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.chmod(tmp, 0o600)  # an older tmp file keeps its mode through O_CREAT
+    _keep_owner(tmp, path)
     tmp.replace(path)
+
+
+def _keep_owner(new: Path, old: Path) -> None:
+    """Give `new` the owner of the file it replaces: root editing a broker's files must not lock it out."""
+    try:
+        before = old.stat()
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0 and (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
+        os.chown(new, before.st_uid, before.st_gid)

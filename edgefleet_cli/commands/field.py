@@ -32,6 +32,11 @@ def add_field_commands(sub: Subcommands) -> None:
         help="a name or IP devices reach the broker at (repeat; localhost, 127.0.0.1, fieldbroker always)",
     )
     init.add_argument("--ca-dir", help="where the CA key is kept (default: <dir>-ca, outside the broker's directory)")
+    init.add_argument(
+        "--image-owners",
+        action="store_true",
+        help="hand the files to the container users that read them (compose, IoT Edge binds; needs root)",
+    )
     init.set_defaults(func=cmd_field_init)
 
     add = field_sub.add_parser("add-device", help="add a device identity; prints its password once")
@@ -52,10 +57,12 @@ def add_field_commands(sub: Subcommands) -> None:
 
 def cmd_field_init(args: argparse.Namespace) -> int:
     """Create or update the config directory; return 0."""
-    from edgefleet_cli.field_secrets import client_password_file, init_field_dir
+    from edgefleet_cli.field_secrets import client_password_file, give_to_images, init_field_dir
     from field_broker.identities import GATEWAY_USER, SENSOR_USER
 
     made = init_field_dir(Path(args.dir), args.host, Path(args.ca_dir) if args.ca_dir else None)
+    if args.image_owners:
+        give_to_images(made.path)
     print(f"field broker config in {made.path} (certificate for {', '.join(made.hosts)})")
     print(f"CA key in {made.ca_dir}: keep it off the broker; only `field init` needs it")
     print(f"sensor:    user {SENSOR_USER}, password in {client_password_file(made.path, SENSOR_USER)}")

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deployment" / "docker-compose.yml"
-SERVICES = ("field-broker", "sink", "edgehub", "sensor", "inference", "dashboard")
+SERVICES = ("fieldbroker", "sink", "edgehub", "sensor", "inference", "dashboard")
 SIM_DURATION_S = int(os.environ.get("EDGEFLEET_E2E_SIM_S", "60"))
 INFERENCE_PAUSE_S = 10
 HEALTHY_TIMEOUT_S = 180
@@ -110,7 +110,12 @@ def wait_until(check: Any, timeout_s: float, what: str, compose: Compose, interv
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     project = f"edgefleet-e2e-{os.getpid()}"
+    # The field broker's config directory, provisioned as a user would (root here, as in CI).
+    field_dir = tmp_path_factory.mktemp("secrets") / "field"
+    provision = [str(ROOT / ".venv" / "bin" / "edgefleet"), "field", "init", "--dir", str(field_dir)]
+    subprocess.run([*provision, "--image-owners"], check=True, capture_output=True, timeout=120)
     env = {
+        "FIELD_SECRETS_DIR": str(field_dir),
         "EDGEFLEET_SUBNET": os.environ.get("EDGEFLEET_E2E_SUBNET", "172.29"),
         "SIM_DURATION_S": str(SIM_DURATION_S),
         "FIELD_MQTT_BIND": "127.0.0.1",

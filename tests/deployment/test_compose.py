@@ -21,7 +21,7 @@ COMPOSE = ROOT / "deployment" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deployment" / ".env.example"
 DEFAULT = re.compile(r"\$\{([A-Z0-9_]+):-([^}]*)\}")
 # A manifest module whose compose service has another name (IoT Edge module names have no '-').
-COMPOSE_SERVICE = {"fieldbroker": "field-broker"}
+COMPOSE_SERVICE: dict[str, str] = {}  # manifest module -> compose service, where the names differ
 
 
 def expand_defaults(value: Any) -> Any:

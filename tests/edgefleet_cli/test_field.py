@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from edgefleet_cli.cli import main
+from edgefleet_cli.field_secrets import IMAGE_UIDS
+from field_broker.identities import GATEWAY_USER, SENSOR_USER
 from field_broker.passwords import read_password_file, verify_password
 
 
@@ -95,3 +98,27 @@ def test_remove_device_refuses_an_unknown_device_and_the_edges_own_identities(tm
 def test_field_commands_on_a_directory_never_initialised_say_to_run_init(tmp_path, capsys):
     assert main(["field", "add-device", "pump-1", "--dir", str(tmp_path / "none")]) == 2
     assert f"edgefleet field init --dir {tmp_path / 'none'}" in capsys.readouterr().err
+
+
+def test_the_image_owners_are_the_uids_the_images_run_as():
+    from scripts.images.catalog import image
+
+    assert IMAGE_UIDS == {
+        "field-broker": image("field-broker").uid,
+        SENSOR_USER: image("sensor").uid,
+        GATEWAY_USER: image("simulator").uid,
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to other uids needs root (CI runs as root)")
+def test_init_with_image_owners_gives_each_container_user_only_what_it_reads_and_add_device_keeps_it(tmp_path):
+    field = tmp_path / "field"
+    assert main(["field", "init", "--dir", str(field), "--image-owners"]) == 0
+    broker = IMAGE_UIDS["field-broker"]
+    assert {p.stat().st_uid for p in (field, field / "passwords", field / "server-key.pem")} == {broker}
+    assert (field / "clients" / f"{SENSOR_USER}.password").stat().st_uid == IMAGE_UIDS[SENSOR_USER]
+    assert (field / "clients" / f"{GATEWAY_USER}.password").stat().st_uid == IMAGE_UIDS[GATEWAY_USER]
+
+    assert main(["field", "add-device", "dev-7", "--dir", str(field)]) == 0  # root rewrites the password file
+    assert (field / "passwords").stat().st_uid == broker
+    assert stat.S_IMODE((field / "passwords").stat().st_mode) == 0o600

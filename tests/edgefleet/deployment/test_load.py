@@ -50,7 +50,13 @@ def test_shipped_template_routes_sensor_telemetry_to_inference_and_everything_up
 
 def test_module_specs_expose_env_and_create_options_as_objects():
     modules = load_deployment(TEMPLATE).modules
-    assert modules["sensor"].env == {"FIELD_MQTT_HOST": "field-broker", "FIELD_MQTT_PORT": "1883"}
+    assert modules["sensor"].env == {
+        "FIELD_MQTT_HOST": "fieldbroker",
+        "FIELD_MQTT_PORT": "8883",
+        "FIELD_MQTT_CA_FILE": "/run/secrets/field/ca.pem",
+        "FIELD_MQTT_USERNAME": "edgefleet-sensor",
+        "FIELD_MQTT_PASSWORD_FILE": "/run/secrets/field/password",
+    }
     assert modules["inference"].env["BUNDLE_DIR"] == "/app/bundle"
     assert modules["inference"].create_options["HostConfig"]["Memory"] == 512 * 1024 * 1024
     assert modules["sensor"].status == "running"
