@@ -38,12 +38,12 @@ from field_broker.passwords import (
 
 __all__ = [
     "DEFAULT_HOSTS",
-    "FieldDir",
     "IMAGE_UIDS",
+    "FieldDir",
     "FieldSecretsError",
     "add_device",
-    "give_to_images",
     "client_password_file",
+    "give_to_images",
     "init_field_dir",
     "list_identities",
     "remove_device",

@@ -103,11 +103,11 @@ def test_field_commands_on_a_directory_never_initialised_say_to_run_init(tmp_pat
 def test_the_image_owners_are_the_uids_the_images_run_as():
     from scripts.images.catalog import image
 
-    assert IMAGE_UIDS == {
+    assert {
         "field-broker": image("field-broker").uid,
         SENSOR_USER: image("sensor").uid,
         GATEWAY_USER: image("simulator").uid,
-    }
+    } == IMAGE_UIDS
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing files to other uids needs root (CI runs as root)")
