@@ -16,8 +16,13 @@ neither, and `get_twin()` never returns. Separate processes work with every Mosq
 
 Modules connect exactly as on a device, with `IoTHubModuleClient.create_from_edge_environment()`,
 through the SDK's documented development variables `EdgeHubConnectionString` and
-`EdgeModuleCACertificateFile` (see `module_environment`). The stand-in does not check the
-modules' SAS tokens; it listens on loopback addresses only.
+`EdgeModuleCACertificateFile` (see `module_environment`). Like edgeHub, the stand-in checks their
+SAS tokens at CONNECT: port 8883 is served by `edgehub.front`, which refuses anonymous clients,
+wrong keys, expired tokens and a module connecting to another module's broker (CONNACK 5), and
+passes accepted connections to the module's Mosquitto, which listens on a loopback port only,
+refuses anonymous clients and limits each identity to its own topics (`acl_file`). Module keys
+are random (`<state_dir>/secrets/module-keys`, created once) or the operator's (`module_keys_file`).
+The router connects to each Mosquitto directly, with its own internal credentials.
 
 `$upstream` goes to the `Upstream` the caller passes in (`edgehub.upstream`): the stand-in
 routes, the caller decides where the local IoT Hub is and closes it after the stand-in stopped.
@@ -26,10 +31,12 @@ routes, the caller decides where the local IoT Hub is and closes it after the st
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 import logging
+import os
 import re
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,9 +48,12 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
+from edgefleet.topics import EVENTS_SUBSCRIPTION, METHOD_RESPONSES_SUBSCRIPTION, TWIN_REQUEST_SUBSCRIPTIONS
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
-from edgehub.broker import Broker, BrokerKeeper, Listener
+from edgehub.auth import KeysError, ModuleIdentity, ensure_module_keys, read_keys_file, write_private
+from edgehub.broker import Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
 from edgehub.certs import CertPaths, ensure_certs
+from edgehub.front import AuthFront, FrontError, FrontRoute
 from edgehub.router import BrokerAddress, Router
 from edgehub.upstream import Upstream
 
@@ -74,6 +84,9 @@ FIRST_HOST = 10  # module i listens on <ip_base>.(10 + i)
 DEFAULT_HUB_HOSTNAME = "edgefleet-local.azure-devices.net"  # only appears in SAS token audiences
 _MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _IP_BASE = re.compile(r"127\.\d{1,3}\.\d{1,3}")
+# Each module's Mosquitto listens here only (a free port per broker); the front and the router connect to it.
+BROKER_HOST = "127.0.0.1"
+ROUTER_USER = "edgehub-router"
 
 
 class StandInError(EdgefleetError):
@@ -96,6 +109,7 @@ class EdgeHubStandIn:
         hub_hostname: str = DEFAULT_HUB_HOSTNAME,
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
+        module_keys_file: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.edge_device = check_name(edge_device, "edge device id")
@@ -120,7 +134,11 @@ class EdgeHubStandIn:
         self._brokers: list[Broker] = []
         self._keeper: BrokerKeeper | None = None
         self._router: Router | None = None
+        self._front: AuthFront | None = None
         self.certs: CertPaths | None = None
+        self.module_keys_file = module_keys_file
+        # The operator's keys are checked now, so that a mistake stops the start with how to fix it.
+        self._keys: dict[str, bytes] | None = self._read_keys() if module_keys_file is not None else None
         for route in self.routes:
             for module in (route.source.module, route.sink.module):
                 if module is not None and module not in self.modules:
@@ -143,28 +161,47 @@ class EdgeHubStandIn:
         """Return the CA certificate modules must trust (exists once started)."""
         return self.certs.ca_cert if self.certs is not None else self.state_dir / "certs" / "ca.pem"
 
+    def _read_keys(self) -> dict[str, bytes]:
+        """Return every module's key: the operator's file, else the stand-in's own (created once)."""
+        try:
+            if self.module_keys_file is not None:
+                return read_keys_file(self.module_keys_file, self.modules)
+            return ensure_module_keys(self.state_dir / "secrets", self.modules)
+        except KeysError as err:
+            raise StandInError(str(err)) from None
+
+    def module_identity(self, module: str) -> ModuleIdentity:
+        """Return who may connect to a module's broker, with the module's key."""
+        if module not in self.modules:
+            raise StandInError(f"unknown module {module!r}; the stand-in runs {', '.join(self.modules)}")
+        if self._keys is None:
+            self._keys = self._read_keys()
+        return ModuleIdentity(self.hub_hostname, self.edge_device, module, self._keys[module])
+
     def module_environment(self, module: str) -> dict[str, str]:
-        """Return the environment variables a module process needs to reach its edgeHub."""
+        """Return the environment variables a module process needs to reach its edgeHub (its key included)."""
+        key = base64.b64encode(self.module_identity(module).key).decode()
         connection_string = ";".join(
             [
                 f"HostName={self.hub_hostname}",
                 f"GatewayHostName={self.module_host(module)}",
                 f"DeviceId={self.edge_device}",
                 f"ModuleId={module}",
-                f"SharedAccessKey={_local_key(self.edge_device, module)}",
+                f"SharedAccessKey={key}",
             ]
         )
         return {"EdgeHubConnectionString": connection_string, "EdgeModuleCACertificateFile": str(self.ca_file)}
 
     def write_env_files(self) -> dict[str, Path]:
-        """Write `<state_dir>/modules/<module>.env` (KEY="value" lines) for every module; return the paths."""
+        """Write `<state_dir>/modules/<module>.env` (KEY="value" lines, 0600: they hold keys); return the paths."""
         folder = self.state_dir / "modules"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
         paths = {}
         for module in self.modules:
             lines = [f'{key}="{value}"' for key, value in self.module_environment(module).items()]
             path = folder / f"{module}.env"
-            path.write_text("\n".join(lines) + "\n")
+            write_private(path, ("\n".join(lines) + "\n").encode())
             paths[module] = path
         return paths
 
@@ -178,23 +215,34 @@ class EdgeHubStandIn:
         return self._router
 
     def start(self) -> EdgeHubStandIn:
-        """Generate certificates, start the brokers and the router; return when the router is subscribed."""
+        """Generate certificates, start the brokers, the front and the router; return when the router is subscribed."""
         if self._router is not None:
             return self
         try:
             hosts = [self.module_host(module) for module in self.modules]
+            identities = [self.module_identity(module) for module in self.modules]
             self.certs = ensure_certs(self.state_dir, ips=hosts, hostnames=["localhost"])
-            for module, host in zip(self.modules, hosts, strict=True):
-                broker = Broker(
-                    self.state_dir / "brokers", module, [Listener(host, GATEWAY_PORT, self.certs)], persistent=True
-                )
+            broker_dir = self.state_dir / "brokers"
+            broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(broker_dir, 0o700)
+            # Internal passwords, new at every start: only this process and its brokers know them.
+            router_password = secrets.token_urlsafe(32)
+            routes, addresses = [], {}
+            for identity, host in zip(identities, hosts, strict=True):
+                module, port, password = identity.module, _free_loopback_port(), secrets.token_urlsafe(32)
+                auth = self._write_broker_auth(broker_dir, module, password, router_password)
+                broker = Broker(broker_dir, module, [Listener(BROKER_HOST, port)], persistent=True, auth=auth)
                 self._brokers.append(broker)
                 broker.start()
+                routes.append(
+                    FrontRoute(identity, host, GATEWAY_PORT, BROKER_HOST, port, _module_user(module), password)
+                )
+                addresses[module] = BrokerAddress(BROKER_HOST, port, username=ROUTER_USER, password=router_password)
             self._keeper = BrokerKeeper(self._brokers).start()
-            addresses = {
-                module: BrokerAddress(host, GATEWAY_PORT, self.certs.ca_cert)
-                for module, host in zip(self.modules, hosts, strict=True)
-            }
+            try:
+                self._front = AuthFront(routes, self.certs).start()
+            except FrontError as err:
+                raise StandInError(str(err)) from None
             self._router = Router(
                 addresses,
                 self.edge_device,
@@ -216,6 +264,40 @@ class EdgeHubStandIn:
         )
         return self
 
+    def _write_broker_auth(self, folder: Path, module: str, password: str, router_password: str) -> BrokerAuth:
+        """Write a module broker's password and ACL files: the module and the router, each on its own topics."""
+        user, edge = _module_user(module), self.edge_device
+        password_file, acl_file = folder / f"mosquitto-{module}.passwd", folder / f"mosquitto-{module}.acl"
+        write_private(
+            password_file,
+            f"{user}:{mosquitto_password_hash(password)}\n{ROUTER_USER}:{mosquitto_password_hash(router_password)}\n".encode(),
+        )
+        module_topics = [
+            f"topic write devices/{edge}/modules/{module}/messages/events/#",
+            "topic write $iothub/twin/GET/#",
+            "topic write $iothub/twin/PATCH/properties/reported/#",
+            "topic write $iothub/methods/res/#",
+            f"topic read devices/{edge}/modules/{module}/inputs/#",
+            "topic read $iothub/twin/res/#",
+            "topic read $iothub/twin/PATCH/properties/desired/#",
+            "topic read $iothub/methods/POST/#",
+        ]
+        router_topics = [
+            f"topic read {EVENTS_SUBSCRIPTION}",
+            *(f"topic read {topic}" for topic in (*TWIN_REQUEST_SUBSCRIPTIONS, METHOD_RESPONSES_SUBSCRIPTION)),
+            f"topic write devices/{edge}/modules/{module}/inputs/#",
+            "topic write $iothub/twin/res/#",
+            "topic write $iothub/twin/PATCH/properties/desired/#",
+            "topic write $iothub/methods/POST/#",
+        ]
+        text = "\n".join([f"user {user}", *module_topics, "", f"user {ROUTER_USER}", *router_topics]) + "\n"
+        write_private(acl_file, text.encode())
+        return BrokerAuth(password_file, acl_file)
+
+    def front_stats(self) -> dict[str, dict[str, int]]:
+        """Return per module how many connections the front accepted and refused."""
+        return self._front.stats() if self._front is not None else {}
+
     def _open_journal(self) -> Journal:
         """Open the router's journal: what it took from modules and has not delivered yet."""
         try:
@@ -227,12 +309,15 @@ class EdgeHubStandIn:
         """Stop the router (handing what it holds to the upstream), then the brokers; the upstream stays open."""
         router, self._router = self._router, None
         keeper, self._keeper = self._keeper, None
+        front, self._front = self._front, None
         try:
             if keeper is not None:
                 keeper.stop()  # before the brokers: it would start them again
             if router is not None:
                 router.stop()
         finally:
+            if front is not None:
+                front.stop()
             brokers, self._brokers = self._brokers, []
             for broker in brokers:
                 broker.stop()
@@ -248,6 +333,8 @@ class EdgeHubStandIn:
         found = self._keeper.problems() if self._keeper is not None else []
         if not found and not all(broker.running() for broker in self._brokers):
             found.append("a module broker is down")
+        if self._front is None or not self._front.running():
+            found.append("the TLS front of the module brokers is down")
         if not self.upstream.healthy():
             found.append("the upstream does not take messages")
         return found
@@ -297,9 +384,17 @@ def run_standin(
                 return 0
 
 
-def _local_key(edge_device: str, module: str) -> str:
-    """Return a stable, non-secret SAS key: the SDK needs valid base64, the stand-in checks nothing."""
-    return base64.b64encode(hashlib.sha256(f"edgefleet-local/{edge_device}/{module}".encode()).digest()).decode()
+def _module_user(module: str) -> str:
+    """Return the internal Mosquitto user a module's accepted connections use."""
+    return f"module-{module}"
+
+
+def _free_loopback_port() -> int:
+    """Return a port free on BROKER_HOST now (the broker binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((BROKER_HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def check_name(name: str, what: str) -> str:
