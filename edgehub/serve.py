@@ -51,6 +51,7 @@ def serve_standin(
             upstream=upstream,
             ip_base=settings.ip_base,
             module_hosts=settings.module_hosts,
+            module_keys_file=settings.module_keys_file,
         )
         return run_standin(
             standin,

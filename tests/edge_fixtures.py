@@ -20,7 +20,8 @@ from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
 from edgefleet.lake import read_jsonl
 from edgefleet_cli.local_edge import LocalEdge
-from edgehub.auth import ModuleIdentity, sas_token, sas_username
+from edgehub.auth import ModuleIdentity, read_keys_file, sas_token, sas_username
+from edgehub.standin import DEFAULT_HUB_HOSTNAME
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / DEFAULT_TEMPLATE
@@ -58,6 +59,12 @@ def module_mqtt_client(
     username = sas_username(identity.hub_hostname, identity.device, identity.module)
     client.username_pw_set(username, sas_token(identity, int(time.time()) + ttl_s))
     return client
+
+
+def module_identity_in(state_dir: Path, module: str, edge_device: str = "edge1") -> ModuleIdentity:
+    """Return a module's identity with the key a stand-in keeps in its state folder."""
+    key = read_keys_file(state_dir / "secrets" / "module-keys", [module])[module]
+    return ModuleIdentity(DEFAULT_HUB_HOSTNAME, edge_device, module, key)
 
 
 # Readings are dated from two days ago on, one per seq second: inside the sensor's window around

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
 
@@ -18,7 +17,6 @@ from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
 from edgefleet.routes import parse_routes
 from edgehub import router as router_module
 from edgehub.standin import EdgeHubStandIn, StandInError, run_standin
-
 from tests.edge_fixtures import module_mqtt_client
 
 from .conftest import CollectingUpstream, ModuleProcess, StartEdge, next_ip_base, wait_for
