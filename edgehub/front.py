@@ -284,6 +284,12 @@ class AuthFront:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
+    @property
+    def native_thread_id(self) -> int | None:
+        """Return the OS id of the front's thread (its CPU time is in /proc/self/task/<id>/stat)."""
+        thread = self._thread
+        return thread.native_id if thread is not None else None
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Close the listeners and every connection, then end the thread."""
         loop, thread = self._loop, self._thread

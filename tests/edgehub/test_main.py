@@ -146,3 +146,19 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
     seqs = lake_seqs(tmp_path / "lake")
     assert set(seqs) == set(range(count))  # 0 lost
     print(f"stand-in kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")
+
+
+def test_a_world_readable_module_keys_file_stops_the_start_saying_how_to_fix_it(tmp_path: Path) -> None:
+    keys = tmp_path / "module-keys"
+    keys.write_text("sensor=" + "A" * 43 + "=\n")
+    keys.chmod(0o644)
+
+    process = edgehub(
+        "--deployment", TEMPLATE, "--state-dir", tmp_path / "state", "--lake", tmp_path / "lake",
+        "--ip-base", next_ip_base(), "--module-keys-file", keys,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 2
+    assert f"edgehub: module keys file {keys} is readable by others (mode 644): chmod 600 {keys}" in err
+    assert "Traceback" not in err
