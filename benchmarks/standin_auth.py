@@ -5,7 +5,8 @@ own TLS listener. With it, `edgehub.front` terminates TLS, checks the CONNECT's 
 pipes the bytes to Mosquitto on a loopback port. A paho client, as the SDK publishes, sends QoS 1
 messages with up to `--inflight` unacknowledged; the figure is messages/s to the last PUBACK, and
 CPU per message of the front's thread plus Mosquitto (both from /proc). Modes alternate,
-`--repeats` times each, the publisher in a process of its own; the report is the median per mode and the ratio (one run, same machine).
+`--repeats` times each, the publisher in a process of its own; the report is the median per mode
+and the ratio (one run, same machine).
 
 Usage:
     python benchmarks/standin_auth.py            # 20,000 small and 2,000 16 kB messages, 3 repeats
@@ -106,7 +107,8 @@ def main() -> int:
     password, port = secrets.token_urlsafe(32), free_port()
     (state / "auth").mkdir()
     (state / "auth" / "passwd").write_text(f"module-sensor:{mosquitto_password_hash(password)}\n")
-    (state / "auth" / "acl").write_text("user module-sensor\ntopic write devices/edge1/modules/sensor/messages/events/#\n")
+    acl = "user module-sensor\ntopic write devices/edge1/modules/sensor/messages/events/#\n"
+    (state / "auth" / "acl").write_text(acl)
     auth = BrokerAuth(state / "auth" / "passwd", state / "auth" / "acl")
     behind = Broker(state / "behind", "behind", [Listener("127.0.0.1", port)], auth=auth).start()
     route = FrontRoute(identity, HOST_FRONT, 8883, "127.0.0.1", port, "module-sensor", password)
