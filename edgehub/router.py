@@ -91,11 +91,13 @@ class MethodTimeoutError(RouterError, TimeoutError):
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """Where the router reaches one module's broker; TLS verified against `ca_file` when set."""
+    """Where the router reaches one module's broker; TLS verified against `ca_file` when set; its credentials."""
 
     host: str
     port: int
     ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -163,6 +165,8 @@ class _Link:
         if address.ca_file is not None:
             # Hostname (here: IP) checking stays on: the router trusts the broker like a module does.
             client.tls_set(ca_certs=str(address.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if address.username is not None:
+            client.username_pw_set(address.username, address.password)
         # Deliberate limits, see PUBLISH_WINDOW: paho queues without limit (0) and the router's
         # own window keeps what it holds far below the 16-bit message-id space.
         client.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
@@ -614,7 +618,9 @@ class Router:
             self._reject(module, str(err))
             return
         if event.device_id != self.edge_device or event.module_id != module:
-            # Only the connection says who sent it; a module cannot speak for another one.
+            # Only the connection says who sent it; a module cannot speak for another one. The
+            # stand-in refuses such a client at CONNECT and its broker's ACL drops such a topic:
+            # this is the last line of defence.
             self._reject(module, f"identity mismatch: topic names {event.device_id}/{event.module_id}")
             return
         message = Message(

@@ -54,6 +54,7 @@ def serve_standin(
             ip_base=settings.ip_base,
             module_hosts=settings.module_hosts,
             ca_export_dir=settings.ca_export_dir,
+            module_keys_file=settings.module_keys_file,
         )
         return run_standin(
             standin,

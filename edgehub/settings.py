@@ -48,6 +48,9 @@ class EdgeHubSettings(BaseSettings):
     flush_rows: int = Field(10_000, gt=0)
     ip_base: str = DEFAULT_IP_BASE
     module_hosts: dict[str, str] = Field(default_factory=dict)
+    # The operator's module keys (MODULE=BASE64KEY lines, mode 0600); None: the stand-in makes its
+    # own once, in <state_dir>/secrets/module-keys.
+    module_keys_file: Path | None = None
     upstream_mqtt: tuple[str, int] | None = None
     health_file: Path | None = None
     # Unhealthy this long without a break (a module broker that cannot be restarted, the upstream
@@ -75,7 +78,7 @@ class EdgeHubSettings(BaseSettings):
     def _edge_device_name(cls, value: str) -> str:
         return _checked(lambda: check_name(value, "edge device id"))
 
-    @field_validator("state_dir", "lake_dir", "ca_export_dir")
+    @field_validator("state_dir", "lake_dir", "ca_export_dir", "module_keys_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Env files name the CA certificate: they must work from any directory.
@@ -148,6 +151,12 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="append",
         metavar="MODULE=IP",
         help="a module's broker address instead of <ip-base>.N (e.g. one container network per module)",
+    )
+    parser.add_argument(
+        "--module-keys-file",
+        dest="module_keys_file",
+        metavar="PATH",
+        help="module keys, MODULE=BASE64KEY lines, mode 0600 (default: made once in the state dir)",
     )
     parser.add_argument(
         "--upstream-mqtt", dest="upstream_mqtt", metavar="HOST:PORT", help="send $upstream to the IoT Hub sink service"

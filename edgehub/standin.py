@@ -16,8 +16,13 @@ neither, and `get_twin()` never returns. Separate processes work with every Mosq
 
 Modules connect exactly as on a device, with `IoTHubModuleClient.create_from_edge_environment()`,
 through the SDK's documented development variables `EdgeHubConnectionString` and
-`EdgeModuleCACertificateFile` (see `module_environment`). The stand-in does not check the
-modules' SAS tokens; it listens on loopback addresses only.
+`EdgeModuleCACertificateFile` (see `module_environment`). Like edgeHub, the stand-in checks their
+SAS tokens at CONNECT: port 8883 is served by `edgehub.front`, which refuses anonymous clients,
+wrong keys, expired tokens and a module connecting to another module's broker (CONNACK 5), and
+passes accepted connections to the module's Mosquitto, which listens on a loopback port only,
+refuses anonymous clients and limits each identity to its own topics (`acl_file`). Module keys
+are random (`<state_dir>/secrets/module-keys`, created once) or the operator's (`module_keys_file`).
+The router connects to each Mosquitto directly, with its own internal credentials.
 
 The state dir (0700) holds the CA's and the server's private keys (0600). Modules get the CA
 certificate alone, published into `ca_export_dir` (default `<state_dir>/public`; under Docker
@@ -30,10 +35,11 @@ routes, the caller decides where the local IoT Hub is and closes it after the st
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 import logging
 import re
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,13 +48,16 @@ from types import TracebackType
 from typing import Any
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.filemodes import open_private, private_dir
+from edgefleet.filemodes import private_dir
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
+from edgefleet.topics import EVENTS_SUBSCRIPTION, METHOD_RESPONSES_SUBSCRIPTION, TWIN_REQUEST_SUBSCRIPTIONS
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
-from edgehub.broker import Broker, BrokerKeeper, Listener
+from edgehub.auth import KeysError, ModuleIdentity, ensure_module_keys, read_keys_file, write_private
+from edgehub.broker import Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
 from edgehub.certs import CA_FILE_NAME, CertPaths, ensure_certs, publish_ca_certificate
+from edgehub.front import AuthFront, FrontError, FrontRoute
 from edgehub.router import BrokerAddress, Router
 from edgehub.upstream import Upstream
 
@@ -80,6 +89,9 @@ FIRST_HOST = 10  # module i listens on <ip_base>.(10 + i)
 DEFAULT_HUB_HOSTNAME = "edgefleet-local.azure-devices.net"  # only appears in SAS token audiences
 _MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _IP_BASE = re.compile(r"127\.\d{1,3}\.\d{1,3}")
+# Each module's Mosquitto listens here only (a free port per broker); the front and the router connect to it.
+BROKER_HOST = "127.0.0.1"
+ROUTER_USER = "edgehub-router"
 
 
 class StandInError(EdgefleetError):
@@ -103,6 +115,7 @@ class EdgeHubStandIn:
         ready_timeout_s: float = 15.0,
         module_hosts: Mapping[str, str] | None = None,
         ca_export_dir: Path | None = None,
+        module_keys_file: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.ca_export_dir = check_ca_export_dir(
@@ -130,7 +143,11 @@ class EdgeHubStandIn:
         self._brokers: list[Broker] = []
         self._keeper: BrokerKeeper | None = None
         self._router: Router | None = None
+        self._front: AuthFront | None = None
         self.certs: CertPaths | None = None
+        self.module_keys_file = module_keys_file
+        # The operator's keys are checked now, so that a mistake stops the start with how to fix it.
+        self._keys: dict[str, bytes] | None = self._read_keys() if module_keys_file is not None else None
         for route in self.routes:
             for module in (route.source.module, route.sink.module):
                 if module is not None and module not in self.modules:
@@ -153,15 +170,33 @@ class EdgeHubStandIn:
         """Return the published copy of the CA certificate modules must trust (exists once started)."""
         return self.ca_export_dir / CA_FILE_NAME
 
+    def _read_keys(self) -> dict[str, bytes]:
+        """Return every module's key: the operator's file, else the stand-in's own (created once)."""
+        try:
+            if self.module_keys_file is not None:
+                return read_keys_file(self.module_keys_file, self.modules)
+            return ensure_module_keys(self.state_dir / "secrets", self.modules)
+        except KeysError as err:
+            raise StandInError(str(err)) from None
+
+    def module_identity(self, module: str) -> ModuleIdentity:
+        """Return who may connect to a module's broker, with the module's key."""
+        if module not in self.modules:
+            raise StandInError(f"unknown module {module!r}; the stand-in runs {', '.join(self.modules)}")
+        if self._keys is None:
+            self._keys = self._read_keys()
+        return ModuleIdentity(self.hub_hostname, self.edge_device, module, self._keys[module])
+
     def module_environment(self, module: str) -> dict[str, str]:
-        """Return the environment variables a module process needs to reach its edgeHub."""
+        """Return the environment variables a module process needs to reach its edgeHub (its key included)."""
+        key = base64.b64encode(self.module_identity(module).key).decode()
         connection_string = ";".join(
             [
                 f"HostName={self.hub_hostname}",
                 f"GatewayHostName={self.module_host(module)}",
                 f"DeviceId={self.edge_device}",
                 f"ModuleId={module}",
-                f"SharedAccessKey={_local_key(self.edge_device, module)}",
+                f"SharedAccessKey={key}",
             ]
         )
         return {"EdgeHubConnectionString": connection_string, "EdgeModuleCACertificateFile": str(self.ca_file)}
@@ -173,8 +208,7 @@ class EdgeHubStandIn:
         for module in self.modules:
             lines = [f'{key}="{value}"' for key, value in self.module_environment(module).items()]
             path = folder / f"{module}.env"
-            with open_private(path, "wb") as handle:
-                handle.write(("\n".join(lines) + "\n").encode())
+            write_private(path, ("\n".join(lines) + "\n").encode())
             paths[module] = path
         return paths
 
@@ -188,7 +222,7 @@ class EdgeHubStandIn:
         return self._router
 
     def start(self) -> EdgeHubStandIn:
-        """Generate certificates, start the brokers and the router; return when the router is subscribed."""
+        """Generate certificates, start the brokers, the front and the router; return when the router is subscribed."""
         if self._router is not None:
             return self
         try:
@@ -197,19 +231,28 @@ class EdgeHubStandIn:
                 private_dir(self.state_dir)
             except OSError as err:
                 raise StandInError(f"cannot use the state dir {self.state_dir} ({err}): pass a writable one") from err
+            identities = [self.module_identity(module) for module in self.modules]
             self.certs = ensure_certs(self.state_dir, ips=hosts, hostnames=["localhost"])
             publish_ca_certificate(self.certs.ca_cert, self.ca_export_dir)
-            for module, host in zip(self.modules, hosts, strict=True):
-                broker = Broker(
-                    self.state_dir / "brokers", module, [Listener(host, GATEWAY_PORT, self.certs)], persistent=True
-                )
+            broker_dir = private_dir(self.state_dir / "brokers")
+            # Internal passwords, new at every start: only this process and its brokers know them.
+            router_password = secrets.token_urlsafe(32)
+            routes, addresses = [], {}
+            for identity, host in zip(identities, hosts, strict=True):
+                module, port, password = identity.module, _free_loopback_port(), secrets.token_urlsafe(32)
+                auth = self._write_broker_auth(broker_dir, module, password, router_password)
+                broker = Broker(broker_dir, module, [Listener(BROKER_HOST, port)], persistent=True, auth=auth)
                 self._brokers.append(broker)
                 broker.start()
+                routes.append(
+                    FrontRoute(identity, host, GATEWAY_PORT, BROKER_HOST, port, _module_user(module), password)
+                )
+                addresses[module] = BrokerAddress(BROKER_HOST, port, username=ROUTER_USER, password=router_password)
             self._keeper = BrokerKeeper(self._brokers).start()
-            addresses = {
-                module: BrokerAddress(host, GATEWAY_PORT, self.certs.ca_cert)
-                for module, host in zip(self.modules, hosts, strict=True)
-            }
+            try:
+                self._front = AuthFront(routes, self.certs).start()
+            except FrontError as err:
+                raise StandInError(str(err)) from None
             self._router = Router(
                 addresses,
                 self.edge_device,
@@ -231,6 +274,40 @@ class EdgeHubStandIn:
         )
         return self
 
+    def _write_broker_auth(self, folder: Path, module: str, password: str, router_password: str) -> BrokerAuth:
+        """Write a module broker's password and ACL files: the module and the router, each on its own topics."""
+        user, edge = _module_user(module), self.edge_device
+        password_file, acl_file = folder / f"mosquitto-{module}.passwd", folder / f"mosquitto-{module}.acl"
+        write_private(
+            password_file,
+            f"{user}:{mosquitto_password_hash(password)}\n{ROUTER_USER}:{mosquitto_password_hash(router_password)}\n".encode(),
+        )
+        module_topics = [
+            f"topic write devices/{edge}/modules/{module}/messages/events/#",
+            "topic write $iothub/twin/GET/#",
+            "topic write $iothub/twin/PATCH/properties/reported/#",
+            "topic write $iothub/methods/res/#",
+            f"topic read devices/{edge}/modules/{module}/inputs/#",
+            "topic read $iothub/twin/res/#",
+            "topic read $iothub/twin/PATCH/properties/desired/#",
+            "topic read $iothub/methods/POST/#",
+        ]
+        router_topics = [
+            f"topic read {EVENTS_SUBSCRIPTION}",
+            *(f"topic read {topic}" for topic in (*TWIN_REQUEST_SUBSCRIPTIONS, METHOD_RESPONSES_SUBSCRIPTION)),
+            f"topic write devices/{edge}/modules/{module}/inputs/#",
+            "topic write $iothub/twin/res/#",
+            "topic write $iothub/twin/PATCH/properties/desired/#",
+            "topic write $iothub/methods/POST/#",
+        ]
+        text = "\n".join([f"user {user}", *module_topics, "", f"user {ROUTER_USER}", *router_topics]) + "\n"
+        write_private(acl_file, text.encode())
+        return BrokerAuth(password_file, acl_file)
+
+    def front_stats(self) -> dict[str, dict[str, int]]:
+        """Return per module how many connections the front accepted and refused."""
+        return self._front.stats() if self._front is not None else {}
+
     def _open_journal(self) -> Journal:
         """Open the router's journal: what it took from modules and has not delivered yet."""
         try:
@@ -242,12 +319,15 @@ class EdgeHubStandIn:
         """Stop the router (handing what it holds to the upstream), then the brokers; the upstream stays open."""
         router, self._router = self._router, None
         keeper, self._keeper = self._keeper, None
+        front, self._front = self._front, None
         try:
             if keeper is not None:
                 keeper.stop()  # before the brokers: it would start them again
             if router is not None:
                 router.stop()
         finally:
+            if front is not None:
+                front.stop()
             brokers, self._brokers = self._brokers, []
             for broker in brokers:
                 broker.stop()
@@ -263,6 +343,8 @@ class EdgeHubStandIn:
         found = self._keeper.problems() if self._keeper is not None else []
         if not found and not all(broker.running() for broker in self._brokers):
             found.append("a module broker is down")
+        if self._front is None or not self._front.running():
+            found.append("the TLS front of the module brokers is down")
         if not self.upstream.healthy():
             found.append("the upstream does not take messages")
         return found
@@ -312,9 +394,17 @@ def run_standin(
                 return 0
 
 
-def _local_key(edge_device: str, module: str) -> str:
-    """Return a stable, non-secret SAS key: the SDK needs valid base64, the stand-in checks nothing."""
-    return base64.b64encode(hashlib.sha256(f"edgefleet-local/{edge_device}/{module}".encode()).digest()).decode()
+def _module_user(module: str) -> str:
+    """Return the internal Mosquitto user a module's accepted connections use."""
+    return f"module-{module}"
+
+
+def _free_loopback_port() -> int:
+    """Return a port free on BROKER_HOST now (the broker binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((BROKER_HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def check_name(name: str, what: str) -> str:

@@ -20,6 +20,8 @@ from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
 from edgefleet.lake import read_jsonl
 from edgefleet_cli.local_edge import LocalEdge
+from edgehub.auth import ModuleIdentity, read_keys_file, sas_token, sas_username
+from edgehub.standin import DEFAULT_HUB_HOSTNAME
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / DEFAULT_TEMPLATE
@@ -41,6 +43,28 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, interval_s: floa
         time.sleep(interval_s)
         value = check()
     return value
+
+
+def module_mqtt_client(
+    identity: ModuleIdentity,
+    ca_file: Path,
+    *,
+    client_id: str | None = None,
+    clean_session: bool = True,
+    ttl_s: int = 3600,
+) -> mqtt.Client:
+    """Return a paho client with a module's credentials (its SAS token) that trusts the stand-in's CA."""
+    client = mqtt.Client(client_id=client_id or identity.client_id, clean_session=clean_session, protocol=mqtt.MQTTv311)
+    client.tls_set(ca_certs=str(ca_file))
+    username = sas_username(identity.hub_hostname, identity.device, identity.module)
+    client.username_pw_set(username, sas_token(identity, int(time.time()) + ttl_s))
+    return client
+
+
+def module_identity_in(state_dir: Path, module: str, edge_device: str = "edge1") -> ModuleIdentity:
+    """Return a module's identity with the key a stand-in keeps in its state folder."""
+    key = read_keys_file(state_dir / "secrets" / "module-keys", [module])[module]
+    return ModuleIdentity(DEFAULT_HUB_HOSTNAME, edge_device, module, key)
 
 
 # Readings are dated from two days ago on, one per seq second: inside the sensor's window around

@@ -39,7 +39,7 @@ def next_ip_base() -> str:
 class ModuleProcess:
     """One module process (tests/…/module_app.py on the real SDK), commanded over its stdin/stdout."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path, *, sastoken_ttl: int | None = None) -> None:
         self.name = name
         # Keep only the dev variables: with IOTEDGE_* set the SDK would look for a real edge runtime.
         full_env = {key: value for key, value in os.environ.items() if not key.startswith("IOTEDGE_")}
@@ -47,7 +47,7 @@ class ModuleProcess:
         self.stderr_path = log_dir / f"{name}.stderr"
         self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            [sys.executable, str(MODULE_APP), name],
+            [sys.executable, str(MODULE_APP), name, *([str(sastoken_ttl)] if sastoken_ttl is not None else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

@@ -30,9 +30,11 @@ def emit(obj: dict[str, Any]) -> None:
 class ModuleApp:
     """Record everything the module receives and run the test's commands."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, sastoken_ttl: int | None = None) -> None:
         self.name = name
-        self.client = IoTHubModuleClient.create_from_edge_environment()
+        # A short token lifetime makes the SDK renew its token (and reconnect) within a test.
+        ttl = {"sastoken_ttl": sastoken_ttl} if sastoken_ttl is not None else {}
+        self.client = IoTHubModuleClient.create_from_edge_environment(**ttl)
         self.lock = threading.Lock()
         self.inputs: dict[str, list[dict[str, Any]]] = {}
         self.patches: list[dict[str, Any]] = []
@@ -125,4 +127,4 @@ class ModuleApp:
 
 
 if __name__ == "__main__":
-    ModuleApp(sys.argv[1]).run()
+    ModuleApp(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None).run()

@@ -18,6 +18,7 @@ from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from edgehub.broker import Broker, Listener
 from edgehub.hub import HubPublisher
+from tests.edge_fixtures import module_identity_in, module_mqtt_client
 
 from .conftest import next_ip_base, wait_for
 
@@ -74,10 +75,10 @@ class _HubWatcher:
         self.client.loop_stop()
 
 
-def _routed_from_inference(ca_file: Path, host: str, watcher: _HubWatcher, body: bytes, timeout_s: float) -> bool:
-    """Publish as the inference module (its client id, the stand-in's CA) until the hub broker sees `body`."""
-    module = mqtt.Client(client_id="edge1/inference", clean_session=False)
-    module.tls_set(ca_certs=str(ca_file))
+def _routed_from_inference(state: Path, host: str, watcher: _HubWatcher, body: bytes, timeout_s: float) -> bool:
+    """Publish as the inference module (its key, the stand-in's CA) until the hub broker sees `body`."""
+    identity = module_identity_in(state, "inference")
+    module = module_mqtt_client(identity, state / "certs" / "ca.pem", clean_session=False)
     module.reconnect_delay_set(0.05, 0.5)
     module.connect_async(host, 8883)
     module.loop_start()
@@ -108,13 +109,13 @@ def test_the_stand_in_restarts_a_module_broker_killed_with_sigkill_and_routes_ag
     try:
         wait_for(lambda: health.exists() or process.poll() is not None, timeout_s=60)
         assert process.poll() is None, _stop(process)
-        ca_file, host = state / "certs" / "ca.pem", f"{ip_base}.11"
-        assert _routed_from_inference(ca_file, host, watcher, b'{"before": 1}', timeout_s=20)
+        host = f"{ip_base}.11"
+        assert _routed_from_inference(state, host, watcher, b'{"before": 1}', timeout_s=20)
 
         pid_file = state / "brokers" / "mosquitto-inference.pid"
         old_pid = _kill_9(pid_file)
         wait_for(lambda: _new_pid(pid_file, old_pid), timeout_s=5)
-        assert _routed_from_inference(ca_file, host, watcher, b'{"after": 1}', timeout_s=10)
+        assert _routed_from_inference(state, host, watcher, b'{"after": 1}', timeout_s=10)
     finally:
         err = _stop(process)
         watcher.close()

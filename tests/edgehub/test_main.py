@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
 
 from edgefleet_cli.local_edge import free_port
-from tests.edge_fixtures import reading
+from tests.edge_fixtures import module_identity_in, module_mqtt_client, reading
 
 from .conftest import next_ip_base, wait_for
 
@@ -89,10 +87,9 @@ def test_help_lists_the_flags_and_exits_0() -> None:
 SENSOR_TELEMETRY = "devices/edge1/modules/sensor/messages/events/%24.on=telemetry&%24.ct=application%2Fjson"
 
 
-def publish_as_sensor(ip_base: str, ca_file: Path, bodies: list[bytes]) -> None:
+def publish_as_sensor(ip_base: str, state_dir: Path, bodies: list[bytes]) -> None:
     """Publish events at QoS 1 on the sensor's broker, as the module does, and wait for every PUBACK."""
-    client = mqtt.Client(client_id="sensor", clean_session=True, protocol=mqtt.MQTTv311)
-    client.tls_set(ca_certs=str(ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client = module_mqtt_client(module_identity_in(state_dir, "sensor"), state_dir / "certs" / "ca.pem")
     client.connect(f"{ip_base}.10", 8883)
     client.loop_start()
     try:
@@ -125,7 +122,7 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
         wait_for(lambda: env_file.exists() or standin.poll() is not None, timeout_s=60)
         assert standin.poll() is None, standin.communicate()[1]
         bodies = [json.dumps(reading("dev-1", seq)).encode() for seq in range(count)]
-        publish_as_sensor(ip_base, state / "certs" / "ca.pem", bodies)
+        publish_as_sensor(ip_base, state, bodies)
         time.sleep(1.0)  # the router takes them off the broker in milliseconds; the hub is not there
         standin.kill()
         standin.communicate(timeout=30)
@@ -149,3 +146,19 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
     seqs = lake_seqs(tmp_path / "lake")
     assert set(seqs) == set(range(count))  # 0 lost
     print(f"stand-in kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")
+
+
+def test_a_world_readable_module_keys_file_stops_the_start_saying_how_to_fix_it(tmp_path: Path) -> None:
+    keys = tmp_path / "module-keys"
+    keys.write_text("sensor=" + "A" * 43 + "=\n")
+    keys.chmod(0o644)
+
+    process = edgehub(
+        "--deployment", TEMPLATE, "--state-dir", tmp_path / "state", "--lake", tmp_path / "lake",
+        "--ip-base", next_ip_base(), "--module-keys-file", keys,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 2
+    assert f"edgehub: module keys file {keys} is readable by others (mode 644): chmod 600 {keys}" in err
+    assert "Traceback" not in err

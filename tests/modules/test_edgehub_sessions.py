@@ -10,14 +10,13 @@ import signal
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edgefleet.bundle import read_manifest
 from edgefleet_cli.local_edge import LocalEdge
 from edgehub.broker import Broker
 from modules.inference.service import DRAIN_TIMEOUT_S
-from tests.edge_fixtures import lake_rows, reading, wait_for
+from tests.edge_fixtures import lake_rows, module_mqtt_client, reading, wait_for
 
 RECOVERY_S = 20.0  # the SDK retries every 2 s; re-subscribing and re-reading the twin take well under a second
 
@@ -91,10 +90,9 @@ def test_the_inference_module_hears_again_after_a_client_with_its_id_wipes_its_s
     publisher = publisher_factory(edge)
     _assert_predicts(edge, publisher, device, range(0, 20))
 
-    # A local tool reusing the module's client id with a clean session: the broker drops the
-    # module's connection and its persistent session (with every subscription) for good.
-    rogue = mqtt.Client(client_id=f"{edge.standin.edge_device}/inference", clean_session=True)
-    rogue.tls_set(ca_certs=str(edge.standin.ca_file))
+    # A local tool with the module's key and client id, connecting with a clean session: the broker
+    # drops the module's connection and its persistent session (with every subscription) for good.
+    rogue = module_mqtt_client(edge.standin.module_identity("inference"), edge.standin.ca_file)
     rogue.connect(edge.standin.module_host("inference"), 8883)
     rogue.loop_start()
     time.sleep(0.5)
