@@ -17,6 +17,7 @@ from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet_cli.commands import Subcommands
 from edgefleet_cli.commands.bundle import add_bundle_commands
+from edgefleet_cli.commands.compose import add_compose_commands
 from edgefleet_cli.commands.demo import add_demo_command
 from edgefleet_cli.commands.field import add_field_commands
 from edgefleet_cli.commands.history import add_history_commands
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sink_command(sub)
     add_up_command(sub)
     add_field_commands(sub)
+    add_compose_commands(sub)
     register_score(sub)
     add_demo_command(sub)
     return parser

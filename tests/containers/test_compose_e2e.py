@@ -110,12 +110,20 @@ def wait_until(check: Any, timeout_s: float, what: str, compose: Compose, interv
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
     project = f"edgefleet-e2e-{os.getpid()}"
-    # The field broker's config directory, provisioned as a user would (root here, as in CI).
-    field_dir = tmp_path_factory.mktemp("secrets") / "field"
-    provision = [str(ROOT / ".venv" / "bin" / "edgefleet"), "field", "init", "--dir", str(field_dir)]
-    subprocess.run([*provision, "--image-owners"], check=True, capture_output=True, timeout=120)
+    # The field broker's secrets and the module keys, provisioned as a user would (root here, as in CI).
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    env_file = secrets_dir / "compose.env"
+    provision = [str(ROOT / ".venv" / "bin" / "edgefleet"), "compose", "secrets", "--image-owners"]
+    subprocess.run(
+        [*provision, "--dir", str(secrets_dir), "--env-file", str(env_file)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    keys = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
     env = {
-        "FIELD_SECRETS_DIR": str(field_dir),
+        **keys,
+        "EDGEFLEET_SECRETS_DIR": str(secrets_dir),
         "EDGEFLEET_SUBNET": os.environ.get("EDGEFLEET_E2E_SUBNET", "172.29"),
         "SIM_DURATION_S": str(SIM_DURATION_S),
         "FIELD_MQTT_BIND": "127.0.0.1",
