@@ -1,4 +1,4 @@
-"""`edgefleet manifest validate|build`: check the IoT Edge deployment manifest, or build a deployable one."""
+"""`edgefleet manifest validate|build|compose`: check the IoT Edge manifest, build a deployable one, run it locally."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet_cli.commands import Subcommands
 
-__all__ = ["add_manifest_commands", "cmd_manifest_build", "cmd_manifest_validate"]
+__all__ = ["add_manifest_commands", "cmd_manifest_build", "cmd_manifest_compose", "cmd_manifest_validate"]
 
 
 def add_manifest_commands(sub: Subcommands) -> None:
@@ -37,6 +37,38 @@ def add_manifest_commands(sub: Subcommands) -> None:
     manifest_build.add_argument("--modules-dir", default="modules", help="where modules/<m>/module.json live")
     manifest_build.add_argument("--var", action="append", metavar="NAME=VALUE", help="set a placeholder (wins)")
     manifest_build.set_defaults(func=cmd_manifest_build)
+    _add_compose_command(manifest_sub)
+
+
+def _add_compose_command(manifest_sub: Subcommands) -> None:
+    compose = manifest_sub.add_parser(
+        "compose",
+        help="write a docker-compose file that runs exactly the built manifest's modules, as IoT Edge would",
+    )
+    compose.add_argument("--manifest", default="out/deployment.json", help="the built manifest (`manifest build`)")
+    compose.add_argument("--out", default="out/compose.yml", help="compose file to write (default: %(default)s)")
+    compose.add_argument(
+        "--host-path",
+        action="append",
+        default=[],
+        metavar="SRC=DST",
+        help="use DST where the manifest binds host path SRC, e.g. /etc/edgefleet/field=$PWD/secrets/field (repeat)",
+    )
+    compose.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="MANIFEST=HOST",
+        help="publish the manifest's host port MANIFEST on HOST instead (0: any free port; repeat)",
+    )
+    compose.add_argument(
+        "--publish-address", default="127.0.0.1", help="where published ports listen (default: %(default)s)"
+    )
+    compose.add_argument("--subnet", default="172.28", help="first two octets of the networks (default: %(default)s)")
+    compose.add_argument("--edge-device", default="edge1", help="the edge device id (default: %(default)s)")
+    compose.add_argument("--standin-image", help="edgeHub stand-in image (default: edgefleet-edgehub:<version>)")
+    compose.add_argument("--sink-image", help="local IoT Hub sink image (default: edgefleet-sink:<version>)")
+    compose.set_defaults(func=cmd_manifest_compose)
 
 
 def cmd_manifest_validate(args: argparse.Namespace) -> int:
@@ -75,4 +107,36 @@ def cmd_manifest_build(args: argparse.Namespace) -> int:
     for name in sorted(variables):
         print(f"  ${{{name}}} = {variables[name]}")
     print(f"wrote {out} (validated offline; createOptions in 512-character chunks)")
+    return 0
+
+
+def cmd_manifest_compose(args: argparse.Namespace) -> int:
+    """Translate the built manifest into a compose file; return 0."""
+    import dataclasses
+
+    from edgefleet.deployment.load import read_manifest_json
+    from edgefleet_cli.manifest_compose import (
+        ComposeOptions,
+        manifest_to_compose,
+        parse_host_paths,
+        parse_port_overrides,
+        write_compose,
+    )
+
+    manifest_path = Path(args.manifest).resolve()
+    options = ComposeOptions(
+        manifest_path=manifest_path,
+        host_paths=parse_host_paths(args.host_path),
+        ports=parse_port_overrides(args.port),
+        publish_address=args.publish_address,
+        subnet=args.subnet,
+        edge_device=args.edge_device,
+    )
+    images = {"standin_image": args.standin_image, "sink_image": args.sink_image}
+    options = dataclasses.replace(options, **{key: value for key, value in images.items() if value})
+    compose = manifest_to_compose(read_manifest_json(manifest_path), options)
+    out = write_compose(compose, Path(args.out), source=manifest_path)
+    modules = [name for name in compose["services"] if name not in ("edgehub", "sink")]
+    print(f"wrote {out}: modules {', '.join(modules)} plus the edgeHub stand-in and the sink")
+    print(f"run it: docker-compose -f {out} up -d   (down -v removes containers, networks and volumes)")
     return 0
