@@ -29,6 +29,7 @@ KEPT_CHAMPION = "champion"
 KEPT_CHALLENGER = "challenger"
 INFERENCE_IMAGE = "edgefleet-inference"
 SENSOR_IMAGE = "edgefleet-sensor"
+FIELD_BROKER_IMAGE = "edgefleet-field-broker"  # deployment/images/field-broker/module.json
 
 
 def merge_bundle(
@@ -126,6 +127,8 @@ def deployment_variables(
         **(extra or {}),
         "MODULES.inference": image_name(INFERENCE_IMAGE, bundle_version, registry),
         "MODULES.sensor": image_name(SENSOR_IMAGE, sensor_version, registry),
+        # the field broker is built from the same code version as the sensor
+        "MODULES.fieldbroker": image_name(FIELD_BROKER_IMAGE, sensor_version, registry),
         "BUNDLE_VERSION": bundle_version,
     }
 

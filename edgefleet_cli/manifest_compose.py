@@ -32,6 +32,7 @@ from edgefleet import __version__
 from edgefleet.deployment import Deployment, ModuleSpec, parse_deployment
 from edgefleet.endpoints import MODULES
 from edgefleet.errors import EdgefleetError
+from edgefleet_cli.compose_secrets import KEYS_FILE, key_variable
 
 __all__ = [
     "EDGEHUB_SERVICE",
@@ -55,6 +56,7 @@ SYSTEM_VOLUMES: Final = ("edgehub-state", EDGEHUB_CA_VOLUME, "lake", "sink-state
 # Where the stand-in's CA certificate appears in a module (as in deployment/docker-compose.yml).
 MODULE_CA_DIR: Final = "/run/edgehub"
 MANIFEST_IN_STANDIN: Final = "/etc/edgefleet/deployment.json"
+MODULE_KEYS_IN_STANDIN: Final = "/run/secrets/module-keys"
 HUB_HOSTNAME: Final = "edgefleet-local.azure-devices.net"
 SINK_PORT: Final = 1883
 # IoT Edge restart policies; on-unhealthy has no compose equivalent: our modules exit when unhealthy too long.
@@ -108,13 +110,16 @@ class ComposeOptions:
     standin_image: str = f"edgefleet-edgehub:{__version__}"
     sink_image: str = f"edgefleet-sink:{__version__}"
     lake_flush_every_s: float = 5.0
+    # Where `edgefleet compose secrets` put the module keys (`module-keys`, for the stand-in); the
+    # modules read theirs from EDGEFLEET_<MODULE>_KEY in compose's environment.
+    secrets_dir: Path = field(default_factory=lambda: Path("deployment/secrets").resolve())
 
 
 def edgehub_module_env(module: str, gateway_host: str, edge_device: str) -> dict[str, str]:
     """Return the SDK's development variables that point a module at its stand-in broker.
 
     The same as deployment/docker-compose.yml: the connection string names the module's stand-in
-    address, and the key is the local development key (EDGEHUB_LOCAL_KEY may replace it at `up`).
+    address, and the key comes from compose's environment (`edgefleet compose secrets` writes it).
     """
     connection = ";".join(
         [
@@ -122,7 +127,7 @@ def edgehub_module_env(module: str, gateway_host: str, edge_device: str) -> dict
             f"GatewayHostName={gateway_host}",
             f"DeviceId={edge_device}",
             f"ModuleId={module}",
-            "SharedAccessKey=${EDGEHUB_LOCAL_KEY:-ZWRnZWZsZWV0LWxvY2FsLW9ubHk=}",
+            f"SharedAccessKey=${{{key_variable(module)}:?run edgefleet compose secrets}}",
         ]
     )
     return {"EdgeHubConnectionString": connection, "EdgeModuleCACertificateFile": f"{MODULE_CA_DIR}/ca.pem"}
@@ -426,6 +431,7 @@ def _standin_service(options: ComposeOptions, hosts: Mapping[str, str], restart_
             "--ca-export-dir=/var/lib/edgefleet-ca",
             *(f"--module-host={module}={host}" for module, host in hosts.items()),
             f"--upstream-mqtt={SINK_SERVICE}:{SINK_PORT}",
+            f"--module-keys-file={MODULE_KEYS_IN_STANDIN}",
             "--health-file=/tmp/healthy",
         ],
         "healthcheck": copy.deepcopy(_SYSTEM_HEALTHCHECK),
@@ -433,6 +439,7 @@ def _standin_service(options: ComposeOptions, hosts: Mapping[str, str], restart_
             f"{_literal(str(options.manifest_path))}:{MANIFEST_IN_STANDIN}:ro",
             "edgehub-state:/var/lib/edgefleet",
             f"{EDGEHUB_CA_VOLUME}:/var/lib/edgefleet-ca",
+            f"{_literal(str(Path(options.secrets_dir).resolve() / KEYS_FILE))}:{MODULE_KEYS_IN_STANDIN}:ro",
         ],
         "depends_on": {SINK_SERVICE: {"condition": "service_healthy"}},
         "networks": networks,

@@ -66,6 +66,11 @@ def _add_compose_command(manifest_sub: Subcommands) -> None:
     )
     compose.add_argument("--subnet", default="172.28", help="first two octets of the networks (default: %(default)s)")
     compose.add_argument("--edge-device", default="edge1", help="the edge device id (default: %(default)s)")
+    compose.add_argument(
+        "--secrets-dir",
+        default="deployment/secrets",
+        help="where `edgefleet compose secrets` put the module keys (default: %(default)s)",
+    )
     compose.add_argument("--standin-image", help="edgeHub stand-in image (default: edgefleet-edgehub:<version>)")
     compose.add_argument("--sink-image", help="local IoT Hub sink image (default: edgefleet-sink:<version>)")
     compose.set_defaults(func=cmd_manifest_compose)
@@ -131,6 +136,7 @@ def cmd_manifest_compose(args: argparse.Namespace) -> int:
         publish_address=args.publish_address,
         subnet=args.subnet,
         edge_device=args.edge_device,
+        secrets_dir=Path(args.secrets_dir).resolve(),
     )
     images = {"standin_image": args.standin_image, "sink_image": args.sink_image}
     options = dataclasses.replace(options, **{key: value for key, value in images.items() if value})

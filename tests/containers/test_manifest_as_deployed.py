@@ -53,13 +53,14 @@ def edgefleet(*args: str, timeout_s: float = 180) -> str:
 class Project:
     """One compose project of the translated manifest."""
 
-    def __init__(self, name: str, compose_file: Path) -> None:
+    def __init__(self, name: str, compose_file: Path, env: dict[str, str]) -> None:
         self.name = name
         self.compose_file = compose_file
+        self.env = {**os.environ, **env}
 
     def run(self, *args: str, check: bool = True, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
         command = [*compose_command(), "-f", str(self.compose_file), "-p", self.name, *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout_s)
         if check and result.returncode != 0:
             pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
@@ -104,8 +105,10 @@ def manifest(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(work: Path, manifest: Path) -> Iterator[Project]:
-    field_dir = work / "field"
-    edgefleet("field", "init", "--dir", str(field_dir), "--image-owners")
+    field_dir = work / "field"  # `compose secrets` provisions the field broker's directory there
+    env_file = work / "compose.env"
+    edgefleet("compose", "secrets", "--dir", str(work), "--env-file", str(env_file), "--image-owners")
+    keys = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
     compose_file = work / "compose.yml"
     edgefleet(
         "manifest",
@@ -120,8 +123,10 @@ def project(work: Path, manifest: Path) -> Iterator[Project]:
         f"{MANIFEST_FIELD_PORT}=0",
         "--subnet",
         os.environ.get("EDGEFLEET_E2E_MANIFEST_SUBNET", "172.30"),
+        "--secrets-dir",
+        str(work),
     )
-    project = Project(f"edgefleet-as-deployed-{os.getpid()}", compose_file)
+    project = Project(f"edgefleet-as-deployed-{os.getpid()}", compose_file, keys)
     project.run("down", "-v", "--remove-orphans", check=False)
     try:
         yield project
