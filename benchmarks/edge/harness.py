@@ -19,7 +19,7 @@ from typing import Any
 
 from edgefleet.deployment import Deployment
 from edgefleet.routes import Message
-from edgefleet_cli.local_edge import LocalEdge
+from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
 
 CHILD = Path(__file__).resolve().parents[1] / "_edge_bench_util.py"
 PREDICTION_MARK = b'"prediction":'  # once per prediction object in a batch envelope
@@ -238,11 +238,19 @@ class FieldDevices:
     every device's seq where the previous job on the same edge stopped.
     """
 
-    def __init__(self, workdir: Path, host: str, port: int, topic: str = "fleet/{device}/telemetry") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        host: str,
+        port: int,
+        topic: str = "fleet/{device}/telemetry",
+        login: FieldEndpoint | None = None,
+    ) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port
         self.topic = topic
+        self.login = login  # the secure field broker's CA and gateway identity; None: a plain broker
         self.next_seq = 1  # seq 0 reads as a device restart to the sensor
         self._jobs = 0
 
@@ -273,6 +281,9 @@ class FieldDevices:
             "topic": self.topic,
             "times_path": str(times_path) if keep_times else None,
         }
+        login = self.login
+        if login is not None and login.ca_file is not None:
+            config.update(ca_file=str(login.ca_file), username=login.username, password_file=str(login.password_file))
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps(config))
         child = spawn_child(["publish", str(config_path)])
@@ -355,6 +366,7 @@ def running_edge(
     )
     try:
         edge.start()  # inside the try: a module that fails to start would leave the brokers running
-        yield EdgeSession(edge, upstream, FieldDevices(workdir, "127.0.0.1", edge.field_port))
+        field = FieldDevices(workdir, "127.0.0.1", edge.field_port, login=edge.field_endpoint())
+        yield EdgeSession(edge, upstream, field)
     finally:
         edge.stop()
