@@ -2,8 +2,9 @@
 
 It has the start/stop/died interface of `edgehub.broker.Broker`, so the same `BrokerKeeper`
 restarts it when it dies. The process renders its Mosquitto config from the field secrets
-directory and runs Mosquitto as its own child (which exits with it); ready means the TLS port
-accepts TCP connections.
+directory and runs Mosquitto as its own child (which exits with it). Ready means this process
+says so (its health file, touched once its Mosquitto listens) and the port completes a TLS
+handshake with the broker's certificate: a port that merely accepts TCP may be someone else's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from edgefleet.mqtt_login import tls_context
 from edgehub.broker import BrokerError
+from field_broker.config import CA_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class FieldBrokerProcess:
         self.host = host
         self.port = port
         self.log_path = Path(log_path)
+        self.health_path = self.log_path.with_suffix(".health")
         self.name = name
         self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
@@ -77,6 +81,8 @@ class FieldBrokerProcess:
             self.host,
             "--port",
             str(self.port),
+            "--health-file",
+            str(self.health_path),
         ]
 
     def running(self) -> bool:
@@ -109,6 +115,7 @@ class FieldBrokerProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("FIELD_BROKER_")}
         env["PYTHONUNBUFFERED"] = "1"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.health_path.unlink(missing_ok=True)  # the previous process's would say ready too early
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 self.command(),
@@ -135,17 +142,26 @@ class FieldBrokerProcess:
                     f"the field broker exited with code {self._process.returncode} at start "
                     f"(log {self.log_path}):\n{self.log_tail()}"
                 )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                pass
+            if self.health_path.exists() and self._completes_tls_handshake():
+                return
             if time.monotonic() > deadline:
                 raise BrokerError(
                     f"the field broker did not listen on {self.host}:{self.port} within "
                     f"{self.start_timeout_s:.0f} s:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
+
+    def _completes_tls_handshake(self) -> bool:
+        """Return whether the port answers a TLS handshake with a certificate the CA signed for our host."""
+        try:
+            context = tls_context(self.config_dir / CA_FILE)
+            with (
+                socket.create_connection((self.host, self.port), timeout=1.0) as raw,
+                context.wrap_socket(raw, server_hostname=self.host),
+            ):
+                return True
+        except OSError:  # refused, timed out, or the handshake failed (ssl.SSLError is an OSError)
+            return False
 
     def log_tail(self) -> str:
         """Return the end of the broker's log, for error messages."""
