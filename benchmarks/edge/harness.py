@@ -67,9 +67,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def mosquitto_children() -> list[int]:
-    """Return the pids of the Mosquitto processes this benchmark started (our children named mosquitto)."""
+    """Return the pids of the Mosquitto processes this benchmark started: our children, or our children's.
+
+    The field broker (`python -m field_broker`, our child) runs its Mosquitto as its own child.
+    """
     me = os.getpid()
-    found = []
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -77,11 +81,13 @@ def mosquitto_children() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and name == "mosquitto":
-            found.append(int(entry.name))
-    return found
+        pid = int(entry.name)
+        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    children = {pid for pid, ppid in parents.items() if ppid == me}
+    return [
+        pid for pid, name in names.items() if name == "mosquitto" and (parents[pid] == me or parents[pid] in children)
+    ]
 
 
 class CpuMeter:
