@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.messages import BatchPacker
+from edgefleet.mqtt_login import PasswordFile, tls_context
 
 # paho 1.6 numbers QoS 1 publishes with a 16-bit id and reuses ids once 65,535 are pending:
 # keep the queue well below that and retry when it is full.
@@ -93,6 +94,10 @@ def run_publisher(config_path: Path) -> None:
     client.max_queued_messages_set(MAX_QUEUED)
     client.max_inflight_messages_set(MAX_INFLIGHT)
     client.on_publish = lambda c, userdata, mid: acked.release()
+    if config.get("ca_file"):  # the secure field broker: TLS, and the gateway identity's password
+        client.tls_set_context(tls_context(Path(config["ca_file"])))
+        password = PasswordFile.read(config["password_file"]).password.get_secret_value()
+        client.username_pw_set(config["username"], password)
     connect(client, config["host"], config["port"])
     print("ready", flush=True)
     sys.stdin.readline()

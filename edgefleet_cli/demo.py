@@ -207,9 +207,8 @@ def _run_edge(
     from edgefleet.bundle import read_manifest
     from edgefleet.deployment import load_deployment
     from edgefleet.lake import read_deadletters, read_lake
-    from edgefleet_cli.local_edge import LocalEdge, replay_module_env
-    from edgefleet_cli.up import poll, run_up
-    from simulator.run import run_simulation
+    from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge, replay_module_env
+    from edgefleet_cli.up import poll, run_up, simulate_on
 
     version = read_manifest(bundle_dir).bundle_version
     # A rerun starts clean: an old lake, or a broker's persisted queue, would mix into the figures.
@@ -227,8 +226,8 @@ def _run_edge(
     )
     progress: dict[str, Any] = {}
 
-    def simulation(port: int, stop: threading.Event) -> SimulationReport:
-        return run_simulation(profile, stop, host="127.0.0.1", port=port, on_progress=progress.update)
+    def simulation(endpoint: FieldEndpoint, stop: threading.Event) -> SimulationReport:
+        return simulate_on(endpoint, profile, stop, on_progress=progress.update)
 
     with edge:
         result = run_up(

@@ -1,11 +1,15 @@
 """Run a whole edge on this machine: field broker, edgeHub stand-in and the module processes.
 
-Used by the tests, the benchmark and the CLI. Modules run as real processes
+Used by the tests, the benchmark and the CLI. The field broker is the secure one a device talks to
+(`python -m field_broker`: TLS, a password per identity, an ACL); its certificates and identities
+are made on the first start in `<workdir>/field-secrets` and kept across runs. `insecure_field`
+runs an anonymous plain Mosquitto instead (development only). Modules run as real processes
 (`python -m modules.<name>`) with the environment a device would give them: the manifest's
 `env` for the module, the stand-in's connection variables, and local overrides (the field
-broker's address, the bundle directory, the health file). Once started, a `Supervisor` restarts
-them as their `restartPolicy` says, and a `BrokerKeeper` restarts a field (or dashboard hub)
-broker that died (the stand-in keeps its own brokers); a failed start stops every part it had started.
+broker's address and the sensor's login, the bundle directory, the health file). Once started, a
+`Supervisor` restarts them as their `restartPolicy` says, and a `BrokerKeeper` restarts a field
+(or dashboard hub) broker that died (the stand-in keeps its own brokers); a failed start stops
+every part it had started.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +31,8 @@ from typing import TypeVar
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
+from edgefleet_cli.field_process import FieldBrokerProcess
+from edgefleet_cli.field_secrets import client_password_file, init_field_dir
 from edgefleet_cli.supervisor import (
     MIN_UNHEALTHY_AFTER_S,
     UNHEALTHY_REPORTS,
@@ -42,13 +49,16 @@ from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
 from edgehub.upstream import MirroredUpstream, Upstream
+from field_broker.config import CA_FILE
+from field_broker.identities import GATEWAY_USER, SENSOR_USER
 from modules.runtime import ModuleSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdgeStartError", "LocalEdge", "ModuleProcess", "free_port"]
+__all__ = ["EdgeStartError", "FieldEndpoint", "LocalEdge", "ModuleProcess", "free_port"]
 
-FIELD_HOST = "127.0.0.1"
+FIELD_HOST = "127.0.0.1"  # named in the field broker's certificate (field_secrets.DEFAULT_HOSTS)
+FIELD_SECRETS_DIR = "field-secrets"
 MODULE_STOP_TIMEOUT_S = 40.0
 MIRROR_CLOSE_TIMEOUT_S = 5.0
 DEFAULT_REPORT_INTERVAL_S: float = ModuleSettings.model_fields["report_interval_s"].default
@@ -77,6 +87,22 @@ def free_port(host: str = FIELD_HOST) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class FieldEndpoint:
+    """How one identity reaches the local field broker: address, and (unless insecure) CA and password file."""
+
+    host: str
+    port: int
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Return `mqtts://host:port` (`mqtt://` for the insecure dev broker)."""
+        return f"{'mqtts' if self.ca_file is not None else 'mqtt'}://{self.host}:{self.port}"
 
 
 class ModuleProcess:
@@ -186,7 +212,8 @@ class LocalEdge:
     """Field broker + edgeHub stand-in (routes and twins from the deployment) + module processes.
 
     `$upstream` goes to `upstream` when given (the caller closes it), else to a `LakeSink` in
-    `lake_dir` (`lake_sink`); with a dashboard, a copy goes to the hub broker it reads. Start once.
+    `lake_dir` (`lake_sink`); with a dashboard, a copy goes to the hub broker it reads. The field
+    broker is the secure one unless `insecure_field`; `field_endpoint()` says how to reach it. Start once.
     """
 
     def __init__(
@@ -208,6 +235,7 @@ class LocalEdge:
         supervise: bool = True,
         restart_backoff: Backoff | None = None,
         unhealthy_after_s: float | None = None,
+        insecure_field: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.deployment = deployment
@@ -218,13 +246,25 @@ class LocalEdge:
         desired = {module: deployment.desired(module) for module in modules}
         for module, patch in (desired_overrides or {}).items():
             desired[module].update(patch)
-        self.field_broker = Broker(
-            self.workdir / "field",
-            "field",
-            [Listener(FIELD_HOST, self.field_port)],
-            persistent=True,
-            autosave=FAST_AUTOSAVE,
-        )
+        self.insecure_field = insecure_field
+        self.field_secrets_dir = self.workdir / FIELD_SECRETS_DIR
+        self.field_broker: Broker | FieldBrokerProcess
+        if insecure_field:
+            self.field_broker = Broker(
+                self.workdir / "field",
+                "field",
+                [Listener(FIELD_HOST, self.field_port)],
+                persistent=True,
+                autosave=FAST_AUTOSAVE,
+            )
+        else:
+            self.field_broker = FieldBrokerProcess(
+                self.field_secrets_dir,
+                self.workdir / "field",
+                FIELD_HOST,
+                self.field_port,
+                log_path=self.workdir / "field" / "field-broker.log",
+            )
         # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
         self.dashboard_port = dashboard_port
         self.hub_port = free_port() if dashboard_port is not None else None
@@ -262,6 +302,34 @@ class LocalEdge:
         self._final_statuses: dict[str, ModuleStatus] | None = None  # the supervisor's last word, after stop
         self._stopping = False
 
+    @property
+    def field_ca_file(self) -> Path | None:
+        """Return the CA certificate clients verify the field broker with (None: the insecure dev broker)."""
+        return None if self.insecure_field else self.field_secrets_dir / CA_FILE
+
+    def field_endpoint(self, username: str = GATEWAY_USER) -> FieldEndpoint:
+        """Return how `username` reaches the field broker (the gateway: one connection for many devices)."""
+        if self.insecure_field:
+            return FieldEndpoint(FIELD_HOST, self.field_port)
+        return FieldEndpoint(
+            FIELD_HOST,
+            self.field_port,
+            self.field_ca_file,
+            username,
+            client_password_file(self.field_secrets_dir, username),
+        )
+
+    def _field_login_env(self) -> dict[str, str]:
+        """Return the sensor's login to the secure field broker: its identity, the CA, the password file."""
+        endpoint = self.field_endpoint(SENSOR_USER)
+        if endpoint.ca_file is None or endpoint.username is None or endpoint.password_file is None:
+            return {}
+        return {
+            "FIELD_MQTT_CA_FILE": str(endpoint.ca_file),
+            "FIELD_MQTT_USERNAME": endpoint.username,
+            "FIELD_MQTT_PASSWORD_FILE": str(endpoint.password_file),
+        }
+
     def module_environment(self, module: str) -> dict[str, str]:
         """Return the full environment of one module process."""
         spec = self.deployment.modules.get(module)
@@ -274,6 +342,7 @@ class LocalEdge:
                     "FIELD_MQTT_HOST": FIELD_HOST,
                     "FIELD_MQTT_PORT": str(self.field_port),
                     "STATE_DIR": str(self.workdir / "sensor-state"),
+                    **self._field_login_env(),
                 }
             )
         if module == "inference":
@@ -289,6 +358,9 @@ class LocalEdge:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
+            if not self.insecure_field:
+                # Kept across runs: the identities (and devices added with `edgefleet field add-device`) stay.
+                _start_part("field broker secrets", None, lambda: init_field_dir(self.field_secrets_dir))
             _start_part("field broker", self.field_broker.log_path, self.field_broker.start)
             if self.hub_broker is not None:
                 _start_part("dashboard's hub broker", self.hub_broker.log_path, self.hub_broker.start)

@@ -20,10 +20,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edgefleet_cli.local_edge import LocalEdge
+from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
 from edgefleet_cli.supervisor import ModuleStatus, Phase, describe_exit
 
 if TYPE_CHECKING:
+    from simulator.profile import SimulatorProfile
     from simulator.report import SimulationReport
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ __all__ = [
     "module_summary",
     "poll",
     "run_up",
+    "simulate_on",
     "start_edge",
     "status_table",
 ]
@@ -43,8 +45,29 @@ STATUS_INTERVAL_S = 1.0
 DRAIN_QUIET_S = 2.0  # the edge is drained when nothing moved for this long
 DRAIN_TIMEOUT_S = 60.0
 
-# A simulation: gets the field broker's port and a stop event, returns its report.
-Simulation = Callable[[int, threading.Event], "SimulationReport"]
+# A simulation: gets how the gateway identity reaches the field broker and a stop event, returns its report.
+Simulation = Callable[[FieldEndpoint, threading.Event], "SimulationReport"]
+
+
+def simulate_on(
+    endpoint: FieldEndpoint, profile: SimulatorProfile, stop: threading.Event, **kwargs: Any
+) -> SimulationReport:
+    """Run the simulator against the local field broker: as its gateway identity over TLS (plain on the dev broker).
+
+    `kwargs` go to `simulator.run.run_simulation` (duration_s, on_progress, ...).
+    """
+    from simulator.profile import with_overrides
+    from simulator.run import run_simulation
+
+    if endpoint.ca_file is not None:
+        login = {
+            "tls_ca_file": endpoint.ca_file,
+            "username": endpoint.username,
+            "password_file": endpoint.password_file,
+            "password": None,  # the edge's password file replaces a profile's password
+        }
+        profile = with_overrides(profile, mqtt=login)
+    return run_simulation(profile, stop, host=endpoint.host, port=endpoint.port, **kwargs)
 
 
 @dataclass
@@ -250,7 +273,7 @@ def run_up(
 
         def simulate() -> None:
             try:
-                result.simulation = simulation(edge.field_port, sim_stop)
+                result.simulation = simulation(edge.field_endpoint(), sim_stop)
             except Exception:
                 logger.exception("The simulator failed")
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
@@ -41,6 +41,7 @@ __all__ = [
     "BrokerAuth",
     "BrokerError",
     "BrokerKeeper",
+    "KeptBroker",
     "Listener",
     "find_mosquitto",
     "mosquitto_password_hash",
@@ -444,6 +445,23 @@ RESTART_BACKOFF_MAX_S = 30.0
 _LOG_TAIL_LINES = 10
 
 
+class KeptBroker(Protocol):
+    """What a `BrokerKeeper` needs of a broker: a `Broker`, or another process with the same life cycle."""
+
+    @property
+    def name(self) -> str: ...
+
+    def running(self) -> bool: ...
+
+    def died(self) -> bool: ...
+
+    def exit_code(self) -> int | None: ...
+
+    def restart_if_died(self) -> bool: ...
+
+    def log_tail(self) -> str: ...
+
+
 @dataclass(slots=True)
 class _Revival:
     """Restart bookkeeping of one broker."""
@@ -465,7 +483,7 @@ class BrokerKeeper:
 
     def __init__(
         self,
-        brokers: Sequence[Broker],
+        brokers: Sequence[KeptBroker],
         *,
         interval_s: float = KEEPER_INTERVAL_S,
         settled_after_s: float = SETTLED_AFTER_S,
@@ -525,7 +543,7 @@ class BrokerKeeper:
             except Exception:  # keep the other brokers; the next round tries again
                 logger.exception("Checking mosquitto %r failed", broker.name)
 
-    def _check(self, broker: Broker, now_s: float) -> None:
+    def _check(self, broker: KeptBroker, now_s: float) -> None:
         revival = self._revivals[broker.name]
         if not broker.died():
             return
@@ -550,7 +568,7 @@ class BrokerKeeper:
             logger.warning("Restarted mosquitto %r (restart %d)", broker.name, revival.restarts)
 
     def _noticed(
-        self, broker: Broker, revival: _Revival, now_s: float, what: str, *, failed_start: bool = False
+        self, broker: KeptBroker, revival: _Revival, now_s: float, what: str, *, failed_start: bool = False
     ) -> None:
         """Log a death or failed start and schedule the next try: at once, or later if it keeps failing."""
         again = failed_start or now_s - revival.started_s < self.settled_after_s

@@ -3,10 +3,17 @@
 The password file is the list of identities; the ACL is rendered from it into the state directory.
 When the password file changes (a device added or removed), the ACL is rendered again and
 Mosquitto is sent SIGHUP, which makes it re-read both: new devices get in without a restart.
+
+Mosquitto runs in its own session, so a kill -9 of this process would leave it serving on the
+port: on Linux it is told to exit (SIGTERM: it saves its queue) when its parent dies, and a start
+stops a Mosquitto that an earlier run left behind (`mosquitto.pid` in the state directory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import getpass
 import logging
 import os
@@ -14,7 +21,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -33,6 +42,8 @@ FIX_HINT: Final = (
     "and give the broker that directory (--config-dir), readable by the user it runs as."
 )
 START_TIMEOUT_S: Final = 10.0
+STALE_STOP_TIMEOUT_S: Final = 10.0  # a Mosquitto stopped with SIGTERM saves its queue first
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
 _EXTRA_DIRS: Final = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin", "/usr/local/opt/mosquitto/sbin")
 
@@ -58,6 +69,32 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
+def _alive(pid: int) -> bool:
+    """Return whether a process exists and is not a zombie (a zombie has an empty command line)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+def _exit_with_parent() -> Callable[[], None] | None:
+    """Return a pre-exec hook making the child get SIGTERM when we die (Linux), None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    prctl = ctypes.CDLL(name, use_errno=True).prctl  # loaded here: the hook runs between fork and exec
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # we died before the hook ran: nobody would signal it
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
 class FieldBroker:
     """One Mosquitto child with the field broker's configuration."""
 
@@ -66,6 +103,7 @@ class FieldBroker:
         self.state_dir = settings.state_dir
         self.config_path = self.state_dir / "mosquitto.conf"
         self.acl_path = self.state_dir / "acl"
+        self.pid_path = self.state_dir / "mosquitto.pid"
         self._files: ConfigFiles | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._seen: tuple[int, int, int] | None = None
@@ -92,6 +130,7 @@ class FieldBroker:
         self._seen = _signature(files.password_file)
         users = read_identities(files.password_file)
         ports = [settings.port] + ([settings.insecure_plain_port] if settings.insecure_plain_port else [])
+        self._stop_stale()
         for port in ports:
             _check_free(settings.bind, port)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,7 +156,9 @@ class FieldBroker:
             [executable, "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=_exit_with_parent(),  # safe: no thread of ours runs yet
         )
+        self.pid_path.write_text(f"{self._process.pid}\n")
         try:
             self._wait_until_listening(ports)
         except BaseException:
@@ -153,6 +194,31 @@ class FieldBroker:
                 raise StartError(f"mosquitto did not listen on {host}:{pending[0]} within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.02)
 
+    def _stop_stale(self) -> None:
+        """Stop a Mosquitto left running with our config by an earlier run that was killed."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return  # no pid file, or that process is gone (or no /proc: nothing to check safely)
+        # Only ever signal our own broker: a mosquitto executable started with this very config file.
+        if len(cmdline) < 3 or Path(os.fsdecode(cmdline[0])).name != "mosquitto":
+            return
+        if os.fsdecode(cmdline[2]) != str(self.config_path):
+            return
+        logger.warning("Stopping mosquitto (pid %d) left running by an earlier field broker", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return
+        deadline = time.monotonic() + STALE_STOP_TIMEOUT_S
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
     def reload_if_changed(self, force: bool = False) -> bool:
         """Render the ACL again and SIGHUP Mosquitto when the password file changed (or `force`); return whether."""
         assert self._files is not None, "start() first"
@@ -177,6 +243,7 @@ class FieldBroker:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop Mosquitto (SIGTERM: it saves its persistence file), SIGKILL if it does not exit in time."""
         process, self._process = self._process, None
+        self.pid_path.unlink(missing_ok=True)
         if process is None or process.poll() is not None:
             return
         process.terminate()

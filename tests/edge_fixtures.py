@@ -19,7 +19,8 @@ import pytest
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
 from edgefleet.lake import read_jsonl
-from edgefleet_cli.local_edge import LocalEdge
+from edgefleet.mqtt_login import PasswordFile, tls_context
+from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
 from edgehub.auth import ModuleIdentity, read_keys_file, sas_token, sas_username
 from edgehub.standin import DEFAULT_HUB_HOSTNAME
 
@@ -93,16 +94,28 @@ def reading(device_id: str, seq: int, features: dict[str, float] | None = None, 
     return obj
 
 
-class FieldPublisher:
-    """A field device gateway: one paho client publishing QoS 1 to the field broker."""
+def field_client(endpoint: FieldEndpoint, client_id: str) -> mqtt.Client:
+    """Return a paho client set up to log in to a field broker: TLS, user and password unless it is the dev broker."""
+    client = mqtt.Client(client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+    if endpoint.ca_file is not None:
+        client.tls_set_context(tls_context(endpoint.ca_file))
+    if endpoint.username is not None and endpoint.password_file is not None:
+        password = PasswordFile.read(endpoint.password_file).password.get_secret_value()
+        client.username_pw_set(endpoint.username, password)
+    return client
 
-    def __init__(self, port: int, client_id: str = "test-field-devices") -> None:
-        self.client = mqtt.Client(client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+
+class FieldPublisher:
+    """A field device gateway: one paho client publishing QoS 1 to the field broker (as its gateway identity)."""
+
+    def __init__(self, endpoint: FieldEndpoint, client_id: str = "test-field-devices") -> None:
+        # The secure broker names the session after the user (edgefleet-gateway): one such publisher per edge.
+        self.client = field_client(endpoint, client_id)
         # Keep fewer than 65,535 messages queued: paho reuses message ids beyond that.
         self.client.max_queued_messages_set(50_000)
         self.client.max_inflight_messages_set(200)
         self.client.reconnect_delay_set(0.1, 2)
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(endpoint.host, endpoint.port)
         self.client.loop_start()
         self.infos: list[mqtt.MQTTMessageInfo] = []
 
@@ -216,7 +229,7 @@ def publisher_factory() -> Iterator[Callable[[LocalEdge], FieldPublisher]]:
     made: list[FieldPublisher] = []
 
     def make(edge: LocalEdge) -> FieldPublisher:
-        publisher = FieldPublisher(edge.field_port, client_id=f"test-field-{len(made)}-{threading.get_ident()}")
+        publisher = FieldPublisher(edge.field_endpoint(), client_id=f"test-field-{len(made)}-{threading.get_ident()}")
         made.append(publisher)
         return publisher
 

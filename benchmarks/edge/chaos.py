@@ -2,14 +2,16 @@
 
 The edge runs as plain processes on loopback, as docker-compose runs it (no Docker):
 
-- field broker: Mosquitto with the field broker's persistence (`FAST_AUTOSAVE`),
+- field broker: `python -m field_broker` (Mosquitto with TLS, passwords and an ACL as its child,
+  which exits with it), its secrets made by `edgefleet field init`; the sensor and the load log in,
 - sink service: `python -m edgehub.sink_service` (its own hub broker as a child, the lake writer),
 - stand-in: `python -m edgehub --upstream-mqtt <sink>` with the deployment template (one broker
   child per module),
 - modules: `python -m modules.sensor` and `python -m modules.inference` with the env files the
   stand-in writes,
-- load: a QoS 1 paho publisher in this process, never killed, publishing unique (device_id, seq)
-  readings to the field topic at a fixed rate until the chaos is over,
+- load: a QoS 1 paho publisher in this process (the field broker's gateway identity, over TLS),
+  never killed, publishing unique (device_id, seq) readings to the field topic at a fixed rate
+  until the chaos is over,
 - supervisor: `edgefleet_cli.supervisor.Supervisor` restarts every process that exits.
 
 A seeded schedule kill -9s one target at a time: a process above, or one of the brokers that the
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
 import json
 import logging
 import os
@@ -52,8 +53,11 @@ import pyarrow.parquet as pq
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
 from edgefleet.lake import PREDICTION_VALUE_COLUMN, SOURCE_COLUMN, read_deadletters, read_lake
+from edgefleet.mqtt_login import PasswordFile, tls_context
+from edgefleet_cli.field_secrets import client_password_file, init_field_dir
 from edgefleet_cli.supervisor import Backoff, ModuleWatch, RestartPolicy, Supervisor
-from edgehub.broker import FAST_AUTOSAVE, Listener, find_mosquitto, render_config
+from field_broker.config import CA_FILE
+from field_broker.identities import GATEWAY_USER, SENSOR_USER
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +229,7 @@ class ChaosEdge:
         self.bundle_dir = bundle_dir
         self.ip_base = ip_base
         self.field_port = free_port()
+        self.field_secrets = workdir / "field-secrets"
         self.hub_port = free_port()
         self.lake_dir = workdir / "lake"
         self.standin_dir = workdir / "standin"
@@ -251,8 +256,9 @@ class ChaosEdge:
         env = dict(self._base_env)
         health = str(self.health_path(name))
         if name == FIELD_BROKER:
-            config = self.workdir / "field" / "mosquitto-field.conf"
-            return [find_mosquitto(), "-c", str(config)], env
+            argv = [sys.executable, "-m", "field_broker", "--config-dir", str(self.field_secrets)]
+            argv += ["--state-dir", str(self.workdir / "field"), "--bind", HOST, "--port", str(self.field_port)]
+            return argv, env
         if name == SINK:
             argv = [sys.executable, "-m", "edgehub.sink_service", "--listen", f"{HOST}:{self.hub_port}"]
             argv += ["--lake", str(self.lake_dir), "--state-dir", str(self.sink_dir), "--flush-every-s", "0.5"]
@@ -262,6 +268,7 @@ class ChaosEdge:
                 "BUNDLE_VERSION": self.bundle_version,
                 "MODULES.sensor": "edgefleet-sensor:chaos",
                 "MODULES.inference": "edgefleet-inference:chaos",
+                "MODULES.fieldbroker": "edgefleet-fieldbroker:chaos",  # the manifest's; the field broker runs here
             }
             argv = [
                 sys.executable,
@@ -283,7 +290,15 @@ class ChaosEdge:
             {"HEALTH_FILE": health, "REPORT_INTERVAL_S": "0.5", "STATE_DIR": str(self.workdir / f"{name}-state")}
         )
         if name == SENSOR:
-            env.update({"FIELD_MQTT_HOST": HOST, "FIELD_MQTT_PORT": str(self.field_port)})
+            env.update(
+                {
+                    "FIELD_MQTT_HOST": HOST,
+                    "FIELD_MQTT_PORT": str(self.field_port),
+                    "FIELD_MQTT_CA_FILE": str(self.field_secrets / CA_FILE),
+                    "FIELD_MQTT_USERNAME": SENSOR_USER,
+                    "FIELD_MQTT_PASSWORD_FILE": str(client_password_file(self.field_secrets, SENSOR_USER)),
+                }
+            )
         else:
             env["BUNDLE_DIR"] = str(self.bundle_dir)
         return [sys.executable, "-m", f"modules.{name}"], env
@@ -361,12 +376,8 @@ class ChaosEdge:
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 90.0) -> ChaosEdge:
-        field_dir = self.workdir / "field"
-        field_dir.mkdir(parents=True, exist_ok=True)
+        init_field_dir(self.field_secrets)
         self.health_dir.mkdir(parents=True, exist_ok=True)
-        user = getpass.getuser() if os.geteuid() == 0 else None  # as edgehub.broker.Broker does
-        config = render_config([Listener(HOST, self.field_port)], user, field_dir.resolve(), "field", FAST_AUTOSAVE)
-        (field_dir / "mosquitto-field.conf").write_text(config)
         for group in ((FIELD_BROKER, SINK), (STANDIN,), (SENSOR, INFERENCE)):
             for name in group:
                 self.start_process(name)
@@ -420,7 +431,7 @@ class ChaosEdge:
 class Load:
     """A field gateway publishing unique readings at QoS 1; it keeps and resends what was not acknowledged."""
 
-    def __init__(self, port: int, devices: list[str], rate_per_s: float, seed: int) -> None:
+    def __init__(self, port: int, devices: list[str], rate_per_s: float, seed: int, field_secrets: Path) -> None:
         self.devices = devices
         self.rate_per_s = rate_per_s
         self.rng = random.Random(seed)
@@ -430,6 +441,9 @@ class Load:
         self._stop = threading.Event()
         self._origin = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
         self.client = mqtt.Client(client_id="chaos-field-devices", clean_session=True, protocol=mqtt.MQTTv311)
+        self.client.tls_set_context(tls_context(field_secrets / CA_FILE))
+        password = PasswordFile.read(client_password_file(field_secrets, GATEWAY_USER)).password
+        self.client.username_pw_set(GATEWAY_USER, password.get_secret_value())
         self.client.max_queued_messages_set(50_000)  # below paho's 65,535 message ids
         self.client.max_inflight_messages_set(200)
         self.client.reconnect_delay_set(0.1, 1)
@@ -734,7 +748,7 @@ def run_chaos(
     devices += [f"chaos-{i:02d}" for i in range(config.devices - len(devices))]
     with edge:
         say(f"edge up in {time.monotonic() - started:.1f} s (workdir {workdir}); seed {config.seed}")
-        load = Load(edge.field_port, devices, config.rate_per_s, config.seed).start()
+        load = Load(edge.field_port, devices, config.rate_per_s, config.seed, edge.field_secrets).start()
         chaos = Chaos(edge, load, config, rng)
         try:
             time.sleep(config.warmup_s)

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgefleet.deployment import Deployment
 from edgefleet.routes import Message
-from edgefleet_cli.local_edge import LocalEdge
+from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
 
 CHILD = Path(__file__).resolve().parents[1] / "_edge_bench_util.py"
 PREDICTION_MARK = b'"prediction":'  # once per prediction object in a batch envelope
@@ -67,9 +67,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def mosquitto_children() -> list[int]:
-    """Return the pids of the Mosquitto processes this benchmark started (our children named mosquitto)."""
+    """Return the pids of the Mosquitto processes this benchmark started: our children, or our children's.
+
+    The field broker (`python -m field_broker`, our child) runs its Mosquitto as its own child.
+    """
     me = os.getpid()
-    found = []
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -77,11 +81,13 @@ def mosquitto_children() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and name == "mosquitto":
-            found.append(int(entry.name))
-    return found
+        pid = int(entry.name)
+        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    children = {pid for pid, ppid in parents.items() if ppid == me}
+    return [
+        pid for pid, name in names.items() if name == "mosquitto" and (parents[pid] == me or parents[pid] in children)
+    ]
 
 
 class CpuMeter:
@@ -238,11 +244,19 @@ class FieldDevices:
     every device's seq where the previous job on the same edge stopped.
     """
 
-    def __init__(self, workdir: Path, host: str, port: int, topic: str = "fleet/{device}/telemetry") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        host: str,
+        port: int,
+        topic: str = "fleet/{device}/telemetry",
+        login: FieldEndpoint | None = None,
+    ) -> None:
         self.workdir = workdir
         self.host = host
         self.port = port
         self.topic = topic
+        self.login = login  # the secure field broker's CA and gateway identity; None: a plain broker
         self.next_seq = 1  # seq 0 reads as a device restart to the sensor
         self._jobs = 0
 
@@ -273,6 +287,9 @@ class FieldDevices:
             "topic": self.topic,
             "times_path": str(times_path) if keep_times else None,
         }
+        login = self.login
+        if login is not None and login.ca_file is not None:
+            config.update(ca_file=str(login.ca_file), username=login.username, password_file=str(login.password_file))
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps(config))
         child = spawn_child(["publish", str(config_path)])
@@ -355,6 +372,7 @@ def running_edge(
     )
     try:
         edge.start()  # inside the try: a module that fails to start would leave the brokers running
-        yield EdgeSession(edge, upstream, FieldDevices(workdir, "127.0.0.1", edge.field_port))
+        field = FieldDevices(workdir, "127.0.0.1", edge.field_port, login=edge.field_endpoint())
+        yield EdgeSession(edge, upstream, field)
     finally:
         edge.stop()

@@ -12,6 +12,7 @@ from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet_cli.commands import Subcommands
 
 if TYPE_CHECKING:
+    from edgefleet_cli.local_edge import FieldEndpoint
     from edgefleet_cli.up import UpResult
     from simulator.report import SimulationReport
 
@@ -31,7 +32,14 @@ def add_up_command(sub: Subcommands) -> None:
     up.add_argument("--lake", default="out/lake")
     up.add_argument("--edge-device", default="edge1")
     up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
-    up.add_argument("--field-port", type=int, default=1883, help="field MQTT broker port on 127.0.0.1")
+    up.add_argument(
+        "--field-port", type=int, default=8883, help="field broker port on 127.0.0.1 (MQTT over TLS; %(default)s)"
+    )
+    up.add_argument(
+        "--insecure-field",
+        action="store_true",
+        help="DEVELOPMENT ONLY: an anonymous, unencrypted field broker instead of TLS with passwords and an ACL",
+    )
     up.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
     up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     up.set_defaults(func=cmd_up)
@@ -43,7 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from edgefleet.deployment import load_deployment
     from edgefleet.process import stop_event_on_signals
     from edgefleet_cli.local_edge import LocalEdge, replay_module_env
-    from edgefleet_cli.up import module_summary, run_up, start_edge
+    from edgefleet_cli.up import module_summary, run_up, simulate_on, start_edge
 
     bundle = Path(args.bundle).resolve()
     version = read_manifest(bundle).bundle_version
@@ -54,15 +62,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     module_env: dict[str, dict[str, str]] = {}
     if args.simulate:
         from simulator.profile import load_profile
-        from simulator.run import run_simulation
 
         profile = load_profile(Path(args.simulate))
         module_env = replay_module_env(profile.start_ts)
 
-        def simulation(port: int, stop: threading.Event) -> SimulationReport:
-            return run_simulation(
-                profile, stop, host="127.0.0.1", port=port, duration_s=args.duration_s, on_progress=progress.update
-            )
+        def simulation(endpoint: FieldEndpoint, stop: threading.Event) -> SimulationReport:
+            return simulate_on(endpoint, profile, stop, duration_s=args.duration_s, on_progress=progress.update)
 
     edge = LocalEdge(
         workdir,
@@ -75,12 +80,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         lake_dir=Path(args.lake).resolve(),
         field_port=args.field_port,
         dashboard_port=None if args.no_dashboard else args.dashboard_port,
+        insecure_field=args.insecure_field,
     )
+    if args.insecure_field:
+        print(_INSECURE_WARNING.format(port=edge.field_port), file=sys.stderr, flush=True)
     stop = stop_event_on_signals()
     start_edge(edge, stop)  # a failed or interrupted start stops everything it started
     try:
         topic = deployment.desired("sensor").get("fieldTopic", "fleet/+/telemetry")
-        print(f"edge running: bundle {version}, field broker mqtt://127.0.0.1:{edge.field_port} (topic {topic})")
+        field = edge.field_endpoint()
+        print(f"edge running: bundle {version}, field broker {field.url} (topic {topic})")
+        if field.ca_file is not None:
+            _print_field_login(field, edge.field_secrets_dir)
         if edge.dashboard_port is not None:
             print(f"dashboard: http://127.0.0.1:{edge.dashboard_port}/")
         print(f"lake: {edge.lake_dir}  logs: {workdir / 'logs'}  Ctrl-C to stop", flush=True)
@@ -102,6 +113,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         if count:
             print(f"  broker {name}: restarted {count} time(s) after it died")
     return _exit_code(result, workdir / "logs")
+
+
+_INSECURE_WARNING = (
+    "WARNING: --insecure-field: the field broker on 127.0.0.1:{port} takes anonymous, unencrypted "
+    "connections with no ACL; any local process can publish readings as any device. Development only."
+)
+
+
+def _print_field_login(field: FieldEndpoint, secrets: Path) -> None:
+    """Print how devices and the simulator log in to the secure field broker."""
+    print(f"  CA certificate: {field.ca_file}  (devices verify the broker with it)")
+    print(f"  add a device: edgefleet field add-device ID --dir {secrets}  (it may publish fleet/ID/telemetry)")
+    print(
+        f"  simulate: edgefleet simulate --port {field.port} --ca-file {field.ca_file} "
+        f"--username {field.username} --password-file {field.password_file}"
+    )
 
 
 def _exit_code(result: UpResult, log_dir: Path) -> int:

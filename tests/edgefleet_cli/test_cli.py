@@ -111,10 +111,10 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
     import signal
     import time
 
-    import paho.mqtt.client as mqtt
-
-    from edgefleet_cli.local_edge import free_port
-    from tests.edge_fixtures import next_ip_base, reading, wait_for
+    from edgefleet_cli.field_secrets import client_password_file
+    from edgefleet_cli.local_edge import FieldEndpoint, free_port
+    from field_broker.identities import GATEWAY_USER
+    from tests.edge_fixtures import field_client, next_ip_base, reading, wait_for
 
     port, dashboard_port = free_port(), free_port()
     repo = str(REPO)
@@ -133,7 +133,11 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
         banner = process.stdout.readline()
         assert banner.startswith("edge running"), banner + process.stdout.read()
         device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
-        client = mqtt.Client(client_id="cli-test", clean_session=True)
+        secrets = tmp_path / "edge" / "field-secrets"
+        gateway = FieldEndpoint(
+            "127.0.0.1", port, secrets / "ca.pem", GATEWAY_USER, client_password_file(secrets, GATEWAY_USER)
+        )
+        client = field_client(gateway, "cli-test")
         client.connect("127.0.0.1", port)
         client.loop_start()
         client.publish(f"fleet/{device}/telemetry", json.dumps(reading(device, 1)), qos=1).wait_for_publish()

@@ -18,10 +18,11 @@ import pytest
 from edgefleet.bundle import read_manifest
 from edgefleet.lake import read_deadletters, read_lake
 from edgefleet_cli.edge_report import account
-from edgefleet_cli.local_edge import replay_module_env
-from edgefleet_cli.up import run_up
+from edgefleet_cli.field_secrets import client_password_file
+from edgefleet_cli.local_edge import FieldEndpoint, replay_module_env
+from edgefleet_cli.up import run_up, simulate_on
+from field_broker.identities import GATEWAY_USER
 from simulator.profile import parse_profile
-from simulator.run import run_simulation
 from tests.edge_fixtures import REPO
 
 
@@ -55,10 +56,11 @@ def test_every_simulated_reading_is_predicted_dead_lettered_or_counted_as_a_dupl
     edge = start_edge(module_env=replay_module_env(profile.start_ts))
     progress: dict[str, object] = {}
 
-    def simulation(port: int, stop: threading.Event) -> object:
-        return run_simulation(profile, stop, host="127.0.0.1", port=port, on_progress=progress.update)
+    def simulation(endpoint: FieldEndpoint, stop: threading.Event) -> object:
+        return simulate_on(endpoint, profile, stop, on_progress=progress.update)
 
     result = run_up(edge, threading.Event(), simulation=simulation, simulator_progress=progress, live=False)
+    assert result.simulation.mqtt["tls"]  # the simulator logged in to the secure field broker
     expected = result.simulation.expected_at_edge
     assert expected["sent"] > 1000
 
@@ -154,7 +156,8 @@ def test_up_whose_field_port_is_taken_exits_2_naming_the_field_broker_and_leaves
         command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--field-port", port)
         run = _run_up(command, tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr
-    assert "field broker failed to start" in run.stderr and "mosquitto-field.log" in run.stderr
+    assert "field broker failed to start" in run.stderr and "field-broker.log" in run.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
     assert _processes_of_run(tmp_path) == []
 
 
@@ -258,10 +261,41 @@ def test_the_status_table_shows_each_modules_state_restarts_and_last_exit():
     ]
 
 
-def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_readings_again(small_bundle, tmp_path):
-    import paho.mqtt.client as mqtt
+def _gateway(tmp_path, port: int) -> FieldEndpoint:
+    """Return how the simulator's identity reaches the field broker of `edgefleet up --workdir <tmp>/edge`."""
+    secrets = tmp_path / "edge" / "field-secrets"
+    password_file = client_password_file(secrets, GATEWAY_USER)
+    return FieldEndpoint("127.0.0.1", port, secrets / "ca.pem", GATEWAY_USER, password_file)
 
-    from tests.edge_fixtures import reading, wait_for
+
+def _read_pid(path: Path) -> int:
+    """Return the pid a pid file names (0 while it is missing or being written)."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """Return whether a process runs (a zombie has an empty command line)."""
+    if pid <= 0:
+        return False
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+def _field_broker_pid(tmp_path) -> int | None:
+    for line in _processes_of_run(tmp_path):
+        pid, cmdline = line.split(": ", 1)
+        if "-m field_broker" in cmdline:
+            return int(pid)
+    return None
+
+
+def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_readings_again(small_bundle, tmp_path):
+    from tests.edge_fixtures import field_client, reading, wait_for
 
     command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--duration-s", 20)
     field_port = int(command[command.index("--field-port") + 1])
@@ -272,13 +306,15 @@ def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_r
     try:
         assert process.stdout is not None
         banner = process.stdout.readline()
-        assert banner.startswith("edge running"), banner
-        pid_file = tmp_path / "edge" / "field" / "mosquitto-field.pid"
-        old_pid = int(pid_file.read_text())
-        os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() not in ("", str(old_pid)), timeout_s=5)
-        # A field device publishes again; the sensor's session died with the broker, so some may go unheard.
-        device_client = mqtt.Client(client_id="test-field-device", clean_session=True)
+        assert banner.startswith("edge running") and f"field broker mqtts://127.0.0.1:{field_port}" in banner, banner
+        mosquitto_pid_file = tmp_path / "edge" / "field" / "mosquitto.pid"
+        old_mosquitto = int(mosquitto_pid_file.read_text())
+        os.kill(_field_broker_pid(tmp_path), signal.SIGKILL)
+        # Its Mosquitto exits with it, and the restarted field broker starts a new one.
+        wait_for(lambda: not _alive(old_mosquitto), timeout_s=10)
+        wait_for(lambda: _alive(_read_pid(mosquitto_pid_file)), timeout_s=15)
+        # A field gateway publishes again; the sensor's session died with the broker, so some may go unheard.
+        device_client = field_client(_gateway(tmp_path, field_port), "test-field-device")
         device_client.connect("127.0.0.1", field_port)
         device_client.loop_start()
         for seq in range(40):
@@ -294,4 +330,75 @@ def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_r
     assert "broker field: restarted 1 time(s) after it died" in output
     lake = read_lake(tmp_path / "lake")
     assert device in set(lake["device_id"]), errors
+    assert _processes_of_run(tmp_path) == []
+
+
+def test_up_tells_where_the_field_brokers_ca_is_and_how_to_add_a_device_and_refuses_anonymous_devices(
+    small_bundle, tmp_path
+):
+    import paho.mqtt.client as mqtt
+
+    from edgefleet.mqtt_login import tls_context
+
+    command = _up_command(small_bundle, tmp_path, "--no-dashboard")
+    field_port = int(command[command.index("--field-port") + 1])
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_up_env(tmp_path)
+    )
+    secrets = tmp_path / "edge" / "field-secrets"
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline() for _ in range(4)]
+        assert f"field broker mqtts://127.0.0.1:{field_port}" in banner[0], banner
+        assert f"CA certificate: {secrets / 'ca.pem'}" in banner[1], banner
+        assert f"edgefleet field add-device ID --dir {secrets}" in banner[2], banner
+        assert f"--username {GATEWAY_USER}" in banner[3], banner
+        anonymous = mqtt.Client(client_id="anonymous-device", clean_session=True)
+        anonymous.tls_set_context(tls_context(secrets / "ca.pem"))
+        answered: list[int] = []
+        anonymous.on_connect = lambda client, userdata, flags, rc: answered.append(rc)
+        anonymous.connect("127.0.0.1", field_port)
+        anonymous.loop_start()
+        from tests.edge_fixtures import wait_for
+
+        assert wait_for(lambda: answered, timeout_s=10)[0] == mqtt.CONNACK_REFUSED_NOT_AUTHORIZED
+        anonymous.disconnect()
+        anonymous.loop_stop()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, errors = process.communicate(timeout=120)
+    assert process.returncode == 0, output + errors
+    assert "WARNING" not in errors
+    assert _processes_of_run(tmp_path) == []
+
+
+def test_up_with_insecure_field_warns_and_takes_anonymous_plain_readings(small_bundle, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    from tests.edge_fixtures import reading
+
+    command = _up_command(small_bundle, tmp_path, "--no-dashboard", "--duration-s", 6, "--insecure-field")
+    field_port = int(command[command.index("--field-port") + 1])
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_up_env(tmp_path)
+    )
+    device = "dev-insecure"
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert f"field broker mqtt://127.0.0.1:{field_port}" in banner, banner
+        client = mqtt.Client(client_id="anonymous-device", clean_session=True)
+        client.connect("127.0.0.1", field_port)
+        client.loop_start()
+        client.publish(f"fleet/{device}/telemetry", json.dumps(reading(device, 1)), qos=1).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        output, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output + errors
+    assert "WARNING: --insecure-field" in errors and "anonymous, unencrypted" in errors
+    assert not (tmp_path / "edge" / "field-secrets").exists()
+    assert device in set(read_lake(tmp_path / "lake")["device_id"])
     assert _processes_of_run(tmp_path) == []

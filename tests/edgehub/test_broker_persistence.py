@@ -32,14 +32,17 @@ def _settings(conf_text: str) -> dict[str, str]:
     return {pair[0]: pair[1].strip() if len(pair) > 1 else "" for pair in pairs}
 
 
-def test_the_compose_field_broker_saves_as_often_as_the_field_broker_of_edgefleet_up(tmp_path: Path) -> None:
+def test_the_compose_field_broker_saves_as_often_as_the_insecure_field_broker_of_edgefleet_up(tmp_path: Path) -> None:
+    # The secure default (python -m field_broker) is compared in tests/field_broker.
     edge = LocalEdge(
         tmp_path,
         load_deployment(TEMPLATE),
         bundle_dir=tmp_path / "bundle",
         ip_base="127.251.1",
         upstream=CollectingUpstream(),
+        insecure_field=True,
     )
+    assert isinstance(edge.field_broker, Broker)
     up = _settings(
         render_config(edge.field_broker.listeners, persistence_dir=tmp_path, autosave=edge.field_broker.autosave)
     )

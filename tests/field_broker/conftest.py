@@ -172,6 +172,7 @@ def field_broker(field_dir: Path, tmp_path: Path) -> Iterator[RunningBroker]:
     process, port = start_field_broker(field_dir, tmp_path / "state", "--insecure-plain-port", str(plain_port))
     try:
         wait_until_listening(process, port)
+        wait_until_listening(process, plain_port)  # Mosquitto opens it after the TLS one
         yield RunningBroker(process, field_dir, tmp_path / "state", port, passwords, plain_port)
     finally:
         stop(process)

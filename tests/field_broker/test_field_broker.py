@@ -199,3 +199,31 @@ def test_init_again_keeps_every_identity_and_password(tmp_path: Path) -> None:
     init_field_dir(field_dir, ["broker.example.com"])  # a new name: a new server certificate, same identities
     assert (field_dir / "passwords").read_text() == before
     assert password
+
+
+def test_a_field_broker_killed_with_sigkill_takes_its_mosquitto_along_and_starts_again_on_the_same_port(
+    field_dir: Path, tmp_path: Path
+) -> None:
+    process, port = start_field_broker(field_dir, tmp_path / "state")
+    try:
+        wait_until_listening(process, port)
+        mosquitto_pid = int((tmp_path / "state" / "mosquitto.pid").read_text())
+        process.kill()  # SIGKILL: no chance to stop its child
+        process.wait(5)
+        # Left running, Mosquitto would hold the port and its queue: it exits with its parent.
+        wait_for(lambda: not _alive(mosquitto_pid), timeout_s=10)
+    finally:
+        stop(process)
+    again, _ = start_field_broker(field_dir, tmp_path / "state", port=port)
+    try:
+        wait_until_listening(again, port)
+        assert again.poll() is None
+    finally:
+        stop(again)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False

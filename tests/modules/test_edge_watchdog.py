@@ -27,6 +27,7 @@ def test_a_sensor_whose_field_broker_never_answers_exits_with_code_3_and_logs_wh
         assert deaf.exit_code() == UNHEALTHY_EXIT_CODE
         log = deaf.log_path.read_text()
         assert "ERROR modules.sensor.service: sensor has been unhealthy for" in log
-        assert f"the field broker {env['FIELD_MQTT_HOST']}:{dead_port} is not connected" in log
+        # The edge's sensor logs in with TLS (FIELD_MQTT_CA_FILE): the address says mqtts.
+        assert f"the field broker mqtts://{env['FIELD_MQTT_HOST']}:{dead_port} is not connected" in log
     finally:
         deaf.stop()
