@@ -355,7 +355,32 @@ class _Checker(Findings):
             return
         if isinstance(spec, Mapping) and self.hub_schema == "1.0":
             self.error(where, f'the object form (priority, timeToLiveSecs) needs {HUB} schemaVersion "1.1" or later')
+        self.check_route_semantics(where, route)
         self.routes.append(route)
+
+    def check_route_semantics(self, where: str, route: Route) -> None:
+        """Report what edgeHub accepts without complaint but then silently gets wrong."""
+        if route.ignored:
+            self.error(
+                where,
+                f"edgeHub ignores everything after the sink ({route.ignored!r}), so it never applies; "
+                "put WHERE <condition> before INTO",
+            )
+        if route.source.kind == "other":
+            self.error(
+                where,
+                f"edgeHub accepts the source {route.source.path!r} but no message ever comes from it; use "
+                "/messages/*, /messages/modules/<module>[/outputs/<output>] or /twinChangeNotifications",
+            )
+        if route.sink.kind == "module_input" and tuple(label.lower() for label in route.sink.labels) != (
+            "modules",
+            "inputs",
+        ):
+            self.warning(
+                where,
+                f"edgeHub reads BrokeredEndpoint addresses as /<any>/<module>/<any>/<input>; write "
+                f'"/modules/{route.sink.module}/inputs/{route.sink.input}"',
+            )
 
     def check_store_and_forward(self, store: Mapping[str, Any]) -> None:
         """Check that messages are kept a positive number of seconds while upstream is away."""

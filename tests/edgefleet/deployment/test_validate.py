@@ -80,12 +80,11 @@ def test_a_module_wide_source_carries_every_output_of_that_module():
     assert validate_deployment(manifest) == []
 
 
-def test_a_module_without_an_endpoint_declaration_is_a_warning():
+def test_a_module_edgefleet_does_not_ship_draws_no_warning():
     manifest = template()
     agent(manifest)["modules"]["extra"] = copy.deepcopy(agent(manifest)["modules"]["sensor"])
-    found = validate_deployment(manifest)
-    assert errors(found) == []
-    assert [(w.where, "no declaration" in w.message) for w in warnings(found)] == [('module "extra"', True)]
+    hub(manifest)["routes"]["extraToUpstream"] = "FROM /messages/modules/extra/outputs/anything INTO $upstream"
+    assert validate_deployment(manifest) == []
 
 
 def test_a_route_grammar_error_is_reported_with_the_route_name_and_position():
