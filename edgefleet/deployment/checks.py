@@ -7,6 +7,7 @@ checks the routes against the modules' code (edgefleet.deployment.validate).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,6 +46,9 @@ from edgefleet.deployment.schema import (
 from edgefleet.routes import Route, RouteError, parse_routes
 
 __all__ = ["Findings", "Problem", "Severity", "Structure", "check_structure"]
+
+# edgeHub's lexer skips /* ... */ anywhere in a route, even one opened by a source's "/*".
+_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
 
 Severity = Literal["error", "warning"]
 ModuleKind = Literal["module", "edgeAgent", "edgeHub"]
@@ -360,6 +364,13 @@ class _Checker(Findings):
 
     def check_route_semantics(self, where: str, route: Route) -> None:
         """Report what edgeHub accepts without complaint but then silently gets wrong."""
+        comment = _COMMENT.search(route.text)
+        if comment is not None:
+            self.warning(
+                where,
+                f"edgeHub reads {comment.group()!r} as a comment (a '/*' in a source path opens one too); "
+                "remove it if it hides part of the route",
+            )
         if route.ignored:
             self.error(
                 where,

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from edgefleet.routes.functions import Builtin
-from edgefleet.routes.message import MessageContext
-from edgefleet.routes.message import is_json_date
+from edgefleet.routes.message import MessageContext, is_json_date
 from edgefleet.routes.values import ANY, BOOL, MISSING, NULL, NUMBER, STRING, UNDEF, UNDEFINED, Missing, Value
 
 __all__ = [

@@ -45,7 +45,10 @@ LITERALS: Final[dict[str, tuple[Value, str]]] = {
 _RULES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("keyword", re.compile(r"(?i:select|from|where|into)")),
     ("string", re.compile(r"\"(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^\"\\])*\"|'(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^'\\])*'")),
-    ("unterminated", re.compile(r"\"(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^\"\\])*|'(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^'\\])*")),
+    (
+        "unterminated",
+        re.compile(r"\"(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^\"\\])*|'(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^'\\])*"),
+    ),
     ("integer", re.compile(r"-?[0-9]+")),
     ("hex", re.compile(r"0[xX][0-9a-fA-F]+")),
     ("real", re.compile(r"-?[0-9]*\.[0-9]+(?:[eE][+-]?[0-9]+)?|-?[0-9]*[eE][+-]?[0-9]+")),
