@@ -7,6 +7,7 @@ checks the routes against the modules' code (edgefleet.deployment.validate).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,6 +46,9 @@ from edgefleet.deployment.schema import (
 from edgefleet.routes import Route, RouteError, parse_routes
 
 __all__ = ["Findings", "Problem", "Severity", "Structure", "check_structure"]
+
+# edgeHub's lexer skips /* ... */ anywhere in a route, even one opened by a source's "/*".
+_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
 
 Severity = Literal["error", "warning"]
 ModuleKind = Literal["module", "edgeAgent", "edgeHub"]
@@ -355,7 +359,39 @@ class _Checker(Findings):
             return
         if isinstance(spec, Mapping) and self.hub_schema == "1.0":
             self.error(where, f'the object form (priority, timeToLiveSecs) needs {HUB} schemaVersion "1.1" or later')
+        self.check_route_semantics(where, route)
         self.routes.append(route)
+
+    def check_route_semantics(self, where: str, route: Route) -> None:
+        """Report what edgeHub accepts without complaint but then silently gets wrong."""
+        comment = _COMMENT.search(route.text)
+        if comment is not None:
+            self.warning(
+                where,
+                f"edgeHub reads {comment.group()!r} as a comment (a '/*' in a source path opens one too); "
+                "remove it if it hides part of the route",
+            )
+        if route.ignored:
+            self.error(
+                where,
+                f"edgeHub ignores everything after the sink ({route.ignored!r}), so it never applies; "
+                "put WHERE <condition> before INTO",
+            )
+        if route.source.kind == "other":
+            self.error(
+                where,
+                f"edgeHub accepts the source {route.source.path!r} but no message ever comes from it; use "
+                "/messages/*, /messages/modules/<module>[/outputs/<output>] or /twinChangeNotifications",
+            )
+        if route.sink.kind == "module_input" and tuple(label.lower() for label in route.sink.labels) != (
+            "modules",
+            "inputs",
+        ):
+            self.warning(
+                where,
+                f"edgeHub reads BrokeredEndpoint addresses as /<any>/<module>/<any>/<input>; write "
+                f'"/modules/{route.sink.module}/inputs/{route.sink.input}"',
+            )
 
     def check_store_and_forward(self, store: Mapping[str, Any]) -> None:
         """Check that messages are kept a positive number of seconds while upstream is away."""

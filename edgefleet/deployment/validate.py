@@ -95,7 +95,13 @@ def _check_desired(raw: Mapping[str, Any], modules: Sequence[str]) -> list[Probl
 
 
 class _CodeChecker(Findings):
-    """Check routes against the deployed modules and the endpoints their code declares."""
+    """Check routes against the deployed modules and the endpoints their code declares.
+
+    Module names are compared as edgeHub compares them: a route's source matches module ids
+    ignoring case (BaseMessageSource), a BrokeredEndpoint names its target module exactly
+    (EndpointFactory, ConnectionManager). Modules edgefleet does not ship (not in
+    edgefleet/endpoints.py) are checked by name only, and draw no warning of their own.
+    """
 
     def __init__(
         self, modules: Sequence[str], routes: Sequence[Route], endpoints: Mapping[str, ModuleEndpoints]
@@ -105,6 +111,7 @@ class _CodeChecker(Findings):
         self.routes = routes
         self.endpoints = endpoints
         self.known = ", ".join(modules) or "none"
+        self.by_folded_name = {name.lower(): name for name in modules}
         self.referenced = referenced_endpoints(routes)
 
     def run(self) -> None:
@@ -121,14 +128,23 @@ class _CodeChecker(Findings):
         where, source = f'route "{route.name}"', route.source
         if source.module is None:
             return
-        if source.module not in self.modules:
-            self.error(where, f'module "{source.module}" is not in {AGENT} modules (known: {self.known})')
-        elif source.output is not None and source.module in self.endpoints:
-            declared = self.endpoints[source.module].outputs
-            if source.output not in declared:
+        module = self.by_folded_name.get(source.module.lower())
+        if module is None:
+            hint = " ('*' only works at the end of a source path)" if "*" in source.module else ""
+            self.error(where, f'module "{source.module}" is not in {AGENT} modules (known: {self.known}){hint}')
+            return
+        if module != source.module:
+            self.warning(
+                where,
+                f'source names module "{source.module}" but the module is "{module}": edgeHub matches '
+                f"sources ignoring case, so this works, but the names differ only in case; write {module}",
+            )
+        if source.output is not None and module in self.endpoints:
+            declared = self.endpoints[module].outputs
+            if source.output.lower() not in {output.lower() for output in declared}:
                 self.error(
                     where,
-                    f'module "{source.module}" declares no output "{source.output}" in edgefleet/endpoints.py '
+                    f'module "{module}" declares no output "{source.output}" in edgefleet/endpoints.py '
                     f"(declared: {', '.join(declared) or 'none'}); fix the route or declare the output",
                 )
 
@@ -138,7 +154,16 @@ class _CodeChecker(Findings):
         if sink.kind != "module_input" or sink.module is None:
             return
         if sink.module not in self.modules:
-            self.error(where, f'module "{sink.module}" is not in {AGENT} modules (known: {self.known})')
+            module = self.by_folded_name.get(sink.module.lower())
+            if module is not None:
+                self.error(
+                    where,
+                    f'BrokeredEndpoint names module "{sink.module}" but the module is "{module}": the names '
+                    f"differ only in case, and edgeHub delivers to the exact module id, so nothing would "
+                    f"arrive; write {module}",
+                )
+            else:
+                self.error(where, f'module "{sink.module}" is not in {AGENT} modules (known: {self.known})')
         elif sink.module in self.endpoints:
             declared = self.endpoints[sink.module].inputs
             if sink.input not in declared:
@@ -149,16 +174,14 @@ class _CodeChecker(Findings):
                 )
 
     def check_unrouted_endpoints(self) -> None:
-        """Warn about declared outputs no route reads, inputs no route feeds, and undeclared modules."""
-        for name in self.modules:
-            declaration = self.endpoints.get(name)
-            if declaration is None:
-                self.warning(
-                    f'module "{name}"', "has no declaration in edgefleet/endpoints.MODULES, so its routes go unchecked"
-                )
-                continue
+        """Warn about declared outputs no route reads, inputs no route feeds, and undeployed declared modules."""
+        ours = [name for name in self.modules if name in self.endpoints]
+        for name in ours:
+            declaration = self.endpoints[name]
             self.check_outputs_read(name, declaration)
             self.check_inputs_fed(name, declaration)
+        if not ours:
+            return  # a third-party manifest: edgefleet's own modules are none of its business
         for name in self.endpoints:
             if name not in self.modules:
                 self.warning(
@@ -169,11 +192,13 @@ class _CodeChecker(Findings):
         """Warn about each declared output of a module that no route reads."""
         if any(route.source.kind in ("all", "messages", "modules") for route in self.routes):
             return  # a fleet-wide source reads every output
-        if any(ref.direction == "output" and ref.module == name and ref.name is None for ref in self.referenced):
+        folded = name.lower()
+        mine = [ref for ref in self.referenced if ref.direction == "output" and ref.module.lower() == folded]
+        if any(ref.name is None for ref in mine):
             return  # a module-wide source reads every output of this module
-        read = {ref.name for ref in self.referenced if ref.direction == "output" and ref.module == name}
+        read = {str(ref.name).lower() for ref in mine}
         for output in declaration.outputs:
-            if output not in read:
+            if output.lower() not in read:
                 self.warning(
                     f'module "{name}"',
                     f'no route reads output "{output}", so edgeHub drops what the module sends there; add '

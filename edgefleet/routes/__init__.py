@@ -1,21 +1,23 @@
 """IoT Edge routes: parse `FROM <source> [WHERE <condition>] INTO <sink>` and evaluate them on messages.
 
 The offline edgeHub stand-in executes the deployment manifest's `$edgeHub` routes with this package,
-and the manifest validator uses it to reject routes that the real edgeHub would reject. Behaviour
-follows Microsoft's documentation ("Learn how to deploy modules and establish routes in IoT Edge",
-"IoT Hub message routing query syntax", "IoT Hub query language") and, where the documentation is
-silent, the open-source edgeHub (Azure/iotedge, Microsoft.Azure.Devices.Routing.Core):
+and the manifest validator uses it. Behaviour follows the open-source edgeHub (Azure/iotedge,
+Microsoft.Azure.Devices.Routing.Core: GrammarLexer.g4, Condition.g4, Route.g4, ConditionVisitor,
+QueryValue, CustomMessageSource) and, where the documentation disagrees, edgeHub wins;
+tests/edgefleet/routes/test_conformance.py is the row-by-row table with its sources:
 
-- Sources: `/*`, `/twinChangeNotifications`, `/messages/*`, `/messages/modules/*`,
-  `/messages/modules/<moduleId>/*`, `/messages/modules/<moduleId>/outputs/*` and
-  `/messages/modules/<moduleId>/outputs/<output>`. Sinks: `$upstream` and
-  `BrokeredEndpoint("/modules/<moduleId>/inputs/<input>")`.
-- Conditions are typed when the route is parsed, as edgeHub compiles them: message properties
-  (application and system) are strings, so `severity > 2` is a parse error and must be written
-  `AS_NUMBER(severity) > 2`. `$body.a.b` fields are typed only at run time.
-- Evaluation is three-valued (true, false, undefined): a comparison with a missing property,
-  a body field of a non-JSON message or a value of another type is undefined, and a route
-  routes only when its condition is exactly true.
+- Sources are path prefixes matched ignoring case: `/*`, `/messages[/*]`, `/messages/modules[/*]`,
+  `/messages/modules/<m>[/*]`, `/messages/modules/<m>/outputs[/*]`,
+  `/messages/modules/<m>/outputs/<o>`, `/twinChangeNotifications`; another path parses but matches
+  nothing. Sinks: `$upstream` and `BrokeredEndpoint("/modules/<m>/inputs/<i>")` (one trailing `/`
+  allowed, module id exact). Text after the sink is ignored, as edgeHub ignores it.
+- Conditions are typed when the route is parsed, as edgeHub compiles them: properties are strings
+  (`AS_NUMBER(severity) > 2`), `$body.a.b` values are typed at run time. `||` joins strings, `??`
+  coalesces, NOT and unary `-` bind tightest (`NOT (a = 'x')`).
+- Evaluation is three-valued: a missing property is undefined, but a `$body` path that selects
+  nothing is null (so `$body.level <> 'debug'` is true without a level); `$body` values of different
+  types are unequal and ordered bool < number < string < null; objects, arrays and ISO date strings
+  are undefined. A route routes only when its condition is exactly true.
 
 Modules: `message` (the message and its parsed body), `values` (undefined and the value types),
 `expressions` (condition nodes and their evaluation), `functions` (the built-in functions),

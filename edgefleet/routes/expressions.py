@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from edgefleet.routes.functions import Builtin
-from edgefleet.routes.message import MessageContext
-from edgefleet.routes.values import ANY, BOOL, NUMBER, STRING, UNDEFINED, Value
+from edgefleet.routes.message import MessageContext, is_json_date
+from edgefleet.routes.values import ANY, BOOL, MISSING, NULL, NUMBER, STRING, UNDEF, UNDEFINED, Missing, Value
 
 __all__ = [
     "AppProperty",
     "Arithmetic",
     "BodyField",
     "Call",
+    "Coalesce",
     "Comparison",
     "Constant",
     "Expr",
@@ -123,30 +123,37 @@ class BodyField(Expr):
         return ANY
 
     def evaluate(self, context: MessageContext) -> Value:
-        """Return the field's primitive value; objects, arrays and missing fields are UNDEFINED."""
-        if not self.escaped and context.has_dollar_properties:
-            # edgeHub: an application property literally named `$body.x` wins over the body query.
+        """Return the field's value: MISSING where the path selects nothing, UNDEFINED for objects and arrays."""
+        if not self.escaped and context.has_dollar_properties and "[" not in self.text:
+            # edgeHub: an application property literally named `$body.x` wins over the body query
+            # (not for paths with an index, which it never looks up as properties).
             shadowing = context.properties.get(self.text.lower())
             if shadowing is not None:
                 return shadowing
-        current = self._walk(context.body())
-        # Comparisons are defined only between primitive values.
-        if current is UNDEFINED or isinstance(current, dict | list):
+        body = context.body()
+        if body is UNDEFINED:  # not a JSON object with a declared JSON content type and encoding
             return UNDEFINED
-        # What is left is a JSON primitive: a string, float (ints are parsed as floats), bool or null.
+        current = self._walk(body)
+        # edgeHub's BodyQuery turns objects and arrays into undefined; Newtonsoft has read ISO-8601
+        # date strings as dates, which edgeHub's QueryValue treats as objects too.
+        if isinstance(current, dict | list) or (type(current) is str and is_json_date(current)):
+            return UNDEFINED
+        # What is left is a JSON primitive (string, float, bool, null) or MISSING.
         return cast(Value, current)
 
     def _walk(self, body: object) -> object:
-        """Follow the path's keys and indexes into the parsed body, or return UNDEFINED where it breaks off."""
+        """Follow the path's keys and indexes into the parsed body; MISSING where it selects nothing."""
+        # Newtonsoft's SelectTokens yields nothing for a missing key, an index out of range or a step
+        # into a value of the wrong kind, and edgeHub's JsonMessageQueryValueProvider maps that to null.
         current = body
         for step in self.path:
             if isinstance(step, str):
-                if type(current) is not dict:
-                    return UNDEFINED
-                current = current.get(step, UNDEFINED)
+                if type(current) is not dict or step not in current:
+                    return MISSING
+                current = current[step]
             else:
                 if type(current) is not list or step >= len(current):
-                    return UNDEFINED
+                    return MISSING
                 current = current[step]
         return current
 
@@ -164,12 +171,12 @@ class Not(Expr):
         return BOOL
 
     def evaluate(self, context: MessageContext) -> Value:
-        """Negate true/false (null counts as false); NOT undefined stays undefined."""
+        """Negate a boolean; NOT null is true (edgeHub's Null operator !); anything else is UNDEFINED."""
         value = self.operand.evaluate(context)
-        if value is True:
-            return False
-        if value is False or value is None:
+        if self.operand.static_type == NULL:
             return True
+        if type(value) is bool:
+            return not value
         return UNDEFINED
 
 
@@ -193,7 +200,7 @@ class Negate(Expr):
 
 @dataclass(frozen=True, slots=True)
 class Logical(Expr):
-    """`left AND right` or `left OR right`, three-valued and short-circuiting."""
+    """`left AND right` or `left OR right`, three-valued as edgeHub's Bool, Null and QueryValue operators."""
 
     op: Literal["AND", "OR"]
     left: Expr
@@ -202,35 +209,61 @@ class Logical(Expr):
 
     @property
     def static_type(self) -> str:
-        """Return bool."""
+        """Return null where edgeHub types the result Null (AND with a null, OR of two nulls), else bool."""
+        types = (self.left.static_type, self.right.static_type)
+        if ANY not in types and ((self.op == "AND" and NULL in types) or types == (NULL, NULL)):
+            return NULL
         return BOOL
 
     def evaluate(self, context: MessageContext) -> Value:
-        """Combine with SQL's three-valued logic; null counts as false."""
+        """Combine the operands as edgeHub's operators & and | do."""
         left = self.left.evaluate(context)
+        right = self.right.evaluate(context)
+        left_type, right_type = self.left.static_type, self.right.static_type
+        if ANY in (left_type, right_type):
+            # QueryValue & and |: both operands must be booleans, else undefined (no absorption).
+            if type(left) is not bool or type(right) is not bool:
+                return UNDEFINED
+            return (left and right) if self.op == "AND" else (left or right)
+        if self.static_type == NULL:
+            return None
+        if NULL in (left_type, right_type):  # OR with one null gives the other operand
+            return right if left_type == NULL else left
         if self.op == "AND":
-            if left is False or left is None:
-                return False
-            right = self.right.evaluate(context)
-            if right is False or right is None:
+            if left is False or right is False:
                 return False
             return True if left is True and right is True else UNDEFINED
-        if left is True:
+        if left is True or right is True:
             return True
-        right = self.right.evaluate(context)
-        if right is True:
-            return True
-        if (left is False or left is None) and (right is False or right is None):
-            return False
-        return UNDEFINED
+        return False if left is False and right is False else UNDEFINED
 
 
-_ORDERINGS: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    "<": operator.lt,
-    ">": operator.gt,
-    "<=": operator.le,
-    ">=": operator.ge,
+_ORDERINGS: Final[dict[str, Callable[[int], bool]]] = {
+    "=": lambda order: order == 0,
+    "!=": lambda order: order != 0,
+    "<>": lambda order: order != 0,
+    "<": lambda order: order < 0,
+    ">": lambda order: order > 0,
+    "<=": lambda order: order <= 0,
+    ">=": lambda order: order >= 0,
 }
+# edgeHub's QueryValueType order (Bool < Double < String < Null): values of different types are
+# ordered by it, so `$body.level <> 'debug'` is true when level is a number or null.
+_TYPE_RANK: Final[dict[type, int]] = {bool: 1, float: 2, str: 3, type(None): 4, Missing: 4}
+
+
+def order(left: Value, right: Value) -> int | None:
+    """Return -1, 0 or 1 as edgeHub's QueryValue.CompareTo orders two values, None if either is undefined."""
+    if left is UNDEFINED or right is UNDEFINED:
+        return None
+    left_rank, right_rank = _TYPE_RANK[type(left)], _TYPE_RANK[type(right)]
+    if left_rank != right_rank:
+        return -1 if left_rank < right_rank else 1
+    if left_rank == 4:  # null and null
+        return 0
+    # Strings compare ordinally (code points), numbers numerically, and false < true.
+    left_any, right_any = cast(Any, left), cast(Any, right)
+    return (left_any > right_any) - (left_any < right_any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,21 +281,35 @@ class Comparison(Expr):
         return BOOL
 
     def evaluate(self, context: MessageContext) -> Value:
-        """Compare values of the same type; anything else (undefined, mixed types) is UNDEFINED."""
-        left = self.left.evaluate(context)
-        if left is UNDEFINED:
-            return UNDEFINED
-        right = self.right.evaluate(context)
-        if right is UNDEFINED or type(left) is not type(right):
-            return UNDEFINED
-        if self.op == "=":
-            return left == right
-        if self.op in ("!=", "<>"):
-            return left != right
-        # Ordering is defined for numbers and strings (ordinal), not for booleans or null.
-        if type(left) is float or type(left) is str:
-            return _ORDERINGS[self.op](left, right)
-        return UNDEFINED
+        """Compare as edgeHub's ComparisonOperators: undefined if either side is, else by `order`."""
+        # Without a $body operand both sides have the same parse-time type, so `order` only ever
+        # ranks different types for $body values, as edgeHub's QueryValue comparison does.
+        result = order(self.left.evaluate(context), self.right.evaluate(context))
+        return UNDEFINED if result is None else _ORDERINGS[self.op](result)
+
+
+@dataclass(frozen=True, slots=True)
+class Coalesce(Expr):
+    """`left ?? right`: the left value when it is defined, else the right one."""
+
+    left: Expr
+    right: Expr
+    pos: int
+
+    @property
+    def static_type(self) -> str:
+        """Return any if either side is a $body value, else the left side's type."""
+        if ANY in (self.left.static_type, self.right.static_type):
+            return ANY
+        return self.left.static_type
+
+    def evaluate(self, context: MessageContext) -> Value:
+        """Return left unless it is undefined (a missing $body field is null, so it is defined)."""
+        if self.left.static_type != UNDEF:
+            left = self.left.evaluate(context)
+            if left is not UNDEFINED:
+                return left
+        return self.right.evaluate(context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from edgefleet.routes.values import BOOL, NUMBER, STRING, UNDEFINED, Value
+from edgefleet.routes.values import BOOL, MISSING, NUMBER, STRING, UNDEFINED, Value
 
-__all__ = ["BUILTINS", "WILDCARD", "Builtin"]
+__all__ = ["BUILTINS", "QUERY_VALUE_BUILTINS", "WILDCARD", "Builtin"]
 
 WILDCARD = "*"  # a parameter of the is_* functions: accepts any type, including undefined
 
@@ -37,17 +37,52 @@ class Builtin:
         return tuple(found)
 
 
-_NUMBER_TEXT = re.compile(r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*")
+# .NET's double.TryParse(text, NumberStyles.Any, InvariantCulture), which edgeHub's AS_NUMBER uses:
+# surrounding white space, a leading or trailing sign or parentheses, ',' group separators, a
+# decimal point and an exponent ("1,000" is 1000, "(5)" is -5, "5-" is -5).
+_NUMBER_ANY: Final = re.compile(
+    r"\s*(?P<open>\()?\s*(?P<lead>[+-])?\s*(?P<int>[0-9][0-9,]*)?(?:\.(?P<frac>[0-9]*))?"
+    r"(?:[eE](?P<exp>[+-]?[0-9]+))?\s*(?P<trail>[+-])?\s*(?P<close>\))?\s*"
+)
+_SPECIAL_NUMBERS: Final = {"infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+
+
+def _parse_number(text: str) -> Value:
+    """Parse text as .NET's NumberStyles.Any does, or return UNDEFINED."""
+    special = _SPECIAL_NUMBERS.get(text.strip().lower())
+    if special is not None:
+        return special
+    match = _NUMBER_ANY.fullmatch(text)
+    if match is None or not (match["int"] or match["frac"]):
+        return UNDEFINED
+    parenthesised = match["open"] is not None
+    if parenthesised != (match["close"] is not None) or (match["lead"] and match["trail"]):
+        return UNDEFINED
+    if parenthesised and (match["lead"] or match["trail"]):
+        return UNDEFINED
+    digits = f"{(match['int'] or '0').replace(',', '')}.{match['frac'] or '0'}e{match['exp'] or '0'}"
+    number = float(digits)
+    negative = parenthesised or "-" in (match["lead"], match["trail"])
+    return -number if negative else number
 
 
 def _as_number(value: Value) -> Value:
-    """Convert decimal text to a number; numbers pass through, anything else is UNDEFINED."""
-    # Python's float() also takes "nan", "inf" and "1_000"; accept only ordinary decimal numbers.
+    """Convert text to a number as edgeHub does; numbers pass through, anything else is UNDEFINED."""
     if type(value) is float:
         return value
-    if type(value) is str and _NUMBER_TEXT.fullmatch(value):
-        return float(value)
+    if type(value) is str:
+        return _parse_number(value)
     return UNDEFINED
+
+
+def _is_null_query_value(value: Value) -> Value:
+    """Return IS_NULL of a $body value as edgeHub computes it: false only for a path that selects nothing."""
+    # edgeHub's IsNull.RuntimeQueryValue returns `input != QueryValue.Null`, a reference comparison
+    # with the shared null a missing path yields: so it is true for every defined value found in the
+    # body (a JSON null, but also a string or a number) and false for a missing field.
+    if value is UNDEFINED:
+        return UNDEFINED
+    return value is not MISSING
 
 
 def _exp(x: float) -> Value:
@@ -130,4 +165,8 @@ BUILTINS: Final[dict[str, Builtin]] = {
         Builtin("ends_with", ((_S, _S),), BOOL, str.endswith),
         Builtin("contains", ((_S, _S),), BOOL, lambda s, fragment: fragment in s),
     )
+}
+# The functions whose result for a $body argument differs from the static-typed one, by name.
+QUERY_VALUE_BUILTINS: Final[dict[str, Builtin]] = {
+    "is_null": Builtin("is_null", ((WILDCARD,),), BOOL, _is_null_query_value, total=True),
 }

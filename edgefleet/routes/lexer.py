@@ -1,4 +1,18 @@
-"""Split a route's text after the source path into tokens, and walk them for the parsers."""
+"""Split a route's text into tokens exactly as edgeHub's ANTLR lexer does, and walk them for the parsers.
+
+edgeHub (Azure/iotedge, Microsoft.Azure.Devices.Routing.Core/grammar/GrammarLexer.g4) lexes the whole
+route with one lexer: at each position the longest match wins, and on a tie the rule listed first.
+That has consequences a hand-written lexer easily misses, all reproduced here:
+
+- an identifier (`ID`) is any run of characters except `()<>@,;:\\"/[]?={}` and white space, so
+  `a-1`, `a+b`, `a!`, `a||'x'` and `-x` are single property names (write `a - 1`, `a || 'x'`, `- x`);
+- `-5` is one number token, and `e5` is a (malformed) real number, not a name;
+- `$name` runs up to `()<>@,;:\\"/?={}` or white space, so `$body.x!=1` reads `$body.x!` then `=1`;
+- `||` is string concatenation and `??` is coalesce; `&&` and `==` are not operators;
+- `true`, `false`, `null` and `undefined` are lower-case only; keywords are case-insensitive;
+- `/* ... */` is a comment; anything else unrecognised is an `unknown` token, an error only if the
+  parser reaches it (edgeHub ignores whatever follows the sink).
+"""
 
 from __future__ import annotations
 
@@ -14,106 +28,93 @@ __all__ = ["LITERALS", "Token", "TokenCursor", "lex"]
 class Token(NamedTuple):
     """One lexical token with its 0-based position in the route text."""
 
-    kind: str  # number string literal ident keyword sysprop op eof
+    kind: str  # keyword string unterminated number literal op sysprop ident unknown eof
     text: str
     pos: int
     value: Value = None
 
 
-_KEYWORDS: Final = frozenset({"and", "or", "not", "where", "into", "from", "select"})
-# Literals are lower-case only, as in edgeHub's lexer; keywords are case-insensitive.
+_KEYWORDS: Final = frozenset({"select", "from", "where", "into", "and", "or", "not"})
 LITERALS: Final[dict[str, tuple[Value, str]]] = {
     "true": (True, BOOL),
     "false": (False, BOOL),
     "null": (None, NULL),
     "undefined": (UNDEFINED, UNDEF),
 }
-# Property names may contain '-' and '.' (edgeHub's identifiers do), so `a-1` is one name: write `a - 1`.
-_TOKEN_RE: Final = re.compile(
-    r"""
-    (?P<ws>\s+)
-    |(?P<number>0[xX][0-9a-fA-F]+|(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?)
-    |(?P<sysprop>\$[A-Za-z0-9_.\[\]-]+)
-    |(?P<ident>[A-Za-z_][A-Za-z0-9_.-]*)
-    |(?P<op><>|<=|>=|!=|[=<>+\-*/%(),{}])
-    |(?P<quote>['"])
-    """,
-    re.VERBOSE,
+# The lexer rules in GrammarLexer.g4 order (the order breaks ties between matches of equal length).
+_RULES: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
+    ("keyword", re.compile(r"(?i:select|from|where|into)")),
+    ("string", re.compile(r"\"(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^\"\\])*\"|'(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^'\\])*'")),
+    (
+        "unterminated",
+        re.compile(r"\"(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^\"\\])*|'(?:\\[\"'\\]|\\u[0-9a-fA-F]{4}|[^'\\])*"),
+    ),
+    ("integer", re.compile(r"-?[0-9]+")),
+    ("hex", re.compile(r"0[xX][0-9a-fA-F]+")),
+    ("real", re.compile(r"-?[0-9]*\.[0-9]+(?:[eE][+-]?[0-9]+)?|-?[0-9]*[eE][+-]?[0-9]+")),
+    ("literal", re.compile(r"true|false|null|undefined")),
+    ("op", re.compile(r"!=|<>|<=|>=|\|\||\?\?|[(),+\-*/%=><{}]")),
+    ("keyword", re.compile(r"(?i:and|or|not)")),
+    ("sysprop", re.compile(r"\$[^()<>@,;:\\\"/?={}\s]+")),
+    ("ident", re.compile(r"[^()<>@,;:\\\"/\[\]?={}\s]+")),
 )
-_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$]")
-_HEX4_RE: Final = re.compile(r"[0-9a-fA-F]{4}")
-_STRING_ESCAPES: Final = {"'": "'", '"': '"', "\\": "\\"}
-# Operators of other languages, and edgeHub extensions this router leaves out, with what to write instead.
-_FOREIGN_OPERATORS: Final = {"==": "=", "&&": "AND", "||": "OR, or CONCAT() to join strings", "??": "IS_DEFINED()"}
+_SPACE_RE: Final = re.compile(r"[ \t\r\n]+")
+_COMMENT_RE: Final = re.compile(r"/\*.*?\*/", re.DOTALL)
+_ESCAPE_RE: Final = re.compile(r"\\[Uu]([0-9A-Fa-f]{4})")
+_QUOTE_ESCAPE_RE: Final = re.compile(r"\\([\"'\\])")
 
 
-def lex(route_name: str, text: str, start: int) -> list[Token]:
-    """Split the route text from `start` on into tokens, ending with an eof token."""
+def lex(text: str) -> list[Token]:
+    """Split the whole route text into tokens, ending with an eof token; never raises."""
     tokens: list[Token] = []
-    pos = start
+    pos = 0
     while pos < len(text):
-        pair = text[pos : pos + 2]
-        if pair in _FOREIGN_OPERATORS:
-            raise RouteError(route_name, f"'{pair}' is not an operator here (use {_FOREIGN_OPERATORS[pair]})", pos)
-        match = _TOKEN_RE.match(text, pos)
-        if match is None:
-            raise RouteError(route_name, f"unexpected character '{text[pos]}'", pos)
-        kind = match.lastgroup or ""
-        lexeme = match.group()
-        if kind == "ws":
-            pass
-        elif kind == "quote":
-            token, pos = _lex_string(route_name, text, pos)
-            tokens.append(token)
+        skipped = _SPACE_RE.match(text, pos) or _COMMENT_RE.match(text, pos)
+        if skipped:
+            pos = skipped.end()
             continue
-        elif kind == "number":
-            if match.end() < len(text) and _IDENT_CHAR.match(text, match.end()):
-                raise RouteError(route_name, f"malformed number '{lexeme}{text[match.end()]}'", pos)
-            number = float(int(lexeme, 16)) if lexeme[:2] in ("0x", "0X") else float(lexeme)
-            tokens.append(Token("number", lexeme, pos, number))
-        elif kind == "ident":
-            tokens.append(_word_token(lexeme, pos))
-        else:
-            tokens.append(Token(kind, lexeme, pos))
-        pos = match.end()
+        kind, lexeme = _longest_match(text, pos)
+        tokens.append(_token(kind, lexeme, pos))
+        pos += len(lexeme)
     tokens.append(Token("eof", "", len(text)))
     return tokens
 
 
-def _word_token(lexeme: str, pos: int) -> Token:
-    """Classify a word as a keyword (its value the lower-cased word), a literal or an identifier."""
-    lowered = lexeme.lower()
-    if lowered in _KEYWORDS:
-        return Token("keyword", lexeme, pos, lowered)
-    if lexeme in LITERALS:
-        return Token("literal", lexeme, pos)
-    return Token("ident", lexeme, pos)
+def _longest_match(text: str, pos: int) -> tuple[str, str]:
+    """Return the rule and lexeme of the longest match at pos, the earlier rule winning a tie."""
+    best_kind, best = "unknown", text[pos]
+    best_length = 0
+    for kind, pattern in _RULES:
+        match = pattern.match(text, pos)
+        if match and len(match.group()) > best_length:
+            best_kind, best, best_length = kind, match.group(), len(match.group())
+    return best_kind, best
 
 
-def _lex_string(route_name: str, text: str, start: int) -> tuple[Token, int]:
-    """Read the quoted string literal starting at `start`; return it and the position after it."""
-    quote = text[start]
-    chars: list[str] = []
-    pos = start + 1
-    while pos < len(text):
-        char = text[pos]
-        if char == quote:
-            return Token("string", text[start : pos + 1], start, "".join(chars)), pos + 1
-        if char == "\\":
-            follower = text[pos + 1 : pos + 2]
-            if follower in _STRING_ESCAPES:
-                chars.append(_STRING_ESCAPES[follower])
-                pos += 2
-                continue
-            hex_digits = text[pos + 2 : pos + 6]
-            if follower in ("u", "U") and _HEX4_RE.fullmatch(hex_digits):
-                chars.append(chr(int(hex_digits, 16)))
-                pos += 6
-                continue
-            raise RouteError(route_name, "invalid escape in string (allowed: \\', \\\", \\\\, \\uXXXX)", pos)
-        chars.append(char)
-        pos += 1
-    raise RouteError(route_name, f"unterminated string starting with {quote}", start)
+def _token(kind: str, lexeme: str, pos: int) -> Token:
+    """Build the token for one lexeme, converting literals to their values."""
+    if kind == "keyword":
+        return Token("keyword", lexeme, pos, lexeme.lower())
+    if kind == "string":
+        return Token("string", lexeme, pos, unescape(lexeme[1:-1]))
+    if kind in ("integer", "real"):
+        try:
+            number: Value = float(lexeme)
+        except ValueError:  # `e5` is a real-number token that .NET cannot parse: edgeHub makes it undefined
+            number = UNDEFINED
+        return Token("number", lexeme, pos, number)
+    if kind == "hex":
+        return Token("number", lexeme, pos, float(int(lexeme, 16)))
+    return Token(kind, lexeme, pos)
+
+
+def unescape(body: str) -> str:
+    """Resolve `\\uXXXX`, `\\'`, `\\"` and `\\\\` the way edgeHub's ConditionVisitor.Unescape does."""
+    return _QUOTE_ESCAPE_RE.sub(lambda m: m.group(1), _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), body))
+
+
+# Operators of other languages that edgeHub's lexer reads as names, with what to write instead.
+_FOREIGN_OPERATORS: Final = {"&&": "AND", "=": "a single =", "!": "NOT or !="}
 
 
 class TokenCursor:
@@ -127,6 +128,21 @@ class TokenCursor:
     def fail(self, problem: str, position: int | None) -> NoReturn:
         """Raise a RouteError for this route."""
         raise RouteError(self.route_name, problem, position)
+
+    def fail_at(self, token: Token, expected: str) -> NoReturn:
+        """Raise for an unexpected token, saying what was expected and explaining lexical surprises."""
+        if token.kind == "eof":
+            self.fail(f"expected {expected} but the route ended", token.pos)
+        if token.kind == "unterminated":
+            self.fail(f"unterminated string starting with {token.text[0]}", token.pos)
+        if token.kind == "unknown":
+            self.fail(f"unexpected character '{token.text}'", token.pos)
+        hint = _FOREIGN_OPERATORS.get(token.text)
+        if hint is not None:
+            # A second '=' where a value should be is the remains of '=='.
+            shown = "==" if token.text == "=" else token.text
+            self.fail(f"'{shown}' is not an operator in edgeHub routes (use {hint})", token.pos)
+        self.fail(f"expected {expected}, found '{token.text}'", token.pos)
 
     def peek(self) -> Token:
         """Return the current token."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -12,7 +14,7 @@ from edgefleet.routes.values import UNDEFINED
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Message", "MessageContext", "MessageKind"]
+__all__ = ["Message", "MessageContext", "MessageKind", "is_json_date"]
 
 MessageKind = Literal["telemetry", "twin_change_notification"]
 
@@ -20,6 +22,28 @@ _JSON_CONTENT_TYPE = "application/json"
 # The documented encodings for `$body` queries; utf-8-sig also accepts a byte-order mark.
 _BODY_CODECS: Final = {"utf-8": "utf-8-sig", "utf-16": "utf-16", "utf-32": "utf-32"}
 _NOT_LOADED: Final = object()
+# Newtonsoft's DateTimeParser (the ISO form JObject.Parse turns into a date) and its "/Date(ms)/" form.
+_ISO_DATE_RE: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,7})?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?"
+)
+_MS_DATE_RE: Final = re.compile(r"/Date\(-?\d+(?:[+-]\d{4})?\)/")
+
+
+def is_json_date(text: str) -> bool:
+    """Return whether Newtonsoft's JSON reader (edgeHub's body parser) reads this string as a date."""
+    # DateTimeUtils.TryParseDateTime: 19 to 40 characters, a digit first and 'T' at index 10, then a
+    # valid yyyy-MM-ddTHH:mm:ss[.fffffff][Z|+HH[:mm]]; or Microsoft's "/Date(ticks[+HHmm])/".
+    if text.startswith("/Date("):
+        return _MS_DATE_RE.fullmatch(text) is not None
+    if not 19 <= len(text) <= 40 or not text[0].isdigit() or text[10] != "T":
+        return False
+    match = _ISO_DATE_RE.fullmatch(text)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return False
+    return hour < 24 and minute < 60 and second < 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,5 +120,5 @@ def _parse_body(message: Message, system_properties: Mapping[str, str]) -> objec
             exc,
         )
         return UNDEFINED
-    # edgeHub parses the body as a JSON object; an array or scalar body has no fields to query.
+    # edgeHub parses the body with JObject.Parse: an array or scalar body fails, so every query is undefined.
     return parsed if isinstance(parsed, dict) else UNDEFINED

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
-from typing import Final, NoReturn
+from typing import NoReturn
 
 from edgefleet.routes.conditions import parse_condition
 from edgefleet.routes.errors import RouteError
 from edgefleet.routes.expressions import Expr
 from edgefleet.routes.lexer import TokenCursor, lex
-from edgefleet.routes.route import MAX_PRIORITY, MIN_PRIORITY, Route, RouteSink, RouteSource, SourceKind
+from edgefleet.routes.route import MAX_PRIORITY, MIN_PRIORITY, Route, RouteSink, RouteSource
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["parse_route", "parse_routes"]
 
-_WORD_RE: Final = re.compile(r"[A-Za-z]+")
-_NON_SPACE_RE: Final = re.compile(r"\S+")
-_NAME = r"[^\s/\"'*()]+"
-_FIXED_SOURCES: Final[dict[str, SourceKind]] = {
-    "/*": "all",
-    "/twinChangeNotifications": "twin_change_notifications",
-    "/messages/*": "messages",
-    "/messages/modules/*": "modules",
-}
-_MODULE_SOURCE_RE: Final = re.compile(rf"/messages/modules/({_NAME})/(?:\*|outputs/\*|outputs/({_NAME}))")
-_ENDPOINT_RE: Final = re.compile(rf"/modules/({_NAME})/inputs/({_NAME})")
-_SOURCE_FORMS = (
-    "/*, /twinChangeNotifications, /messages/*, /messages/modules/*, /messages/modules/<moduleId>/*, "
-    "/messages/modules/<moduleId>/outputs/* or /messages/modules/<moduleId>/outputs/<output>"
-)
 _SINK_FORMS = '$upstream or BrokeredEndpoint("/modules/<moduleId>/inputs/<input>")'
 _ROUTE_OBJECT_KEYS = frozenset({"route", "priority", "timeToLiveSecs"})
 
@@ -89,10 +73,11 @@ def parse_route(name: str, text: str, *, priority: int | None = None, time_to_li
 
 
 class _RouteParser:
-    """Parser for one route statement; positions are 0-based offsets into the route text.
+    """Parser for one route statement, following edgeHub's Route.g4 and RouteFactory.
 
-    The source path is read from the text (it is a path, not tokens); the rest is lexed in one go,
-    so a lexical error anywhere after the source is reported before a grammar error.
+    Positions are 0-based offsets into the route text. As in edgeHub, the source is a path of
+    `/`-separated names or `*`, and whatever follows the sink is ignored (kept in `Route.ignored`
+    so that the validator can warn about it).
     """
 
     def __init__(self, name: str, text: str) -> None:
@@ -105,58 +90,39 @@ class _RouteParser:
 
     def parse(self, priority: int | None, time_to_live_secs: int | None) -> Route:
         """Parse the whole route."""
-        source, source_end = self.parse_from()
-        tokens = TokenCursor(self.name, lex(self.name, self.text, source_end))
+        tokens = TokenCursor(self.name, lex(self.text))
+        if tokens.at_keyword("select"):
+            tokens.advance()
+            if not tokens.at_op("*"):
+                tokens.fail_at(tokens.peek(), "'*' after SELECT")
+            tokens.advance()
+        if not tokens.at_keyword("from"):
+            self.fail("expected FROM", tokens.peek().pos)
+        tokens.advance()
+        source = self.parse_source(tokens)
         condition = self.parse_where(tokens)
         self.expect_into(tokens, condition)
         sink = self.parse_sink(tokens)
-        self.expect_end(tokens)
-        return Route(self.name, source, condition, sink, self.text, priority, time_to_live_secs)
+        rest = tokens.peek()
+        ignored = "" if rest.kind == "eof" else self.text[rest.pos :].strip()
+        return Route(self.name, source, condition, sink, self.text, priority, time_to_live_secs, ignored)
 
     # -- FROM ------------------------------------------------------------------------------
 
-    def parse_from(self) -> tuple[RouteSource, int]:
-        """Parse `[SELECT *] FROM <source>`; return the source and the position after its path."""
-        text = self.text
-        pos = self.skip_select(self.skip_space(0))
-        word = _WORD_RE.match(text, pos)
-        if not word or word.group().lower() != "from":
-            self.fail("expected FROM", pos)
-        pos = self.skip_space(word.end())
-        path = _NON_SPACE_RE.match(text, pos)
-        if path is None:
-            self.fail("expected a source path after FROM", pos)
-        return self.parse_source(path.group(), pos), path.end()
-
-    def skip_select(self, pos: int) -> int:
-        """Skip a leading `SELECT *` (edgeHub's grammar accepts it); return where FROM should start."""
-        word = _WORD_RE.match(self.text, pos)
-        if not word or word.group().lower() != "select":
-            return pos
-        pos = self.skip_space(word.end())
-        if not self.text.startswith("*", pos):
-            self.fail("expected '*' after SELECT", pos)
-        return self.skip_space(pos + 1)
-
-    def skip_space(self, pos: int) -> int:
-        """Return the first non-space position at or after pos."""
-        while pos < len(self.text) and self.text[pos].isspace():
-            pos += 1
-        return pos
-
-    def parse_source(self, path: str, pos: int) -> RouteSource:
-        """Parse the source path that starts at pos."""
-        if path in _FIXED_SOURCES:
-            return RouteSource(_FIXED_SOURCES[path])
-        match = _MODULE_SOURCE_RE.fullmatch(path)
-        if match is None:
-            self.fail(f"unknown source path '{path}' (expected {_SOURCE_FORMS})", pos)
-        module, output = match.group(1), match.group(2)
-        if output is not None:
-            return RouteSource("module_output", module, output)
-        if path.endswith("/outputs/*"):
-            return RouteSource("module_outputs", module)
-        return RouteSource("module", module)
+    def parse_source(self, tokens: TokenCursor) -> RouteSource:
+        """Parse the source path: one or more `/` followed by a name or `*`."""
+        if not tokens.at_op("/"):
+            tokens.fail_at(tokens.peek(), "a source path such as /messages/* after FROM")
+        start = tokens.peek().pos
+        parts: list[str] = []
+        while tokens.at_op("/"):
+            tokens.advance()
+            item = tokens.advance()
+            if not (item.kind == "ident" or (item.kind == "op" and item.text == "*")):
+                why = "" if item.kind in ("eof", "unknown") else " (a keyword, literal or number cannot name a module)"
+                tokens.fail_at(item, f"a name or '*' in the source path{why}")
+            parts.append(f"/{item.text}")
+        return RouteSource.from_path("".join(parts), start)
 
     # -- WHERE and INTO ----------------------------------------------------------------------
 
@@ -175,43 +141,40 @@ class _RouteParser:
         if not tokens.at_keyword("into"):
             if token.kind == "op" and token.text == ")":
                 self.fail("unbalanced parentheses: ')' without a matching '('", token.pos)
-            expected = "INTO" if condition is not None else "WHERE or INTO"
-            found = "" if token.kind == "eof" else f", found '{token.text}'"
-            self.fail(f"expected {expected}{found}", token.pos)
+            tokens.fail_at(token, "INTO" if condition is not None else "WHERE or INTO")
         tokens.advance()
 
     def parse_sink(self, tokens: TokenCursor) -> RouteSink:
-        """Parse $upstream or BrokeredEndpoint("/modules/<m>/inputs/<i>")."""
+        """Parse $upstream or BrokeredEndpoint("/modules/<m>/inputs/<i>") (both names case-insensitive)."""
         token = tokens.advance()
         if token.kind == "sysprop" and token.text.lower() == "$upstream":
             return RouteSink("upstream")
-        if token.kind == "ident" and token.text.lower() == "brokeredendpoint":
+        if token.kind == "ident" and tokens.at_op("("):
+            if token.text.lower() != "brokeredendpoint":
+                self.fail(f"unknown sink '{token.text}' (expected {_SINK_FORMS})", token.pos)
             return self.parse_brokered_endpoint(tokens)
         if token.kind == "eof":
             self.fail(f"expected a sink after INTO ({_SINK_FORMS})", token.pos)
         self.fail(f"unknown sink '{token.text}' (expected {_SINK_FORMS})", token.pos)
 
     def parse_brokered_endpoint(self, tokens: TokenCursor) -> RouteSink:
-        """Parse the `("/modules/<m>/inputs/<i>")` after BrokeredEndpoint."""
-        if not tokens.at_op("("):
-            self.fail("expected '(' after BrokeredEndpoint", tokens.peek().pos)
+        """Parse the `("/modules/<m>/inputs/<i>")` after BrokeredEndpoint, as edgeHub's EndpointFactory."""
         opening = tokens.advance()
         address = tokens.advance()
-        if address.kind != "string" or not isinstance(address.value, str):
+        if address.kind != "string":
             self.fail('BrokeredEndpoint needs a quoted address such as "/modules/<m>/inputs/<i>"', address.pos)
-        match = _ENDPOINT_RE.fullmatch(address.value)
-        if match is None:
-            self.fail(
-                f"bad BrokeredEndpoint address '{address.value}' (expected /modules/<moduleId>/inputs/<input>)",
-                address.pos,
-            )
         if not tokens.at_op(")"):
             self.fail("unbalanced parentheses: '(' is never closed", opening.pos)
         tokens.advance()
-        return RouteSink("module_input", match.group(1), match.group(2))
-
-    def expect_end(self, tokens: TokenCursor) -> None:
-        """Fail if anything follows the sink."""
-        token = tokens.peek()
-        if token.kind != "eof":
-            self.fail(f"unexpected '{token.text}' after the sink", token.pos)
+        # EndpointFactory: the raw text between the quotes, trimmed, one leading and one trailing '/'
+        # dropped, split on '/' into exactly four parts, the 2nd the module and the 4th the input.
+        raw = address.text[1:-1].strip()
+        raw = raw[1:] if raw.startswith("/") else raw
+        raw = raw[:-1] if raw.endswith("/") else raw
+        parts = raw.split("/")
+        if len(parts) != 4 or not parts[1].strip() or not parts[3].strip():
+            self.fail(
+                f"bad BrokeredEndpoint address '{address.text[1:-1]}' (expected /modules/<moduleId>/inputs/<input>)",
+                address.pos,
+            )
+        return RouteSink("module_input", parts[1], parts[3], (parts[0], parts[2]))

@@ -18,12 +18,13 @@ __all__ = [
     "RouteSource",
     "SinkKind",
     "SourceKind",
+    "message_source",
     "referenced_endpoints",
     "route_message",
 ]
 
 SourceKind = Literal[
-    "all", "twin_change_notifications", "messages", "modules", "module", "module_outputs", "module_output"
+    "all", "twin_change_notifications", "messages", "modules", "module", "module_outputs", "module_output", "other"
 ]
 SinkKind = Literal["upstream", "module_input"]
 
@@ -31,34 +32,75 @@ MIN_PRIORITY = 0  # highest priority
 MAX_PRIORITY = 9  # lowest priority; a route without one gets edgeHub's default (lowest)
 
 
+def message_source(message: Message) -> str:
+    """Return the message's source path as edgeHub's RoutingMessageConverter names it, lower-cased."""
+    if message.kind == "twin_change_notification":
+        return "/twinchangenotifications/"
+    module = message.connection_module_id
+    if module is None:
+        return "/messages/"  # a downstream device's telemetry
+    if message.output is None:
+        return f"/messages/modules/{module}/".lower()
+    return f"/messages/modules/{module}/outputs/{message.output}/".lower()
+
+
 @dataclass(frozen=True, slots=True)
 class RouteSource:
-    """Where a route takes messages from."""
+    """Where a route takes messages from: a path prefix, with the module and output it names if any.
+
+    edgeHub (CustomMessageSource, BaseMessageSource) trims a trailing `*` and `/` from the route's
+    path and takes every message whose source path starts with it, ignoring case: `/messages/*` and
+    `/messages` take all telemetry, `/messages/modules/m` every message of module m (with or without
+    an output), `/messages/modules/m/outputs` those sent through an output. A path of another shape
+    is accepted but matches no message (kind "other", its normalised path in `path`).
+    """
 
     kind: SourceKind
     module: str | None = None
     output: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_path(cls, text: str, pos: int = 0) -> RouteSource:
+        """Normalise a source path as edgeHub does and classify it."""
+        path = text.strip().rstrip("*")
+        if len(path) > 1:
+            path = path.rstrip("/")
+        parts = [part for part in path.split("/")[1:] if part]
+        words = [part.lower() for part in parts]
+        if not parts:
+            return cls("all")
+        if words == ["twinchangenotifications"]:
+            return cls("twin_change_notifications")
+        if words[:1] != ["messages"] or len(parts) > 5 or (len(parts) >= 2 and words[1] != "modules"):
+            return cls("other", path=path)
+        if len(parts) >= 4 and words[3] != "outputs":
+            return cls("other", path=path)
+        kinds: tuple[SourceKind, ...] = ("messages", "modules", "module", "module_outputs", "module_output")
+        kind = kinds[len(parts) - 1]
+        module = parts[2] if len(parts) >= 3 else None
+        output = parts[4] if len(parts) == 5 else None
+        return cls(kind, module, output)
+
+    @property
+    def prefix(self) -> str:
+        """Return the lower-cased source-path prefix a message's source must start with."""
+        if self.kind == "other":
+            return f"{self.path}/".lower()
+        paths = {
+            "all": "/",
+            "twin_change_notifications": "/twinchangenotifications/",
+            "messages": "/messages/",
+            "modules": "/messages/modules/",
+            "module": f"/messages/modules/{self.module}/",
+            "module_outputs": f"/messages/modules/{self.module}/outputs/",
+            "module_output": f"/messages/modules/{self.module}/outputs/{self.output}/",
+        }
+        return paths[self.kind].lower()
 
     def matches(self, message: Message) -> bool:
-        """Return whether the message comes from this source."""
-        kind = self.kind
-        if kind == "all":
-            return True
-        if kind == "twin_change_notifications":
-            return message.kind == "twin_change_notification"
-        if message.kind != "telemetry":
-            return False
-        if kind == "messages":
-            return True
-        if kind == "modules":
-            return message.connection_module_id is not None
-        if message.connection_module_id != self.module:
-            return False
-        if kind == "module":  # "through some or no output"
-            return True
-        if kind == "module_outputs":
-            return message.output is not None
-        return message.output == self.output
+        """Return whether the message comes from this source (module and output names ignore case)."""
+        return message_source(message).startswith(self.prefix)
 
     def __str__(self) -> str:
         paths = {
@@ -69,17 +111,24 @@ class RouteSource:
             "module": f"/messages/modules/{self.module}/*",
             "module_outputs": f"/messages/modules/{self.module}/outputs/*",
             "module_output": f"/messages/modules/{self.module}/outputs/{self.output}",
+            "other": str(self.path),
         }
         return paths[self.kind]
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSink:
-    """Where a route delivers: IoT Hub, or one input of one module."""
+    """Where a route delivers: IoT Hub, or one input of one module.
+
+    edgeHub takes a BrokeredEndpoint's module id as written and looks the module up by exact id,
+    so unlike a source the sink's module name is case-sensitive. `labels` are the address's first
+    and third parts, which edgeHub does not check (normally "modules" and "inputs").
+    """
 
     kind: SinkKind
     module: str | None = None
     input: str | None = None
+    labels: tuple[str, str] = field(default=("modules", "inputs"), compare=False)
 
     def __str__(self) -> str:
         if self.kind == "upstream":
@@ -110,6 +159,7 @@ class Route:
     text: str = field(default="", compare=False)
     priority: int | None = None  # 0 (highest) to 9; None: edgeHub's default, the lowest
     time_to_live_secs: int | None = None  # None: inherits storeAndForwardConfiguration.timeToLiveSecs
+    ignored: str = field(default="", compare=False)  # text after the sink, which edgeHub ignores
 
     def matches(self, message: Message) -> bool:
         """Return whether the message comes from this route's source and its condition is true."""
@@ -117,7 +167,8 @@ class Route:
             return False
         if self.condition is None:
             return True
-        # A null or undefined result is false, as IoT Hub documents.
+        # Only true routes: edgeHub converts the result to its Bool, and null, undefined, strings,
+        # numbers and non-boolean $body values all convert to false or undefined.
         return self.condition.evaluate(message._context()) is True
 
 

@@ -136,3 +136,18 @@ def test_a_journal_that_cannot_write_is_counted_and_logged_and_routing_goes_on(
         assert "free disk space or make" in caplog.text
     finally:
         router.stop()
+
+
+def test_a_route_naming_the_module_in_another_case_still_takes_its_messages(tmp_path: Path) -> None:
+    # edgeHub matches a route's source ignoring case (BaseMessageSource), so a manifest that writes
+    # turboFanRouter for module turbofanRouter works on the device; the stand-in must route it too.
+    held = HoldingUpstream()
+    routes = parse_routes({"up": "FROM /messages/modules/Sensor/outputs/TELEMETRY INTO $upstream"})
+    address = {"sensor": BrokerAddress("127.0.0.1", 1)}
+    router = Router(address, "edge1", routes, {}, held, journal=Journal(tmp_path)).start()
+    try:
+        router._on_message("sensor", _Incoming(EVENT_TOPIC, b"m"))
+        wait_until(lambda: held.bodies == [b"m"])
+        assert router.stats()["to_upstream"] == 1
+    finally:
+        router.stop()

@@ -80,12 +80,78 @@ def test_a_module_wide_source_carries_every_output_of_that_module():
     assert validate_deployment(manifest) == []
 
 
-def test_a_module_without_an_endpoint_declaration_is_a_warning():
+def test_a_module_edgefleet_does_not_ship_draws_no_warning():
     manifest = template()
     agent(manifest)["modules"]["extra"] = copy.deepcopy(agent(manifest)["modules"]["sensor"])
+    hub(manifest)["routes"]["extraToUpstream"] = "FROM /messages/modules/extra/outputs/anything INTO $upstream"
+    assert validate_deployment(manifest) == []
+
+
+def test_a_source_module_differing_only_in_case_is_a_warning_that_says_so():
+    manifest = template()
+    hub(manifest)["routes"]["telemetryToUpstream"] = "FROM /messages/modules/Sensor/outputs/telemetry INTO $upstream"
     found = validate_deployment(manifest)
     assert errors(found) == []
-    assert [(w.where, "no declaration" in w.message) for w in warnings(found)] == [('module "extra"', True)]
+    (warning,) = warnings(found)
+    assert warning.where == 'route "telemetryToUpstream"'
+    assert "differ only in case" in warning.message
+    assert '"sensor"' in warning.message
+
+
+def test_a_sink_module_differing_only_in_case_is_an_error_because_edgehub_delivers_by_exact_id():
+    manifest = template()
+    hub(manifest)["routes"]["sensorToInference"] = (
+        'FROM /messages/modules/sensor/outputs/telemetry INTO BrokeredEndpoint("/modules/Inference/inputs/telemetry")'
+    )
+    problem = only_error(manifest)
+    assert problem.where == 'route "sensorToInference"'
+    assert "differ only in case" in problem.message
+    assert "write inference" in problem.message
+
+
+def test_a_third_party_manifest_is_checked_by_module_name_without_edgefleet_warnings():
+    manifest = template()
+    modules = agent(manifest)["modules"]
+    spec = modules["sensor"]
+    modules.clear()
+    modules["turbofanRouter"] = copy.deepcopy(spec)
+    modules["turbofanDeviceToCloud"] = copy.deepcopy(spec)
+    for name in ("sensor", "inference", "fieldbroker"):
+        manifest["modulesContent"].pop(name, None)
+    to_router = 'BrokeredEndpoint("/modules/turbofanRouter/inputs/deviceInput")'
+    to_cloud = 'BrokeredEndpoint("/modules/turbofanDeviceToCloud/inputs/in")'
+    hub(manifest)["routes"] = {
+        "toRouter": f"FROM /messages/* WHERE NOT IS_DEFINED($connectionModuleId) INTO {to_router}",
+        # The public sample's spelling: edgeHub matches the source ignoring case.
+        "classifier": f"FROM /messages/modules/turboFanRouter/outputs/classOutput INTO {to_cloud}",
+        "typo": "FROM /messages/modules/turbofanRuoter/outputs/x INTO $upstream",
+    }
+    found = validate_deployment(manifest)
+    assert [(p.severity, p.where) for p in found] == [
+        ("warning", 'route "classifier"'),
+        ("error", 'route "typo"'),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("route", "problem"),
+    [
+        ("FROM /messages/* INTO $upstream WHERE kind = 'x'", "ignores everything after the sink"),
+        ("FROM /messages/events INTO $upstream", "no message ever comes from it"),
+    ],
+)
+def test_routes_edgehub_accepts_but_gets_wrong_silently_are_errors(route, problem):
+    manifest = template()
+    hub(manifest)["routes"]["extra"] = route
+    assert problem in only_error(manifest).message
+
+
+def test_a_comment_opened_by_a_source_star_is_a_warning():
+    manifest = template()
+    hub(manifest)["routes"]["extra"] = "FROM /messages/* WHERE kind = 'x' /* note */ INTO $upstream"
+    found = validate_deployment(manifest)
+    assert errors(found) == []
+    assert [w.where for w in warnings(found) if "as a comment" in w.message] == ['route "extra"']
 
 
 def test_a_route_grammar_error_is_reported_with_the_route_name_and_position():
