@@ -263,7 +263,7 @@ def order(left: Value, right: Value) -> int | None:
         return 0
     # Strings compare ordinally (code points), numbers numerically, and false < true.
     left_any, right_any = cast(Any, left), cast(Any, right)
-    return (left_any > right_any) - (left_any < right_any)
+    return int(left_any > right_any) - int(left_any < right_any)
 
 
 @dataclass(frozen=True, slots=True)
