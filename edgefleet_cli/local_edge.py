@@ -337,6 +337,9 @@ class LocalEdge:
         env.update(self.standin.module_environment(module))
         env["PYTHONUNBUFFERED"] = "1"
         if module == "sensor":
+            if self.insecure_field:  # the manifest's login is for the secure broker: a plain one takes none
+                for name in ("FIELD_MQTT_CA_FILE", "FIELD_MQTT_USERNAME", "FIELD_MQTT_PASSWORD_FILE"):
+                    env.pop(name, None)
             env.update(
                 {
                     "FIELD_MQTT_HOST": FIELD_HOST,

@@ -31,7 +31,7 @@ def test_each_module_ships_a_dockerfile_and_an_iotedgedev_module_json():
     for module in ("sensor", "inference"):
         folder = REPO / "modules" / module
         dockerfile = (folder / "Dockerfile").read_text()
-        assert "ARG BASE_IMAGE" in dockerfile and "HEALTHCHECK" in dockerfile and "USER module" in dockerfile
+        assert "ARG BASE_IMAGE" in dockerfile and "HEALTHCHECK" in dockerfile and f"USER {module}" in dockerfile
         assert dockerfile.count("FROM ") >= 2  # multi-stage: build tools stay out of the image
         spec = json.loads((folder / "module.json").read_text())
         assert spec["image"]["tag"]["platforms"]["amd64"] == "./Dockerfile"
