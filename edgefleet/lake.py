@@ -8,8 +8,9 @@ Columns: `device_id`, `seq`, `ts`, one column per feature (named as in the readi
 the row: `message_id` and `correlation_id` (its `$.mid`/`$.cid`, null when unset) and
 `properties` (its application properties as a JSON object text, "{}" when none). Files written
 before the message columns existed lack them: `read_lake` returns them as nulls there.
-Delivery is at least once, so a reading may land twice; `read_lake` returns one row per (device_id, seq) and source module. Files are
-written to a dot-prefixed temp name and renamed, so readers never see half a file. Beside the
+Delivery is at least once, so a reading may land twice; `read_lake` returns one row per
+(device_id, seq) and source module. Files are written to a dot-prefixed temp name and renamed,
+so readers never see half a file. Beside the
 parquet, in `_`-prefixed directories that parquet readers (pyarrow, Spark) skip, JSON Lines per
 UTC day:
 `_deadletters/` (dead letters) and `_events/` (alerts and every other message).

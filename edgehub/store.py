@@ -144,7 +144,7 @@ class HeldQueue:
         """Forget every message past its time to live; return how many."""
         dropped = 0
         for queue in self._queues.values():
-            keep = deque()
+            keep: deque[HeldMessage] = deque()
             for message in queue:
                 if message.expired(now_s):
                     message.done()

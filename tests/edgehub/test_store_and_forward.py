@@ -1,4 +1,4 @@
-"""Store and forward as edgeHub does it, the state-dir lock, and message properties: real Mosquitto, real SDK modules."""
+"""Store and forward as edgeHub does it, the state-dir lock and message properties (real Mosquitto, SDK modules)."""
 
 from __future__ import annotations
 
