@@ -3,10 +3,14 @@
 Layout: `<lake>/date=YYYY-MM-DD/part-<uuid>.parquet`, written by the local IoT Hub sink
 (`edgehub.sink.LakeSink`) and read by training, retraining, the demo's report and the tests.
 Columns: `device_id`, `seq`, `ts`, one column per feature (named as in the reading), `label`
-(NaN when absent), the `prediction_*` and `edge_*` columns (null for raw telemetry) and
-`source_module` (which module sent the row upstream). Delivery is at least once, so a reading
-may land twice; `read_lake` returns one row per (device_id, seq) and source module. Files are
-written to a dot-prefixed temp name and renamed, so readers never see half a file. Beside the
+(NaN when absent), the `prediction_*` and `edge_*` columns (null for raw telemetry),
+`source_module` (which module sent the row upstream) and the columns of the message that carried
+the row: `message_id` and `correlation_id` (its `$.mid`/`$.cid`, null when unset) and
+`properties` (its application properties as a JSON object text, "{}" when none). Files written
+before the message columns existed lack them: `read_lake` returns them as nulls there.
+Delivery is at least once, so a reading may land twice; `read_lake` returns one row per
+(device_id, seq) and source module. Files are written to a dot-prefixed temp name and renamed,
+so readers never see half a file. Beside the
 parquet, in `_`-prefixed directories that parquet readers (pyarrow, Spark) skip, JSON Lines per
 UTC day:
 `_deadletters/` (dead letters) and `_events/` (alerts and every other message).
@@ -37,6 +41,7 @@ __all__ = [
     "DEADLETTER_DIR",
     "EDGE_COLUMNS",
     "EVENTS_DIR",
+    "MESSAGE_COLUMNS",
     "PREDICTION_COLUMNS",
     "PREDICTION_VALUE_COLUMN",
     "PREDICTION_VERSION_COLUMN",
@@ -68,9 +73,11 @@ EDGE_COLUMNS: Mapping[str, str] = {
     "edge_latency_ms": "float64",
 }
 SOURCE_COLUMN = "source_module"
+# What the message that carried a row said about itself (all strings, null when unset).
+MESSAGE_COLUMNS: Mapping[str, str] = {"message_id": "string", "correlation_id": "string", "properties": "string"}
 PREDICTION_VALUE_COLUMN = "prediction_value"
 PREDICTION_VERSION_COLUMN = "prediction_model_version"
-BOOKKEEPING_COLUMNS: tuple[str, ...] = (*PREDICTION_COLUMNS, *EDGE_COLUMNS, SOURCE_COLUMN)
+BOOKKEEPING_COLUMNS: tuple[str, ...] = (*PREDICTION_COLUMNS, *EDGE_COLUMNS, SOURCE_COLUMN, *MESSAGE_COLUMNS)
 
 
 def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:

@@ -49,7 +49,21 @@ TS_MAX = datetime(2262, 1, 1, tzinfo=UTC)
 # and training ignores these names and prefixes (kept in step with edgefleet/history.py, which
 # cannot be imported here because it needs pandas).
 # Lake and history columns that are never features (edgefleet.history reads these too).
-RESERVED_FEATURE_NAMES = frozenset({"device_id", "seq", "ts", "label", "date", "schema", "source_module"})
+RESERVED_FEATURE_NAMES = frozenset(
+    {
+        "device_id",
+        "seq",
+        "ts",
+        "label",
+        "date",
+        "schema",
+        "source_module",
+        # the lake's message columns (edgefleet.lake.MESSAGE_COLUMNS)
+        "message_id",
+        "correlation_id",
+        "properties",
+    }
+)
 RESERVED_FEATURE_PREFIXES = ("prediction_", "edge_", "_")
 
 # Reason codes: the `.reason` of a MessageError and the `reason` of a dead letter.

@@ -70,15 +70,23 @@ INCOMING_SYSTEM_PROPERTIES: Mapping[str, str] = {
 }
 # The connection identity comes from the connection, never from what the sender wrote.
 IGNORED_INCOMING_KEYS = frozenset({"$.cdid", "$.cmid"})
-# System properties edgeHub puts on messages it delivers to a module input
-# (SystemProperties.OutgoingSystemPropertiesMap): correlation id and user id are not forwarded.
+# System properties edgeHub puts on messages it delivers to a module input, in the order of its
+# SystemProperties.OutgoingSystemPropertiesMap (IoT Edge 1.4+): the sender's message id,
+# correlation id, user id, `to`, expiry, content type/encoding and schema, plus the connection
+# identity edgeHub adds. The SDK turns `$.mid`, `$.cid`, `$.uid`, `$.ct`, `$.ce`, `$.exp` into
+# message fields and shows the rest (`$.cdid`, `$.cmid`, `$.schema`) in `custom_properties`.
+# The output name (`$.on`) is not forwarded: the input name replaces it.
 OUTGOING_SYSTEM_PROPERTIES: tuple[tuple[str, str], ...] = (
+    ("absolute-expiry-time", "$.exp"),
+    ("correlationId", "$.cid"),
     ("messageId", "$.mid"),
-    ("connectionDeviceId", "$.cdid"),
-    ("connectionModuleId", "$.cmid"),
+    ("to", "$.to"),
+    ("userId", "$.uid"),
     ("contentType", "$.ct"),
     ("contentEncoding", "$.ce"),
     ("messageSchema", "$.schema"),
+    ("connectionDeviceId", "$.cdid"),
+    ("connectionModuleId", "$.cmid"),
 )
 
 _EVENTS_MARKER = "/messages/events"

@@ -288,6 +288,7 @@ class LocalEdge:
                 desired,
                 upstream=upstream,
                 ip_base=ip_base,
+                ttl_s=deployment.store_and_forward_ttl_s,
             )
         except BaseException:
             self._close_upstream()

@@ -8,6 +8,8 @@ with the broker's internal credentials for that module (client id, clean session
 and will unchanged), and from then on bytes flow both ways untouched. Mosquitto's ACL file
 then limits that identity to the module's own topics. The connection is closed when its token
 expires, as IoT Hub does; the SDK renews its token before that by connecting again.
+`on_connection(module, True/False)` hears of each accepted connection opening and closing:
+the router holds messages for a module with none (store and forward).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -225,9 +227,15 @@ async def _read_connect(reader: asyncio.StreamReader) -> bytes:
 class AuthFront:
     """Serve every module's port 8883 from one asyncio thread: `start()`/`stop()`, `stats()` per module."""
 
-    def __init__(self, routes: Sequence[FrontRoute], certs: CertPaths) -> None:
+    def __init__(
+        self,
+        routes: Sequence[FrontRoute],
+        certs: CertPaths,
+        on_connection: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.routes = tuple(routes)
         self.certs = certs
+        self._on_connection = on_connection
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
@@ -338,6 +346,7 @@ class AuthFront:
         module = route.identity.module
         peer = writer.get_extra_info("peername")
         upstream: asyncio.StreamWriter | None = None
+        accepted = False
         try:
             try:
                 connect = parse_connect(await asyncio.wait_for(_read_connect(reader), CONNECT_TIMEOUT_S))
@@ -368,6 +377,8 @@ class AuthFront:
                 )
             )
             self._count(module, "accepted")
+            accepted = True
+            self._connection(module, True)
             logger.debug("Front of %s accepted %s from %s", module, connect.client_id, peer)
             await self._pipe_until_expiry(connect, reader, writer, broker_reader, upstream)
         except (ConnectionError, ssl.SSLError, OSError) as err:
@@ -376,6 +387,17 @@ class AuthFront:
             for stream in (writer, upstream):
                 if stream is not None:
                     stream.close()
+            if accepted:
+                self._connection(module, False)
+
+    def _connection(self, module: str, opened: bool) -> None:
+        """Tell the listener that a module connection opened or closed; its failure never ends the connection."""
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(module, opened)
+        except Exception:
+            logger.exception("Connection listener failed for %s", module)
 
     async def _pipe_until_expiry(
         self,

@@ -18,6 +18,14 @@ requesting module's own broker only.
 Everything is QoS 1. Messages flow network thread -> dispatcher thread (routing, module
 deliveries) -> upstream thread (the sink may be slow on a flush without holding up modules).
 
+Store and forward (`edgehub.store`): with `hold_for_absent_modules`, a module counts as absent
+until `module_connection` says it connected (the stand-in's TLS front reports each connection).
+Deliveries to an absent module, and `$upstream` messages while `upstream_ready()` is false, are
+held per destination (priority first, then arrival) and delivered when it is back; a held
+message older than its time to live (the route's `timeToLiveSecs`, else `ttl_s`, counted from
+when the router took it) is dropped and counted as `expired`. Held messages are kept in a
+journal of their destination's own, so they survive a restart.
+
 Nothing acknowledged is lost: with a `journal`, each event is appended to it on the network
 thread, before paho acknowledges it to the sending module's broker, and its journal segment
 stays referenced until every delivery of it is durable at the next hop (the target broker's
@@ -35,7 +43,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +53,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.hub_wire import format_hub_topic, parse_hub_message
 from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
-from edgefleet.routes import Message, Route, RouteSink, route_message
+from edgefleet.routes import Message, Route, RouteSink
 from edgefleet.topics import (
     EVENTS_SUBSCRIPTION,
     METHOD_RESPONSES_SUBSCRIPTION,
@@ -62,6 +71,7 @@ from edgefleet.topics import (
     twin_response_topic,
 )
 from edgehub.acks import Callback, PubackBook
+from edgehub.store import DEFAULT_TTL_S, HeldMessage, HeldQueue, delivery_terms, expired, held_journal, now_s
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +89,8 @@ KEEPALIVE_S = 30
 DRAIN_TIMEOUT_S = 10.0  # how long stop() waits for queued deliveries
 # Warnings about one kind of bad message are logged this many times, then only counted.
 _WARN_LIMIT = 5
+# How often held messages are checked for expiry (and a waiting upstream for being back).
+SWEEP_INTERVAL_S = 0.5
 
 
 class RouterError(EdgefleetError):
@@ -264,10 +276,41 @@ class _Link:
             return self._outstanding
 
 
-# An event as received (module, topic, payload, journal segment), a generated message, or the stop marker.
-_Item = tuple[str, str, bytes, Segment | None] | Message | None
-# The journal key of an event: the module whose broker it came from, then its topic.
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A module event as received: its module, topic, payload, journal segment and when it was taken."""
+
+    module: str
+    topic: str
+    payload: bytes
+    segment: Segment | None
+    received_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Presence:
+    """A module connection opened or closed (reported by the stand-in's front)."""
+
+    module: str
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    """A `$upstream` delivery: the message, its durability callback and its store-and-forward terms."""
+
+    message: Message
+    on_durable: Callback | None
+    received_s: float
+    priority: int
+    ttl_s: float
+
+
+# An event, a generated message (taken now), a presence change, or the stop marker.
+_Item = _Event | Message | _Presence | None
+# The journal key of an event: `<received ms>\t<module>` (the module whose broker it came from), then its topic.
 _KEY_SEPARATOR = "\n"
+_TIME_SEPARATOR = "\t"
 
 
 class Router:
@@ -283,6 +326,9 @@ class Router:
         *,
         hub_name: str = "edgefleet-local",
         journal: Journal | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        hold_for_absent_modules: bool = False,
+        upstream_ready: Callable[[], bool] | None = None,
     ) -> None:
         unknown = sorted(set(desired) - set(brokers))
         if unknown:
@@ -298,8 +344,17 @@ class Router:
         self._stats: Counter[str] = Counter()
         self._warned: Counter[str] = Counter()
         self._events: queue.Queue[_Item] = queue.Queue()
-        self._upstream_queue: queue.Queue[tuple[Message, Callback | None] | None] = queue.Queue()
+        self._upstream_queue: queue.Queue[_Upstream | None] = queue.Queue()
         self._links = {module: _Link(module, address, self._on_message) for module, address in brokers.items()}
+        self.ttl_s = ttl_s
+        self._upstream_ready = upstream_ready or (lambda: True)
+        # Live connections per module (dispatcher thread); without presence reports every module is there.
+        self._connections: dict[str, int] = {module: 0 if hold_for_absent_modules else 1 for module in brokers}
+        held_folder = journal.folder if journal is not None else None
+        fsync = journal.fsync if journal is not None else False
+        self._held = {module: HeldQueue(module, held_journal(held_folder, module, fsync=fsync)) for module in brokers}
+        self._held_upstream = HeldQueue("$upstream", held_journal(held_folder, "$upstream", fsync=fsync))
+        self._expired: Counter[str] = Counter()  # per destination
         self._threads: list[threading.Thread] = []
         self._started = False
 
@@ -314,6 +369,7 @@ class Router:
             threading.Thread(target=self._dispatch_loop, name="edgehub-dispatch", daemon=True),
             threading.Thread(target=self._upstream_loop, name="edgehub-upstream", daemon=True),
         ]
+        self._restore_held()
         for thread in self._threads:
             thread.start()
         self._replay_journal()
@@ -321,19 +377,30 @@ class Router:
             link.start()
         return self
 
+    def _restore_held(self) -> None:
+        """Take back the messages an earlier run held for absent destinations."""
+        restored = sum(queue.restore() for queue in (*self._held.values(), self._held_upstream))
+        with self._lock:
+            self._stats["held_restored"] += restored
+        if restored:
+            logger.info("Holding %d message(s) again that an earlier run kept for absent destinations", restored)
+
     def _replay_journal(self) -> None:
         """Route again what the journal kept from an earlier run (before the links bring new messages)."""
         if self._journal is None:
             return
         replayed, kept = 0, True
         for record in self._journal.recover():
-            module, _, topic = record.key.partition(_KEY_SEPARATOR)
+            first, _, topic = record.key.partition(_KEY_SEPARATOR)
+            received_text, _, module = first.rpartition(_TIME_SEPARATOR)
+            # Keys written before received times were kept have none: the message counts as taken now.
+            received_s = int(received_text) / 1000 if received_text.isdigit() else now_s()
             if module not in self._links:
                 logger.warning("Journal holds a message from %r, which the stand-in no longer runs; dropped", module)
                 continue
-            segment = self._journal_append(module, topic, record.payload)
+            segment = self._journal_append(module, topic, record.payload, received_s)
             kept = kept and segment is not None
-            self._events.put((module, topic, record.payload, segment))
+            self._events.put(_Event(module, topic, record.payload, segment, received_s))
             replayed += 1
         if kept:
             self._journal.forget_recovered()
@@ -366,6 +433,8 @@ class Router:
         self._threads[1].join()
         for link in self._links.values():
             link.stop()
+        for held in (*self._held.values(), self._held_upstream):
+            held.close()  # what is still held stays in its journal for the next start
         with self._lock:
             for call in self._pending.values():
                 call.status = 503
@@ -395,12 +464,28 @@ class Router:
     # -- public operations ----------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return counters: received, to_module, to_upstream, unrouted, rejected, ..., journal_*."""
+        """Return counters: received, to_module, to_upstream, unrouted, rejected, held, expired, ..., journal_*."""
         with self._lock:
             stats = dict(self._stats)
+            stats["expired"] = sum(self._expired.values())
+        stats["held"] = sum(self.held().values())
         if self._journal is not None:
             stats.update({f"journal_{key}": value for key, value in self._journal.stats().items()})
         return stats
+
+    def held(self) -> dict[str, int]:
+        """Return, per destination (module or `$upstream`), how many messages wait for it to be back."""
+        return {name: len(queue) for name, queue in (*self._held.items(), ("$upstream", self._held_upstream))}
+
+    def expired_counts(self) -> dict[str, int]:
+        """Return, per destination, how many held messages expired (older than their time to live)."""
+        with self._lock:
+            return dict(self._expired)
+
+    def module_connection(self, module: str, connected: bool) -> None:
+        """Note that a module connection opened or closed (any thread); held messages follow once it is back."""
+        if module in self._links:
+            self._events.put(_Presence(module, connected))
 
     def unacknowledged(self) -> dict[str, int]:
         """Return, per module broker, how many router publishes await the broker's PUBACK."""
@@ -459,7 +544,9 @@ class Router:
         payload = bytes(msg.payload)
         if topic.startswith("devices/"):
             # On disk before this returns, i.e. before paho acknowledges it to the module's broker.
-            self._events.put((module, topic, payload, self._journal_append(module, topic, payload)))
+            received_s = now_s()
+            segment = self._journal_append(module, topic, payload, received_s)
+            self._events.put(_Event(module, topic, payload, segment, received_s))
         elif topic.startswith("$iothub/twin/"):
             self._handle_twin_request(module, topic, payload)
         elif topic.startswith("$iothub/methods/res/"):
@@ -538,12 +625,13 @@ class Router:
 
     # -- journal ------------------------------------------------------------------------------
 
-    def _journal_append(self, module: str, topic: str, payload: bytes) -> Segment | None:
+    def _journal_append(self, module: str, topic: str, payload: bytes, received_s: float) -> Segment | None:
         """Keep an event in the journal; on failure log how to fix it and route it anyway (unprotected)."""
         if self._journal is None:
             return None
         try:
-            return self._journal.append(f"{module}{_KEY_SEPARATOR}{topic}", payload)
+            key = f"{round(received_s * 1000)}{_TIME_SEPARATOR}{module}{_KEY_SEPARATOR}{topic}"
+            return self._journal.append(key, payload)
         except JournalError as err:
             with self._lock:
                 self._stats["journal_errors"] += 1
@@ -591,18 +679,28 @@ class Router:
     # -- dispatcher ---------------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
-        """Route events in arrival order until the stop marker."""
+        """Route events in arrival order until the stop marker; expire held module messages on the way."""
+        next_sweep_s = time.monotonic() + SWEEP_INTERVAL_S
         while True:
-            item = self._events.get()
+            if time.monotonic() >= next_sweep_s:
+                next_sweep_s = time.monotonic() + SWEEP_INTERVAL_S
+                for module, held in self._held.items():
+                    self._count_expired(module, held.drop_expired(now_s()))
+            try:
+                item = self._events.get(timeout=SWEEP_INTERVAL_S)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             segment = None
             try:
                 if isinstance(item, Message):
-                    self._route(item, None)
+                    self._route(item, None, now_s())
+                elif isinstance(item, _Presence):
+                    self._presence(item)
                 else:
-                    module, topic, payload, segment = item
-                    self._route_event(module, topic, payload, segment)
+                    segment = item.segment
+                    self._route_event(item)
             except Exception:  # one bad message must never stop the router
                 logger.exception("Router failed on a message")
                 with self._lock:
@@ -610,8 +708,9 @@ class Router:
             finally:
                 self._release(segment)
 
-    def _route_event(self, module: str, topic: str, payload: bytes, segment: Segment | None) -> None:
+    def _route_event(self, event_item: _Event) -> None:
         """Turn a module event into a routes Message, with the connection's identity, and route it."""
+        module, topic, payload, segment = event_item.module, event_item.topic, event_item.payload, event_item.segment
         try:
             event = parse_event_topic(topic)
         except TopicError as err:
@@ -633,25 +732,81 @@ class Router:
         )
         with self._lock:
             self._stats["received"] += 1
-        self._route(message, segment)
+        self._route(message, segment, event_item.received_s)
 
-    def _route(self, message: Message, segment: Segment | None) -> None:
+    def _route(self, message: Message, segment: Segment | None, received_s: float) -> None:
         """Deliver a message to every sink of every matching route; each delivery holds `segment` until durable."""
-        sinks = route_message(self.routes, message)
-        if not sinks:
+        chosen: dict[RouteSink, list[Route]] = defaultdict(list)  # each sink once, in route order
+        for route in self.routes:
+            if route.matches(message):
+                chosen[route.sink].append(route)
+        if not chosen:
             with self._lock:
                 self._stats["unrouted"] += 1
             return
-        for sink in sinks:
+        for sink, routes in chosen.items():
+            priority, ttl_s = delivery_terms(routes, self.ttl_s)
             if sink.kind == "upstream":
-                self._upstream_queue.put((message, self._holder(segment)))
+                self._upstream_queue.put(_Upstream(message, self._holder(segment), received_s, priority, ttl_s))
                 with self._lock:
                     self._stats["to_upstream"] += 1
             else:
-                self._deliver(sink, message, self._holder(segment))
+                self._deliver(sink, message, self._holder(segment), received_s, priority, ttl_s)
 
-    def _deliver(self, sink: RouteSink, message: Message, on_delivered: Callback | None) -> None:
-        """Publish a message to a module input on that module's broker; `on_delivered` runs at its PUBACK."""
+    def _presence(self, change: _Presence) -> None:
+        """Count a module's live connections; deliver what was held for it once it has one."""
+        count = max(0, self._connections[change.module] + (1 if change.connected else -1))
+        self._connections[change.module] = count
+        if count and len(self._held[change.module]):
+            self._deliver_held(change.module)
+
+    def _deliver_held(self, module: str) -> None:
+        """Publish a module's held messages, highest priority and oldest first, dropping the expired ones."""
+        held, link = self._held[module], self._links[module]
+        delivered = dropped = 0
+        while (message := held.pop()) is not None:
+            if message.expired(now_s()):
+                message.done()
+                dropped += 1
+                continue
+            if not link.publish(message.topic, message.body, wait=True, on_ack=message.done):
+                held.push_back(message)  # stopping: it stays in its journal for the next start
+                break
+            delivered += 1
+        self._count_expired(module, dropped)
+        with self._lock:
+            self._stats["to_module"] += delivered
+            self._stats["held_delivered"] += delivered
+        if delivered:
+            logger.info("Delivered %d held message(s) to %s, which is connected again", delivered, module)
+
+    def _count_expired(self, destination: str, count: int) -> None:
+        """Count and log held messages dropped past their time to live."""
+        if not count:
+            return
+        with self._lock:
+            self._expired[destination] += count
+            total = self._expired[destination]
+        logger.warning(
+            "Dropped %d message(s) for %s older than their time to live (%d expired for it so far)",
+            count,
+            destination,
+            total,
+        )
+
+    def _deliver(
+        self,
+        sink: RouteSink,
+        message: Message,
+        on_delivered: Callback | None,
+        received_s: float,
+        priority: int,
+        ttl_s: float,
+    ) -> None:
+        """Publish a message to a module input on that module's broker, or hold it while the module is absent.
+
+        `on_delivered` runs at the broker's PUBACK (or once the message is held in its module's journal).
+        """
         assert sink.module is not None and sink.input is not None
         link = self._links.get(sink.module)
         if link is None:
@@ -664,6 +819,17 @@ class Router:
         if message.connection_module_id is not None:
             system["connectionModuleId"] = message.connection_module_id
         topic = format_input_topic(self.edge_device, sink.module, sink.input, message.properties, system)
+        if expired(received_s, ttl_s, now_s()):  # replayed after a long stop
+            self._count_expired(sink.module, 1)
+            if on_delivered is not None:
+                on_delivered()
+            return
+        held = self._held[sink.module]
+        if not self._connections[sink.module] or len(held):  # absent, or behind what waits for it
+            held.hold(HeldMessage(topic, message.body, received_s, priority, ttl_s), on_delivered)
+            with self._lock:
+                self._stats["held_total"] += 1
+            return
         if link.publish(topic, message.body, wait=True, on_ack=on_delivered):
             with self._lock:
                 self._stats["to_module"] += 1
@@ -672,19 +838,58 @@ class Router:
         # A closed link (stopping) keeps the reference: the journal routes the message at the next start.
 
     def _upstream_loop(self) -> None:
-        """Hand `$upstream` messages to the sink, one at a time, in order."""
+        """Hand `$upstream` messages to the sink in order; hold them while it is not ready; until the stop marker."""
+        held = self._held_upstream
         while True:
-            item = self._upstream_queue.get()
-            if item is None:
-                return
-            message, on_durable = item
+            item: _Upstream | None
             try:
-                self._upstream(message, on_durable)
-            except Exception:  # the sink's problem must not stop routing
-                # The journal keeps the message (its reference is not dropped): it is routed again at the next start.
-                logger.exception("Upstream sink failed on a message from %s", message.connection_module_id)
-                with self._lock:
-                    self._stats["upstream_errors"] += 1
+                item = self._upstream_queue.get(timeout=SWEEP_INTERVAL_S)
+                if item is None:
+                    return
+            except queue.Empty:
+                item = None  # idle: look at what is held
+            ready = self._upstream_ready()
+            if item is not None:
+                if expired(item.received_s, item.ttl_s, now_s()):
+                    self._count_expired("$upstream", 1)
+                    if item.on_durable is not None:
+                        item.on_durable()
+                elif ready and not len(held):
+                    self._send_upstream(item.message, item.on_durable)
+                else:
+                    topic = format_hub_topic(item.message)
+                    waiting = HeldMessage(topic, item.message.body, item.received_s, item.priority, item.ttl_s)
+                    held.hold(waiting, item.on_durable)
+                    with self._lock:
+                        self._stats["held_total"] += 1
+            self._count_expired("$upstream", held.drop_expired(now_s()))
+            if ready and len(held):
+                self._send_held_upstream()
+
+    def _send_held_upstream(self) -> None:
+        """Hand the held `$upstream` messages to the sink, highest priority and oldest first."""
+        held, sent = self._held_upstream, 0
+        while self._upstream_ready() and (message := held.pop()) is not None:
+            if message.expired(now_s()):
+                message.done()
+                self._count_expired("$upstream", 1)
+                continue
+            self._send_upstream(parse_hub_message(message.topic, message.body), message.done)
+            sent += 1
+        with self._lock:
+            self._stats["held_delivered"] += sent
+        if sent:
+            logger.info("Handed %d held message(s) to the upstream, which takes messages again", sent)
+
+    def _send_upstream(self, message: Message, on_durable: Callback | None) -> None:
+        """Hand one message to the upstream; a failure is logged, the journal keeps the message."""
+        try:
+            self._upstream(message, on_durable)
+        except Exception:  # the sink's problem must not stop routing
+            # The journal keeps the message (its reference is not dropped): it is routed again at the next start.
+            logger.exception("Upstream sink failed on a message from %s", message.connection_module_id)
+            with self._lock:
+                self._stats["upstream_errors"] += 1
 
     def _twin(self, module: str) -> _Twin:
         """Return a module's twin (call with the lock held)."""

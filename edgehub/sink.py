@@ -13,7 +13,8 @@ in directories whose `_` prefix makes parquet readers (pyarrow, Spark) skip them
 
 Row columns: `device_id`, `seq`, `ts`, one column per feature, `label` (NaN when absent), the
 `prediction_*` and `edge_*` columns (null for raw telemetry, so every file has the same
-bookkeeping columns and types), and `source_module` (which module sent it upstream).
+bookkeeping columns and types), `source_module` (which module sent it upstream), and the
+message's `message_id`, `correlation_id` and application `properties` (JSON text).
 
 Feature columns: training takes every numeric lake column as a feature, so a name becomes a
 column only when something vouches for it. Predictions do: the inference module sends only the
@@ -52,6 +53,7 @@ from edgefleet.lake import (
     DEADLETTER_DIR,
     EDGE_COLUMNS,
     EVENTS_DIR,
+    MESSAGE_COLUMNS,
     PREDICTION_COLUMNS,
     SOURCE_COLUMN,
     append_to_lake,
@@ -150,6 +152,7 @@ class LakeSink:
             self._write_event(message, obj)
             return []
         rows = []
+        carried = _message_columns(message)
         for item in items:
             try:
                 reading = parse_reading(item)
@@ -164,6 +167,7 @@ class LakeSink:
                     module,
                     self._lake_features(reading, vouched=isinstance(item.get("prediction"), dict)),
                 )
+                | carried
             )
         return rows
 
@@ -350,13 +354,23 @@ def _row(
     return row
 
 
+def _message_columns(message: Message) -> dict[str, Any]:
+    """Return the lake columns of the message that carries rows: its ids and application properties."""
+    system = {key.lower(): value for key, value in message.system_properties.items()}
+    return {
+        "message_id": system.get("messageid"),
+        "correlation_id": system.get("correlationid"),
+        "properties": json.dumps(dict(message.properties), ensure_ascii=False, sort_keys=True),
+    }
+
+
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Build the lake frame with stable dtypes for the bookkeeping columns."""
     frame = pd.DataFrame.from_records(rows)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     frame["seq"] = frame["seq"].astype("int64")
     frame["label"] = pd.to_numeric(frame["label"], errors="coerce").astype("float64")
-    for column, dtype in {**PREDICTION_COLUMNS, **EDGE_COLUMNS}.items():
+    for column, dtype in {**PREDICTION_COLUMNS, **EDGE_COLUMNS, **MESSAGE_COLUMNS}.items():
         values = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
         if dtype == "float64":
             frame[column] = pd.to_numeric(values, errors="coerce").astype("float64")

@@ -28,6 +28,19 @@ The state dir (0700) holds the CA's and the server's private keys (0600). Module
 certificate alone, published into `ca_export_dir` (default `<state_dir>/public`; under Docker
 Compose a volume of its own that modules mount read-only), never the state dir.
 
+Store and forward, as edgeHub: a message routed to a module that is not connected is held by
+the router and delivered when the module connects (the front reports connections), in order,
+unless it is older than `ttl_s` (the manifest's `storeAndForwardConfiguration.timeToLiveSecs`,
+or the route's own `timeToLiveSecs`); `$upstream` messages are held while the upstream is not
+healthy. Held messages are journaled in the state dir and survive a restart (`edgehub.store`).
+Each module's broker keeps a persistent session for the module's client id with its inputs
+subscribed, made at start before the module ever connects: a message published while the module
+is connecting, or leaving, waits in that session instead of being dropped by Mosquitto.
+
+One stand-in at a time owns a state dir: `start` locks `<state_dir>/standin.lock` (flock; the
+kernel releases it when the process ends, even by kill -9) and a second stand-in refuses to start,
+naming the pid that holds it.
+
 `$upstream` goes to the `Upstream` the caller passes in (`edgehub.upstream`): the stand-in
 routes, the caller decides where the local IoT Hub is and closes it after the stand-in stopped.
 """
@@ -35,8 +48,10 @@ routes, the caller decides where the local IoT Hub is and closes it after the st
 from __future__ import annotations
 
 import base64
+import fcntl
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import socket
@@ -46,6 +61,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import paho.mqtt.client as mqtt
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import private_dir
@@ -59,6 +76,7 @@ from edgehub.broker import Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto
 from edgehub.certs import CA_FILE_NAME, CertPaths, ensure_certs, publish_ca_certificate
 from edgehub.front import AuthFront, FrontError, FrontRoute
 from edgehub.router import BrokerAddress, Router
+from edgehub.store import DEFAULT_TTL_S
 from edgehub.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -70,6 +88,7 @@ __all__ = [
     "UNHEALTHY_EXIT_S",
     "EdgeHubStandIn",
     "StandInError",
+    "StateDirLock",
     "check_ca_export_dir",
     "check_ip_base",
     "check_module_hosts",
@@ -92,10 +111,47 @@ _IP_BASE = re.compile(r"127\.\d{1,3}\.\d{1,3}")
 # Each module's Mosquitto listens here only (a free port per broker); the front and the router connect to it.
 BROKER_HOST = "127.0.0.1"
 ROUTER_USER = "edgehub-router"
+LOCK_FILE_NAME = "standin.lock"
+PRIME_TIMEOUT_S = 10.0
 
 
 class StandInError(EdgefleetError):
     """Raise when the stand-in is configured wrongly or cannot start."""
+
+
+class StateDirLock:
+    """An exclusive lock on a state dir: `<state_dir>/standin.lock`, flock'ed, holding the owner's pid."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_FILE_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> StateDirLock:
+        """Take the lock or raise StandInError naming the pid that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StandInError(
+                f"another edgeHub stand-in (pid {holder}) uses the state dir {self.path.parent}: "
+                "stop it, or pass another --state-dir (EDGEHUB_STATE_DIR)"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        # The pid is for the message above only: the flock, not the file, is the lock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Release the lock (closing the file releases the flock)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class EdgeHubStandIn:
@@ -116,8 +172,13 @@ class EdgeHubStandIn:
         module_hosts: Mapping[str, str] | None = None,
         ca_export_dir: Path | None = None,
         module_keys_file: Path | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         self.state_dir = Path(state_dir)
+        if ttl_s <= 0:
+            raise StandInError(f"the store-and-forward time to live must be positive seconds, not {ttl_s}")
+        self.ttl_s = ttl_s
+        self._state_lock: StateDirLock | None = None
         self.ca_export_dir = check_ca_export_dir(
             self.state_dir, Path(ca_export_dir) if ca_export_dir is not None else self.state_dir / "public"
         )
@@ -229,6 +290,7 @@ class EdgeHubStandIn:
             hosts = [self.module_host(module) for module in self.modules]
             try:
                 private_dir(self.state_dir)
+                self._state_lock = StateDirLock(self.state_dir).acquire()
             except OSError as err:
                 raise StandInError(f"cannot use the state dir {self.state_dir} ({err}): pass a writable one") from err
             identities = [self.module_identity(module) for module in self.modules]
@@ -244,15 +306,13 @@ class EdgeHubStandIn:
                 broker = Broker(broker_dir, module, [Listener(BROKER_HOST, port)], persistent=True, auth=auth)
                 self._brokers.append(broker)
                 broker.start()
+                self._prime_session(identity, port, password)
                 routes.append(
                     FrontRoute(identity, host, GATEWAY_PORT, BROKER_HOST, port, _module_user(module), password)
                 )
                 addresses[module] = BrokerAddress(BROKER_HOST, port, username=ROUTER_USER, password=router_password)
             self._keeper = BrokerKeeper(self._brokers).start()
-            try:
-                self._front = AuthFront(routes, self.certs).start()
-            except FrontError as err:
-                raise StandInError(str(err)) from None
+            # The router first: it hears of every module connection the front accepts.
             self._router = Router(
                 addresses,
                 self.edge_device,
@@ -261,7 +321,14 @@ class EdgeHubStandIn:
                 self.upstream,
                 hub_name=self.hub_hostname,
                 journal=self._open_journal(),
+                ttl_s=self.ttl_s,
+                hold_for_absent_modules=True,
+                upstream_ready=self.upstream.healthy,
             ).start()
+            try:
+                self._front = AuthFront(routes, self.certs, on_connection=self._router.module_connection).start()
+            except FrontError as err:
+                raise StandInError(str(err)) from None
             if not self._router.wait_ready(self.ready_timeout_s):
                 raise StandInError(f"the router could not subscribe on every module broker in {self.ready_timeout_s} s")
         except BaseException:
@@ -273,6 +340,46 @@ class EdgeHubStandIn:
             ", ".join(f"{module}@{host}:{GATEWAY_PORT}" for module, host in zip(self.modules, hosts, strict=True)),
         )
         return self
+
+    def _prime_session(self, identity: ModuleIdentity, port: int, password: str) -> None:
+        """Give the module a persistent session with its inputs subscribed, as the SDK makes it.
+
+        Mosquitto drops a message for a client it has no session of. The router holds messages
+        for an absent module, but one published while the module is connecting (before its
+        SUBSCRIBE) or leaving would be lost: with this session it waits for the module instead.
+        Done before the front listens, so the module is not connected yet (its session is only renewed).
+        """
+        done = threading.Event()
+        failure: list[str] = []
+        topic = f"devices/{self.edge_device}/modules/{identity.module}/inputs/#"  # the SDK's own filter
+
+        def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: int) -> None:
+            if rc != 0:
+                failure.append(mqtt.connack_string(rc))
+                done.set()
+            else:
+                client.subscribe(topic, qos=1)
+
+        def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, granted: Any) -> None:
+            if any(qos == 0x80 for qos in granted):
+                failure.append(f"subscription to {topic} refused")
+            done.set()
+
+        client = mqtt.Client(client_id=identity.client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        client.username_pw_set(_module_user(identity.module), password)
+        client.on_connect, client.on_subscribe = on_connect, on_subscribe
+        try:
+            client.connect(BROKER_HOST, port, keepalive=30)
+            client.loop_start()
+            if not done.wait(PRIME_TIMEOUT_S) or failure:
+                raise StandInError(
+                    f"cannot prepare the session of {identity.module} on its broker: {failure or 'no answer'}"
+                )
+        except OSError as err:
+            raise StandInError(f"cannot reach the broker of {identity.module} ({err})") from err
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     def _write_broker_auth(self, folder: Path, module: str, password: str, router_password: str) -> BrokerAuth:
         """Write a module broker's password and ACL files: the module and the router, each on its own topics."""
@@ -331,6 +438,9 @@ class EdgeHubStandIn:
             brokers, self._brokers = self._brokers, []
             for broker in brokers:
                 broker.stop()
+            lock, self._state_lock = self._state_lock, None
+            if lock is not None:
+                lock.release()
 
     def healthy(self) -> bool:
         """Return whether every broker runs and the upstream delivers."""

@@ -79,7 +79,7 @@ def test_an_input_topic_reads_back_through_the_sdk_with_input_name_and_propertie
         "inference",
         "tele metry",
         {"kind": "reading", "a/b": "c&d=e+f"},
-        {"contentType": "application/json", "contentEncoding": "utf-8", "messageId": "m-1", "correlationId": "no"},
+        {"contentType": "application/json", "contentEncoding": "utf-8", "messageId": "m-1", "correlationId": "c-1"},
     )
     received = SdkMessage(b"")
 
@@ -91,7 +91,7 @@ def test_an_input_topic_reads_back_through_the_sdk_with_input_name_and_propertie
     assert received.content_type == "application/json"
     assert received.content_encoding == "utf-8"
     assert received.message_id == "m-1"
-    assert received.correlation_id is None  # edgeHub does not forward it to module inputs
+    assert received.correlation_id == "c-1"  # edgeHub 1.4+ forwards it (OutgoingSystemPropertiesMap)
     assert received.custom_properties == {"kind": "reading", "a/b": "c&d=e+f"}
 
 

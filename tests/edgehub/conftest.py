@@ -170,6 +170,7 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
         flush_every_s: float = 0.5,
         processes: bool = True,
         upstream_mqtt: tuple[str, int] | None = None,
+        ttl_s: float = 7200,
     ) -> Edge:
         lake_dir = tmp_path / "lake"
         upstream: Upstream
@@ -185,6 +186,7 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
             dict(desired or {}),
             upstream=upstream,
             ip_base=next_ip_base(),
+            ttl_s=ttl_s,
         )
         edge = Edge(standin, {}, lake_dir, upstream)
         started.append(edge)

@@ -52,6 +52,9 @@ class ModuleApp:
             "props": dict(message.custom_properties),
             "ct": message.content_type,
             "ce": message.content_encoding,
+            "cid": message.correlation_id,
+            "mid": message.message_id,
+            "uid": message.user_id,
             "body": data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data),
         }
         with self.lock:
@@ -81,6 +84,10 @@ class ModuleApp:
                 message.content_type = cmd["content_type"]
             if cmd.get("content_encoding"):
                 message.content_encoding = cmd["content_encoding"]
+            if cmd.get("correlation_id"):
+                message.correlation_id = cmd["correlation_id"]
+            if cmd.get("message_id"):
+                message.message_id = f"{cmd['message_id']}-{index}"
             for key, value in cmd.get("props", {}).items():
                 message.custom_properties[key] = value
             self.client.send_message_to_output(message, cmd["output"])

@@ -11,7 +11,8 @@ import pytest
 
 import edgehub.sink as sink_module
 from edgefleet.history import read_history
-from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR
+from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR, append_to_lake, read_lake
+from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES
 from edgefleet.routes import Message
 from edgehub.sink import LakeSink
 
@@ -32,7 +33,8 @@ def reading(seq: int, device: str = "dev-1", day: str = "2026-11-20") -> dict[st
 
 def message(body: object, module: str = "sensor", output: str = "telemetry", **kwargs: object) -> Message:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Message("edge1", module, output, system_properties=JSON, body=raw, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("system_properties", JSON)
+    return Message("edge1", module, output, body=raw, **kwargs)  # type: ignore[arg-type]
 
 
 def jsonl(folder: Path) -> list[dict[str, object]]:
@@ -119,9 +121,7 @@ def predicted(seq: int, features: dict[str, float]) -> dict[str, object]:
 
 def lake_features(lake: Path) -> set[str]:
     columns = set(pd.read_parquet(lake).columns)
-    return {c for c in columns if c not in {"device_id", "seq", "ts", "label", "date", "source_module"}} - {
-        c for c in columns if c.startswith(("prediction_", "edge_"))
-    }
+    return {c for c in columns if c not in RESERVED_FEATURE_NAMES and not c.startswith(RESERVED_FEATURE_PREFIXES)}
 
 
 def test_raw_telemetry_cannot_add_a_feature_column_a_prediction_never_carried(tmp_path: Path) -> None:
@@ -228,3 +228,35 @@ def test_a_reading_delivered_twice_before_a_flush_becomes_one_row_per_module(tmp
     lake = pd.read_parquet(tmp_path)
     assert sorted(lake["source_module"]) == ["inference", "sensor"]
     assert sink.stats()["duplicate_rows_dropped"] == 2
+
+
+def test_lake_rows_keep_the_message_id_correlation_id_and_application_properties_of_their_message(
+    tmp_path: Path,
+) -> None:
+    carried = message(
+        {"schema": "edgefleet.batch/1", "readings": [reading(1), reading(2)]},
+        system_properties={**JSON, "messageId": "m-1", "correlationId": "c-42"},
+        properties={"site": "north", "batch": "7"},
+    )
+    with LakeSink(tmp_path) as sink:
+        sink(carried)
+        sink(message(reading(3)))  # no ids, no properties
+
+    rows = read_lake(tmp_path).sort_values("seq")
+
+    assert rows["message_id"].fillna("-").tolist() == ["m-1", "m-1", "-"]
+    assert rows["correlation_id"].fillna("-").tolist() == ["c-42", "c-42", "-"]
+    assert [json.loads(text) for text in rows["properties"]] == [{"batch": "7", "site": "north"}] * 2 + [{}]
+
+
+def test_the_lake_reads_files_written_before_the_message_columns_existed(tmp_path: Path) -> None:
+    old = pd.DataFrame({"device_id": ["dev-1"], "seq": [1], "ts": [pd.Timestamp("2026-11-20T12:00:00Z")]})
+    append_to_lake(tmp_path, old.assign(temp=1.0, label=float("nan"), source_module="sensor"))
+    with LakeSink(tmp_path) as sink:
+        sink(message(reading(2), system_properties={**JSON, "correlationId": "c-2"}))
+
+    rows = read_lake(tmp_path).sort_values("seq")
+
+    assert list(rows["seq"]) == [1, 2]
+    assert rows["correlation_id"].isna().tolist() == [True, False]
+    assert read_history(tmp_path)[1] == ("temp",)  # the message columns are never training features
