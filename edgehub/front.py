@@ -234,6 +234,7 @@ class AuthFront:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._stats: Counter[tuple[str, str]] = Counter()
+        self._open: Counter[str] = Counter()  # accepted connections now piped, per module
         self._warned: Counter[tuple[str, str]] = Counter()
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -323,6 +324,11 @@ class AuthFront:
                 found[module][outcome] = count
         return found
 
+    def connected(self, module: str) -> bool:
+        """Return whether `module` has an accepted connection open now (edgeHub's "client connected")."""
+        with self._lock:
+            return self._open[module] > 0
+
     def _count(self, module: str, outcome: str) -> None:
         with self._lock:
             self._stats[(module, outcome)] += 1
@@ -338,6 +344,7 @@ class AuthFront:
         module = route.identity.module
         peer = writer.get_extra_info("peername")
         upstream: asyncio.StreamWriter | None = None
+        accepted = False
         try:
             try:
                 connect = parse_connect(await asyncio.wait_for(_read_connect(reader), CONNECT_TIMEOUT_S))
@@ -368,11 +375,17 @@ class AuthFront:
                 )
             )
             self._count(module, "accepted")
+            with self._lock:
+                self._open[module] += 1
+            accepted = True
             logger.debug("Front of %s accepted %s from %s", module, connect.client_id, peer)
             await self._pipe_until_expiry(connect, reader, writer, broker_reader, upstream)
         except (ConnectionError, ssl.SSLError, OSError) as err:
             logger.debug("Front connection of %s from %s ended: %s", module, peer, err)
         finally:
+            if accepted:
+                with self._lock:
+                    self._open[module] -= 1
             for stream in (writer, upstream):
                 if stream is not None:
                     stream.close()

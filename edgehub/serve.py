@@ -55,6 +55,7 @@ def serve_standin(
             module_hosts=settings.module_hosts,
             ca_export_dir=settings.ca_export_dir,
             module_keys_file=settings.module_keys_file,
+            method_port=settings.method_port,
         )
         return run_standin(
             standin,
