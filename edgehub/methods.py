@@ -164,7 +164,8 @@ class MethodInvoker:
             raise MethodError(f"the response timeout must be more than 0 and at most {MAX_RESPONSE_TIMEOUT_S:g} s")
         if module not in self.modules:
             raise ClientNotFoundError(
-                f"Client {self.edge_device}/{module} not found (the stand-in runs {', '.join(self.modules)})"
+                f"Client {self.edge_device}/{module} not found: unknown module {module!r}; "
+                f"the stand-in runs {', '.join(self.modules)}"
             )
         deadline = time.monotonic() + max(0.0, connect_timeout_s)
         while not self._connected(module):
