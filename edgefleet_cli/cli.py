@@ -21,6 +21,7 @@ from edgefleet_cli.commands.compose import add_compose_commands
 from edgefleet_cli.commands.demo import add_demo_command
 from edgefleet_cli.commands.field import add_field_commands
 from edgefleet_cli.commands.history import add_history_commands
+from edgefleet_cli.commands.hub import add_hub_commands
 from edgefleet_cli.commands.manifest import add_manifest_commands
 from edgefleet_cli.commands.up import add_up_command
 from edgefleet_cli.train_cli import register_score, register_train
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bundle_commands(sub)
     add_manifest_commands(sub)
     _add_edgehub_command(sub)
+    add_hub_commands(sub)
     _add_sink_command(sub)
     add_up_command(sub)
     add_field_commands(sub)

@@ -242,6 +242,7 @@ class AuthFront:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._stats: Counter[tuple[str, str]] = Counter()
+        self._open: Counter[str] = Counter()  # accepted connections now piped, per module
         self._warned: Counter[tuple[str, str]] = Counter()
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -331,6 +332,11 @@ class AuthFront:
                 found[module][outcome] = count
         return found
 
+    def connected(self, module: str) -> bool:
+        """Return whether `module` has an accepted connection open now (edgeHub's "client connected")."""
+        with self._lock:
+            return self._open[module] > 0
+
     def _count(self, module: str, outcome: str) -> None:
         with self._lock:
             self._stats[(module, outcome)] += 1
@@ -377,6 +383,8 @@ class AuthFront:
                 )
             )
             self._count(module, "accepted")
+            with self._lock:
+                self._open[module] += 1
             accepted = True
             self._connection(module, True)
             logger.debug("Front of %s accepted %s from %s", module, connect.client_id, peer)
@@ -384,6 +392,9 @@ class AuthFront:
         except (ConnectionError, ssl.SSLError, OSError) as err:
             logger.debug("Front connection of %s from %s ended: %s", module, peer, err)
         finally:
+            if accepted:
+                with self._lock:
+                    self._open[module] -= 1
             for stream in (writer, upstream):
                 if stream is not None:
                     stream.close()

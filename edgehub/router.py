@@ -12,8 +12,9 @@ requesting module's own broker only.
   `upstream` callback (`$upstream`, the local IoT Hub sink).
 - Twin GET is answered with `{"desired": {..., "$version"}, "reported": {..., "$version"}}`;
   reported PATCH is merged (JSON merge patch) and answered 204 with the new `$version`;
-  `apply_desired_patch` pushes a desired patch to one module.
-- `invoke_method` calls a direct method and waits for the module's answer.
+  `apply_desired_patch` pushes a desired patch to one module. The twins themselves (and where
+  they are kept) are `edgehub.twins`'.
+- `invoke_method` calls a direct method and waits for the module's answer (`edgehub.methods`).
 
 Everything is QoS 1. Messages flow network thread -> dispatcher thread (routing, module
 deliveries) -> upstream thread (the sink may be slow on a flush without holding up modules).
@@ -35,14 +36,12 @@ routes what the journal kept again: a message may arrive twice, never zero times
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import queue
 import ssl
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.errors import EdgefleetError
 from edgefleet.hub_wire import format_hub_topic, parse_hub_message
 from edgefleet.journal import Journal, JournalError, Segment
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
@@ -71,11 +69,13 @@ from edgefleet.topics import (
     twin_response_topic,
 )
 from edgehub.acks import Callback, PubackBook
+from edgehub.methods import MethodTimeoutError, PendingCalls, decode_response_payload
 from edgehub.store import DEFAULT_TTL_S, HeldMessage, HeldQueue, delivery_terms, expired, held_journal, now_s
+from edgehub.twins import TwinError, TwinStore, merge_patch, twin_change_notification
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BrokerAddress", "MethodTimeoutError", "Router", "RouterError"]
+__all__ = ["BrokerAddress", "MethodTimeoutError", "Router", "RouterError", "merge_patch"]
 
 ROUTER_CLIENT_ID = "edgefleet-edgehub-router"
 # paho 1.6 numbers every QoS 1 publish it holds (in flight or queued) with a 16-bit message id;
@@ -93,12 +93,8 @@ _WARN_LIMIT = 5
 SWEEP_INTERVAL_S = 0.5
 
 
-class RouterError(EdgefleetError):
-    """Raise for a request the router cannot serve (unknown module, bad patch)."""
-
-
-class MethodTimeoutError(RouterError, TimeoutError):
-    """Raise when a module does not answer a direct method in time."""
+# A request the router cannot serve (unknown module, bad patch): the twins' error.
+RouterError = TwinError
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,53 +106,6 @@ class BrokerAddress:
     ca_file: Path | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-
-
-@dataclass(slots=True)
-class _Twin:
-    """One module twin's properties with their `$version`s (IoT Hub starts both at 1)."""
-
-    desired: dict[str, Any]
-    reported: dict[str, Any] = field(default_factory=dict)
-    desired_version: int = 1
-    reported_version: int = 1
-
-    def document(self) -> dict[str, Any]:
-        """Return the twin as the MQTT twin GET returns it."""
-        return {
-            "desired": {**copy.deepcopy(self.desired), "$version": self.desired_version},
-            "reported": {**copy.deepcopy(self.reported), "$version": self.reported_version},
-        }
-
-
-@dataclass(slots=True)
-class _PendingCall:
-    """A direct method call waiting for its response."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    status: int = 0
-    payload: Any = None
-
-
-def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
-    """Apply a twin patch in place: null deletes, objects merge, `$`-keys (metadata) are ignored."""
-    for key, value in patch.items():
-        if key.startswith("$"):
-            continue
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, Mapping):
-            current = target.get(key)
-            if not isinstance(current, dict):
-                current = target[key] = {}
-            merge_patch(current, value)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def _strip_metadata(patch: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a deep copy of a patch without `$version`/`$metadata` keys at the top level."""
-    return {key: copy.deepcopy(value) for key, value in patch.items() if not key.startswith("$")}
 
 
 class _Link:
@@ -329,18 +278,17 @@ class Router:
         ttl_s: float = DEFAULT_TTL_S,
         hold_for_absent_modules: bool = False,
         upstream_ready: Callable[[], bool] | None = None,
+        twins: TwinStore | None = None,
     ) -> None:
-        unknown = sorted(set(desired) - set(brokers))
-        if unknown:
-            raise RouterError(f"desired properties for unknown module(s): {', '.join(unknown)}")
+        # The stand-in passes twins kept in its state dir; without, they live in memory only.
+        self._twins = twins if twins is not None else TwinStore(tuple(brokers), desired)
         self.edge_device = edge_device
         self.routes = list(routes)
         self.hub_name = hub_name
         self._upstream = upstream
         self._journal = journal  # the router's from here on: closed by stop()
         self._lock = threading.Lock()
-        self._twins = {module: _Twin(copy.deepcopy(dict(desired.get(module, {})))) for module in brokers}
-        self._pending: dict[tuple[str, str], _PendingCall] = {}
+        self._calls = PendingCalls()
         self._stats: Counter[str] = Counter()
         self._warned: Counter[str] = Counter()
         self._events: queue.Queue[_Item] = queue.Queue()
@@ -435,10 +383,7 @@ class Router:
             link.stop()
         for held in (*self._held.values(), self._held_upstream):
             held.close()  # what is still held stays in its journal for the next start
-        with self._lock:
-            for call in self._pending.values():
-                call.status = 503
-                call.done.set()
+        self._calls.fail_all(503)
         if self._journal is not None:
             # What is not acknowledged yet stays in it for the next start; later releases still free segments.
             self._journal.close()
@@ -493,19 +438,12 @@ class Router:
 
     def twin(self, module: str) -> dict[str, Any]:
         """Return a copy of a module's twin (desired and reported, with `$version`s)."""
-        with self._lock:
-            return self._twin(module).document()
+        return self._twins.document(module)
 
     def apply_desired_patch(self, module: str, patch: Mapping[str, Any]) -> int:
         """Merge a desired-properties patch into a module's twin, push it to that module only; return `$version`."""
-        if not isinstance(patch, Mapping):
-            raise RouterError(f"a desired patch must be an object, not {type(patch).__name__}")
-        clean = _strip_metadata(patch)
+        clean, version = self._twins.apply_desired(module, patch)
         with self._lock:
-            twin = self._twin(module)
-            merge_patch(twin.desired, clean)
-            twin.desired_version += 1
-            version = twin.desired_version
             self._stats["desired_patches"] += 1
         body = json.dumps({**clean, "$version": version}).encode("utf-8")
         self._links[module].publish(twin_desired_patch_topic(version), body, wait=False)
@@ -514,23 +452,19 @@ class Router:
 
     def invoke_method(self, module: str, name: str, payload: Any = None, timeout_s: float = 30.0) -> tuple[int, Any]:
         """Call direct method `name` on `module`; return (status, payload) or raise MethodTimeoutError."""
+        self._twins.check(module)  # raises for an unknown module
+        rid = self._calls.open(module)
         with self._lock:
-            self._twin(module)  # raises for an unknown module
-        rid = uuid.uuid4().hex
-        call = _PendingCall()
-        key = (module, rid)
-        with self._lock:
-            self._pending[key] = call
             self._stats["method_calls"] += 1
-        try:
-            body = json.dumps(payload).encode("utf-8")
-            self._links[module].publish(method_request_topic(name, rid), body, wait=False)
-            if not call.done.wait(timeout_s):
-                raise MethodTimeoutError(f"{module} did not answer direct method {name!r} within {timeout_s:g} s")
-            return call.status, call.payload
-        finally:
-            with self._lock:
-                self._pending.pop(key, None)
+        body = json.dumps(payload).encode("utf-8")
+        self._links[module].publish(method_request_topic(name, rid), body, wait=False)
+        answer = self._calls.wait(module, rid, timeout_s)
+        if answer is None:
+            raise MethodTimeoutError(
+                f"Timed out waiting for device to respond to method request {rid} "
+                f"({module} did not answer {name!r} within {timeout_s:g} s)"
+            )
+        return answer
 
     # -- network-thread entry -------------------------------------------------------------------
 
@@ -563,8 +497,8 @@ class Router:
             self._reject(module, str(err))
             return
         if request.kind == "get":
+            document = self._twins.document(module)
             with self._lock:
-                document = self._twins[module].document()
                 self._stats["twin_gets"] += 1
             link.publish(twin_response_topic(200, request.rid), json.dumps(document).encode("utf-8"), wait=False)
             return
@@ -576,33 +510,12 @@ class Router:
             self._reject(module, f"bad reported patch: {err}")
             link.publish(twin_response_topic(400, request.rid), b"", wait=False)
             return
+        version = self._twins.apply_reported(module, patch)
         with self._lock:
-            twin = self._twins[module]
-            merge_patch(twin.reported, patch)
-            twin.reported_version += 1
-            version = twin.reported_version
             self._stats["reported_patches"] += 1
         link.publish(twin_response_topic(204, request.rid, version), b"", wait=False)
         logger.debug("Stored reported patch from %s: $version=%d", module, version)
-        self._events.put(self._twin_change_notification(module, patch, version))
-
-    def _twin_change_notification(self, module: str, patch: Mapping[str, Any], version: int) -> Message:
-        """Build the `/twinChangeNotifications` message IoT Hub emits for a reported change."""
-        body = {"version": version, "properties": {"reported": _strip_metadata(patch)}}
-        return Message(
-            connection_device_id=self.edge_device,
-            connection_module_id=module,
-            properties={
-                "hubName": self.hub_name,
-                "deviceId": self.edge_device,
-                "moduleId": module,
-                "opType": "updateTwin",
-                "iothub-message-schema": "twinChangeNotification",
-            },
-            system_properties={"contentType": "application/json", "contentEncoding": "utf-8"},
-            body=json.dumps(body).encode("utf-8"),
-            kind="twin_change_notification",
-        )
+        self._events.put(twin_change_notification(self.edge_device, module, self.hub_name, patch, version))
 
     def _handle_method_response(self, module: str, topic: str, payload: bytes) -> None:
         """Complete the pending call this response answers (only if it came from the called module)."""
@@ -611,17 +524,8 @@ class Router:
         except TopicError as err:
             self._reject(module, str(err))
             return
-        try:
-            value: Any = json.loads(payload.decode("utf-8")) if payload else None
-        except ValueError:
-            value = payload.decode("utf-8", errors="replace")
-        with self._lock:
-            call = self._pending.get((module, response.rid))
-        if call is None:
+        if not self._calls.answer(module, response.rid, response.status, decode_response_payload(payload)):
             logger.info("Ignoring a method response from %s for unknown or expired request %s", module, response.rid)
-            return
-        call.status, call.payload = response.status, value
-        call.done.set()
 
     # -- journal ------------------------------------------------------------------------------
 
@@ -890,12 +794,3 @@ class Router:
             logger.exception("Upstream sink failed on a message from %s", message.connection_module_id)
             with self._lock:
                 self._stats["upstream_errors"] += 1
-
-    def _twin(self, module: str) -> _Twin:
-        """Return a module's twin (call with the lock held)."""
-        try:
-            return self._twins[module]
-        except KeyError:
-            raise RouterError(
-                f"unknown module {module!r}; the stand-in runs {', '.join(sorted(self._twins))}"
-            ) from None

@@ -56,6 +56,7 @@ def serve_standin(
             ca_export_dir=settings.ca_export_dir,
             module_keys_file=settings.module_keys_file,
             ttl_s=deployment.store_and_forward_ttl_s,
+            method_port=settings.method_port,
         )
         return run_standin(
             standin,

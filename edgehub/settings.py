@@ -52,6 +52,8 @@ class EdgeHubSettings(BaseSettings):
     # own once, in <state_dir>/secrets/module-keys.
     module_keys_file: Path | None = None
     upstream_mqtt: tuple[str, int] | None = None
+    # Modules' invoke_method() reaches edgeHub here, on every module's address; the SDK always uses 443. 0: off.
+    method_port: int = Field(443, ge=0, le=65535)
     health_file: Path | None = None
     # Unhealthy this long without a break (a module broker that cannot be restarted, the upstream
     # unreachable), the stand-in exits with code 3 so that its container's restart policy restarts it.
@@ -160,6 +162,9 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--upstream-mqtt", dest="upstream_mqtt", metavar="HOST:PORT", help="send $upstream to the IoT Hub sink service"
+    )
+    parser.add_argument(
+        "--method-port", dest="method_port", help="HTTPS port of module-to-module direct methods (443; 0: off)"
     )
     parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
     parser.add_argument(

@@ -41,6 +41,12 @@ One stand-in at a time owns a state dir: `start` locks `<state_dir>/standin.lock
 kernel releases it when the process ends, even by kill -9) and a second stand-in refuses to start,
 naming the pid that holds it.
 
+Twins are kept in `<state_dir>/twins` (`edgehub.twins`: they survive a restart). Modules call
+each other's direct methods over HTTPS on port 443 of their gateway address
+(`edgehub.method_endpoint`, off with `method_port=0`); without the privilege to bind port 443
+the stand-in runs on without it and logs how to grant it. Operators reach a running stand-in
+through `<state_dir>/control.sock` (`edgehub.control`, `edgefleet hub ...`).
+
 `$upstream` goes to the `Upstream` the caller passes in (`edgehub.upstream`): the stand-in
 routes, the caller decides where the local IoT Hub is and closes it after the stand-in stopped.
 """
@@ -74,9 +80,13 @@ from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
 from edgehub.auth import KeysError, ModuleIdentity, ensure_module_keys, read_keys_file, write_private
 from edgehub.broker import Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
 from edgehub.certs import CA_FILE_NAME, CertPaths, ensure_certs, publish_ca_certificate
+from edgehub.control import ControlServer
 from edgehub.front import AuthFront, FrontError, FrontRoute
+from edgehub.method_endpoint import METHOD_PORT, EndpointPermissionError, MethodEndpoint, MethodEndpointError
+from edgehub.methods import DEFAULT_RESPONSE_TIMEOUT_S, MethodInvoker, MethodResult
 from edgehub.router import BrokerAddress, Router
 from edgehub.store import DEFAULT_TTL_S
+from edgehub.twins import TWINS_DIR, TwinError, TwinStore
 from edgehub.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -173,6 +183,7 @@ class EdgeHubStandIn:
         ca_export_dir: Path | None = None,
         module_keys_file: Path | None = None,
         ttl_s: float = DEFAULT_TTL_S,
+        method_port: int = METHOD_PORT,
     ) -> None:
         self.state_dir = Path(state_dir)
         if ttl_s <= 0:
@@ -205,6 +216,12 @@ class EdgeHubStandIn:
         self._keeper: BrokerKeeper | None = None
         self._router: Router | None = None
         self._front: AuthFront | None = None
+        self._invoker: MethodInvoker | None = None
+        self._endpoint: MethodEndpoint | None = None
+        self._control: ControlServer | None = None
+        if not 0 <= method_port <= 65535:
+            raise StandInError(f"method_port {method_port} must be a TCP port (443 for the SDK; 0: off)")
+        self.method_port = method_port
         self.certs: CertPaths | None = None
         self.module_keys_file = module_keys_file
         # The operator's keys are checked now, so that a mistake stops the start with how to fix it.
@@ -312,8 +329,12 @@ class EdgeHubStandIn:
                 )
                 addresses[module] = BrokerAddress(BROKER_HOST, port, username=ROUTER_USER, password=router_password)
             self._keeper = BrokerKeeper(self._brokers).start()
+            try:
+                twins = TwinStore(self.modules, self.desired, self.state_dir / TWINS_DIR)
+            except TwinError as err:
+                raise StandInError(str(err)) from None
             # The router first: it hears of every module connection the front accepts.
-            self._router = Router(
+            router = self._router = Router(
                 addresses,
                 self.edge_device,
                 self.routes,
@@ -324,6 +345,7 @@ class EdgeHubStandIn:
                 ttl_s=self.ttl_s,
                 hold_for_absent_modules=True,
                 upstream_ready=self.upstream.healthy,
+                twins=twins,
             ).start()
             try:
                 self._front = AuthFront(routes, self.certs, on_connection=self._router.module_connection).start()
@@ -331,6 +353,13 @@ class EdgeHubStandIn:
                 raise StandInError(str(err)) from None
             if not self._router.wait_ready(self.ready_timeout_s):
                 raise StandInError(f"the router could not subscribe on every module broker in {self.ready_timeout_s} s")
+            front = self._front
+            self._invoker = MethodInvoker(self.edge_device, self.modules, router.invoke_method, front.connected)
+            self._start_method_endpoint(hosts, identities)
+            try:
+                self._control = ControlServer(self.state_dir, self).start()
+            except OSError as err:
+                raise StandInError(f"cannot open the control socket in {self.state_dir} ({err})") from None
         except BaseException:
             self.stop()
             raise
@@ -381,6 +410,71 @@ class EdgeHubStandIn:
             client.disconnect()
             client.loop_stop()
 
+    def _start_method_endpoint(self, hosts: Sequence[str], identities: Sequence[ModuleIdentity]) -> None:
+        """Serve module-to-module direct methods on port `method_port` of every module's address (0: not)."""
+        if not self.method_port:
+            return
+        assert self.certs is not None and self._invoker is not None
+        endpoint = MethodEndpoint(
+            hosts,
+            self.method_port,
+            self.certs,
+            self.edge_device,
+            {identity.module: identity for identity in identities},
+            self._invoker,
+        )
+        try:
+            self._endpoint = endpoint.start()
+        except EndpointPermissionError as err:
+            # Modules that never call each other's methods (this deployment's) lose nothing: run on, say how.
+            logger.error(
+                "%s. Modules calling invoke_method() get a connection error. Run the stand-in as root, grant "
+                "it CAP_NET_BIND_SERVICE (setcap cap_net_bind_service=+ep on its python), or lower "
+                "net.ipv4.ip_unprivileged_port_start to %d; set EDGEHUB_METHOD_PORT=0 to turn this endpoint off",
+                err,
+                self.method_port,
+            )
+        except MethodEndpointError as err:
+            raise StandInError(str(err)) from None
+
+    # -- operations (the control channel's, `edgehub.control.ControlOps`) -----------------------
+
+    def module_twin(self, module: str) -> dict[str, Any]:
+        """Return a module twin shaped as `az iot hub module-twin show` prints it."""
+        twin = self.router.twin(module)
+        connected = self._front is not None and self._front.connected(module)
+        return {
+            "deviceId": self.edge_device,
+            "moduleId": module,
+            "connectionState": "Connected" if connected else "Disconnected",
+            "properties": twin,
+        }
+
+    def update_desired(self, module: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a desired patch (pushed to the module at once) and return the updated twin."""
+        self.router.apply_desired_patch(module, patch)
+        return self.module_twin(module)
+
+    def invoke_method(
+        self,
+        module: str,
+        name: str,
+        payload: Any = None,
+        *,
+        response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S,
+        connect_timeout_s: float = 0.0,
+    ) -> MethodResult:
+        """Call a module's direct method as edgeHub does (raise ClientNotFoundError, MethodTimeoutError)."""
+        if self._invoker is None:
+            raise StandInError("the stand-in is not running")
+        return self._invoker.invoke(
+            module, name, payload, response_timeout_s=response_timeout_s, connect_timeout_s=connect_timeout_s
+        )
+
+    def method_endpoint_stats(self) -> dict[str, int]:
+        """Return the HTTPS method endpoint's counters (empty when it does not run)."""
+        return self._endpoint.stats() if self._endpoint is not None else {}
+
     def _write_broker_auth(self, folder: Path, module: str, password: str, router_password: str) -> BrokerAuth:
         """Write a module broker's password and ACL files: the module and the router, each on its own topics."""
         user, edge = _module_user(module), self.edge_device
@@ -427,7 +521,14 @@ class EdgeHubStandIn:
         router, self._router = self._router, None
         keeper, self._keeper = self._keeper, None
         front, self._front = self._front, None
+        control, self._control = self._control, None
+        endpoint, self._endpoint = self._endpoint, None
+        self._invoker = None
         try:
+            if control is not None:
+                control.stop()
+            if endpoint is not None:
+                endpoint.stop()
             if keeper is not None:
                 keeper.stop()  # before the brokers: it would start them again
             if router is not None:

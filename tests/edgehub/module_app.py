@@ -66,9 +66,11 @@ class ModuleApp:
             self.patches.append(patch)
 
     def on_method(self, request: MethodRequest) -> None:
-        """Answer every direct method with an echo of its request."""
+        """Answer every direct method with an echo of its request (except `ignore`, never answered)."""
         with self.lock:
             self.methods.append({"name": request.name, "payload": request.payload})
+        if request.name == "ignore":
+            return
         status = 200 if request.name != "fail" else 500
         answer = {"echo": request.payload, "method": request.name, "module": self.name}
         self.client.send_method_response(MethodResponse.create_from_method_request(request, status, answer))
@@ -119,6 +121,7 @@ class ModuleApp:
             "patch_reported": lambda cmd: self.client.patch_twin_reported_properties(cmd["patch"]) or {},
             "patches": lambda cmd: {"patches": list(self.patches)},
             "methods": lambda cmd: {"methods": list(self.methods)},
+            "invoke": lambda cmd: {"result": self.client.invoke_method(cmd["params"], cmd["device"], cmd["module"])},
         }
         emit({"id": 0, "ready": True})
         for line in sys.stdin:
