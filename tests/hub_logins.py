@@ -39,7 +39,9 @@ class HubLogins:
         """Return a client's password."""
         return PasswordFile.read(self.password_file(user)).password.get_secret_value()
 
-    def publisher(self, port: int, client_id: str, *, user: str = HUB_PUBLISHER_USER, window: int = 2_000) -> HubPublisher:
+    def publisher(
+        self, port: int, client_id: str, *, user: str = HUB_PUBLISHER_USER, window: int = 2_000
+    ) -> HubPublisher:
         """Return a started `HubPublisher` logged in as `user` (the stand-in unless told otherwise)."""
         password = PasswordFile.read(self.password_file(user)).password
         return HubPublisher("127.0.0.1", port, client_id, window=window, username=user, password=password).start()

@@ -16,7 +16,6 @@ from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from edgehub.sink_service import SinkService
 from edgehub.sink_settings import SinkSettings
-
 from tests.hub_logins import HubLogins
 
 from .conftest import StartEdge, wait_for

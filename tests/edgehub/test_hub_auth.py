@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import paho.mqtt.client as mqtt
+import pandas as pd
 import pytest
 from pydantic import SecretStr
 
