@@ -24,8 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from edgefleet.routes import Message  # noqa: E402
 from edgefleet_cli.local_edge import free_port  # noqa: E402
-from edgehub.broker import Broker, Listener  # noqa: E402
-from edgehub.hub import HubPublisher  # noqa: E402
 from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     CHROMIUM,
     Chromium,
@@ -34,6 +32,7 @@ from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     number,
     wait_until,
 )
+from tests.hub_logins import HubLogins  # noqa: E402
 
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 BATCH_READINGS = 10
@@ -88,10 +87,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dashboard-bench-") as tmp_text:
         tmp = Path(tmp_text)
         hub_port = free_port("127.0.0.1")
-        with Broker(tmp / "hub", "hub", [Listener("127.0.0.1", hub_port)]):
-            dashboard = DashboardProcess(hub_port, tmp / "dashboard.log")
+        logins = HubLogins(tmp / "hub-logins")  # the hub broker takes no anonymous clients
+        with logins.broker(tmp / "hub", hub_port):
+            dashboard = DashboardProcess(hub_port, tmp / "dashboard.log", logins)
             browser: Chromium | None = None
-            publisher = HubPublisher("127.0.0.1", hub_port, "bench-dashboard-publisher").start()
+            publisher = logins.publisher(hub_port, "bench-dashboard-publisher")
             try:
                 assert publisher.connected.wait(10), "the publisher did not connect"
                 if not args.no_browser and Path(CHROMIUM).exists():

@@ -27,7 +27,14 @@ def run_dashboard(
     """Serve until `stop_event` is set; `on_ready` gets the dashboard's URL once it serves."""
     hub_host, hub_port = settings.hub
     state = FleetState(silent_after_s=settings.silent_after_s)
-    feed = HubFeed(state, hub_host, hub_port).start()
+    login = settings.hub_password_file
+    feed = HubFeed(
+        state,
+        hub_host,
+        hub_port,
+        username=None if settings.hub_anonymous else settings.hub_username,
+        password=login.password if login is not None else None,
+    ).start()
     try:
         server = build_server(
             state,

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgefleet.hub_wire import HubAddress
+from edgefleet.hub_wire import HUB_DASHBOARD_USER, HubAddress
+from edgefleet.mqtt_login import PasswordFile
 from edgefleet.process import LogLevel
 
 __all__ = ["DashboardSettings", "add_flags", "parse_flags", "settings_flags"]
@@ -22,6 +23,12 @@ class DashboardSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DASHBOARD_", extra="forbid", frozen=True)
 
     hub: HubAddress = ("127.0.0.1", 1884)
+    # The dashboard's login to the hub broker (a reader there, edgehub.hub_auth): required unless
+    # `hub_anonymous` (a hub run with --allow-anonymous, development only). No TLS: the hub link
+    # stays on loopback or an internal network.
+    hub_username: str = HUB_DASHBOARD_USER
+    hub_password_file: PasswordFile | None = None
+    hub_anonymous: bool = False
     port: int = Field(5006, ge=1, le=65535)
     address: str = "127.0.0.1"
     # Browser origins allowed to open the dashboard; empty: the serving address and localhost.
@@ -29,11 +36,31 @@ class DashboardSettings(BaseSettings):
     silent_after_s: float = Field(60.0, gt=0)
     log_level: LogLevel = "INFO"
 
+    @model_validator(mode="after")
+    def _hub_login(self) -> DashboardSettings:
+        if self.hub_password_file is None and not self.hub_anonymous:
+            raise ValueError(
+                "the hub broker takes no anonymous clients: pass --hub-password-file PATH "
+                f"(DASHBOARD_HUB_PASSWORD_FILE, the password of --hub-username {self.hub_username}; "
+                f"`edgefleet compose secrets` writes <dir>/hub/clients/{HUB_DASHBOARD_USER}.password), "
+                "or --hub-anonymous for a hub run with --allow-anonymous"
+            )
+        return self
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add the dashboard's flags; flags left out fall back to `DASHBOARD_*` and the defaults."""
     flag = partial(parser.add_argument, default=argparse.SUPPRESS)
     flag("--hub", help="the hub broker as HOST:PORT (default 127.0.0.1:1884)")
+    flag(
+        "--hub-username", metavar="USER", help=f"the dashboard's user on the hub broker (default {HUB_DASHBOARD_USER})"
+    )
+    flag("--hub-password-file", metavar="PATH", help="file holding that user's password, mode 0600 (required)")
+    flag(
+        "--hub-anonymous",
+        action="store_true",
+        help="connect to the hub without a password (a hub run with --allow-anonymous; development only)",
+    )
     flag("--port", type=int, help="HTTP port to serve on (default 5006)")
     flag("--address", help="address to serve on (default 127.0.0.1)")
     flag(

@@ -25,6 +25,8 @@ from edgefleet.topics import (
 )
 
 __all__ = [
+    "HUB_DASHBOARD_USER",
+    "HUB_PUBLISHER_USER",
     "HUB_SUBSCRIPTION",
     "KEEPALIVE_S",
     "HubAddress",
@@ -39,6 +41,10 @@ _KIND_SEGMENTS = {"telemetry": "events", "twin_change_notification": "twinChange
 _SEGMENT_KINDS = {segment: kind for kind, segment in _KIND_SEGMENTS.items()}
 _SYSTEM_WIRE_NAMES = {name: wire for wire, name in INCOMING_SYSTEM_PROPERTIES.items()}
 KEEPALIVE_S = 30
+# The hub broker's identities are their roles (edgehub.hub_auth): the stand-in publishes upstream
+# messages; the dashboard (like every user but the stand-in) only reads them.
+HUB_PUBLISHER_USER = "edgefleet-edgehub"
+HUB_DASHBOARD_USER = "edgefleet-dashboard"
 
 
 class HubAddressError(EdgefleetError):

@@ -29,6 +29,7 @@ __all__ = [
     "PasswordFile",
     "check_ca_file",
     "describe_connect_error",
+    "read_secret_text",
     "tls_context",
 ]
 
@@ -51,32 +52,7 @@ class PasswordFile:
     def read(cls, path: Path | str) -> PasswordFile:
         """Read the file's first line; raise ValueError saying how to fix a missing, open or empty file."""
         path = Path(path).expanduser()
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            raise ValueError(f"{path} does not exist: mount the secret file there, or fix the path") from None
-        except OSError as err:
-            raise ValueError(f"cannot open {path} ({err.strerror}): fix the path or its folder's permissions") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a file: point at the file that holds the password")
-        if info.st_mode & _OTHERS:
-            raise ValueError(
-                f"{path} is open to every user on the host (mode {stat.filemode(info.st_mode)}): "
-                f"run chmod 600 {path} (readable by its owner only)"
-            )
-        try:
-            raw = path.read_bytes()
-        except PermissionError:
-            raise ValueError(
-                f"cannot read {path} (permission denied): make it readable by this process's user "
-                f"(uid {os.geteuid()}), e.g. chown {os.geteuid()} {path} && chmod 600 {path}"
-            ) from None
-        except OSError as err:
-            raise ValueError(f"cannot read {path} ({err.strerror})") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{path} is not UTF-8 text: write the password into it as plain text") from None
+        text = read_secret_text(path, "the password")
         # `echo secret > file` adds a newline that is no part of the password.
         password = text.removesuffix("\n").removesuffix("\r")
         if not password:
@@ -114,6 +90,36 @@ class PasswordFile:
         if isinstance(value, str | os.PathLike):
             return cls.read(Path(value))
         raise ValueError("expected the path of a file holding the password")
+
+
+def read_secret_text(path: Path, what: str = "the secret") -> str:
+    """Return a secret file's text; raise ValueError saying how to fix a missing, unreadable or open file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: mount the secret file there, or fix the path") from None
+    except OSError as err:
+        raise ValueError(f"cannot open {path} ({err.strerror}): fix the path or its folder's permissions") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a file: point at the file that holds {what}")
+    if info.st_mode & _OTHERS:
+        raise ValueError(
+            f"{path} is open to every user on the host (mode {stat.filemode(info.st_mode)}): "
+            f"run chmod 600 {path} (readable by its owner only)"
+        )
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise ValueError(
+            f"cannot read {path} (permission denied): make it readable by this process's user "
+            f"(uid {os.geteuid()}), e.g. chown {os.geteuid()} {path} && chmod 600 {path}"
+        ) from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: write {what} into it as plain text") from None
 
 
 def check_ca_file(path: Path) -> Path:

@@ -47,6 +47,9 @@ def cmd_edgehub(args: argparse.Namespace) -> int:
         "ip_base": args.ip_base,
         "module_hosts": args.module_host,
         "upstream_mqtt": args.upstream_mqtt,
+        "upstream_username": args.upstream_username,
+        "upstream_password_file": args.upstream_password_file,
+        "upstream_anonymous": args.upstream_anonymous or None,
         "health_file": args.health_file,
     }
     settings = load_settings(EdgeHubSettings, **{k: v for k, v in flags.items() if v is not None})
@@ -68,6 +71,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     flags = {
         "listen": args.listen,
+        "users_file": args.users_file,
+        "allow_anonymous": args.allow_anonymous or None,
         "lake_dir": args.lake,
         "state_dir": args.state_dir,
         "flush_every_s": args.flush_every_s,
@@ -136,6 +141,15 @@ def _add_edgehub_command(sub: Subcommands) -> None:
         metavar="HOST:PORT",
         help="send $upstream to the IoT Hub sink service at this MQTT address instead of writing --lake here",
     )
+    edgehub.add_argument("--upstream-username", metavar="USER", help="the stand-in's user on the hub broker")
+    edgehub.add_argument(
+        "--upstream-password-file",
+        metavar="PATH",
+        help="file holding that user's password (required with --upstream-mqtt)",
+    )
+    edgehub.add_argument(
+        "--upstream-anonymous", action="store_true", help="no password: a hub run with --allow-anonymous (development)"
+    )
     edgehub.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     edgehub.set_defaults(func=cmd_edgehub)
 
@@ -145,6 +159,10 @@ def _add_sink_command(sub: Subcommands) -> None:
         "sink", help="run the local IoT Hub: an MQTT broker the stand-in sends $upstream to, and the lake"
     )
     sink.add_argument("--listen", default="127.0.0.1:1884", metavar="HOST:PORT", help="hub broker address")
+    sink.add_argument("--users-file", metavar="PATH", help="the hub broker's users: a Mosquitto password file (0600)")
+    sink.add_argument(
+        "--allow-anonymous", action="store_true", help="let any client connect without a password (development only)"
+    )
     sink.add_argument("--lake", default="out/lake", help="telemetry lake directory")
     sink.add_argument("--state-dir", default="out/sink", help="broker persistence and logs")
     sink.add_argument("--flush-every-s", type=float, default=5.0, help="write buffered rows at least this often")

@@ -4,6 +4,9 @@
 
     <dir>/field/         the field broker's config directory (`edgefleet field init`)
     <dir>/module-keys    each module's SAS key, for the stand-in (`--module-keys-file`), 0600
+    <dir>/hub/           the hub broker's users file (`passwords`, for the sink) and its clients'
+                         passwords (`clients/edgefleet-edgehub.password` for the stand-in,
+                         `clients/edgefleet-dashboard.password` for the dashboard), 0600 (edgehub.hub_auth)
 
 and sets each module's key in compose's `.env` (`EDGEFLEET_<MODULE>_KEY`, file 0600), which the
 modules' `EdgeHubConnectionString` reads: the SDK takes its key from that variable only. As root it
@@ -22,15 +25,21 @@ from typing import Final
 
 from edgefleet.endpoints import MODULES
 from edgefleet.errors import EdgefleetError
+from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER
 from edgefleet_cli.field_secrets import FieldSecretsError, give_to_images, init_field_dir
 from edgehub.auth import KeysError, ensure_module_keys
+from edgehub.hub_auth import ensure_hub_credentials
 
-__all__ = ["EDGEHUB_UID", "ComposeSecrets", "key_variable", "provision_compose_secrets"]
+__all__ = ["DASHBOARD_UID", "EDGEHUB_UID", "SINK_UID", "ComposeSecrets", "key_variable", "provision_compose_secrets"]
 
 # The edgehub image's uid (scripts/images/catalog.py; tests/edgefleet_cli/test_compose_secrets.py
 # keeps them equal): the stand-in reads the module keys.
 EDGEHUB_UID: Final = 10002
+# The sink's and the dashboard's images' uids: the sink reads the hub's users file, the dashboard its password.
+SINK_UID: Final = 10001
+DASHBOARD_UID: Final = 10006
 KEYS_FILE: Final = "module-keys"
+HUB_DIR: Final = "hub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,7 @@ class ComposeSecrets:
 
     field_dir: Path
     keys_file: Path
+    hub_dir: Path
     env_file: Path
     modules: tuple[str, ...]
 
@@ -59,17 +69,26 @@ def provision_compose_secrets(
         keys = ensure_module_keys(secrets_dir, names)
     except KeysError as err:
         raise EdgefleetError(str(err)) from None
+    hub = ensure_hub_credentials(secrets_dir / HUB_DIR)
     _set_env(Path(env_file), {key_variable(m): base64.b64encode(keys[m]).decode() for m in names})
-    made = ComposeSecrets(field.path, secrets_dir / KEYS_FILE, Path(env_file).resolve(), names)
+    made = ComposeSecrets(field.path, secrets_dir / KEYS_FILE, hub.folder, Path(env_file).resolve(), names)
     if image_owners:
         give_to_images(made.field_dir)
-        try:
-            os.chown(made.keys_file, EDGEHUB_UID, EDGEHUB_UID)
-        except PermissionError:
-            raise FieldSecretsError(
-                f"cannot hand {made.keys_file} to the stand-in's uid {EDGEHUB_UID} without root: run as root "
-                f"or `chown {EDGEHUB_UID}:{EDGEHUB_UID} {made.keys_file}`"
-            ) from None
+        # Each file to the uid of the one container that mounts it (bind mounts keep the host's owners).
+        owners = {
+            made.keys_file: (EDGEHUB_UID, "the stand-in"),
+            hub.users_file: (SINK_UID, "the sink"),
+            hub.password_files[HUB_PUBLISHER_USER]: (EDGEHUB_UID, "the stand-in"),
+            hub.password_files[HUB_DASHBOARD_USER]: (DASHBOARD_UID, "the dashboard"),
+        }
+        for path, (uid, reader) in owners.items():
+            try:
+                os.chown(path, uid, uid)
+            except PermissionError:
+                raise FieldSecretsError(
+                    f"cannot hand {path} to {reader}'s uid {uid} without root: run as root "
+                    f"or `chown {uid}:{uid} {path}`"
+                ) from None
     return made
 
 

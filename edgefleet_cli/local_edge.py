@@ -9,7 +9,8 @@ runs an anonymous plain Mosquitto instead (development only). Modules run as rea
 broker's address and the sensor's login, the bundle directory, the health file). Once started, a
 `Supervisor` restarts them as their `restartPolicy` says, and a `BrokerKeeper` restarts a field
 (or dashboard hub) broker that died (the stand-in keeps its own brokers); a failed start stops
-every part it had started.
+every part it had started. The dashboard's hub broker takes no anonymous clients either (its
+credentials: `<workdir>/hub-secrets`, made on the first start, see `edgehub.hub_auth`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import TypeVar
 from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
+from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER
+from edgefleet.mqtt_login import PasswordFile
 from edgefleet_cli.field_process import FieldBrokerProcess
 from edgefleet_cli.field_secrets import client_password_file, init_field_dir
 from edgefleet_cli.supervisor import (
@@ -46,6 +49,8 @@ from edgefleet_cli.supervisor import (
 )
 from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
 from edgehub.hub import HubPublisher
+from edgehub.hub_auth import HubUsers, ensure_hub_credentials, write_hub_broker_auth
+from edgehub.hub_auth import client_password_file as hub_password_file
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
 from edgehub.upstream import MirroredUpstream, Upstream
@@ -59,6 +64,7 @@ __all__ = ["EdgeStartError", "FieldEndpoint", "LocalEdge", "ModuleProcess", "fre
 
 FIELD_HOST = "127.0.0.1"  # named in the field broker's certificate (field_secrets.DEFAULT_HOSTS)
 FIELD_SECRETS_DIR = "field-secrets"
+HUB_SECRETS_DIR = "hub-secrets"
 MODULE_STOP_TIMEOUT_S = 40.0
 MIRROR_CLOSE_TIMEOUT_S = 5.0
 DEFAULT_REPORT_INTERVAL_S: float = ModuleSettings.model_fields["report_interval_s"].default
@@ -265,19 +271,32 @@ class LocalEdge:
                 self.field_port,
                 log_path=self.workdir / "field" / "field-broker.log",
             )
-        # With a dashboard: a plain broker it subscribes to, which the stand-in copies `$upstream` to.
+        # With a dashboard: a broker it subscribes to, which the stand-in copies `$upstream` to. It
+        # refuses anonymous clients: the mirror publishes as the stand-in, the dashboard reads as
+        # itself, with passwords made on the first start in <workdir>/hub-secrets and kept.
         self.dashboard_port = dashboard_port
         self.hub_port = free_port() if dashboard_port is not None else None
-        self.hub_broker = (
-            Broker(self.workdir / "hub", "hub", [Listener(FIELD_HOST, self.hub_port)]) if self.hub_port else None
-        )
+        self.hub_secrets_dir = self.workdir / HUB_SECRETS_DIR
+        self.hub_broker: Broker | None = None
+        if self.hub_port is not None:
+            credentials = ensure_hub_credentials(self.hub_secrets_dir)
+            hub_auth = write_hub_broker_auth(
+                private_dir(self.workdir / "hub"), HubUsers.read(credentials.users_file).hashes
+            )
+            self.hub_broker = Broker(self.workdir / "hub", "hub", [Listener(FIELD_HOST, self.hub_port)], auth=hub_auth)
         self.dashboard: subprocess.Popen[bytes] | None = None
         self.lake_sink: LakeSink | None = None
         if upstream is None:
             self.lake_sink = upstream = LakeSink(self.lake_dir, flush_every_s)
         self.mirror: HubPublisher | None = None
         if self.hub_port is not None:
-            self.mirror = HubPublisher(FIELD_HOST, self.hub_port, f"edgefleet-mirror-{edge_device}")
+            self.mirror = HubPublisher(
+                FIELD_HOST,
+                self.hub_port,
+                f"edgefleet-mirror-{edge_device}",
+                username=HUB_PUBLISHER_USER,
+                password=PasswordFile.read(hub_password_file(self.hub_secrets_dir, HUB_PUBLISHER_USER)).password,
+            )
             upstream = MirroredUpstream(upstream, self.mirror)
         try:
             self.standin = EdgeHubStandIn(
@@ -412,6 +431,10 @@ class LocalEdge:
                     "dashboard",
                     "--hub",
                     f"{FIELD_HOST}:{self.hub_port}",
+                    "--hub-username",
+                    HUB_DASHBOARD_USER,
+                    "--hub-password-file",
+                    str(hub_password_file(self.hub_secrets_dir, HUB_DASHBOARD_USER)),
                     "--port",
                     str(self.dashboard_port),
                 ],

@@ -6,7 +6,8 @@ IoT Edge runtime would: its image, its `env`, its createOptions (re-joined from 
 chunks) — binds, port bindings, memory limits — its restart policy, its status and startup order.
 Modules share one network (`azure-iot-edge`, as on a device) where each one is reached by its
 module name. What the manifest leaves to Azure is added around them: the offline edgeHub stand-in
-(fed the manifest itself, so its routes are the manifest's) and the sink standing in for IoT Hub.
+(fed the manifest itself, so its routes are the manifest's) and the sink standing in for IoT Hub,
+whose broker takes the stand-in by its password (`<secrets>/hub/`, as `edgefleet compose secrets` writes it).
 
 Modules that talk to edgeHub reach the stand-in as in deployment/docker-compose.yml: one internal
 network per module where the stand-in has a fixed address (its per-module broker; twin topics name
@@ -32,7 +33,10 @@ from edgefleet import __version__
 from edgefleet.deployment import Deployment, ModuleSpec, parse_deployment
 from edgefleet.endpoints import MODULES
 from edgefleet.errors import EdgefleetError
-from edgefleet_cli.compose_secrets import KEYS_FILE, key_variable
+from edgefleet.hub_wire import HUB_PUBLISHER_USER
+from edgefleet_cli.compose_secrets import HUB_DIR, KEYS_FILE, key_variable
+from edgehub.hub_auth import USERS_FILE
+from edgehub.hub_auth import client_password_file as hub_client_password_file
 
 __all__ = [
     "EDGEHUB_SERVICE",
@@ -57,6 +61,9 @@ SYSTEM_VOLUMES: Final = ("edgehub-state", EDGEHUB_CA_VOLUME, "lake", "sink-state
 MODULE_CA_DIR: Final = "/run/edgehub"
 MANIFEST_IN_STANDIN: Final = "/etc/edgefleet/deployment.json"
 MODULE_KEYS_IN_STANDIN: Final = "/run/secrets/module-keys"
+# The hub broker's logins (edgehub.hub_auth, from `edgefleet compose secrets`): each service mounts its own file only.
+HUB_USERS_IN_SINK: Final = "/run/secrets/hub/passwords"
+HUB_PASSWORD_IN_STANDIN: Final = "/run/secrets/hub/password"
 HUB_HOSTNAME: Final = "edgefleet-local.azure-devices.net"
 SINK_PORT: Final = 1883
 # IoT Edge restart policies; on-unhealthy has no compose equivalent: our modules exit when unhealthy too long.
@@ -401,18 +408,24 @@ def _ports(bindings: Mapping[str, Any], module: str, options: ComposeOptions, us
 
 def _sink_service(options: ComposeOptions) -> dict[str, Any]:
     """Return the sink: the local IoT Hub that takes `$upstream` and writes the lake."""
+    hub_dir = Path(options.secrets_dir).resolve() / HUB_DIR
     return {
         "image": options.sink_image,
         "restart": "always",
         "command": [
             f"--listen=0.0.0.0:{SINK_PORT}",
+            f"--users-file={HUB_USERS_IN_SINK}",
             "--lake=/lake",
             "--state-dir=/var/lib/edgefleet/sink",
             f"--flush-every-s={options.lake_flush_every_s:g}",
             "--health-file=/tmp/healthy",
         ],
         "healthcheck": copy.deepcopy(_SYSTEM_HEALTHCHECK),
-        "volumes": ["lake:/lake", "sink-state:/var/lib/edgefleet"],
+        "volumes": [
+            "lake:/lake",
+            "sink-state:/var/lib/edgefleet",
+            f"{_literal(str(hub_dir / USERS_FILE))}:{HUB_USERS_IN_SINK}:ro",
+        ],
         "networks": {HUB_NETWORK: {}},
     }
 
@@ -421,6 +434,7 @@ def _standin_service(options: ComposeOptions, hosts: Mapping[str, str], restart_
     """Return the edgeHub stand-in: the manifest's routes, one broker per module at its fixed address."""
     networks: dict[str, Any] = {f"edgehub-{module}": {"ipv4_address": host} for module, host in hosts.items()}
     networks[HUB_NETWORK] = {}
+    hub_password = hub_client_password_file(Path(options.secrets_dir).resolve() / HUB_DIR, HUB_PUBLISHER_USER)
     return {
         "image": options.standin_image,
         "restart": RESTART.get(restart_policy, "always"),
@@ -431,6 +445,8 @@ def _standin_service(options: ComposeOptions, hosts: Mapping[str, str], restart_
             "--ca-export-dir=/var/lib/edgefleet-ca",
             *(f"--module-host={module}={host}" for module, host in hosts.items()),
             f"--upstream-mqtt={SINK_SERVICE}:{SINK_PORT}",
+            f"--upstream-username={HUB_PUBLISHER_USER}",
+            f"--upstream-password-file={HUB_PASSWORD_IN_STANDIN}",
             f"--module-keys-file={MODULE_KEYS_IN_STANDIN}",
             "--health-file=/tmp/healthy",
         ],
@@ -440,6 +456,7 @@ def _standin_service(options: ComposeOptions, hosts: Mapping[str, str], restart_
             "edgehub-state:/var/lib/edgefleet",
             f"{EDGEHUB_CA_VOLUME}:/var/lib/edgefleet-ca",
             f"{_literal(str(Path(options.secrets_dir).resolve() / KEYS_FILE))}:{MODULE_KEYS_IN_STANDIN}:ro",
+            f"{_literal(str(hub_password))}:{HUB_PASSWORD_IN_STANDIN}:ro",
         ],
         "depends_on": {SINK_SERVICE: {"condition": "service_healthy"}},
         "networks": networks,

@@ -6,6 +6,7 @@ the stand-in publishes every `$upstream` message to the sink's broker with `HubP
 the sink (`python -m edgehub.sink_service`) subscribes with a persistent session, so a sink
 restart or a slow parquet flush loses nothing. The wire form is `edgefleet.hub_wire`'s.
 A message is durable for the stand-in once the hub broker acknowledged it (`on_durable`).
+The hub broker takes the stand-in by user name and password (`edgehub.hub_auth`), without TLS.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import SecretStr
 
 from edgefleet.hub_wire import KEEPALIVE_S, format_hub_topic
+from edgefleet.mqtt_login import AUTH_REFUSALS
 from edgefleet.mqtt_tuning import enable_tcp_nodelay
 from edgefleet.routes import Message
 from edgehub.acks import PubackBook
@@ -31,13 +34,26 @@ __all__ = ["HubPublisher"]
 # reaches the router's upstream queue instead of growing paho's queue without bound).
 PUBLISH_WINDOW = 2_000
 CLOSE_TIMEOUT_S = 30.0
+_LOGIN_HINT = (
+    "; check --upstream-username and --upstream-password-file (EDGEHUB_UPSTREAM_*) against the sink's users file"
+)
 
 
 class HubPublisher:
     """The stand-in's `Upstream` when the lake sink runs elsewhere: publish to its broker."""
 
-    def __init__(self, host: str, port: int, client_id: str, *, window: int = PUBLISH_WINDOW) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        window: int = PUBLISH_WINDOW,
+        username: str | None = None,
+        password: SecretStr | None = None,
+    ) -> None:
         self.host = host
+        self.username = username
         self.port = port
         self.window = window
         self._cond = threading.Condition()
@@ -50,6 +66,9 @@ class HubPublisher:
         # A persistent session and paho's own retry of unacknowledged QoS 1 publishes: a hub
         # broker restart delays upstream messages, it does not lose them.
         client = mqtt.Client(client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        if username is not None:  # None: an anonymous hub broker (development only)
+            client.username_pw_set(username, password.get_secret_value() if password is not None else None)
+        self._refused = False  # a refusal is logged once, not at every retry
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=0.05, max_delay=2)
@@ -116,9 +135,19 @@ class HubPublisher:
 
     def _handle_connect(self, client: Any, userdata: Any, flags: Any, rc: int) -> None:
         if rc != 0:
-            logger.warning("Hub at %s:%d refused the connection: %s", self.host, self.port, mqtt.connack_string(rc))
+            if not self._refused:
+                self._refused = True
+                logger.error(
+                    "Hub at %s:%d refused the connection as %s: %s%s",
+                    self.host,
+                    self.port,
+                    self.username or "an anonymous client",
+                    mqtt.connack_string(rc),
+                    _LOGIN_HINT if rc in AUTH_REFUSALS else "",
+                )
             return
-        logger.info("Connected to the hub at %s:%d", self.host, self.port)
+        self._refused = False
+        logger.info("Connected to the hub at %s:%d as %s", self.host, self.port, self.username or "anonymous")
         self.connected.set()
 
     def _handle_disconnect(self, client: Any, userdata: Any, rc: int) -> None:

@@ -23,7 +23,14 @@ def open_upstream(settings: EdgeHubSettings) -> Upstream:
     """Return the sink service's publisher when `upstream_mqtt` is set, else a lake writer here."""
     if settings.upstream_mqtt is not None:
         host, port = settings.upstream_mqtt
-        return HubPublisher(host, port, f"edgefleet-edgehub-{settings.edge_device}").start()
+        login = settings.upstream_password_file
+        return HubPublisher(
+            host,
+            port,
+            f"edgefleet-edgehub-{settings.edge_device}",
+            username=None if settings.upstream_anonymous else settings.upstream_username,
+            password=login.password if login is not None else None,
+        ).start()
     # The stand-in's image has no pandas: the lake writer is imported only where it writes the lake.
     from edgehub.sink import LakeSink
 

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from edgefleet.deployment import parse_variables
 from edgefleet.environment import EnvCheck
 from edgefleet.errors import EdgefleetError
-from edgefleet.hub_wire import parse_hub_address
+from edgefleet.hub_wire import HUB_PUBLISHER_USER, parse_hub_address
+from edgefleet.mqtt_login import PasswordFile
 from edgefleet.process import LogLevel
 from edgehub.standin import (
     DEFAULT_IP_BASE,
@@ -54,6 +55,12 @@ class EdgeHubSettings(BaseSettings):
     upstream_mqtt: tuple[str, int] | None = None
     # Modules' invoke_method() reaches edgeHub here, on every module's address; the SDK always uses 443. 0: off.
     method_port: int = Field(443, ge=0, le=65535)
+    # The stand-in's login to the hub broker (edgehub.hub_auth): required with `upstream_mqtt`, unless
+    # `upstream_anonymous` (a hub started with --allow-anonymous, development only). No TLS: the hub
+    # link stays on loopback or an internal network.
+    upstream_username: str = HUB_PUBLISHER_USER
+    upstream_password_file: PasswordFile | None = None
+    upstream_anonymous: bool = False
     health_file: Path | None = None
     # Unhealthy this long without a break (a module broker that cannot be restarted, the upstream
     # unreachable), the stand-in exits with code 3 so that its container's restart policy restarts it.
@@ -113,6 +120,17 @@ class EdgeHubSettings(BaseSettings):
             _checked(lambda: check_ca_export_dir(self.state_dir, self.ca_export_dir or self.state_dir))
         return self
 
+    @model_validator(mode="after")
+    def _upstream_login(self) -> EdgeHubSettings:
+        if self.upstream_mqtt is not None and self.upstream_password_file is None and not self.upstream_anonymous:
+            raise ValueError(
+                "the hub broker takes no anonymous clients: pass --upstream-password-file PATH "
+                "(EDGEHUB_UPSTREAM_PASSWORD_FILE, the password of --upstream-username "
+                f"{self.upstream_username}; `edgefleet compose secrets` writes <dir>/hub/clients/"
+                f"{HUB_PUBLISHER_USER}.password), or --upstream-anonymous for a hub run with --allow-anonymous"
+            )
+        return self
+
     @field_validator("upstream_mqtt", mode="before")
     @classmethod
     def _hub_address(cls, value: Any) -> Any:
@@ -165,6 +183,24 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--method-port", dest="method_port", help="HTTPS port of module-to-module direct methods (443; 0: off)"
+    )
+    parser.add_argument(
+        "--upstream-username",
+        dest="upstream_username",
+        metavar="USER",
+        help=f"the stand-in's user on the hub broker (default {HUB_PUBLISHER_USER})",
+    )
+    parser.add_argument(
+        "--upstream-password-file",
+        dest="upstream_password_file",
+        metavar="PATH",
+        help="file holding that user's password, mode 0600 (required with --upstream-mqtt)",
+    )
+    parser.add_argument(
+        "--upstream-anonymous",
+        dest="upstream_anonymous",
+        action="store_true",
+        help="connect to the hub without a password (a hub run with --allow-anonymous; development only)",
     )
     parser.add_argument("--health-file", dest="health_file", help="touch this file while healthy (HEALTHCHECK)")
     parser.add_argument(

@@ -8,11 +8,16 @@ sessions on disk, so a restart of either side loses nothing that was acknowledge
 is appended to a journal (`<state_dir>/journal`) before paho acknowledges it and stays there
 until its rows are in the lake's files, so a SIGKILL inside the flush window loses nothing
 either: the next start writes what the journal kept (a row may then come twice, never zero times).
+
+The broker refuses anonymous clients (`--users-file`, see `edgehub.hub_auth`): the stand-in may
+only publish upstream messages, the dashboard only read them; the service's own subscriber logs
+in with a password made at every start. `--allow-anonymous` opens it, for development only.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -32,7 +37,8 @@ from edgefleet.process import configure_logging, load_settings, stop_event_on_si
 from edgefleet.routes import Message
 from edgefleet.topics import TopicError
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
-from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
+from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
+from edgehub.hub_auth import SINK_USER, write_hub_broker_auth
 from edgehub.sink import LakeSink
 from edgehub.sink_settings import SinkSettings, parse_flags
 
@@ -67,9 +73,12 @@ class SinkService:
             [Listener(*settings.listen)],
             persistent=True,
             autosave=FAST_AUTOSAVE,
+            auth=self._write_auth(),
         )
         enable_tcp_nodelay()
         client = mqtt.Client(client_id=SINK_CLIENT_ID, clean_session=False, protocol=mqtt.MQTTv311)
+        if self._password is not None:
+            client.username_pw_set(SINK_USER, self._password)
         client.reconnect_delay_set(min_delay=0.05, max_delay=2)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
@@ -77,6 +86,21 @@ class SinkService:
         client.on_message = self._handle_message
         self._client = client
         self._keeper: BrokerKeeper | None = None
+
+    def _write_auth(self) -> BrokerAuth | None:
+        """Write the hub broker's users (the file's, plus the sink's own) and ACL; None: anonymous (development)."""
+        self._password: str | None = None
+        users = self.settings.users_file
+        if users is None:
+            logger.warning("The hub broker takes anonymous clients (--allow-anonymous): for development only")
+            return None
+        # Internal, new at every start: only this process and its broker know it.
+        self._password = secrets.token_urlsafe(32)
+        try:
+            folder = private_dir(self.settings.state_dir / "broker")
+            return write_hub_broker_auth(folder, {**users.hashes, SINK_USER: mosquitto_password_hash(self._password)})
+        except OSError as err:
+            raise EdgefleetError(f"{err}: pass --state-dir or set SINK_STATE_DIR to a writable folder") from err
 
     def broker_restarts(self) -> int:
         """Return how often the hub broker was restarted after it died."""

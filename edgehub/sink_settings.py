@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.environment import EnvCheck
 from edgefleet.hub_wire import HubAddress
 from edgefleet.process import LogLevel
+from edgehub.hub_auth import HubUsers
 
 __all__ = ["SinkSettings", "parse_flags"]
 
@@ -24,6 +25,10 @@ class SinkSettings(BaseSettings):
     env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("SINK_",))
 
     listen: HubAddress = ("127.0.0.1", 1884)
+    # Who may connect to the hub broker: a Mosquitto password file (edgehub.hub_auth), read once at
+    # start. Without it the broker takes anonymous clients, and only when `allow_anonymous` says so.
+    users_file: HubUsers | None = None
+    allow_anonymous: bool = False
     lake_dir: Path = Path("out/lake")
     state_dir: Path = Path("out/sink")
     flush_every_s: float = Field(5.0, gt=0)
@@ -41,6 +46,17 @@ class SinkSettings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
 
+    @model_validator(mode="after")
+    def _someone_authenticates(self) -> SinkSettings:
+        if self.users_file is None and not self.allow_anonymous:
+            raise ValueError(
+                "the hub broker needs its users: pass --users-file PATH (SINK_USERS_FILE; `edgefleet compose "
+                "secrets` writes <dir>/hub/passwords), or --allow-anonymous for development only"
+            )
+        if self.users_file is not None and self.allow_anonymous:
+            raise ValueError("pass either --users-file or --allow-anonymous, not both")
+        return self
+
 
 def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Return the settings given on the command line (flags left out fall back to `SINK_*` and defaults)."""
@@ -50,6 +66,18 @@ def parse_flags(argv: Sequence[str] | None = None) -> dict[str, Any]:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="hub broker address (default 127.0.0.1:1884)")
+    parser.add_argument(
+        "--users-file",
+        dest="users_file",
+        metavar="PATH",
+        help="the hub broker's users: a Mosquitto password file, 0600 (edgefleet compose secrets: <dir>/hub/passwords)",
+    )
+    parser.add_argument(
+        "--allow-anonymous",
+        dest="allow_anonymous",
+        action="store_true",
+        help="let any client connect to the hub broker without a password (development only)",
+    )
     parser.add_argument("--lake", dest="lake_dir", help="telemetry lake directory (default out/lake)")
     parser.add_argument("--state-dir", dest="state_dir", help="broker persistence and logs (default out/sink)")
     parser.add_argument("--flush-every-s", dest="flush_every_s", help="write buffered rows at least this often")

@@ -13,7 +13,7 @@ from edgefleet.history import write_history
 from simulator.history import HistorySpec, apply_data_fault, device_history, generate_history
 from simulator.physics import FEATURES
 
-pytest_plugins = ["tests.edge_fixtures", "tests.field_auth"]
+pytest_plugins = ["tests.edge_fixtures", "tests.field_auth", "tests.hub_logins"]
 
 END_TS_S = pd.Timestamp("2026-11-01T00:00:00Z").timestamp()
 BAD_DEVICES = {

@@ -52,10 +52,13 @@ import pyarrow.parquet as pq
 
 from edgefleet.bundle import read_manifest
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
+from edgefleet.hub_wire import HUB_PUBLISHER_USER
 from edgefleet.lake import PREDICTION_VALUE_COLUMN, SOURCE_COLUMN, read_deadletters, read_lake
 from edgefleet.mqtt_login import PasswordFile, tls_context
 from edgefleet_cli.field_secrets import client_password_file, init_field_dir
 from edgefleet_cli.supervisor import Backoff, ModuleWatch, RestartPolicy, Supervisor
+from edgehub.hub_auth import USERS_FILE, ensure_hub_credentials
+from edgehub.hub_auth import client_password_file as hub_password_file
 from field_broker.config import CA_FILE
 from field_broker.identities import GATEWAY_USER, SENSOR_USER
 
@@ -230,6 +233,7 @@ class ChaosEdge:
         self.ip_base = ip_base
         self.field_port = free_port()
         self.field_secrets = workdir / "field-secrets"
+        self.hub_secrets = workdir / "hub-secrets"  # the sink's users, the stand-in's password (edgehub.hub_auth)
         self.hub_port = free_port()
         self.lake_dir = workdir / "lake"
         self.standin_dir = workdir / "standin"
@@ -262,6 +266,7 @@ class ChaosEdge:
         if name == SINK:
             argv = [sys.executable, "-m", "edgehub.sink_service", "--listen", f"{HOST}:{self.hub_port}"]
             argv += ["--lake", str(self.lake_dir), "--state-dir", str(self.sink_dir), "--flush-every-s", "0.5"]
+            argv += ["--users-file", str(self.hub_secrets / USERS_FILE)]
             return [*argv, "--health-file", health], env
         if name == STANDIN:
             variables = {
@@ -280,6 +285,7 @@ class ChaosEdge:
                 str(self.standin_dir),
             ]
             argv += ["--ip-base", self.ip_base, "--upstream-mqtt", f"{HOST}:{self.hub_port}", "--health-file", health]
+            argv += ["--upstream-password-file", str(hub_password_file(self.hub_secrets, HUB_PUBLISHER_USER))]
             for key, value in variables.items():
                 argv += ["--var", f"{key}={value}"]
             return argv, env
@@ -377,6 +383,7 @@ class ChaosEdge:
 
     def start(self, timeout_s: float = 90.0) -> ChaosEdge:
         init_field_dir(self.field_secrets)
+        ensure_hub_credentials(self.hub_secrets)
         self.health_dir.mkdir(parents=True, exist_ok=True)
         for group in ((FIELD_BROKER, SINK), (STANDIN,), (SENSOR, INFERENCE)):
             for name in group:

@@ -17,7 +17,8 @@ def add_compose_commands(sub: Subcommands) -> None:
     compose = sub.add_parser("compose", help="prepare deployment/docker-compose.yml's secrets")
     compose_sub = compose.add_subparsers(dest="compose_command", required=True)
     secrets = compose_sub.add_parser(
-        "secrets", help="field broker certificates and identities, module SAS keys (kept when they exist)"
+        "secrets",
+        help="field broker certificates and identities, module SAS keys, hub broker logins (kept when they exist)",
     )
     secrets.add_argument("--dir", default=str(_DEPLOYMENT / "secrets"), help="secrets directory (%(default)s)")
     secrets.add_argument(
@@ -38,6 +39,7 @@ def cmd_compose_secrets(args: argparse.Namespace) -> int:
     made = provision_compose_secrets(Path(args.dir), Path(args.env_file), image_owners=args.image_owners)
     print(f"field broker config: {made.field_dir} (FIELD_SECRETS_DIR)")
     print(f"module keys for the stand-in: {made.keys_file} (EDGEFLEET_SECRETS_DIR)")
+    print(f"hub broker logins: {made.hub_dir} (users file for the sink, passwords for the stand-in and dashboard)")
     print(f"module keys for the modules: {', '.join(key_variable(m) for m in made.modules)} in {made.env_file} (0600)")
     if not args.image_owners:
         print("containers run as their own uids: run again as root with --image-owners before `docker-compose up`")

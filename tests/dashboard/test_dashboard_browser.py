@@ -18,8 +18,7 @@ import pytest
 
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
-from edgehub.broker import Broker, Listener
-from edgehub.hub import HubPublisher
+from tests.hub_logins import HubLogins
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -206,7 +205,7 @@ def number(text: str | None) -> int | None:
 class DashboardProcess:
     """`python -m dashboard` against a hub broker."""
 
-    def __init__(self, hub_port: int, log_path: Path) -> None:
+    def __init__(self, hub_port: int, log_path: Path, logins: HubLogins) -> None:
         self.port = free_port("127.0.0.1")
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -217,6 +216,7 @@ class DashboardProcess:
                 "dashboard",
                 "--hub",
                 f"127.0.0.1:{hub_port}",
+                *logins.dashboard_flags(),
                 "--port",
                 str(self.port),
             ],
@@ -245,16 +245,18 @@ class DashboardProcess:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[int]:
+def hub(tmp_path: Path, hub_logins: HubLogins) -> Iterator[int]:
     port = free_port("127.0.0.1")
-    with Broker(tmp_path / "hub", "hub", [Listener("127.0.0.1", port)]):
+    with hub_logins.broker(tmp_path / "hub", port):
         yield port
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
-def test_the_dashboard_shows_live_predictions_in_a_browser_without_errors(hub: int, tmp_path: Path) -> None:
-    dashboard = DashboardProcess(hub, tmp_path / "dashboard.log")
-    publisher = HubPublisher("127.0.0.1", hub, "test-dashboard-publisher").start()
+def test_the_dashboard_shows_live_predictions_in_a_browser_without_errors(
+    hub: int, tmp_path: Path, hub_logins: HubLogins
+) -> None:
+    dashboard = DashboardProcess(hub, tmp_path / "dashboard.log", hub_logins)
+    publisher = hub_logins.publisher(hub, "test-dashboard-publisher")
     browser: Chromium | None = None
     try:
         assert publisher.connected.wait(10)
@@ -276,7 +278,7 @@ def test_the_dashboard_shows_live_predictions_in_a_browser_without_errors(hub: i
         assert table_rows == 30
         assert wait_until(lambda: displayed_row(browser, "dev-020"), 10, "the table row")[1:4] == ["fallback", "0", "1"]
 
-        more = HubPublisher("127.0.0.1", hub, "test-dashboard-publisher-2").start()
+        more = hub_logins.publisher(hub, "test-dashboard-publisher-2")
         assert more.connected.wait(10)
         for seq in range(3, 8):
             more(prediction_batch(devices, seq))

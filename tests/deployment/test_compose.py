@@ -12,7 +12,7 @@ import yaml
 from cloud_training.__main__ import build_parser
 from cloud_training.cli import retrain_settings
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment
-from edgefleet.hub_wire import parse_hub_address
+from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER, parse_hub_address
 
 pytestmark = pytest.mark.fast
 
@@ -99,6 +99,29 @@ def test_the_stand_in_sends_upstream_to_the_sink_service_on_a_shared_network(com
     _, sink_port = parse_hub_address(flags(services["sink"]["command"])["--listen"][0])
     assert sink_port == port
     assert set(services["edgehub"]["networks"]) & set(services["sink"]["networks"])
+
+
+def test_the_hub_broker_takes_logins_and_each_of_its_clients_mounts_only_its_own_secret(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    secrets = "./secrets/hub/"
+    expected = {
+        "sink": ("--users-file", "passwords"),
+        "edgehub": ("--upstream-password-file", f"clients/{HUB_PUBLISHER_USER}.password"),
+        "dashboard": ("--hub-password-file", f"clients/{HUB_DASHBOARD_USER}.password"),
+    }
+    for name, spec in services.items():
+        hub_mounts = [mount for mount in spec.get("volumes", []) if mount.startswith(secrets)]
+        if name not in expected:
+            assert hub_mounts == [], f"{name} mounts a hub secret"
+            continue
+        flag, source = expected[name]
+        target = flags(spec["command"])[flag][0]
+        assert hub_mounts == [f"{secrets}{source}:{target}:ro"], name
+    assert flags(services["edgehub"]["command"])["--upstream-username"] == [HUB_PUBLISHER_USER]
+    assert flags(services["dashboard"]["command"])["--hub-username"] == [HUB_DASHBOARD_USER]
+    assert "--allow-anonymous" not in services["sink"]["command"]
 
 
 def test_the_lake_is_a_named_volume_and_retraining_is_an_opt_in_profile(compose: dict[str, Any]) -> None:

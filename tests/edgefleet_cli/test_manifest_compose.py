@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from edgefleet.deployment import DEFAULT_TEMPLATE, deployed_form, load_deployment, write_deployment_manifest
+from edgefleet.hub_wire import HUB_PUBLISHER_USER
 from edgefleet_cli.cli import main
 from edgefleet_cli.manifest_compose import (
     EDGE_NETWORK,
@@ -19,6 +20,7 @@ from edgefleet_cli.manifest_compose import (
     manifest_to_compose,
 )
 from edgehub.settings import parse_flags
+from edgehub.sink_settings import parse_flags as parse_sink_flags
 
 pytestmark = pytest.mark.fast
 
@@ -181,6 +183,21 @@ def test_the_stand_in_reads_the_manifest_itself_read_only_and_sends_upstream_to_
     assert f"{OPTIONS.manifest_path}:{flags['deployment']}:ro" in services["edgehub"]["volumes"]
     assert flags["upstream_mqtt"] == "sink:1883"
     assert services["sink"]["volumes"][0] == "lake:/lake"
+
+
+def test_the_sink_takes_the_hub_users_and_the_stand_in_logs_in_each_mounting_only_its_own_secret(built, tmp_path):
+    services = translate(built, secrets_dir=tmp_path / "secrets")["services"]
+    hub = tmp_path / "secrets" / "hub"
+    sink_flags = parse_sink_flags(services["sink"]["command"])
+    standin_flags = parse_flags(services["edgehub"]["command"])
+
+    assert f"{hub / 'passwords'}:{sink_flags['users_file']}:ro" in services["sink"]["volumes"]
+    assert standin_flags["upstream_username"] == HUB_PUBLISHER_USER
+    password = f"{hub / 'clients' / 'edgefleet-edgehub.password'}:{standin_flags['upstream_password_file']}:ro"
+    assert password in services["edgehub"]["volumes"]
+    for name, service in services.items():
+        hub_mounts = [volume for volume in service.get("volumes", []) if volume.startswith(str(hub))]
+        assert len(hub_mounts) == (1 if name in ("sink", "edgehub") else 0), (name, hub_mounts)
 
 
 def test_dollar_signs_in_the_manifest_reach_the_container_verbatim(built):

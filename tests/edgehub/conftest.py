@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from edgefleet.routes import Message, parse_routes
-from edgehub.hub import HubPublisher
 from edgehub.sink import LakeSink
 from edgehub.standin import EdgeHubStandIn
 from edgehub.upstream import Upstream
 from tests.edge_fixtures import wait_for  # noqa: F401 - re-exported for the tests here
+from tests.hub_logins import HubLogins
 
 MODULE_APP = Path(__file__).with_name("module_app.py")
 EDGE_DEVICE = "edge1"
@@ -169,13 +169,14 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
         modules: Sequence[str] = ("sensor", "inference"),
         flush_every_s: float = 0.5,
         processes: bool = True,
-        upstream_mqtt: tuple[str, int] | None = None,
+        upstream_mqtt: tuple[HubLogins, int] | None = None,
         ttl_s: float = 7200,
     ) -> Edge:
         lake_dir = tmp_path / "lake"
         upstream: Upstream
-        if upstream_mqtt is not None:
-            upstream = HubPublisher(*upstream_mqtt, f"edgefleet-edgehub-{EDGE_DEVICE}").start()
+        if upstream_mqtt is not None:  # the sink service's broker on 127.0.0.1, the stand-in's login
+            logins, port = upstream_mqtt
+            upstream = logins.publisher(port, f"edgefleet-edgehub-{EDGE_DEVICE}")
         else:
             upstream = LakeSink(lake_dir, flush_every_s)
         standin = EdgeHubStandIn(

@@ -13,12 +13,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from edgefleet.hub_wire import HUB_SUBSCRIPTION
+from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_SUBSCRIPTION
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
-from edgehub.broker import Broker, Listener
-from edgehub.hub import HubPublisher
 from tests.edge_fixtures import module_identity_in, module_mqtt_client
+from tests.hub_logins import HubLogins
 
 from .conftest import next_ip_base, wait_for
 
@@ -60,11 +59,12 @@ def _new_pid(pid_file: Path, old_pid: int) -> bool:
 
 
 class _HubWatcher:
-    """A subscriber on the hub broker: what the stand-in sends `$upstream`."""
+    """A subscriber on the hub broker (the dashboard's login): what the stand-in sends `$upstream`."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, logins: HubLogins) -> None:
         self.bodies: list[bytes] = []
         self.client = mqtt.Client(client_id="test-hub-watcher", clean_session=True)
+        self.client.username_pw_set(HUB_DASHBOARD_USER, logins.password(HUB_DASHBOARD_USER))
         self.client.on_connect = lambda client, *_: client.subscribe(HUB_SUBSCRIPTION, qos=1)
         self.client.on_message = lambda _c, _u, msg: self.bodies.append(msg.payload)
         self.client.connect("127.0.0.1", port)
@@ -96,15 +96,17 @@ def _routed_from_inference(state: Path, host: str, watcher: _HubWatcher, body: b
         module.loop_stop()
 
 
-def test_the_stand_in_restarts_a_module_broker_killed_with_sigkill_and_routes_again(tmp_path: Path) -> None:
+def test_the_stand_in_restarts_a_module_broker_killed_with_sigkill_and_routes_again(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     hub_port = free_port()
-    hub = Broker(tmp_path / "hub", "hub", [Listener("127.0.0.1", hub_port)]).start()
-    watcher = _HubWatcher(hub_port)
+    hub = hub_logins.broker(tmp_path / "hub", hub_port).start()
+    watcher = _HubWatcher(hub_port, hub_logins)
     ip_base, state = next_ip_base(), tmp_path / "state"
     health = tmp_path / "healthy"
     process = _run(
         "edgehub", "--deployment", TEMPLATE, "--state-dir", state, "--ip-base", ip_base,
-        "--upstream-mqtt", f"127.0.0.1:{hub_port}", "--health-file", health,
+        "--upstream-mqtt", f"127.0.0.1:{hub_port}", *hub_logins.standin_flags(), "--health-file", health,
     )  # fmt: skip
     try:
         wait_for(lambda: health.exists() or process.poll() is not None, timeout_s=60)
@@ -137,13 +139,15 @@ def _lake_seqs(lake: Path) -> set[int]:
         return set()
 
 
-def test_the_sink_restarts_its_hub_broker_killed_with_sigkill_and_writes_the_lake_again(tmp_path: Path) -> None:
+def test_the_sink_restarts_its_hub_broker_killed_with_sigkill_and_writes_the_lake_again(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     port, lake, health = free_port(), tmp_path / "lake", tmp_path / "healthy"
     process = _run(
         "edgehub.sink_service", "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", tmp_path / "state",
-        "--flush-every-s", 0.3, "--health-file", health,
+        "--flush-every-s", 0.3, "--health-file", health, *hub_logins.sink_flags(),
     )  # fmt: skip
-    publisher = HubPublisher("127.0.0.1", port, "test-sink-publisher").start()
+    publisher = hub_logins.publisher(port, "test-sink-publisher")
     try:
         wait_for(lambda: health.exists() or process.poll() is not None, timeout_s=60)
         assert process.poll() is None, _stop(process)
@@ -168,11 +172,13 @@ def test_the_sink_restarts_its_hub_broker_killed_with_sigkill_and_writes_the_lak
     assert "mosquitto 'hub' exited with signal SIGKILL; restarting it now" in err
 
 
-def test_a_stand_in_whose_upstream_stays_unreachable_exits_3_for_its_restart_policy(tmp_path: Path) -> None:
+def test_a_stand_in_whose_upstream_stays_unreachable_exits_3_for_its_restart_policy(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     nobody = free_port()  # nothing listens: the sink is down
     process = _run(
         "edgehub", "--deployment", TEMPLATE, "--state-dir", tmp_path / "state", "--ip-base", next_ip_base(),
-        "--upstream-mqtt", f"127.0.0.1:{nobody}", "--unhealthy-exit-s", 2,
+        "--upstream-mqtt", f"127.0.0.1:{nobody}", *hub_logins.standin_flags(), "--unhealthy-exit-s", 2,
     )  # fmt: skip
     _, err = process.communicate(timeout=90)
     assert process.returncode == 3, err
@@ -180,11 +186,13 @@ def test_a_stand_in_whose_upstream_stays_unreachable_exits_3_for_its_restart_pol
     assert "Traceback" not in err
 
 
-def test_a_sink_whose_hub_broker_cannot_come_back_exits_3_for_its_restart_policy(tmp_path: Path) -> None:
+def test_a_sink_whose_hub_broker_cannot_come_back_exits_3_for_its_restart_policy(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     port, state = free_port(), tmp_path / "state"
     process = _run(
         "edgehub.sink_service", "--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", state,
-        "--unhealthy-exit-s", 2, "--health-file", tmp_path / "healthy",
+        "--unhealthy-exit-s", 2, "--health-file", tmp_path / "healthy", *hub_logins.sink_flags(),
     )  # fmt: skip
     try:
         wait_for(lambda: (tmp_path / "healthy").exists() or process.poll() is not None, timeout_s=60)

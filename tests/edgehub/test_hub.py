@@ -14,9 +14,9 @@ from edgefleet.hub_wire import HubAddressError, format_hub_topic, parse_hub_addr
 from edgefleet.lake import EVENTS_DIR
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
-from edgehub.hub import HubPublisher
 from edgehub.sink_service import SinkService
 from edgehub.sink_settings import SinkSettings
+from tests.hub_logins import HubLogins
 
 from .conftest import StartEdge, wait_for
 
@@ -44,10 +44,14 @@ def lake_seqs(lake: Path) -> list[int]:
 
 
 class RunningSink:
-    def __init__(self, tmp_path: Path, port: int) -> None:
+    def __init__(self, tmp_path: Path, port: int, logins: HubLogins) -> None:
         self.lake = tmp_path / "lake"
         self.settings = SinkSettings(
-            listen=("127.0.0.1", port), lake_dir=self.lake, state_dir=tmp_path / "sink", flush_every_s=0.2
+            listen=("127.0.0.1", port),
+            users_file=logins.users_file,
+            lake_dir=self.lake,
+            state_dir=tmp_path / "sink",
+            flush_every_s=0.2,
         )
         self.stop_event = threading.Event()
         self.service = SinkService(self.settings)
@@ -105,10 +109,12 @@ def test_a_hub_address_without_a_port_is_refused_with_an_example(text: str) -> N
         parse_hub_address(text)
 
 
-def test_messages_published_to_the_sink_service_become_lake_rows(tmp_path: Path, sinks: list[RunningSink]) -> None:
+def test_messages_published_to_the_sink_service_become_lake_rows(
+    tmp_path: Path, sinks: list[RunningSink], hub_logins: HubLogins
+) -> None:
     port = free_port()
-    sinks.append(RunningSink(tmp_path, port))
-    publisher = HubPublisher("127.0.0.1", port, "test-publisher").start()
+    sinks.append(RunningSink(tmp_path, port, hub_logins))
+    publisher = hub_logins.publisher(port, "test-publisher")
     for seq in range(500):
         publisher(telemetry(seq))
     publisher(Message("edge1", "inference", "alerts", {}, JSON, b'{"schema": "edgefleet.alert/1"}'))
@@ -120,10 +126,12 @@ def test_messages_published_to_the_sink_service_become_lake_rows(tmp_path: Path,
     assert "edgefleet.alert/1" in events[0].read_text()
 
 
-def test_nothing_is_lost_while_the_sink_service_restarts(tmp_path: Path, sinks: list[RunningSink]) -> None:
+def test_nothing_is_lost_while_the_sink_service_restarts(
+    tmp_path: Path, sinks: list[RunningSink], hub_logins: HubLogins
+) -> None:
     port = free_port()
-    sinks.append(RunningSink(tmp_path, port))
-    publisher = HubPublisher("127.0.0.1", port, "test-publisher", window=50).start()
+    sinks.append(RunningSink(tmp_path, port, hub_logins))
+    publisher = hub_logins.publisher(port, "test-publisher", window=50)
     for seq in range(200):
         publisher(telemetry(seq))
     wait_for(lambda: publisher.outstanding() == 0)
@@ -132,7 +140,7 @@ def test_nothing_is_lost_while_the_sink_service_restarts(tmp_path: Path, sinks: 
     # Published while the hub is down: paho keeps them until the hub is back.
     sender = threading.Thread(target=lambda: [publisher(telemetry(seq)) for seq in range(200, 400)])
     sender.start()
-    sinks.append(RunningSink(tmp_path, port))
+    sinks.append(RunningSink(tmp_path, port, hub_logins))
     sender.join(30)
 
     assert publisher.close(timeout_s=20)
@@ -140,14 +148,14 @@ def test_nothing_is_lost_while_the_sink_service_restarts(tmp_path: Path, sinks: 
 
 
 def test_the_stand_in_sends_upstream_to_the_sink_service_when_told_to(
-    tmp_path: Path, start_edge: StartEdge, sinks: list[RunningSink]
+    tmp_path: Path, start_edge: StartEdge, sinks: list[RunningSink], hub_logins: HubLogins
 ) -> None:
     port = free_port()
-    sinks.append(RunningSink(tmp_path / "hub", port))
+    sinks.append(RunningSink(tmp_path / "hub", port, hub_logins))
     edge = start_edge(
         {"up": "FROM /messages/modules/sensor/outputs/* INTO $upstream"},
         modules=("sensor",),
-        upstream_mqtt=("127.0.0.1", port),
+        upstream_mqtt=(hub_logins, port),
     )
     for seq in range(5):
         edge["sensor"].request(

@@ -15,6 +15,7 @@ import pytest
 
 from edgefleet_cli.local_edge import free_port
 from tests.edge_fixtures import module_identity_in, module_mqtt_client, reading
+from tests.hub_logins import HubLogins
 
 from .conftest import next_ip_base, wait_for
 
@@ -61,8 +62,26 @@ def test_the_stand_in_serves_the_manifest_modules_until_sigterm_and_writes_their
         (["--deployment", "nowhere.json"], {}, "pass --deployment PATH or set EDGEHUB_DEPLOYMENT"),
         (["--module-host", "sensor"], {}, "write each module's address as MODULE=IP"),
         ([], {"EDGEHUB_LOG_LEVEL": "LOUD"}, "EDGEHUB_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        (
+            ["--upstream-mqtt", "sink:1883"],
+            {},
+            "the hub broker takes no anonymous clients: pass --upstream-password-file PATH",
+        ),
+        (
+            ["--upstream-mqtt", "sink:1883", "--upstream-password-file", "/nowhere/password"],
+            {},
+            "EDGEHUB_UPSTREAM_PASSWORD_FILE: /nowhere/password does not exist: mount the secret file there",
+        ),
     ],
-    ids=["hub-address-without-port", "ip-base-off-loopback", "missing-manifest", "module-host-without-ip", "log-level"],
+    ids=[
+        "hub-address-without-port",
+        "ip-base-off-loopback",
+        "missing-manifest",
+        "module-host-without-ip",
+        "log-level",
+        "hub-without-password",
+        "hub-password-file-missing",
+    ],
 )
 def test_a_bad_setting_exits_2_saying_how_to_fix_it_without_a_traceback(
     args: list[str], env: dict[str, str], expected: str
@@ -106,13 +125,15 @@ def lake_seqs(lake_dir: Path) -> list[int]:
     return sorted(pd.read_parquet(lake_dir)["seq"]) if list(lake_dir.glob("date=*/*.parquet")) else []
 
 
-def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_path: Path) -> None:
+def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     count = 200
     ip_base, hub_port = next_ip_base(), free_port()
     state, health_file = tmp_path / "state", tmp_path / "healthy"
     args = (
         "--deployment", TEMPLATE, "--state-dir", state, "--ip-base", ip_base,
-        "--upstream-mqtt", f"127.0.0.1:{hub_port}", "--health-file", health_file,
+        "--upstream-mqtt", f"127.0.0.1:{hub_port}", *hub_logins.standin_flags(), "--health-file", health_file,
     )  # fmt: skip
     standin = edgehub(*args)
     sink: subprocess.Popen[str] | None = None
@@ -129,7 +150,7 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(tmp_
 
         sink_args = (
             "--listen", f"127.0.0.1:{hub_port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "sink",
-            "--flush-every-s", 0.2,
+            "--flush-every-s", 0.2, *hub_logins.sink_flags(),
         )  # fmt: skip
         sink = subprocess.Popen(
             [sys.executable, "-m", "edgehub.sink_service", *map(str, sink_args)],

@@ -15,12 +15,18 @@ pytestmark = pytest.mark.fast
 TEMPLATE = Path(__file__).resolve().parents[2] / "deployment" / "deployment.template.json"
 
 
-def test_flags_give_placeholders_module_addresses_and_the_hub_as_the_compose_file_writes_them() -> None:
+def test_flags_give_placeholders_module_addresses_and_the_hub_as_the_compose_file_writes_them(
+    tmp_path: Path,
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("hub-s3cret\n")
+    password_file.chmod(0o600)
     flags = parse_flags(
         [
             "--deployment", str(TEMPLATE), "--var", "BUNDLE_VERSION=b7",
             "--module-host", "sensor=172.28.1.2", "--module-host", "inference=172.28.2.2",
-            "--upstream-mqtt", "sink:1883", "--state-dir", "relative/state",
+            "--upstream-mqtt", "sink:1883", "--upstream-username", "edgefleet-edgehub",
+            "--upstream-password-file", str(password_file), "--state-dir", "relative/state",
         ]
     )  # fmt: skip
 
@@ -29,6 +35,10 @@ def test_flags_give_placeholders_module_addresses_and_the_hub_as_the_compose_fil
     assert settings.variables == {"BUNDLE_VERSION": "b7"}
     assert settings.module_hosts == {"sensor": "172.28.1.2", "inference": "172.28.2.2"}
     assert settings.upstream_mqtt == ("sink", 1883)
+    assert settings.upstream_username == "edgefleet-edgehub"
+    assert settings.upstream_password_file is not None
+    assert settings.upstream_password_file.password.get_secret_value() == "hub-s3cret"
+    assert "hub-s3cret" not in repr(settings) and "hub-s3cret" not in settings.model_dump_json()
     assert settings.state_dir.is_absolute()  # env files name the CA certificate from any directory
 
 

@@ -18,7 +18,7 @@ from edgefleet.journal import Journal
 from edgefleet.lake import DEADLETTER_DIR
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
-from edgehub.hub import HubPublisher
+from tests.hub_logins import HubLogins
 
 from .conftest import wait_for
 
@@ -51,12 +51,15 @@ def lake_seqs(lake_dir: Path) -> list[int]:
     return sorted(pd.read_parquet(lake_dir)["seq"]) if list(lake_dir.glob("date=*/*.parquet")) else []
 
 
-def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path) -> None:
+def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path, hub_logins: HubLogins) -> None:
     count, port = 150, free_port()
-    args = ("--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state")
+    args = (
+        "--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state",
+        *hub_logins.sink_flags(),
+    )  # fmt: skip
     health_file = tmp_path / "healthy"
     process = sink_service(*args, "--flush-every-s", 3600, "--health-file", health_file)
-    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-publisher").start()
+    publisher = hub_logins.publisher(port, "test-sink-service-publisher")
     try:
         wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
         assert process.poll() is None, process.communicate()[1]
@@ -79,14 +82,14 @@ def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path)
     print(f"sink kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")
 
 
-def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path: Path) -> None:
+def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path: Path, hub_logins: HubLogins) -> None:
     port = free_port()
     health_file = tmp_path / "healthy"
     process = sink_service(
         "--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state",
-        "--flush-every-s", 3600, "--health-file", health_file,
+        "--flush-every-s", 3600, "--health-file", health_file, *hub_logins.sink_flags(),
     )  # fmt: skip
-    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-publisher").start()
+    publisher = hub_logins.publisher(port, "test-sink-service-publisher")
     try:
         wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
         assert process.poll() is None, process.communicate()[1]
@@ -103,14 +106,16 @@ def test_buffered_rows_reach_the_lake_when_the_service_is_told_to_stop(tmp_path:
     assert "Traceback" not in err
 
 
-def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their_owner_only(
+    tmp_path: Path, hub_logins: HubLogins
+) -> None:
     port, lake, state = free_port(), tmp_path / "lake", tmp_path / "state"
     health_file = tmp_path / "healthy"
     process = sink_service(
         "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", state,
-        "--flush-every-s", 0.2, "--health-file", health_file,
+        "--flush-every-s", 0.2, "--health-file", health_file, *hub_logins.sink_flags(),
     )  # fmt: skip
-    publisher = HubPublisher("127.0.0.1", port, "test-sink-service-modes").start()
+    publisher = hub_logins.publisher(port, "test-sink-service-modes")
     try:
         wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
         assert process.poll() is None, process.communicate()[1]
@@ -134,6 +139,9 @@ def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their
     assert {mode(path) for path in (lake / DEADLETTER_DIR).glob("*.jsonl")} == {0o600}
     assert mode(state) == mode(state / "journal") == mode(state / "broker") == 0o700
     assert {mode(path) for path in (state / "broker").glob("*.log")} == {0o600}
+    # the broker's users (the sink's own password hash among them) and ACL
+    logins = [path for path in (state / "broker").glob("mosquitto-hub.*") if path.suffix in (".passwd", ".acl")]
+    assert len(logins) == 2 and {mode(path) for path in logins} == {0o600}
 
 
 @pytest.mark.parametrize(

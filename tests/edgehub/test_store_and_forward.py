@@ -18,6 +18,7 @@ from edgefleet.routes import parse_routes
 from edgefleet_cli.local_edge import free_port
 from edgehub.standin import EdgeHubStandIn, StandInError, StateDirLock
 from tests.edge_fixtures import reading
+from tests.hub_logins import HubLogins
 
 from .conftest import EDGE_DEVICE, ModuleProcess, StartEdge, next_ip_base, wait_for
 from .test_hub import RunningSink, lake_seqs
@@ -131,10 +132,10 @@ class RecordingUpstream:
 
 
 def test_upstream_messages_are_held_while_the_hub_is_unavailable_and_none_is_lost_when_it_is_back(
-    start_edge: StartEdge, tmp_path: Path
+    start_edge: StartEdge, tmp_path: Path, hub_logins: HubLogins
 ) -> None:
     port = free_port()
-    edge = start_edge(TO_UPSTREAM, modules=("sensor",), upstream_mqtt=("127.0.0.1", port))
+    edge = start_edge(TO_UPSTREAM, modules=("sensor",), upstream_mqtt=(hub_logins, port))
     readings = [reading("dev-1", seq) for seq in range(1, 41)]
 
     for item in readings:
@@ -142,7 +143,7 @@ def test_upstream_messages_are_held_while_the_hub_is_unavailable_and_none_is_los
     wait_for(lambda: edge.standin.router.held()["$upstream"] == 40)
     assert not edge.standin.healthy()  # the upstream is down: reported
 
-    sink = RunningSink(tmp_path / "hub", port)
+    sink = RunningSink(tmp_path / "hub", port, hub_logins)
     try:
         wait_for(lambda: len(lake_seqs(sink.lake)) >= 40, timeout_s=30)
         assert lake_seqs(sink.lake) == list(range(1, 41))
