@@ -214,6 +214,9 @@ def test_inference_dead_letters_malformed_messages_sent_to_its_input(start_edge)
             next(r.sink for r in edge.deployment.routes if r.name == "sensorToInference"),
             Message("edge1", "sensor", "telemetry", {}, {"contentType": "application/json"}, body),
             None,
+            time.time(),
+            0,
+            60.0,
         )
     stats = wait_for(lambda: (s := edge.method("inference", "stats")[1]) and sum(s["deadletters"].values()) >= 3 and s)
     assert stats["deadletters"] == {"not_utf8": 1, "not_object": 1, "missing_field": 1}
