@@ -11,8 +11,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.hub_wire import HUB_DASHBOARD_USER, HubAddress
-from edgefleet.mqtt_login import PasswordFile
 from edgefleet.process import LogLevel
+from edgefleet.secret_files import PasswordFile
 
 __all__ = ["DashboardSettings", "add_flags", "parse_flags", "settings_flags"]
 

@@ -33,7 +33,7 @@ from edgefleet.deployment import Deployment
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
 from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER
-from edgefleet.mqtt_login import PasswordFile
+from edgefleet.secret_files import PasswordFile
 from edgefleet_cli.field_process import FieldBrokerProcess
 from edgefleet_cli.field_secrets import client_password_file, init_field_dir
 from edgefleet_cli.supervisor import (

@@ -36,7 +36,7 @@ from pydantic_core import core_schema
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER, HUB_SUBSCRIPTION
-from edgefleet.mqtt_login import read_secret_text
+from edgefleet.secret_files import read_secret_text
 from edgehub.auth import write_private
 from edgehub.broker import BrokerAuth, mosquitto_password_hash
 

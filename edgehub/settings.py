@@ -14,8 +14,8 @@ from edgefleet.deployment import parse_variables
 from edgefleet.environment import EnvCheck
 from edgefleet.errors import EdgefleetError
 from edgefleet.hub_wire import HUB_PUBLISHER_USER, parse_hub_address
-from edgefleet.mqtt_login import PasswordFile
 from edgefleet.process import LogLevel
+from edgefleet.secret_files import PasswordFile
 from edgehub.standin import (
     DEFAULT_IP_BASE,
     UNHEALTHY_EXIT_S,

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from edgefleet.field import FIELD_TOPIC_TEMPLATE
-from edgefleet.mqtt_login import PasswordFile, check_ca_file
+from edgefleet.secret_files import PasswordFile, check_ca_file
 from simulator.errors import ProfileError
 from simulator.physics import FEATURES, RELATION_KINDS
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from edgefleet.environment import EnvCheck
-from edgefleet.mqtt_login import PasswordFile, check_ca_file
+from edgefleet.secret_files import PasswordFile, check_ca_file
 from modules.runtime import ModuleSettings
 
 __all__ = ["DEFAULT_STATE_DIR", "SensorSettings"]
