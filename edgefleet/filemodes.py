@@ -61,9 +61,20 @@ def write_atomic(path: Path, data: bytes, file_mode: int = PRIVATE_FILE_MODE) ->
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        _keep_owner(fd, path)
     finally:
         os.close(fd)
     tmp.replace(path)
+
+
+def _keep_owner(fd: int, replaced: Path) -> None:
+    """Give the new file the owner of the one it replaces: root editing a container user's file must not lock it out."""
+    try:
+        before = replaced.stat()
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0 and (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
+        os.fchown(fd, before.st_uid, before.st_gid)
 
 
 def _set_mode(path: Path, mode: int) -> None:

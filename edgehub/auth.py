@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ __all__ = [
     "sas_resource",
     "sas_token",
     "sas_username",
-    "write_private",
 ]
 
 # MQTT 3.1.1 CONNACK return codes (section 3.2.2.3). edgeHub refuses every client it cannot
@@ -238,21 +238,7 @@ def ensure_module_keys(folder: Path, modules: Sequence[str]) -> dict[str, bytes]
     missing = [module for module in modules if module not in keys]
     if missing or (path.exists() and stat.S_IMODE(path.stat().st_mode) != 0o600):
         keys.update({module: generate_key() for module in missing})
-        write_private(path, format_keys_file(keys).encode())
+        write_atomic(path, format_keys_file(keys).encode())
         if missing:
             logger.info("Created module keys for %s in %s", ", ".join(missing), path)
     return {module: keys[module] for module in modules}
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable only by its owner, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its mode otherwise
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)

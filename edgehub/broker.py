@@ -7,12 +7,9 @@ starts the broker, waits until every listener accepts TCP connections and stops 
 
 from __future__ import annotations
 
-import base64
 import getpass
-import hashlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
+from edgefleet.mosquitto_passwords import hash_password as mosquitto_password_hash
 
 if TYPE_CHECKING:  # certs needs cryptography, which the sink's image (plain listener) does not have
     from edgehub.certs import CertPaths
@@ -107,18 +105,6 @@ class BrokerAuth:
     def config_lines(self) -> list[str]:
         """Return the mosquitto.conf lines: no anonymous clients, these users, these topics."""
         return ["allow_anonymous false", f"password_file {self.password_file}", f"acl_file {self.acl_file}"]
-
-
-# Mosquitto 2.0's own format ($7$: PBKDF2-SHA512, as `mosquitto_passwd` writes it). The iteration
-# count is Mosquitto's default: the passwords hashed here are long random ones, not user choices.
-_PBKDF2_ITERATIONS = 101
-
-
-def mosquitto_password_hash(password: str) -> str:
-    """Return a password hash for a Mosquitto password file (`user:<hash>` lines)."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS, 64)
-    return f"$7${_PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
 class BrokerError(EdgefleetError):

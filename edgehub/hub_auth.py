@@ -35,9 +35,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from edgefleet.errors import EdgefleetError
+from edgefleet.filemodes import write_atomic
 from edgefleet.hub_wire import HUB_DASHBOARD_USER, HUB_PUBLISHER_USER, HUB_SUBSCRIPTION
 from edgefleet.secret_files import read_secret_text
-from edgehub.auth import write_private
 from edgehub.broker import BrokerAuth, mosquitto_password_hash
 
 __all__ = [
@@ -142,8 +142,8 @@ def render_hub_acl(usernames: Iterable[str]) -> str:
 def write_hub_broker_auth(folder: Path, hashes: Mapping[str, str], name: str = "hub") -> BrokerAuth:
     """Write the hub broker's password and ACL files (0600) into `folder` and return them."""
     password_file, acl_file = Path(folder) / f"mosquitto-{name}.passwd", Path(folder) / f"mosquitto-{name}.acl"
-    write_private(password_file, "".join(f"{user}:{hashed}\n" for user, hashed in sorted(hashes.items())).encode())
-    write_private(acl_file, render_hub_acl(hashes).encode())
+    write_atomic(password_file, "".join(f"{user}:{hashed}\n" for user, hashed in sorted(hashes.items())).encode())
+    write_atomic(acl_file, render_hub_acl(hashes).encode())
     return BrokerAuth(password_file, acl_file)
 
 
@@ -179,12 +179,12 @@ def ensure_hub_credentials(
             if user in hashes and secret_file.is_file():
                 continue
             password = secrets.token_urlsafe(32)
-            write_private(secret_file, f"{password}\n".encode())
+            write_atomic(secret_file, f"{password}\n".encode())
             hashes[user] = mosquitto_password_hash(password)
         text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(hashes.items()))
         # Rewritten only when a user was added: a file handed to the sink's uid keeps its owner.
         if not users_file.exists() or users_file.read_text(encoding="utf-8") != text:
-            write_private(users_file, text.encode())
+            write_atomic(users_file, text.encode())
     except (OSError, ValueError) as err:
         raise HubUsersError(f"cannot provision the hub credentials in {folder}: {err}") from None
     return HubCredentials(folder, users_file, MappingProxyType(files))

@@ -71,13 +71,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.filemodes import private_dir
+from edgefleet.filemodes import private_dir, write_atomic
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError
 from edgefleet.routes import Route
 from edgefleet.topics import EVENTS_SUBSCRIPTION, METHOD_RESPONSES_SUBSCRIPTION, TWIN_REQUEST_SUBSCRIPTIONS
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
-from edgehub.auth import KeysError, ModuleIdentity, ensure_module_keys, read_keys_file, write_private
+from edgehub.auth import KeysError, ModuleIdentity, ensure_module_keys, read_keys_file
 from edgehub.broker import Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
 from edgehub.certs import CA_FILE_NAME, CertPaths, ensure_certs, publish_ca_certificate
 from edgehub.control import ControlServer
@@ -286,7 +286,7 @@ class EdgeHubStandIn:
         for module in self.modules:
             lines = [f'{key}="{value}"' for key, value in self.module_environment(module).items()]
             path = folder / f"{module}.env"
-            write_private(path, ("\n".join(lines) + "\n").encode())
+            write_atomic(path, ("\n".join(lines) + "\n").encode())
             paths[module] = path
         return paths
 
@@ -479,7 +479,7 @@ class EdgeHubStandIn:
         """Write a module broker's password and ACL files: the module and the router, each on its own topics."""
         user, edge = _module_user(module), self.edge_device
         password_file, acl_file = folder / f"mosquitto-{module}.passwd", folder / f"mosquitto-{module}.acl"
-        write_private(
+        write_atomic(
             password_file,
             f"{user}:{mosquitto_password_hash(password)}\n{ROUTER_USER}:{mosquitto_password_hash(router_password)}\n".encode(),
         )
@@ -502,7 +502,7 @@ class EdgeHubStandIn:
             "topic write $iothub/methods/POST/#",
         ]
         text = "\n".join([f"user {user}", *module_topics, "", f"user {ROUTER_USER}", *router_topics]) + "\n"
-        write_private(acl_file, text.encode())
+        write_atomic(acl_file, text.encode())
         return BrokerAuth(password_file, acl_file)
 
     def front_stats(self) -> dict[str, dict[str, int]]:
