@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import BundleError
+from edgefleet.messages import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ BUNDLE_SCHEMA = "edgefleet.bundle/1"
 MANIFEST_NAME = "manifest.json"
 MODELS_DIR = "models"
 DeviceStatus = Literal["trained", "fallback", "skipped", "failed"]
-ModelKind = Literal["device", "fleet"]
 Runtime = Literal["auto", "onnx", "joblib"]
 # Memory a loaded model holds, per byte of its file (measured: an onnxruntime session of a
 # 37 KB forest holds ~260 KB), plus a fixed cost per session. The LRU budget counts this
@@ -83,10 +83,29 @@ class FleetEntry(_Frozen):
     holdout: HoldoutMetrics | None = None
 
 
+class Correction(_Frozen):
+    """A device's own correction to the fleet model: prediction = fleet(x) + intercept + coef . x.
+
+    Fitted on the device's residuals against the fleet model and shrunk toward zero by how
+    little data the device has, so a device with few rows stays close to the fleet model.
+    `coef` is in the manifest's feature order (all zeros for an offset-only correction).
+    """
+
+    intercept: float
+    coef: tuple[float, ...]
+
+
 class DeviceEntry(_Frozen):
-    """One device's outcome: its model files, or why it has none."""
+    """One device's outcome: its model files, or why it has none.
+
+    `kind` says what the edge serves: the device's own model (`device`, needs `joblib`),
+    the fleet model (`fleet`), or the fleet model plus `correction` (`fleet_corrected`).
+    Bundles written before `kind` existed leave it None: `trained` then means `device`.
+    """
 
     status: DeviceStatus
+    kind: ModelKind | None = None
+    correction: Correction | None = None
     reason: str | None = None
     detail: str | None = None
     family: str | None = None

@@ -111,8 +111,10 @@ REASONS = frozenset(
 DEVICE_MISMATCH = "device_mismatch"
 EDGE_REASONS = frozenset({DEVICE_MISMATCH})
 
-ModelKind = Literal["device", "fleet"]
-_MODEL_KINDS = frozenset({"device", "fleet"})
+# Which model answered a reading: the device's own, the fleet model, or the fleet model plus the
+# device's own small correction (partial pooling; `edgefleet.bundle.Correction`).
+ModelKind = Literal["device", "fleet", "fleet_corrected"]
+MODEL_KINDS: frozenset[str] = frozenset({"device", "fleet", "fleet_corrected"})
 _MISSING: Any = object()
 
 
@@ -516,8 +518,8 @@ class PredictionInfo:
         value = _number(self.value, "prediction value")  # also turns numpy scalars into float
         if value is not self.value:
             object.__setattr__(self, "value", value)
-        if self.model not in _MODEL_KINDS:
-            _fail(WRONG_TYPE, f"model must be 'device' or 'fleet', got {_short(self.model)}")
+        if self.model not in MODEL_KINDS:
+            _fail(WRONG_TYPE, f"model must be one of {', '.join(sorted(MODEL_KINDS))}, got {_short(self.model)}")
         if type(self.model_version) is not str or not self.model_version:
             _fail(WRONG_TYPE, f"model_version must be a non-empty string, got {_short(self.model_version)}")
         # Same rule as the bundle's routing: a device model needs no excuse, the fleet model does.
