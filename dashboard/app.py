@@ -36,10 +36,17 @@ __all__ = ["SnapshotCache", "build_server", "make_document"]
 UPDATE_MS: Final = 1000
 TABLE_ROWS: Final = 200
 ROLLOVER_POINTS: Final = 300
-STATUS_COLORS: Final = {"device_model": "#2ca02c", "fallback": "#ff7f0e", "drifting": "#d62728", "silent": "#7f7f7f"}
+STATUS_COLORS: Final = {
+    "device_model": "#2ca02c",
+    "fleet_corrected": "#1f77b4",
+    "fallback": "#ff7f0e",
+    "drifting": "#d62728",
+    "silent": "#7f7f7f",
+}
 KPIS: Final = (
     ("devices", "Devices"),
     ("predictions", "Predictions"),
+    ("fleet_corrected", "Fleet + correction"),
     ("readings", "Raw readings"),
     ("fallbacks", "Fallbacks"),
     ("deadletters", "Dead letters"),

@@ -26,6 +26,7 @@ from edgefleet.alerts import ALERT_SCHEMA
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
+    MODEL_KINDS,
     TELEMETRY_SCHEMA,
     MessageError,
     decode_json,
@@ -37,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["STATUSES", "TABLE_COLUMNS", "FleetState", "Overview"]
 
-STATUSES: Final = ("device_model", "fallback", "drifting", "silent")
+# A device's status follows the model of its latest prediction: its own (device_model), the fleet model
+# plus its own correction (fleet_corrected), the fleet model (fallback); drifting and silent win over those.
+STATUSES: Final = ("device_model", "fleet_corrected", "fallback", "drifting", "silent")
 TABLE_COLUMNS: Final = (
     "device_id",
     "status",
@@ -258,7 +261,7 @@ class FleetState:
                 return
             predicted = _finite(prediction.get("value"))
             model = prediction.get("model")
-            if predicted is None or model not in ("device", "fleet"):
+            if predicted is None or model not in MODEL_KINDS:
                 self._malformed_locked("bad_prediction")
                 return
             if model == "fleet":
@@ -281,6 +284,8 @@ class FleetState:
             device.predictions += 1
             device.last_model = model
             self._totals["predictions"] += 1
+            if model == "fleet_corrected":
+                self._totals["fleet_corrected"] += 1
             self._tp_predictions[slot] += 1
             if fallback_reason is not None:
                 _count(device.fallbacks, fallback_reason)
@@ -379,6 +384,8 @@ class FleetState:
             return "drifting"
         if device.last_model == "fleet":
             return "fallback"
+        if device.last_model == "fleet_corrected":
+            return "fleet_corrected"
         return "device_model"
 
     def overview(self) -> Overview:
@@ -394,6 +401,7 @@ class FleetState:
                     "messages",
                     "readings",
                     "predictions",
+                    "fleet_corrected",
                     "fallbacks",
                     "deadletters",
                     "alerts",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.errors import BundleError
 from edgefleet.messages import ModelKind
@@ -41,6 +42,7 @@ ONNX_BYTES_PER_FILE_BYTE = 8
 ONNX_SESSION_BYTES = 32 << 10
 JOBLIB_BYTES_PER_FILE_BYTE = 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+_FLEET_KEY = "\x00fleet"  # the fleet model's key in the reader's cache (no device id can be it)
 
 
 class _Frozen(BaseModel):
@@ -94,6 +96,21 @@ class Correction(_Frozen):
     intercept: float
     coef: tuple[float, ...]
 
+    @field_validator("intercept")
+    @classmethod
+    def _finite_intercept(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"the correction's intercept must be a finite number, got {value}")
+        return value
+
+    @field_validator("coef")
+    @classmethod
+    def _finite_coef(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [str(number) for number in value if not math.isfinite(number)]
+        if bad:
+            raise ValueError(f"the correction's coefficients must be finite numbers, got {', '.join(bad)}")
+        return value
+
 
 class DeviceEntry(_Frozen):
     """One device's outcome: its model files, or why it has none.
@@ -123,6 +140,14 @@ class DeviceEntry(_Frozen):
     # device's training data spans under a day (too little to describe its daily cycle).
     feature_reference: dict[str, str] | None = None
 
+    @model_validator(mode="after")
+    def _kind_has_what_it_serves(self) -> DeviceEntry:
+        if self.kind == "fleet_corrected" and self.correction is None:
+            raise ValueError("kind 'fleet_corrected' needs a correction (intercept and coef)")
+        if self.kind == "device" and self.joblib is None:
+            raise ValueError("kind 'device' needs the device model's joblib file")
+        return self
+
 
 class BundleManifest(_Frozen):
     """The bundle's manifest.json."""
@@ -137,6 +162,18 @@ class BundleManifest(_Frozen):
     fleet: FleetEntry
     devices: dict[str, DeviceEntry]
     mlflow_run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _corrections_match_features(self) -> BundleManifest:
+        n_features = len(self.features)
+        for device_id, entry in self.devices.items():
+            correction = entry.correction
+            if correction is not None and len(correction.coef) != n_features:
+                raise ValueError(
+                    f"device {device_id!r}: its correction has {len(correction.coef)} coefficient(s) for "
+                    f"{n_features} feature(s) ({', '.join(self.features)}); give one per feature, in that order"
+                )
+        return self
 
     def files(self) -> Iterable[ModelFile]:
         """Yield every file the manifest pins."""
@@ -184,7 +221,8 @@ def read_manifest(bundle_dir: Path) -> BundleManifest:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{path}: invalid manifest at {where}: {first['msg']}") from err
+        message = first["msg"].removeprefix("Value error, ")
+        raise BundleError(f"{path}: invalid manifest{f' at {where}' if where else ''}: {message}") from err
 
 
 @dataclass(frozen=True)
@@ -256,7 +294,11 @@ def _check_file(model_file: ModelFile, path: Path) -> BundleProblem | None:
 
 @dataclass(frozen=True)
 class Route:
-    """Which model serves a device, and why when it is not the device's own."""
+    """Which model serves a device, and why when it is not the device's own.
+
+    `device_id` is set for the device's own model and for `fleet_corrected` (whose correction
+    is the device's), None for the plain fleet model.
+    """
 
     kind: ModelKind
     device_id: str | None
@@ -283,6 +325,23 @@ class _OnnxModel:
         return np.asarray(out, dtype=float).reshape(-1)
 
 
+class CorrectedModel:
+    """The fleet model plus one device's correction: predict(x) = fleet(x) + intercept + x @ coef."""
+
+    __slots__ = ("coef", "fleet", "intercept")
+
+    def __init__(self, fleet: Any, intercept: float, coef: np.ndarray) -> None:
+        self.fleet = fleet
+        self.intercept = intercept
+        self.coef = coef
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        base = np.asarray(self.fleet.predict(x), dtype=float).reshape(-1)
+        out: np.ndarray = base + (x @ self.coef + self.intercept)  # one fleet call, one matrix-vector product
+        return out
+
+
 class BundleReader:
     """Open a bundle and serve models lazily, verifying each file's sha256 before loading it.
 
@@ -305,21 +364,52 @@ class BundleReader:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._fill = np.array([self.manifest.feature_stats[f].mean for f in self.manifest.features])
+        # Corrections as numpy arrays, made on a device's first use: opening costs nothing per device.
+        self._corrections: dict[str, tuple[float, np.ndarray]] = {}
 
     @property
     def features(self) -> tuple[str, ...]:
         return self.manifest.features
 
     def route(self, device_id: str) -> Route:
-        """Return the model that serves `device_id`."""
+        """Return the model that serves `device_id`: its entry's `kind`, or (bundles without one) its status."""
         entry = self.manifest.devices.get(device_id)
-        if entry is None or entry.joblib is None:
+        if entry is None:
+            return Route("fleet", None, "no_model")
+        if entry.kind == "fleet_corrected":
+            return Route("fleet_corrected", device_id, None)
+        if entry.kind == "device":
+            return Route("device", device_id, None)  # the manifest's validation saw its joblib file
+        if entry.kind == "fleet":
+            # Training chose the fleet model over a model it had (poor_model), or had none to offer.
+            return Route("fleet", None, "poor_model" if entry.status in ("trained", "fallback") else "no_model")
+        if entry.joblib is None:
             return Route("fleet", None, "no_model")
         if entry.status == "fallback":
             return Route("fleet", None, "poor_model")
         if entry.status != "trained":
             return Route("fleet", None, "no_model")
         return Route("device", device_id, None)
+
+    def correction(self, device_id: str) -> tuple[float, np.ndarray] | None:
+        """Return a device's correction as (intercept, coef in feature order), or None when it has none."""
+        hit = self._corrections.get(device_id)
+        if hit is not None:
+            return hit
+        entry = self.manifest.devices.get(device_id)
+        if entry is None or entry.correction is None:
+            return None
+        coef = np.array(entry.correction.coef, dtype=float)
+        coef.setflags(write=False)
+        hit = self._corrections[device_id] = (float(entry.correction.intercept), coef)
+        return hit
+
+    def corrected(self, fleet: Any, device_id: str) -> CorrectedModel:
+        """Return `fleet` plus the device's correction (BundleError when the device has none)."""
+        correction = self.correction(device_id)
+        if correction is None:
+            raise BundleError(f"device {device_id!r} has no correction in the manifest")
+        return CorrectedModel(fleet, *correction)
 
     @property
     def fill_values(self) -> np.ndarray:
@@ -334,7 +424,10 @@ class BundleReader:
 
     def cached(self, route: Route) -> Any | None:
         """Return a route's model if it is loaded, without loading it."""
-        key = route.device_id or "\x00fleet"
+        if route.kind == "fleet_corrected":
+            fleet = self.cached(_FLEET_ROUTE)
+            return None if fleet is None else self.corrected(fleet, _device_of(route))
+        key = route.device_id or _FLEET_KEY
         with self._lock:
             hit = self._cache.get(key)
             if hit is None:
@@ -351,7 +444,9 @@ class BundleReader:
 
     def model(self, route: Route) -> Any:
         """Return the loaded model for a route (from cache, or verified from disk)."""
-        key = route.device_id or "\x00fleet"
+        if route.kind == "fleet_corrected":
+            return self.corrected(self.model(_FLEET_ROUTE), _device_of(route))
+        key = route.device_id or _FLEET_KEY
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -401,6 +496,15 @@ class BundleReader:
             filled = np.where(np.isfinite(x[~complete]), x[~complete], self._fill)
             out[~complete] = self.model(Route("fleet", None, "missing_features")).predict(filled)
         return out, route
+
+
+_FLEET_ROUTE = Route("fleet", None, "no_model")
+
+
+def _device_of(route: Route) -> str:
+    if route.device_id is None:
+        raise BundleError(f"a {route.kind} route needs a device id")
+    return route.device_id
 
 
 def memory_estimate(file_bytes: int, kind: str) -> int:

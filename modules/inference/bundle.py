@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["BundleReferences", "drift_monitor_for", "open_bundle"]
 
 SHOWN_PROBLEMS = 5
+SERVED_BY_OWN_HOLDOUT = frozenset({"device", "fleet_corrected"})  # kinds whose entry.holdout measures what is served
 
 
 def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Predictor:
@@ -72,7 +73,9 @@ def drift_monitor_for(predictor: Predictor) -> DriftMonitor:
     holdout = {}
     for device_id, entry in manifest.devices.items():
         mse = entry.holdout.mse if entry.holdout is not None else None
-        if mse is not None and 0 < mse < math.inf and predictor.route(device_id).kind == "device":
+        # The entry's hold-out is the error of the kind training chose for it (its own model, or the
+        # fleet model plus its correction); a device served by the plain fleet model is judged by the fleet's.
+        if mse is not None and 0 < mse < math.inf and predictor.route(device_id).kind in SERVED_BY_OWN_HOLDOUT:
             holdout[device_id] = mse
     fleet = manifest.fleet.holdout
     if fleet is not None and 0 < fleet.mse < math.inf:

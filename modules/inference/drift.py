@@ -16,7 +16,10 @@ retraining.
 Devices served by the fleet model (no model of their own, or a poor one) are judged for residual
 drift against the fleet model's hold-out MSE, given as `holdout_mse["__fleet__"]`, and for feature
 drift wherever training stored a reference for them (a `poor_model` device has one; a device never
-seen in training has none). A reading predicted on filled-in features is judged only on the
+seen in training has none). A device served by its own model or by the fleet model plus its own
+correction (`fleet_corrected`) is judged against its own entry's hold-out MSE, the error of that
+served kind on its hold-out (`modules.inference.bundle.drift_monitor_for` gives it as
+`holdout_mse[device_id]`). A reading predicted on filled-in features is judged only on the
 features it carries; the caller passes no label for it, because its error measures the fill.
 
 Memory is bounded: each device gets fixed-size numpy ring buffers (float32 squared residuals,

@@ -2,7 +2,9 @@
 
 `Predictor` knows the bundle and the edge-side rules (poor-model threshold, models that failed
 to load); it never loads a device model itself: the service loads them on a background thread
-(`load`) and asks `ready_model` on the message path, which only looks in the cache.
+(`load`) and asks `ready_model` on the message path, which only looks in the cache. A
+`fleet_corrected` device needs nothing loaded: its model is the fleet model (held from the start)
+plus its correction from the manifest, one fleet call and one matrix-vector product per group.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgefleet.bundle import BundleManifest, BundleReader, Route
+from edgefleet.bundle import BundleManifest, BundleReader, CorrectedModel, Route
 from edgefleet.messages import Reading
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class Choice:
 
 
 class Predictor:
-    """Route readings to the device's model or the fleet model and predict in batches."""
+    """Route readings to the device's model, the fleet model or the corrected fleet model; predict in batches."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class Predictor:
         self._threshold = poor_model_threshold
         self._choices: dict[str, Route] = {}
         self._broken: dict[str, str] = {}
+        self._corrected: dict[str, CorrectedModel] = {}  # per fleet_corrected device, on its first reading
         self._lock = threading.Lock()
         # The fleet model serves every fallback: load it now and keep it out of the LRU's reach.
         self._fleet = None if mode == "passthrough" else self.reader.model(FLEET_ROUTE)
@@ -98,7 +101,7 @@ class Predictor:
         if device_id in self._broken:
             return Route("fleet", None, MODEL_ERROR)
         route = self.reader.route(device_id)
-        if route.kind != "device":
+        if route.kind != "device":  # the threshold judges device models only: fleet_corrected was chosen in training
             return route
         entry = self.reader.manifest.devices[device_id]
         # The device model must not be more than `threshold` times the fleet model's error on the
@@ -121,6 +124,11 @@ class Predictor:
         """Return the route's model if it is loaded (None: ask `load` on another thread)."""
         if route.device_id is None:
             return self._fleet
+        if route.kind == "fleet_corrected":
+            corrected = self._corrected.get(route.device_id)
+            if corrected is None:
+                corrected = self._corrected[route.device_id] = self.reader.corrected(self._fleet, route.device_id)
+            return corrected
         return self.reader.cached(route)
 
     def load(self, device_id: str) -> str | None:

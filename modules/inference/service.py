@@ -41,6 +41,7 @@ from edgefleet.messages import (
     DEADLETTER_DETAIL_CHARS,
     DEADLETTER_SCHEMA,
     INTERNAL_ERROR,
+    MODEL_KINDS,
     NO_FEATURES,
     PREDICTION_FAILED,
     BatchPacker,
@@ -142,6 +143,7 @@ class InferenceService:
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._fallbacks: Counter[str] = Counter()
+        self._served: Counter[str] = Counter()  # predictions by the kind of model that answered them
         self._deadletters: Counter[str] = Counter()
         self._stopping = False  # set while stopping: late arrivals stay in the journal for the next start
         self._journal_errors = 0
@@ -255,11 +257,12 @@ class InferenceService:
 
     def _process(self, items: list[_Item], held: list[Segment]) -> None:
         """Answer one round of items; `held` collects the journal references the round releases when done."""
-        ready: dict[tuple[str | None, str | None, bool], _Group] = {}
+        ready: dict[tuple[str, str | None, str | None, bool], _Group] = {}
         predictor = self.predictor
 
         def add(choice: Choice, model: Any, entry: _Entry) -> None:
-            key = (choice.route.device_id, choice.route.fallback_reason, choice.fill)
+            route = choice.route
+            key = (route.kind, route.device_id, route.fallback_reason, choice.fill)
             group = ready.get(key)
             if group is None:
                 group = ready[key] = (choice, model, [])
@@ -364,6 +367,7 @@ class InferenceService:
         encoded: list[tuple[bytes, Segment | None]] = []  # each prediction, and the segment of its reading
         latencies: list[float] = []
         fallbacks: Counter[str] = Counter()
+        served_by: Counter[str] = Counter()
         drift = self._drift_monitor(predictor)
         drift_alerts: list[tuple[DriftAlert, Segment | None]] = []
         infos: dict[tuple[Route, float], PredictionInfo] = {}
@@ -390,6 +394,7 @@ class InferenceService:
                 encoded.append((body, segment))
                 latencies.append(latency_ms)
                 drift_alerts += [(alert, segment) for alert in alerts]
+                served_by[route.kind] += 1
                 if route.fallback_reason is not None:
                     fallbacks[route.fallback_reason] += 1
         self._send_round(encoded, drift_alerts)
@@ -397,7 +402,8 @@ class InferenceService:
         with self._lock:
             self._counters["drift_alerts"] += len(drift_alerts)
             self._counters["predictions"] += len(encoded)
-            self._counters["device_model"] += len(encoded) - sum(fallbacks.values())
+            self._counters["device_model"] += served_by["device"]
+            self._served.update(served_by)
             self._fallbacks.update(fallbacks)
 
     def _serve(
@@ -635,6 +641,7 @@ class InferenceService:
         with self._lock:
             counters: dict[str, Any] = dict(self._counters)
             counters["fallbacks"] = dict(self._fallbacks)
+            counters["served_by_model"] = {kind: self._served[kind] for kind in sorted(MODEL_KINDS)}
             counters["deadletters"] = dict(self._deadletters)
             counters.setdefault("unknown_features", 0)
             counters["waiting_for_model"] = sum(len(entries) for entries in self._pending.values())
@@ -658,6 +665,7 @@ class InferenceService:
         with self._lock:
             self._counters.clear()
             self._fallbacks.clear()
+            self._served.clear()
             self._deadletters.clear()
             self._unknown_names.clear()
         self._quarantine.reset_counts()

@@ -21,6 +21,7 @@ import pytest
 
 from edgefleet.bundle import verify_bundle
 from edgefleet.lake import read_deadletters, read_lake
+from edgefleet.messages import MODEL_KINDS
 from edgefleet_cli.edge_report import account
 from edgefleet_cli.local_edge import free_port
 
@@ -203,7 +204,7 @@ def test_3_every_simulated_reading_reaches_the_lake_enriched(
     assert accounting["deadletters_by_reason"].get("non_finite", 0) == expected["deadletter_non_finite"]
     assert predictions["prediction_value"].notna().all()
     assert (predictions["edge_device"] == "edge1").all()
-    assert set(predictions["prediction_model"]) <= {"device", "fleet"}
+    assert set(predictions["prediction_model"]) <= MODEL_KINDS
     assert (predictions["prediction_model"] == "device").any()
     # every device that sent something is in the lake with predictions
     senders = {device for device, counts in report["devices"].items() if counts["sent"] > 0}

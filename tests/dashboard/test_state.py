@@ -87,6 +87,17 @@ def test_a_device_served_by_the_fleet_model_shows_as_fallback_with_its_reason() 
     assert overview.by_status["fallback"] == 1
 
 
+def test_fleet_corrected_predictions_are_counted_and_their_device_shows_as_fleet_corrected() -> None:
+    state = FleetState(clock=Clock())
+    state.ingest(batch([prediction("dev-4", seq, model="fleet_corrected") for seq in range(3)]))
+    state.ingest(batch([prediction("dev-5", 1, model="fleet", reason="no_model")]))
+    assert status_of(state, "dev-4") == "fleet_corrected"
+    overview = state.overview()
+    assert overview.totals["fleet_corrected"] == 3 and overview.totals["predictions"] == 4
+    assert overview.totals["fallbacks"] == 1 and overview.totals["malformed"] == 0
+    assert overview.by_status["fleet_corrected"] == 1 and overview.by_status["fallback"] == 1
+
+
 def test_a_device_with_no_reading_for_a_minute_shows_as_silent() -> None:
     clock = Clock()
     state = FleetState(clock=clock)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
-from edgefleet.bundle import read_manifest
+from edgefleet.bundle import Route, read_manifest
 from edgefleet.desired import InferenceDesired
 from edgefleet.messages import Reading, encode_json, pack_batches, units_4kb
-from modules.inference.predictor import Predictor
+from modules.inference.predictor import FLEET_ROUTE, Choice, Predictor
 from modules.runtime import LatencyWindow, apply_desired_patch
+from tests.edgefleet.test_bundle_correction import CORRECTION, corrected_devices, rewrite_devices
 
 pytestmark = pytest.mark.fast
+
+FLEET_CORRECTED = {"kind": "fleet_corrected", "correction": CORRECTION}
 
 
 def _reading(device: str, features=None) -> Reading:
@@ -76,3 +80,28 @@ def test_latency_window_reports_p50_and_p99_over_the_latest_values():
     window.add_many(list(range(100)))  # overwrites the old values entirely
     stats = window.percentiles()
     assert 49 <= stats["p50_ms"] <= 50 and stats["p99_ms"] < 100
+
+
+def test_a_fleet_corrected_device_keeps_its_kind_under_any_poor_model_threshold_and_needs_no_load(
+    small_bundle, tmp_path
+):
+    device, _ = corrected_devices(read_manifest(small_bundle))
+    bundle = rewrite_devices(small_bundle, tmp_path / "b", {device: FLEET_CORRECTED})
+    predictor = Predictor(bundle, cache_mb=8, mode="bundle", poor_model_threshold=0.0)
+    choice, row = predictor.choose(_reading(device))
+    assert choice.route == Route("fleet_corrected", device, None)
+    model = predictor.ready_model(choice.route)  # the fleet model is held from the start: nothing to load
+    assert model is predictor.ready_model(choice.route)
+    rows = [row, [v + 1.0 for v in row]]
+    fleet = predictor.predict(predictor.ready_model(FLEET_ROUTE), Choice(FLEET_ROUTE), rows)
+    values = predictor.predict(model, choice, rows)
+    expected = np.array(fleet) + CORRECTION.intercept + np.array(rows) @ np.array(CORRECTION.coef)
+    np.testing.assert_allclose(values, expected, rtol=1e-6)  # both rounded to float32 precision
+
+
+def test_a_fleet_corrected_reading_missing_a_feature_goes_to_the_fleet_model_on_filled_values(small_bundle, tmp_path):
+    device, _ = corrected_devices(read_manifest(small_bundle))
+    bundle = rewrite_devices(small_bundle, tmp_path / "b", {device: FLEET_CORRECTED})
+    predictor = Predictor(bundle, cache_mb=8, mode="bundle", poor_model_threshold=1.0)
+    choice, _ = predictor.choose(_reading(device, {"temperature_c": 20.0}))
+    assert (choice.route.kind, choice.route.fallback_reason, choice.fill) == ("fleet", "missing_features", True)

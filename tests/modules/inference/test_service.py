@@ -16,6 +16,7 @@ from sklearn.dummy import DummyRegressor
 
 from edgefleet.bundle import (
     BundleManifest,
+    Correction,
     DeviceEntry,
     FeatureStats,
     FleetEntry,
@@ -34,6 +35,9 @@ pytestmark = pytest.mark.fast
 FEATURES = ("temperature_c", "humidity_pct")
 DEVICE_VALUE = 100.0  # what every device model predicts
 FLEET_VALUE = 7.0  # what the fleet model predicts
+# dev-corrected: the fleet model plus 0.5 + 0.1 x temperature_c (21.0 in `reading`): 7.0 + 2.6.
+CORRECTION = Correction(intercept=0.5, coef=(0.1, 0.0))
+CORRECTED_VALUE = 9.6
 
 
 def _model_file(folder: Path, rel: str, value: float) -> ModelFile:
@@ -51,7 +55,7 @@ def _holdout(mse: float) -> HoldoutMetrics:
 
 
 def write_tiny_bundle(folder: Path, version: str) -> Path:
-    """Write a bundle of constant models: one good device, one poor, one skipped, and the fleet model."""
+    """Write a bundle of constant models: one good device, one poor, one skipped, one fleet_corrected, and the fleet."""
     folder.mkdir(parents=True, exist_ok=True)
     trained = {"status": "trained", "family": "constant", "n_train": 100, "n_holdout": 50}
     devices = {
@@ -69,6 +73,16 @@ def write_tiny_bundle(folder: Path, version: str) -> Path:
             fleet_holdout=_holdout(1.0),
         ),
         "dev-skipped": DeviceEntry(status="skipped", reason="too_few_rows"),
+        # Training chose the fleet model plus a correction of its own; its hold-out is that kind's error.
+        "dev-corrected": DeviceEntry(
+            status="trained",
+            kind="fleet_corrected",
+            correction=CORRECTION,
+            n_train=100,
+            n_holdout=50,
+            holdout=_holdout(0.25),
+            fleet_holdout=_holdout(2.0),
+        ),
     }
     manifest = BundleManifest(
         bundle_version=version,
@@ -170,6 +184,37 @@ def test_inference_serves_a_known_device_with_its_own_model_and_others_with_the_
     assert reasons[("dev-skipped", 1)] == ("fleet", "no_model", FLEET_VALUE)
     assert reasons[("never-seen", 1)] == ("fleet", "no_model", FLEET_VALUE)
     assert (served[("dev-own", 2)]["model"], served[("dev-own", 2)]["fallback_reason"]) == ("fleet", "missing_features")
+
+
+def test_inference_serves_a_fleet_corrected_device_by_the_fleet_model_plus_its_correction_and_counts_each_kind(
+    service, client
+):
+    client.deliver(
+        TELEMETRY,
+        batch(
+            reading("dev-corrected", 1),
+            reading("dev-corrected", 2),
+            reading("dev-corrected", 3, temperature_c=21.0),  # humidity missing: the plain fleet model
+            reading("dev-own", 1),
+            reading("never-seen", 1),
+        ),
+    )
+
+    served = {key: item["prediction"] for key, item in predictions(client, 5).items()}
+    assert served[("dev-corrected", 1)] == {
+        "value": CORRECTED_VALUE,
+        "model": "fleet_corrected",
+        "model_version": "v1",
+        "fallback_reason": None,
+    }
+    assert served[("dev-corrected", 2)]["value"] == CORRECTED_VALUE
+    third = served[("dev-corrected", 3)]
+    assert (third["model"], third["fallback_reason"], third["value"]) == ("fleet", "missing_features", FLEET_VALUE)
+    stats = service.stats()
+    assert stats["served_by_model"] == {"device": 1, "fleet": 2, "fleet_corrected": 2}
+    assert stats["device_model"] == 1 and stats["fallbacks"] == {"missing_features": 1, "no_model": 1}
+    assert service.reset()["served_by_model"]["fleet_corrected"] == 2
+    assert service.stats()["served_by_model"]["fleet_corrected"] == 0
 
 
 def test_predictions_name_the_edge_device_and_leave_as_batches(service, client):
