@@ -148,6 +148,13 @@ def us_per_prediction(model: Any, rows: np.ndarray, calls: int) -> float:
     return (time.perf_counter() - started) / (calls * len(rows)) * 1e6
 
 
+class _ZeroModel:
+    """A model that costs nothing: what remains of CorrectedModel.predict is the correction's own cost."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros(len(x))
+
+
 def service_us_per_reading(root: Path, kind: str, x_all: np.ndarray, readings: int) -> float:
     """Return the inference module's wall time per reading, every reading from a device served by `kind`."""
     tmp = Path(tempfile.mkdtemp(prefix="correction-cost-state-"))
@@ -232,7 +239,18 @@ def main() -> int:
         for (runtime, kind), model in models.items():
             for batch, rows in samples.items():
                 runs.setdefault((runtime, kind, batch), []).append(us_per_prediction(model, rows, calls))
-    us: dict[str, dict[str, float]] = {}
+    # The correction alone (the fleet call excluded), per call rather than per row: what it adds to a group.
+    reader = BundleReader(root)
+    correction_only = reader.corrected(_ZeroModel(), CORRECTED)
+    correction_runs: dict[int, list[float]] = {batch: [] for batch in BATCHES}
+    for _ in range(repeats):
+        for batch, rows in samples.items():
+            correction_runs[batch].append(us_per_prediction(correction_only, rows, calls) * batch)
+    us: dict[str, dict[str, float]] = {
+        "correction_only_per_call": {
+            f"batch{batch}": round(statistics.median(values), 2) for batch, values in correction_runs.items()
+        }
+    }
     for (runtime, kind, batch), values in runs.items():
         us.setdefault(f"{runtime}_batch{batch}", {})[kind] = round(statistics.median(values), 2)
     module_runs: dict[str, list[float]] = {kind: [] for kind in SERVICE_PREFIX}

@@ -337,8 +337,10 @@ class CorrectedModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=float)
-        base = np.asarray(self.fleet.predict(x), dtype=float).reshape(-1)
-        out: np.ndarray = base + (x @ self.coef + self.intercept)  # one fleet call, one matrix-vector product
+        # One fleet call and one matrix-vector product; `dot` and in-place adds measured fastest for small batches.
+        out: np.ndarray = x.dot(self.coef)
+        out += self.intercept
+        out += np.asarray(self.fleet.predict(x), dtype=float).reshape(-1)
         return out
 
 
