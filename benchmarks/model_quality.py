@@ -48,8 +48,8 @@ Prints a short report, then one JSON line last on stdout. It never asserts on th
 
 Usage:
     python benchmarks/model_quality.py --quick                        # < 1 minute on 2 cores
-    python benchmarks/model_quality.py                                # about 4 minutes
-    python benchmarks/model_quality.py --unseen                       # also the unseen final slice
+    python benchmarks/model_quality.py                                # about 2 minutes
+    python benchmarks/model_quality.py --unseen                       # also the unseen final slice: about 4
     python benchmarks/model_quality.py --fleets shared_physics --seed 3
 """
 

@@ -115,6 +115,8 @@ def storms_fleet(max_devices: int | None = None) -> pd.DataFrame:
             LABEL_COLUMN: raw["pressure"].astype(float),
         }
     )
+    # HURDAT2 repeats a few fixes (the same storm and hour): keep the first.
+    frame = frame.drop_duplicates([DEVICE_COLUMN, TS_COLUMN], keep="first")
     counts = frame.groupby(DEVICE_COLUMN)[TS_COLUMN].agg(["size", "max"])
     kept = counts[counts["size"] >= STORMS_MIN_READINGS].sort_values("max")
     if max_devices is not None:
