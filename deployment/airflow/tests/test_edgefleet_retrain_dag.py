@@ -78,6 +78,25 @@ def test_retrain_retries_once_and_checks_twice(dag: Any) -> None:
     assert all(dag.get_task(task_id).retries == 2 for task_id in ORDER[1:])
 
 
+def _render(dag: Any, task_id: str, **params: str) -> str:
+    defaults = {name: param.value for name, param in dag.params.items()}
+    template = dag.get_template_env().from_string(dag.get_task(task_id).bash_command)
+    return str(template.render(params={**defaults, **params}))
+
+
+def test_retrain_runs_under_the_lock_with_every_path_shell_quoted(dag: Any) -> None:
+    command = _render(dag, "retrain", lake="/srv/a lake", out="out/next; rm -rf /")
+    assert "flock --nonblock --conflict-exit-code 75 out/.retrain.lock .venv/bin/edgefleet retrain" in command
+    assert "--lake '/srv/a lake'" in command
+    assert "--out 'out/next; rm -rf /' --out-manifest 'out/next; rm -rf /.staged-deployment.json'" in command
+
+
+def test_manifest_is_published_from_the_staged_copy_retrain_wrote(dag: Any) -> None:
+    command = _render(dag, "deployment_manifest")
+    assert command.startswith(".venv/bin/edgefleet manifest validate out/bundle-next.staged-deployment.json && cp")
+    assert "mv -f -- out/bundle-next.deployment.json.tmp out/bundle-next.deployment.json" in command
+
+
 def test_dag_file_imports_nothing_of_edgefleet() -> None:
     source = DAG_FILE.read_text()
     for package in ("edgefleet", "cloud_training", "edgefleet_cli"):
