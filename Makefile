@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test test-fast browser container-test demo bench images clean
+.PHONY: setup check test test-fast browser airflow-test container-test demo bench images clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" -ne 0 ] || { echo "installing chromium with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The retraining DAG (deployment/airflow/) under Airflow itself, in a venv of its own (.venv-airflow,
+# deployment/airflow/requirements.txt): DagBag import checks, then `airflow dags test` end to end
+# with this venv's edgefleet CLI. .ci/run runs it after `make test`.
+airflow-test: setup
+	bash scripts/airflow_dag_test.sh
+
 demo: setup
 	$(BIN)/edgefleet demo
 
@@ -56,4 +62,4 @@ container-test: setup
 	bash scripts/container_e2e.sh
 
 clean:
-	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out mlflow.db mlruns mlartifacts .pytest_cache .mypy_cache .ruff_cache .venv-airflow
