@@ -22,6 +22,7 @@ from edgefleet_cli.commands.demo import add_demo_command
 from edgefleet_cli.commands.field import add_field_commands
 from edgefleet_cli.commands.history import add_history_commands
 from edgefleet_cli.commands.hub import add_hub_commands
+from edgefleet_cli.commands.lake import add_lake_commands
 from edgefleet_cli.commands.manifest import add_manifest_commands
 from edgefleet_cli.commands.up import add_up_command
 from edgefleet_cli.train_cli import register_score, register_train
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edgehub_command(sub)
     add_hub_commands(sub)
     _add_sink_command(sub)
+    add_lake_commands(sub)
     add_up_command(sub)
     add_field_commands(sub)
     add_compose_commands(sub)
