@@ -70,8 +70,10 @@ from edgefleet.messages import (
     Reading,
     decode_json,
     format_ts,
+    iot_hub_message_bytes,
     parse_reading,
     payload_text,
+    units_4kb,
 )
 from edgefleet.routes import Message
 
@@ -124,8 +126,13 @@ class LakeSink:
         """Write a message's side-file records; return its rows for the buffer."""
         module = message.connection_module_id or message.connection_device_id
         source = f"{module}/{message.output or ''}"
+        size = iot_hub_message_bytes(message.body, message.properties, message.system_properties)
         with self._lock:
             self._stats["messages"] += 1
+            # What IoT Hub would meter for the traffic upstream of the lake (see iot_hub_message_bytes).
+            self._stats["messages_received"] += 1
+            self._stats["bytes_received"] += size
+            self._stats["units_4kb"] += units_4kb(size)
         if message.kind != "telemetry":
             self._write_event(message, _body_for_record(message.body))
             return []
@@ -289,7 +296,7 @@ class LakeSink:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return counters: messages, rows, files, dead letters, events and dropped feature values."""
+        """Return counters: messages (with IoT Hub's bytes and 4 KB units), rows, files, dead letters, events, drops."""
         with self._lock:
             return dict(self._stats)
 

@@ -260,3 +260,18 @@ def test_the_lake_reads_files_written_before_the_message_columns_existed(tmp_pat
     assert list(rows["seq"]) == [1, 2]
     assert rows["correlation_id"].isna().tolist() == [True, False]
     assert read_history(tmp_path)[1] == ("temp",)  # the message columns are never training features
+
+
+def test_the_sink_counts_the_4kb_units_iot_hub_would_meter_for_each_message(tmp_path: Path) -> None:
+    small = message(reading(1), properties={"alert": "1"})
+    big = message({"schema": "edgefleet.batch/1", "readings": [reading(seq) for seq in range(100)]})
+    sizes = [len(m.body) + len("application/json") + len("utf-8") for m in (small, big)]
+    sizes[0] += len("alert") + len("1")
+
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        sink(small)
+        sink(big)
+
+    stats = sink.stats()
+    assert stats["messages_received"] == 2 and stats["bytes_received"] == sum(sizes)
+    assert sizes[1] > 4096 and stats["units_4kb"] == 1 + -(-sizes[1] // 4096)
