@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -113,12 +114,16 @@ def test_files_of_different_schemas_merge_into_their_union(tmp_path: Path) -> No
     pd.testing.assert_frame_equal(merged[expected.columns], expected, check_dtype=False)
 
 
-def test_compaction_while_the_sink_writes_loses_and_doubles_no_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sink_kwargs",
+    [pytest.param({}, id="file-per-flush"), pytest.param({"roll_every_s": 3600, "roll_bytes": 3000}, id="rolling")],
+)
+def test_compaction_while_the_sink_writes_loses_and_doubles_no_row(tmp_path: Path, sink_kwargs: dict[str, Any]) -> None:
     written: list[tuple[str, int, str]] = []
     stop = threading.Event()
 
     def write() -> None:
-        with LakeSink(tmp_path, flush_every_s=60, flush_rows=25) as sink:
+        with LakeSink(tmp_path, flush_every_s=60, flush_rows=25, **sink_kwargs) as sink:
             seq = 0
             while not stop.is_set() or seq < 2000:
                 device = f"dev-{seq % 4}"
@@ -136,7 +141,8 @@ def test_compaction_while_the_sink_writes_loses_and_doubles_no_row(tmp_path: Pat
     while (writer.is_alive() or merged == 0) and time.monotonic() < deadline:
         if partition.is_dir():
             merged += compact_partition(partition, target_bytes=64 * 1024).files_merged
-            seen = read_lake(tmp_path)  # read_lake meanwhile: never a row twice, never a failure
+            # Meanwhile every row once, even undeduplicated (the markers), and never a failure.
+            seen = read_lake(tmp_path, keep_duplicates=True)
             assert not seen.duplicated(["device_id", "seq", "source_module"]).any()
         if len(written) >= 2000:
             stop.set()
@@ -144,7 +150,7 @@ def test_compaction_while_the_sink_writes_loses_and_doubles_no_row(tmp_path: Pat
     writer.join()
     compact_partition(partition, target_bytes=64 * 1024)
 
-    assert merged > 50
+    assert merged > 20
     raw = keys_of_raw_read(partition)
     assert len(raw) == len(set(raw)) and set(raw) == set(written)
     assert len(lake_files(tmp_path)) < 80  # flushes of 25 rows: 80+ files without compaction

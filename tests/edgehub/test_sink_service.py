@@ -162,8 +162,10 @@ def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their
     [
         (["--listen", "0.0.0.0"], {}, "SINK_LISTEN: '0.0.0.0' is not HOST:PORT; write e.g. sink:1883"),
         ([], {"SINK_FLUSH_EVERY_S": "0"}, "SINK_FLUSH_EVERY_S: Input should be greater than 0"),
+        (["--roll-every-s", "-1"], {}, "SINK_ROLL_EVERY_S: Input should be greater than 0"),
+        ([], {"SINK_ROLL_BYTES": "0"}, "SINK_ROLL_BYTES: Input should be greater than 0"),
     ],
-    ids=["listen-without-port", "flush-interval-zero"],
+    ids=["listen-without-port", "flush-interval-zero", "roll-age-negative", "roll-size-zero"],
 )
 def test_a_bad_setting_exits_2_saying_how_to_fix_it_without_a_traceback(
     args: list[str], env: dict[str, str], expected: str
