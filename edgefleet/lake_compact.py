@@ -101,7 +101,8 @@ class CompactionResult:
         return (
             f"{self.partition}: {self.files_before} -> {self.files_after} files "
             f"({verb} {self.files_merged} into {self.files_written}), {self.rows:,} rows, "
-            f"{_mb(self.bytes_before)} -> {_mb(self.bytes_after)}, {self.seconds:.2f} s"
+            + (f"{_mb(self.bytes_before)}" if self.dry_run else f"{_mb(self.bytes_before)} -> {_mb(self.bytes_after)}")
+            + f", {self.seconds:.2f} s"
             + (f", finished {self.recovered} interrupted compaction(s) first" if self.recovered else "")
         )
 

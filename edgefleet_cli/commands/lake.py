@@ -32,7 +32,9 @@ def add_lake_commands(sub: Subcommands) -> None:
     which.add_argument(
         "--older-than-h", dest="older_than_h", type=float, help="only the days that ended at least H hours ago"
     )
-    compact.add_argument("--target-mb", dest="target_mb", type=float, default=128.0, help="merged file size (128)")
+    compact.add_argument(
+        "--target-mb", dest="target_mb", type=float, default=128.0, help="merged file size in MiB (128)"
+    )
     compact.add_argument("--dry-run", dest="dry_run", action="store_true", help="print what would be merged")
     compact.add_argument("--wait", action="store_true", help="wait for another compaction of a partition to end")
     compact.set_defaults(func=cmd_lake_compact)

@@ -186,6 +186,8 @@ def test_read_lake_counts_each_row_once_while_a_compaction_is_midway(tmp_path: P
 
 def test_lake_compact_prints_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     small_files(tmp_path, 6)
+    assert main(["lake", "compact", str(tmp_path), "--dry-run"]) == 0
+    assert f"date={DAY}: 6 -> 1 files (would merge 6 into 1), 60 rows" in capsys.readouterr().out
 
     assert main(["lake", "compact", str(tmp_path), "--date", DAY]) == 0
 
