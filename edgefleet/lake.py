@@ -10,7 +10,9 @@ the row: `message_id` and `correlation_id` (its `$.mid`/`$.cid`, null when unset
 before the message columns existed lack them: `read_lake` returns them as nulls there.
 Delivery is at least once, so a reading may land twice; `read_lake` returns one row per
 (device_id, seq) and source module. Files are written to a dot-prefixed temp name and renamed,
-so readers never see half a file. Beside the
+so readers never see half a file. `edgefleet.lake_compact` merges a partition's small files
+while the sink writes; its `_compacting-*.json` markers tell `read_lake` which files a merge
+replaces, so it never counts a row twice meanwhile. Beside the
 parquet, in `_`-prefixed directories that parquet readers (pyarrow, Spark) skip, JSON Lines per
 UTC day:
 `_deadletters/` (dead letters) and `_events/` (alerts and every other message).
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BOOKKEEPING_COLUMNS",
+    "COMPACTION_MARKER_GLOB",
+    "COMPACTION_MARKER_PREFIX",
     "DATE_COLUMN",
     "DEADLETTER_DIR",
     "EDGE_COLUMNS",
@@ -50,6 +54,7 @@ __all__ = [
     "append_to_lake",
     "drop_duplicate_readings",
     "lake_feature_columns",
+    "lake_files",
     "read_deadletters",
     "read_drift_alerts",
     "read_jsonl",
@@ -78,6 +83,10 @@ MESSAGE_COLUMNS: Mapping[str, str] = {"message_id": "string", "correlation_id": 
 PREDICTION_VALUE_COLUMN = "prediction_value"
 PREDICTION_VERSION_COLUMN = "prediction_model_version"
 BOOKKEEPING_COLUMNS: tuple[str, ...] = (*PREDICTION_COLUMNS, *EDGE_COLUMNS, SOURCE_COLUMN, *MESSAGE_COLUMNS)
+# A compaction in progress (edgefleet.lake_compact): `_`-prefixed, so parquet readers skip it.
+COMPACTION_MARKER_PREFIX = "_compacting-"
+COMPACTION_MARKER_GLOB = f"{COMPACTION_MARKER_PREFIX}*.json"
+_READ_ATTEMPTS = 5  # listings retried when a compaction removed a listed file meanwhile
 
 
 def append_to_lake(lake_dir: Path, rows: pd.DataFrame) -> list[Path]:
@@ -139,11 +148,53 @@ def drop_duplicate_readings(rows: pd.DataFrame) -> pd.DataFrame:
 
 def read_lake(lake_dir: Path, *, keep_duplicates: bool = False) -> pd.DataFrame:
     """Return the lake's rows, one per reading and source module (every row with `keep_duplicates`)."""
-    files = sorted(Path(lake_dir).glob("date=*/*.parquet"))
-    if not files:
-        return pd.DataFrame(columns=[DEVICE_COLUMN, SEQ_COLUMN, TS_COLUMN, LABEL_COLUMN, SOURCE_COLUMN])
-    rows = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
-    return rows if keep_duplicates else drop_duplicate_readings(rows)
+    for attempt in range(_READ_ATTEMPTS):
+        files = lake_files(lake_dir)
+        if not files:
+            return pd.DataFrame(columns=[DEVICE_COLUMN, SEQ_COLUMN, TS_COLUMN, LABEL_COLUMN, SOURCE_COLUMN])
+        try:
+            rows = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+        except FileNotFoundError:  # a compaction merged a listed file away: its rows are in the merged file
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            continue
+        return rows if keep_duplicates else drop_duplicate_readings(rows)
+    raise AssertionError("unreachable")
+
+
+def lake_files(lake_dir: Path) -> list[Path]:
+    """Return the lake's parquet files, without those a compaction in progress replaces (see lake_compact).
+
+    A compaction's marker goes writing -> committed -> deleted. The markers are read before and
+    after the listing; when they agree, the listing saw one state of each compaction: while
+    `writing` its merged files may be half renamed (read the inputs), once `committed` its inputs
+    may be half deleted (read the merged files). When they differ, list again.
+    """
+    lake_dir = Path(lake_dir)
+    for _ in range(_READ_ATTEMPTS):
+        before = _compaction_markers(lake_dir)
+        files = sorted(lake_dir.glob("date=*/*.parquet"))
+        after = _compaction_markers(lake_dir)
+        if before == after:
+            break
+    replaced = {
+        marker.parent / name
+        for marker, (state, inputs, outputs) in after.items()
+        for name in (inputs if state == "committed" else outputs)
+    }
+    return [path for path in files if path not in replaced]
+
+
+def _compaction_markers(lake_dir: Path) -> dict[Path, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Return each compaction marker's state, inputs and outputs (an unreadable one is left out)."""
+    found = {}
+    for marker in lake_dir.glob(f"date=*/{COMPACTION_MARKER_GLOB}"):
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+            found[marker] = (str(record["state"]), tuple(record["inputs"]), tuple(record["outputs"]))
+        except (OSError, ValueError, KeyError, TypeError):  # finished meanwhile, or not a marker we wrote
+            continue
+    return found
 
 
 def read_jsonl(folder: Path) -> list[dict[str, Any]]:

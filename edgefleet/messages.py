@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
@@ -621,3 +621,17 @@ class DeadLetter:
 def units_4kb(n_bytes: int) -> int:
     """Return how many 4 KB units IoT Hub bills for one message of `n_bytes`."""
     return max(1, math.ceil(n_bytes / UNIT_BYTES))
+
+
+def iot_hub_message_bytes(body: bytes, properties: Mapping[str, str], system_properties: Mapping[str, str]) -> int:
+    """Return a message's size as IoT Hub meters it: body, system property values, application names and values.
+
+    Azure's rule ("Create and read IoT Hub messages", section Message size,
+    learn.microsoft.com/azure/iot-hub/iot-hub-devguide-messages-construct#message-size): the size
+    in bytes is the body size, plus the size of all the values of the message system properties,
+    plus the size of all user (application) property names and values. Only what the sender set
+    counts: the connection identities IoT Hub stamps on arrival are not in `system_properties`.
+    """
+    system = sum(len(str(value).encode("utf-8")) for value in system_properties.values())
+    application = sum(len(name.encode("utf-8")) + len(str(value).encode("utf-8")) for name, value in properties.items())
+    return len(body) + system + application

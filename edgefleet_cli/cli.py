@@ -22,6 +22,7 @@ from edgefleet_cli.commands.demo import add_demo_command
 from edgefleet_cli.commands.field import add_field_commands
 from edgefleet_cli.commands.history import add_history_commands
 from edgefleet_cli.commands.hub import add_hub_commands
+from edgefleet_cli.commands.lake import add_lake_commands
 from edgefleet_cli.commands.manifest import add_manifest_commands
 from edgefleet_cli.commands.up import add_up_command
 from edgefleet_cli.train_cli import register_score, register_train
@@ -76,6 +77,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         "lake_dir": args.lake,
         "state_dir": args.state_dir,
         "flush_every_s": args.flush_every_s,
+        "roll_every_s": args.roll_every_s,
         "health_file": args.health_file,
     }
     settings = load_settings(SinkSettings, **{k: v for k, v in flags.items() if v is not None})
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edgehub_command(sub)
     add_hub_commands(sub)
     _add_sink_command(sub)
+    add_lake_commands(sub)
     add_up_command(sub)
     add_field_commands(sub)
     add_compose_commands(sub)
@@ -166,6 +169,9 @@ def _add_sink_command(sub: Subcommands) -> None:
     sink.add_argument("--lake", default="out/lake", help="telemetry lake directory")
     sink.add_argument("--state-dir", default="out/sink", help="broker persistence and logs")
     sink.add_argument("--flush-every-s", type=float, default=5.0, help="write buffered rows at least this often")
+    sink.add_argument(
+        "--roll-every-s", type=float, help="close a lake file (its rows become visible) after this long (default 60)"
+    )
     sink.add_argument("--health-file", help="touch this file while healthy (container HEALTHCHECK)")
     sink.set_defaults(func=cmd_sink)
 

@@ -24,9 +24,20 @@ and drop the others, counted in `feature_values_dropped`. Only while the lake ha
 column at all (before any bundle served this edge) do raw names found a column. Either way the
 lake holds at most `max_feature_columns`; a name beyond that is dropped too.
 
+Rolling files (`roll_every_s` set; the sink service sets it): a flush appends its rows as a row
+group to an open file per date partition, under a dot-prefixed temp name
+(`.rolling-<uuid>.parquet.tmp`, which readers skip), and the file is closed and renamed into
+place ("rolled") once it reaches `roll_bytes` or has been open `roll_every_s`, at a schema change
+(a new feature column) and on `close()`. So the lake gets a few large files instead of one per
+flush (benchmarks/lake_files.py); rows become visible when their file rolls. A kill loses the
+open files: their messages were never reported durable, so the journal upstream
+(`edgehub.sink_service`) still holds them and writes them again at the next start, which first
+deletes the temp files a killed run left. Without `roll_every_s` each flush writes its own files.
+
 Durability: a message's `on_durable` (see `edgehub.upstream`) runs once everything it became is
-in the lake's files: at once for side-file records (written unbuffered as they come), after the
-flush that writes its rows otherwise. A flush that fails keeps its rows buffered for the next
+in the lake's visible files: at once for side-file records (written unbuffered as they come),
+after the flush that writes its rows otherwise (after the roll of every file they went to, when
+rolling). A flush that fails keeps its rows buffered for the next
 one. A message replayed after a crash upstream may come twice: a flush writes one row per
 (device_id, seq, source_module) of its buffer (a reading has a sensor row and an inference row).
 """
@@ -38,6 +49,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -46,8 +58,11 @@ from types import TracebackType
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from edgefleet.filemodes import open_private, private_dir
+from edgefleet.history import TS_COLUMN
 from edgefleet.lake import (
     BOOKKEEPING_COLUMNS,
     DEADLETTER_DIR,
@@ -70,18 +85,23 @@ from edgefleet.messages import (
     Reading,
     decode_json,
     format_ts,
+    iot_hub_message_bytes,
     parse_reading,
     payload_text,
+    units_4kb,
 )
 from edgefleet.routes import Message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_FEATURE_COLUMNS", "LakeSink"]
+__all__ = ["DEFAULT_ROLL_BYTES", "MAX_FEATURE_COLUMNS", "LakeSink"]
 
 # The widest bundle the lake serves; a lake past this is a device inventing names, not features.
 MAX_FEATURE_COLUMNS = 64
 MAX_LOGGED_DROPPED_NAMES = 20  # dropped names are logged once each, the first ones only
+# Spark's default split size (spark.sql.files.maxPartitionBytes): a rolling file closes at this size.
+DEFAULT_ROLL_BYTES = 128 * 1024 * 1024
+ROLLING_PREFIX = ".rolling-"  # an open rolling file: `.rolling-<uuid>.parquet.tmp` (readers skip dot files)
 
 
 class LakeSink:
@@ -93,13 +113,26 @@ class LakeSink:
         flush_every_s: float = 5.0,
         flush_rows: int = 10_000,
         max_feature_columns: int = MAX_FEATURE_COLUMNS,
+        *,
+        roll_every_s: float | None = None,
+        roll_bytes: int = DEFAULT_ROLL_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        tick: bool = True,
     ) -> None:
-        if flush_every_s <= 0 or flush_rows <= 0 or max_feature_columns <= 0:
-            raise ValueError("flush_every_s, flush_rows and max_feature_columns must be positive")
+        if flush_every_s <= 0 or flush_rows <= 0 or max_feature_columns <= 0 or roll_bytes <= 0:
+            raise ValueError("flush_every_s, flush_rows, max_feature_columns and roll_bytes must be positive")
+        if roll_every_s is not None and roll_every_s <= 0:
+            raise ValueError("roll_every_s must be positive (or None: a file per flush)")
         self.lake_dir = Path(lake_dir)
         self.flush_every_s = flush_every_s
         self.flush_rows = flush_rows
         self.max_feature_columns = max_feature_columns
+        self.roll_every_s = roll_every_s
+        self.roll_bytes = roll_bytes
+        self._clock = clock
+        self._open: dict[str, _RollingFile] = {}  # date -> open rolling file (guarded by _write_lock)
+        if roll_every_s is not None:
+            _remove_abandoned_rolling_files(self.lake_dir)
         self._features = lake_feature_columns(self.lake_dir)  # the lake's feature columns (guarded by _lock)
         self._dropped_names: set[str] = set()
         self._rows: list[dict[str, Any]] = []
@@ -110,7 +143,8 @@ class LakeSink:
         self._stats: Counter[str] = Counter()
         self._closed = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="lake-sink-flush", daemon=True)
-        self._ticker.start()
+        if tick:  # False: the caller drives `tick_once` (a simulated clock)
+            self._ticker.start()
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -124,8 +158,13 @@ class LakeSink:
         """Write a message's side-file records; return its rows for the buffer."""
         module = message.connection_module_id or message.connection_device_id
         source = f"{module}/{message.output or ''}"
+        size = iot_hub_message_bytes(message.body, message.properties, message.system_properties)
         with self._lock:
             self._stats["messages"] += 1
+            # What IoT Hub would meter for the traffic upstream of the lake (see iot_hub_message_bytes).
+            self._stats["messages_received"] += 1
+            self._stats["bytes_received"] += size
+            self._stats["units_4kb"] += units_4kb(size)
         if message.kind != "telemetry":
             self._write_event(message, _body_for_record(message.body))
             return []
@@ -207,7 +246,7 @@ class LakeSink:
             return
         with self._lock:
             if not self._rows:
-                self._oldest = time.monotonic()
+                self._oldest = self._clock()
             self._rows.extend(rows)
             if on_durable is not None:
                 self._on_flushed.append(on_durable)
@@ -219,7 +258,10 @@ class LakeSink:
     # -- writing --------------------------------------------------------------------------------
 
     def flush(self) -> list[Path]:
-        """Write every buffered row to the lake now, then report their messages durable; return the files written."""
+        """Write every buffered row to the lake now, then report their messages durable; return the files written.
+
+        When rolling, the rows go to the open files and the files returned are those rolled.
+        """
         with self._write_lock:
             with self._lock:
                 rows, on_flushed, oldest = self._rows, self._on_flushed, self._oldest
@@ -228,7 +270,10 @@ class LakeSink:
                 return []
             unique = _unique_rows(rows)
             try:
-                written = append_to_lake(self.lake_dir, _frame(unique))
+                if self.roll_every_s is None:
+                    written = append_to_lake(self.lake_dir, _frame(unique))
+                else:
+                    written = self._append_rolling(_frame(unique), on_flushed)
             except BaseException:
                 with self._lock:  # back in front of what arrived meanwhile, for the next flush
                     self._rows, self._on_flushed = rows + self._rows, on_flushed + self._on_flushed
@@ -237,23 +282,77 @@ class LakeSink:
             with self._lock:
                 self._stats["rows_written"] += len(unique)
                 self._stats["duplicate_rows_dropped"] += len(rows) - len(unique)
-                self._stats["files_written"] += len(written)
-        for on_durable in on_flushed:
-            _run(on_durable)
+                if self.roll_every_s is None:
+                    self._stats["files_written"] += len(written)
+        if self.roll_every_s is None:
+            for on_durable in on_flushed:
+                _run(on_durable)
         logger.debug("Flushed %d rows into %d lake file(s)", len(unique), len(written))
         return written
 
+    def _append_rolling(self, frame: pd.DataFrame, on_flushed: list[Callable[[], None]]) -> list[Path]:
+        """Append rows to each day's open file, rolling full or changed ones; return the files rolled (lock held)."""
+        days = pd.to_datetime(frame[TS_COLUMN], utc=True).dt.strftime("%Y-%m-%d")
+        parts = [(day, part) for day, part in frame.groupby(days, sort=True)]
+        tables = [
+            (day, pa.Table.from_pandas(part, preserve_index=False).replace_schema_metadata()) for day, part in parts
+        ]
+        # The messages of this flush are durable once every file their rows went to has rolled.
+        countdown = _Countdown(len(tables), on_flushed)
+        rolled: list[Path] = []
+        for day, table in tables:
+            current = self._open.get(day)
+            if current is not None and not current.takes(table.schema):
+                rolled.append(self._roll(day))  # a new column: the rest of the day goes to a new file
+                current = None
+            if current is None:
+                folder = private_dir(private_dir(self.lake_dir) / f"date={day}")
+                current = self._open[day] = _RollingFile(folder, table.schema, self._clock())
+            try:
+                current.write(table, countdown)
+            except BaseException:
+                # The open file may be damaged: drop it. Its earlier rows' messages were never
+                # reported durable, so the journal upstream writes them again at the next start.
+                self._open.pop(day).abandon()
+                raise
+            if current.bytes() >= self.roll_bytes:
+                rolled.append(self._roll(day))
+        return rolled
+
+    def _roll(self, day: str) -> Path:
+        """Close a day's open file, rename it into place and report its messages durable (write lock held)."""
+        current = self._open.pop(day)
+        path = current.close()
+        with self._lock:
+            self._stats["files_written"] += 1
+        current.durable()
+        return path
+
+    def roll_due(self) -> list[Path]:
+        """Roll the open files that have been open `roll_every_s`; return them."""
+        if self.roll_every_s is None:
+            return []
+        with self._write_lock:
+            now_s = self._clock()
+            due = [day for day, f in self._open.items() if now_s - f.opened_s >= self.roll_every_s]
+            return [self._roll(day) for day in due]
+
+    def tick_once(self) -> None:
+        """Flush rows that have waited `flush_every_s` and roll files open `roll_every_s` (the timer's work)."""
+        with self._lock:
+            due = self._oldest is not None and self._clock() - self._oldest >= self.flush_every_s
+        if due:
+            self.flush()
+        self.roll_due()
+
     def _tick(self) -> None:
-        """Flush rows that have waited `flush_every_s`, until closed."""
-        interval = min(1.0, self.flush_every_s / 2)
+        """Run `tick_once` about every second, until closed."""
+        interval = min(1.0, self.flush_every_s / 2, (self.roll_every_s or 2.0) / 2)
         while not self._closed.wait(interval):
-            with self._lock:
-                due = self._oldest is not None and time.monotonic() - self._oldest >= self.flush_every_s
-            if due:
-                try:
-                    self.flush()
-                except Exception:  # keep ticking: the next flush may succeed (disk full, ...)
-                    logger.exception("Lake flush failed; rows stay buffered until the next attempt")
+            try:
+                self.tick_once()
+            except Exception:  # keep ticking: the next flush may succeed (disk full, ...)
+                logger.exception("Lake flush failed; rows stay buffered until the next attempt")
 
     def _write_deadletter(self, record: Mapping[str, Any]) -> None:
         """Append a dead letter to today's `_deadletters` file."""
@@ -289,7 +388,7 @@ class LakeSink:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return counters: messages, rows, files, dead letters, events and dropped feature values."""
+        """Return counters: messages (with IoT Hub's bytes and 4 KB units), rows, files, dead letters, events, drops."""
         with self._lock:
             return dict(self._stats)
 
@@ -302,8 +401,12 @@ class LakeSink:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._ticker.join()
+        if self._ticker.is_alive():
+            self._ticker.join()
         self.flush()
+        with self._write_lock:
+            for day in list(self._open):
+                self._roll(day)
 
     def __enter__(self) -> LakeSink:
         return self
@@ -312,6 +415,89 @@ class LakeSink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class _Countdown:
+    """Run callbacks once `count` files have rolled."""
+
+    def __init__(self, count: int, callbacks: list[Callable[[], None]]) -> None:
+        self._left = count
+        self._callbacks = callbacks
+        self._lock = threading.Lock()
+
+    def done(self) -> None:
+        """Count one file rolled; run the callbacks at the last."""
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            for callback in self._callbacks:
+                _run(callback)
+
+
+class _RollingFile:
+    """One day's open lake file: row groups appended under a temp name, renamed into place when rolled."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, opened_s: float) -> None:
+        self.final = folder / f"part-{uuid.uuid4().hex}.parquet"
+        self.tmp = folder / f"{ROLLING_PREFIX}{self.final.stem}.parquet.tmp"
+        self.schema = schema
+        self.opened_s = opened_s
+        self._countdowns: list[_Countdown] = []
+        open_private(self.tmp, "wb").close()  # created 0600 first: the writer below keeps the mode
+        self._writer = pq.ParquetWriter(
+            str(self.tmp), schema, compression="snappy", coerce_timestamps="us", allow_truncated_timestamps=True
+        )
+
+    def takes(self, schema: pa.Schema) -> bool:
+        """Return whether rows of `schema` fit this file (its columns, same types, or nulls)."""
+        mine = {field.name: field.type for field in self.schema}
+        return all(
+            field.name in mine and (field.type == mine[field.name] or pa.types.is_null(field.type)) for field in schema
+        )
+
+    def write(self, table: pa.Table, countdown: _Countdown) -> None:
+        """Append rows as a row group; the countdown ticks when this file rolls."""
+        present = set(table.column_names)
+        columns = [
+            table.column(f.name).cast(f.type) if f.name in present else pa.nulls(len(table), f.type)
+            for f in self.schema
+        ]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self._countdowns.append(countdown)
+
+    def bytes(self) -> int:
+        """Return the bytes written so far (row groups are written as they come)."""
+        try:
+            return self.tmp.stat().st_size
+        except OSError:
+            return 0
+
+    def close(self) -> Path:
+        """Finish the file and rename it into place; return its path."""
+        self._writer.close()
+        self.tmp.replace(self.final)
+        return self.final
+
+    def durable(self) -> None:
+        """Tell the messages whose rows are in this (rolled) file."""
+        for countdown in self._countdowns:
+            countdown.done()
+
+    def abandon(self) -> None:
+        """Drop a file a write failed on (its messages are not reported durable)."""
+        try:
+            self._writer.close()
+        except Exception:  # already broken
+            logger.debug("Closing a failed rolling file %s", self.tmp, exc_info=True)
+        self.tmp.unlink(missing_ok=True)
+
+
+def _remove_abandoned_rolling_files(lake_dir: Path) -> None:
+    """Delete the open files a killed sink left (the journal upstream writes their rows again)."""
+    for path in Path(lake_dir).glob(f"date=*/{ROLLING_PREFIX}*.tmp"):
+        logger.info("Removing %s, the open file of a sink that stopped without closing it", path)
+        path.unlink(missing_ok=True)
 
 
 def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

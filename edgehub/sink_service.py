@@ -6,7 +6,8 @@ message to this service's broker (wire form in `edgehub.hub`). The service
 subscribes with a persistent session at QoS 1 and feeds a `LakeSink`. The broker keeps its
 sessions on disk, so a restart of either side loses nothing that was acknowledged. Each message
 is appended to a journal (`<state_dir>/journal`) before paho acknowledges it and stays there
-until its rows are in the lake's files, so a SIGKILL inside the flush window loses nothing
+until its rows are in the lake's visible files (a lake file rolls into place after `--roll-every-s`
+or at `--roll-bytes`), so a SIGKILL inside the flush window or with a file still open loses nothing
 either: the next start writes what the journal kept (a row may then come twice, never zero times).
 
 The broker refuses anonymous clients (`--users-file`, see `edgehub.hub_auth`): the stand-in may
@@ -131,6 +132,8 @@ class SinkService:
             self.settings.flush_every_s,
             self.settings.flush_rows,
             self.settings.max_feature_columns,
+            roll_every_s=self.settings.roll_every_s,
+            roll_bytes=self.settings.roll_bytes,
         )
         replayed, kept = 0, True
         for record in self._journal.recover():

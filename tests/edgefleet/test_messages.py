@@ -511,3 +511,12 @@ def test_fuzzed_payloads_parse_or_raise_message_error_with_a_known_reason():
         outcomes["parsed"] += len(readings)
         outcomes["reported"] += len(errors)
     assert min(outcomes.values()) > 100, outcomes
+
+
+def test_iot_hub_sizes_a_message_as_body_plus_system_values_plus_application_names_and_values() -> None:
+    from edgefleet.messages import iot_hub_message_bytes, units_4kb
+
+    size = iot_hub_message_bytes(b"x" * 4000, {"alert": "drift"}, {"contentType": "application/json"})
+
+    assert size == 4000 + len("application/json") + len("alert") + len("drift")
+    assert units_4kb(size) == 1 and units_4kb(size + 75) == 2

@@ -145,7 +145,7 @@ def test_the_sink_restarts_its_hub_broker_killed_with_sigkill_and_writes_the_lak
     port, lake, health = free_port(), tmp_path / "lake", tmp_path / "healthy"
     process = _run(
         "edgehub.sink_service", "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", tmp_path / "state",
-        "--flush-every-s", 0.3, "--health-file", health, *hub_logins.sink_flags(),
+        "--flush-every-s", 0.3, "--roll-every-s", 0.3, "--health-file", health, *hub_logins.sink_flags(),
     )  # fmt: skip
     publisher = hub_logins.publisher(port, "test-sink-publisher")
     try:

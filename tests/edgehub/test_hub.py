@@ -52,6 +52,7 @@ class RunningSink:
             lake_dir=self.lake,
             state_dir=tmp_path / "sink",
             flush_every_s=0.2,
+            roll_every_s=0.2,
         )
         self.stop_event = threading.Event()
         self.service = SinkService(self.settings)

@@ -64,7 +64,7 @@ def sink(tmp_path: Path, hub_logins: HubLogins) -> Iterator[Sink]:
     port, lake, health = free_port(), tmp_path / "lake", tmp_path / "healthy"
     process = sink_service(
         "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", tmp_path / "state",
-        "--flush-every-s", 0.2, "--health-file", health, *hub_logins.sink_flags(),
+        "--flush-every-s", 0.2, "--roll-every-s", 0.2, "--health-file", health, *hub_logins.sink_flags(),
     )  # fmt: skip
     try:
         wait_for(lambda: health.exists() or process.poll() is not None, timeout_s=60)
@@ -212,7 +212,7 @@ def test_with_allow_anonymous_a_development_sink_takes_anonymous_publishers(tmp_
     port, lake, health = free_port(), tmp_path / "lake", tmp_path / "healthy"
     process = sink_service(
         "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", tmp_path / "state",
-        "--flush-every-s", 0.2, "--health-file", health, "--allow-anonymous",
+        "--flush-every-s", 0.2, "--roll-every-s", 0.2, "--health-file", health, "--allow-anonymous",
     )  # fmt: skip
     try:
         wait_for(lambda: health.exists() or process.poll() is not None, timeout_s=60)

@@ -150,7 +150,7 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(
 
         sink_args = (
             "--listen", f"127.0.0.1:{hub_port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "sink",
-            "--flush-every-s", 0.2, *hub_logins.sink_flags(),
+            "--flush-every-s", 0.2, "--roll-every-s", 0.2, *hub_logins.sink_flags(),
         )  # fmt: skip
         sink = subprocess.Popen(
             [sys.executable, "-m", "edgehub.sink_service", *map(str, sink_args)],

@@ -260,3 +260,83 @@ def test_the_lake_reads_files_written_before_the_message_columns_existed(tmp_pat
     assert list(rows["seq"]) == [1, 2]
     assert rows["correlation_id"].isna().tolist() == [True, False]
     assert read_history(tmp_path)[1] == ("temp",)  # the message columns are never training features
+
+
+def test_the_sink_counts_the_4kb_units_iot_hub_would_meter_for_each_message(tmp_path: Path) -> None:
+    small = message(reading(1), properties={"alert": "1"})
+    big = message({"schema": "edgefleet.batch/1", "readings": [reading(seq) for seq in range(100)]})
+    sizes = [len(m.body) + len("application/json") + len("utf-8") for m in (small, big)]
+    sizes[0] += len("alert") + len("1")
+
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        sink(small)
+        sink(big)
+
+    stats = sink.stats()
+    assert stats["messages_received"] == 2 and stats["bytes_received"] == sum(sizes)
+    assert sizes[1] > 4096 and stats["units_4kb"] == 1 + -(-sizes[1] // 4096)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_rolling_flushes_append_to_one_file_per_day_that_appears_when_it_rolls(tmp_path: Path) -> None:
+    clock, durable = FakeClock(), []
+    sink = LakeSink(tmp_path, flush_every_s=5, flush_rows=10, roll_every_s=60, clock=clock, tick=False)
+    try:
+        for seq in range(100):  # ten flushes of ten rows, over 50 simulated seconds
+            sink(message(reading(seq, day="2026-11-20" if seq < 95 else "2026-11-21")), lambda s=seq: durable.append(s))
+            clock.now_s += 0.5
+        sink.tick_once()
+        assert sink.stats()["rows_written"] == 100
+        assert read_lake(tmp_path).empty and durable == []  # in the open files: invisible, not yet durable
+        assert len(list(tmp_path.glob("date=*/.rolling-*.parquet.tmp"))) == 2
+
+        clock.now_s += 60
+        sink.tick_once()
+
+        days = sorted(p.parent.name for p in tmp_path.glob("date=*/*.parquet"))
+        assert days == ["date=2026-11-20", "date=2026-11-21"]
+        assert sorted(read_lake(tmp_path)["seq"]) == list(range(100)) and sorted(durable) == list(range(100))
+        assert sink.stats()["files_written"] == 2
+    finally:
+        sink.close()
+
+
+def test_a_rolling_file_rolls_at_its_size_and_on_close(tmp_path: Path) -> None:
+    with LakeSink(tmp_path, flush_every_s=60, flush_rows=50, roll_every_s=3600, roll_bytes=8_000, tick=False) as sink:
+        for seq in range(1000):
+            sink(message(reading(seq)))
+        rolled = sink.stats()["files_written"]
+    assert 1 < rolled < 20  # 20 flushes, a few files
+    assert sink.stats()["files_written"] == rolled + 1  # close() rolled the open one
+    assert sorted(read_lake(tmp_path)["seq"]) == list(range(1000))
+    assert not list(tmp_path.glob("date=*/.rolling-*"))
+
+
+def test_a_new_feature_column_rolls_the_open_file_and_both_files_read_back(tmp_path: Path) -> None:
+    with LakeSink(tmp_path, flush_every_s=60, flush_rows=1, roll_every_s=3600, tick=False) as sink:
+        sink(message(reading(1)))
+        prediction = {**reading(2), "features": {"temp": 2.0, "wind": 3.0}, "prediction": {"value": 1.0}}
+        sink(message(prediction, module="inference", output="predictions"))
+        sink(message(reading(3)))  # raw telemetry without wind: nulls in the new file
+        assert sink.stats()["files_written"] == 1
+
+    lake = read_lake(tmp_path).sort_values("seq")
+    assert len(list(tmp_path.glob("date=*/*.parquet"))) == 2
+    assert lake["wind"].tolist()[1] == 3.0 and lake["wind"].isna().sum() == 2
+
+
+def test_a_sink_starting_removes_the_open_files_a_killed_one_left(tmp_path: Path) -> None:
+    sink = LakeSink(tmp_path, flush_every_s=60, flush_rows=1, roll_every_s=3600, tick=False)
+    sink(message(reading(1)))
+    left = list(tmp_path.glob("date=*/.rolling-*.parquet.tmp"))
+    assert len(left) == 1  # the process "dies" here: never closed
+
+    with LakeSink(tmp_path, roll_every_s=60, tick=False):
+        assert not left[0].exists()

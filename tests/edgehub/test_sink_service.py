@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from edgefleet.journal import Journal
-from edgefleet.lake import DEADLETTER_DIR
+from edgefleet.lake import DEADLETTER_DIR, read_lake
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import free_port
 from tests.hub_logins import HubLogins
@@ -51,14 +51,23 @@ def lake_seqs(lake_dir: Path) -> list[int]:
     return sorted(pd.read_parquet(lake_dir)["seq"]) if list(lake_dir.glob("date=*/*.parquet")) else []
 
 
-def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path, hub_logins: HubLogins) -> None:
+@pytest.mark.parametrize(
+    "held_in",
+    [
+        pytest.param(("--flush-every-s", 3600), id="flush-buffer"),
+        pytest.param(("--flush-every-s", 0.1, "--roll-every-s", 3600), id="open-rolling-file"),
+    ],
+)
+def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(
+    tmp_path: Path, hub_logins: HubLogins, held_in: tuple[object, ...]
+) -> None:
     count, port = 150, free_port()
     args = (
         "--listen", f"127.0.0.1:{port}", "--lake", tmp_path / "lake", "--state-dir", tmp_path / "state",
         *hub_logins.sink_flags(),
     )  # fmt: skip
     health_file = tmp_path / "healthy"
-    process = sink_service(*args, "--flush-every-s", 3600, "--health-file", health_file)
+    process = sink_service(*args, *held_in, "--health-file", health_file)
     publisher = hub_logins.publisher(port, "test-sink-service-publisher")
     try:
         wait_for(lambda: health_file.exists() or process.poll() is not None, timeout_s=60)
@@ -69,9 +78,11 @@ def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path,
         time.sleep(1.0)  # the sink takes them off its broker (and acknowledges them) in milliseconds
         process.kill()
         process.communicate(timeout=30)
-        assert lake_seqs(tmp_path / "lake") == []  # all of them were in the flush window
+        assert lake_seqs(tmp_path / "lake") == []  # all of them were in the flush window (or the open file)
+        open_files = list((tmp_path / "lake").glob("date=*/.rolling-*.tmp"))
+        assert len(open_files) == (1 if "--roll-every-s" in held_in else 0)
 
-        process = sink_service(*args, "--flush-every-s", 0.2)
+        process = sink_service(*args, "--flush-every-s", 0.2, "--roll-every-s", 0.2)
         wait_for(lambda: len(set(lake_seqs(tmp_path / "lake"))) >= count or process.poll() is not None, 60)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -79,6 +90,8 @@ def test_rows_the_sink_held_in_its_flush_window_survive_a_kill_9(tmp_path: Path,
 
     seqs = lake_seqs(tmp_path / "lake")
     assert set(seqs) == set(range(count)), err  # 0 lost
+    assert sorted(read_lake(tmp_path / "lake")["seq"]) == list(range(count))  # none doubled for read_lake
+    assert not list((tmp_path / "lake").glob("date=*/.rolling-*"))  # the killed run's open file is gone
     print(f"sink kill -9: {count} sent, {count - len(set(seqs))} lost, {len(seqs) - len(set(seqs))} duplicates")
 
 
@@ -113,7 +126,7 @@ def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their
     health_file = tmp_path / "healthy"
     process = sink_service(
         "--listen", f"127.0.0.1:{port}", "--lake", lake, "--state-dir", state,
-        "--flush-every-s", 0.2, "--health-file", health_file, *hub_logins.sink_flags(),
+        "--flush-every-s", 0.2, "--roll-every-s", 0.2, "--health-file", health_file, *hub_logins.sink_flags(),
     )  # fmt: skip
     publisher = hub_logins.publisher(port, "test-sink-service-modes")
     try:
@@ -149,8 +162,10 @@ def test_the_lake_dead_letters_and_journal_the_sink_writes_are_readable_by_their
     [
         (["--listen", "0.0.0.0"], {}, "SINK_LISTEN: '0.0.0.0' is not HOST:PORT; write e.g. sink:1883"),
         ([], {"SINK_FLUSH_EVERY_S": "0"}, "SINK_FLUSH_EVERY_S: Input should be greater than 0"),
+        (["--roll-every-s", "-1"], {}, "SINK_ROLL_EVERY_S: Input should be greater than 0"),
+        ([], {"SINK_ROLL_BYTES": "0"}, "SINK_ROLL_BYTES: Input should be greater than 0"),
     ],
-    ids=["listen-without-port", "flush-interval-zero"],
+    ids=["listen-without-port", "flush-interval-zero", "roll-age-negative", "roll-size-zero"],
 )
 def test_a_bad_setting_exits_2_saying_how_to_fix_it_without_a_traceback(
     args: list[str], env: dict[str, str], expected: str
