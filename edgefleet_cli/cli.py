@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from edgefleet.deployment import DEFAULT_TEMPLATE
+from cloud_training.cluster import job_failure
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet_cli.commands import Subcommands
 from edgefleet_cli.commands.bundle import add_bundle_commands
@@ -190,3 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgefleet: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        failure = job_failure(err)  # a lost cluster or tracking server: one line, not a traceback
+        if failure is None:
+            raise
+        print(f"edgefleet: error: {failure}", file=sys.stderr)
+        return 2
