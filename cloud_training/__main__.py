@@ -27,8 +27,8 @@ from cloud_training.cli import (
     train_settings,
     training_document,
 )
-from cloud_training.job_log import ProgressLog, retrain_summary, score_summary, training_summary
 from cloud_training.cluster import job_failure
+from cloud_training.job_log import ProgressLog, retrain_summary, score_summary, training_summary
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet.process import configure_logging
 

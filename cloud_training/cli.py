@@ -95,7 +95,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-uri", help="score through mlflow.pyfunc.spark_udf, e.g. models:/edgefleet-fleet@champion"
     )
     parser.add_argument(
-        "--master", "--remote", dest="master", default="local[*]", help="Spark master, or sc://HOST:PORT (Spark Connect)"
+        "--master",
+        "--remote",
+        dest="master",
+        default="local[*]",
+        help="Spark master, or sc://HOST:PORT (Spark Connect)",
     )
 
 

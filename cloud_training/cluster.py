@@ -108,7 +108,7 @@ def check_tracking_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
     url = tracking_uri.rstrip("/") + "/health"
     fix = "start `mlflow server` or fix --tracking-uri"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http/https only)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             response.read(64)
     except urllib.error.HTTPError as err:
         if err.code >= 500:
@@ -119,7 +119,9 @@ def check_tracking_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
         logger.debug("tracking server %s: /health answered HTTP %d", tracking_uri, err.code)
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingServerError(f"Cannot reach the MLflow tracking server at {tracking_uri} ({reason}): {fix}") from None
+        raise TrackingServerError(
+            f"Cannot reach the MLflow tracking server at {tracking_uri} ({reason}): {fix}"
+        ) from None
 
 
 def job_failure(err: BaseException) -> EdgefleetError | None:

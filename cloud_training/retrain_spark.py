@@ -52,6 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def champion_for(reader: BundleReader, device_id: str) -> Champion:
     """Return the champion bundle's entry and serving models for one device (sha256-checked on load)."""
     fleet = reader.model(Route("fleet", None, "no_model"))

@@ -66,7 +66,9 @@ def _read(bundle_dir: Path, rel: str) -> bytes:
     try:
         return (bundle_dir / rel).read_bytes()
     except OSError as err:
-        raise BundleError(f"{bundle_dir / rel}: cannot read ({err.strerror or err}); run `edgefleet bundle verify`") from err
+        raise BundleError(
+            f"{bundle_dir / rel}: cannot read ({err.strerror or err}); run `edgefleet bundle verify`"
+        ) from err
 
 
 # Per Python worker: the scratch copy of the bundle it last opened, and its reader.

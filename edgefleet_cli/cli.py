@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from edgefleet.deployment import DEFAULT_TEMPLATE
 from cloud_training.cluster import job_failure
+from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet_cli.commands import Subcommands
 from edgefleet_cli.commands.bundle import add_bundle_commands

@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -154,22 +156,22 @@ def standalone(services: list[Service], tmp_path_factory: pytest.TempPathFactory
     """Start a standalone master and one worker (1 core, 1 GB) from the pyspark package; return the master URL."""
     work = tmp_path_factory.mktemp("standalone")
     port, ui_port, worker_ui = free_port(), free_port(), free_port()
+    ui = ["--webui-port", str(ui_port)]
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     env = cluster_env(SPARK_WORKER_DIR=str(work / "worker"), SPARK_LOG_DIR=str(work))
     master = Service(
         "spark master",
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", LOOPBACK, "--port", str(port)]
-        + ["--webui-port", str(ui_port)],
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", LOOPBACK, "--port", str(port), *ui],
         work / "master.log",
         env,
     )
     services.append(master)
     master.wait_until(lambda: listening(port))
     url = f"spark://{LOOPBACK}:{port}"
+    resources = ["--memory", "1g", "--webui-port", str(worker_ui), "--work-dir", str(work / "worker")]
     worker = Service(
         "spark worker",
-        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK, "--cores", "1"]
-        + ["--memory", "1g", "--webui-port", str(worker_ui), "--work-dir", str(work / "worker"), url],
+        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK, "--cores", "1", *resources, url],
         work / "worker.log",
         env,
     )
@@ -241,12 +243,12 @@ def run_loop(master: str, tracking_uri: str, data: dict[str, Path], work: Path, 
     loop = Loop(work)
     common = ["--master", master, "--tracking-uri", tracking_uri, "--experiment", "cluster", "--quiet"]
     common += ["--families", "ridge,random_forest"]  # seeded randomness too; gradient boosting only adds time
+    scored = ["--out", loop.scored]
+    retrained = ["--out", loop.next_bundle, "--template", TEMPLATE]
     steps = {
         "train": ["train", "--history", data["history"], "--out", loop.bundle, *common],
-        "score": ["score", "--master", master, "--history", data["score_input"], "--bundle", loop.bundle]
-        + ["--out", loop.scored],
-        "retrain": ["retrain", "--lake", data["lake"], "--bundle", loop.bundle, "--since", "24h"]
-        + ["--out", loop.next_bundle, "--template", TEMPLATE, *common],
+        "score": ["score", "--master", master, "--history", data["score_input"], "--bundle", loop.bundle, *scored],
+        "retrain": ["retrain", "--lake", data["lake"], "--bundle", loop.bundle, "--since", "24h", *retrained, *common],
     }
     for name, args in steps.items():
         started = time.perf_counter()
@@ -329,3 +331,105 @@ def test_spark_connect_trains_scores_and_retrains_exactly_like_local_spark(
     loop = run_loop(connect_server, mlflow_server, data, tmp_path, in_subprocess)
     print(f"connect: {loop.times_s}")
     check_like_local(loop, local_loop, mlflow_server, data)
+
+
+def one_error_line(run: subprocess.CompletedProcess[str]) -> str:
+    """Return the run's one error line, after asserting it exited 2 with no traceback.
+
+    (MLflow's import-time nag about `predict` type hints may precede it: MLflow re-enables it itself.)
+    """
+    errors = [line for line in run.stderr.splitlines() if line.startswith("edgefleet: error: ")]
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    return errors[0]
+
+
+def assert_nothing_written(work: Path) -> None:
+    """Assert no bundle, staging or scratch directory is left behind."""
+    assert sorted(p.name for p in work.iterdir()) == [], sorted(p.name for p in work.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("command", "scheme", "expected"),
+    [
+        ("train", "spark", "Cannot reach the Spark master at 127.0.0.1:"),
+        ("train", "sc", "Cannot reach the Spark Connect server at 127.0.0.1:"),
+        ("score", "sc", "Cannot reach the Spark Connect server at 127.0.0.1:"),
+        ("retrain", "spark", "Cannot reach the Spark master at 127.0.0.1:"),
+    ],
+)
+def test_an_unreachable_master_fails_within_seconds_in_one_line_leaving_no_bundle(
+    command: str, scheme: str, expected: str, data: dict[str, Path], small_bundle: Path, tmp_path: Path
+) -> None:
+    master = f"{scheme}://{LOOPBACK}:{free_port()}"  # nothing listens there
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "bundle"
+    no_tracking = ["--template", TEMPLATE, "--tracking", "off"]
+    args = {
+        "train": ["--history", data["history"], "--out", out, "--tracking", "off"],
+        "score": ["--history", data["score_input"], "--bundle", small_bundle, "--out", out],
+        "retrain": ["--lake", data["lake"], "--bundle", small_bundle, "--since", "24h", "--out", out, *no_tracking],
+    }[command]
+    started = time.perf_counter()
+    run = edgefleet(command, "--master", master, *args, cwd=work)
+    assert expected in one_error_line(run) and "--master" in run.stderr
+    assert time.perf_counter() - started < 30
+    assert_nothing_written(work)
+
+
+def test_a_tracking_server_that_is_down_fails_in_one_line_before_spark_starts(data: dict[str, Path], tmp_path: Path):
+    uri = f"http://{LOOPBACK}:{free_port()}"
+    run = edgefleet(
+        "train", "--history", data["history"], "--out", tmp_path / "bundle", "--tracking-uri", uri, cwd=tmp_path
+    )
+    assert f"Cannot reach the MLflow tracking server at {uri}" in one_error_line(run)
+    assert_nothing_written(tmp_path)
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_error(503, "store unavailable")
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_tracking_server_answering_5xx_fails_in_one_line(data: dict[str, Path], tmp_path: Path) -> None:
+    server = ThreadingHTTPServer((LOOPBACK, 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://{LOOPBACK}:{server.server_address[1]}"
+    try:
+        run = edgefleet(
+            "train", "--history", data["history"], "--out", tmp_path / "bundle", "--tracking-uri", uri, cwd=tmp_path
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"The MLflow tracking server at {uri} answered HTTP 503" in one_error_line(run)
+    assert_nothing_written(tmp_path)
+
+
+def test_a_run_that_fails_after_it_started_is_marked_failed_on_the_server(
+    spark: object, mlflow_server: str, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from cloud_training.pipeline import run_training
+    from cloud_training.settings import TrainSettings
+    from edgefleet.errors import EdgefleetError
+
+    rows = fleet_history(1, 30).assign(device_id=None)  # readable, but no device to train
+    history = write_history(rows, tmp_path / "history.parquet")
+    settings = TrainSettings(
+        history=history, out=tmp_path / "bundle", tracking_uri=mlflow_server, experiment="cluster-failures"
+    )
+    with pytest.raises(EdgefleetError, match="no rows with a device_id"):
+        run_training(settings)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("cluster-failures")
+    assert experiment is not None
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id])] == ["FAILED"]
+    assert not (tmp_path / "bundle").exists()
