@@ -146,10 +146,10 @@ def job_failure(err: BaseException) -> EdgefleetError | None:
                 "(local[*], spark://HOST:PORT, or sc://HOST:PORT for Spark Connect)"
             )
     if "grpc" in sys.modules:
-        import grpc
+        import grpc  # type: ignore[import-untyped]
 
-        if isinstance(err, grpc.RpcError) and getattr(err.code(), "name", None) in _LOST:  # type: ignore[attr-defined]
-            return ClusterError(f"Lost the Spark Connect server: {_first_line(str(err.details()))}")  # type: ignore[attr-defined]
+        if isinstance(err, grpc.RpcError) and getattr(err.code(), "name", None) in _LOST:
+            return ClusterError(f"Lost the Spark Connect server: {_first_line(str(err.details()))}")
     if "py4j" in sys.modules:
         from py4j.protocol import Py4JNetworkError
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -24,6 +24,9 @@ from cloud_training.cluster import ClusterError, ConnectProgress, check_master, 
 from cloud_training.device_training import RESULT_DDL, TrainingConfig, results_frame, train_device
 from edgefleet.errors import EdgefleetError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format, infer_features
+
+if TYPE_CHECKING:
+    from pyspark.sql.connect.shell.progress import ProgressHandler
 
 logger = logging.getLogger(__name__)
 
@@ -273,11 +276,11 @@ def collect(result_df: DataFrame, spark: SparkSession, on_progress: Callable[[in
         rows = result_df.toPandas()
     elif is_connect_session(spark):
         handler = ConnectProgress(on_progress)
-        spark.registerProgressHandler(handler)  # type: ignore[attr-defined]
+        spark.registerProgressHandler(cast("ProgressHandler", handler))
         try:
             rows = result_df.toPandas()
         finally:
-            spark.removeProgressHandler(handler)  # type: ignore[attr-defined]
+            spark.removeProgressHandler(cast("ProgressHandler", handler))
     else:
         with StageProgress(spark, on_progress):
             rows = result_df.toPandas()
