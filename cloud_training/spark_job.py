@@ -90,7 +90,10 @@ def spark_session(master: str, driver_memory: str = "4g", app_name: str = "edgef
         raise failure from err
     finally:
         if handle.owned:
-            handle.session.stop()
+            try:
+                handle.session.stop()
+            except Exception as err:  # a lost Connect server cannot release the session: the first error stands
+                logger.warning("cannot stop the Spark session: %s", spark_error_line(err))
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
@@ -122,11 +125,31 @@ def _static_conf(driver_memory: str, local_dir: Path) -> dict[str, str]:
 def _connect_session(master: str, app_name: str) -> SparkSession:
     """Open a Spark Connect session: runtime settings only; the server starts the Python workers."""
     session = SparkSession.builder.remote(master.strip()).appName(app_name).create()
+    _bound_connect_retries(session)
     # The client logs each server error as a JSON line too; the error itself is raised to the caller.
     logging.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
     for key, value in SESSION_CONF.items():
         session.conf.set(key, value)
     return session
+
+
+# The Connect client retries a lost server for at least 10 minutes; these retries give up after ~20 s.
+CONNECT_MAX_RETRIES = 5
+CONNECT_MAX_BACKOFF_MS = 15_000
+
+
+def _bound_connect_retries(session: SparkSession) -> None:
+    """Let a Connect session give up on a lost server within seconds, not the client's default 10 minutes."""
+    from pyspark.sql.connect.client.retries import DefaultPolicy
+
+    client = getattr(session, "_client", None)
+    if client is not None and hasattr(client, "set_retry_policies"):
+        client.set_retry_policies([DefaultPolicy(max_retries=CONNECT_MAX_RETRIES, max_backoff=CONNECT_MAX_BACKOFF_MS)])
+
+
+def spark_error_line(err: BaseException) -> str:
+    """Return the first line of a Spark error."""
+    return next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def spark_failure(err: BaseException) -> EdgefleetError | None:
