@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import urllib.error
@@ -37,6 +38,7 @@ CONNECT_SCHEME = "sc://"
 STANDALONE_SCHEME = "spark://"
 DEFAULT_PORTS = {CONNECT_SCHEME: 15002, STANDALONE_SCHEME: 7077}
 CONNECT_TIMEOUT_S = 3.0
+_RESTART = "check that it runs (sbin/start-connect-server.sh) and run the job again"
 _LOST = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})  # gRPC codes of a server that went away
 # MLflow retries a failing HTTP call 7 times with doubling backoff (minutes); a job fails sooner.
 MLFLOW_HTTP_DEFAULTS = {
@@ -139,7 +141,7 @@ def job_failure(err: BaseException) -> EdgefleetError | None:
 
         # Only a lost connection: analysis and UDF errors are bugs and keep their traceback.
         if isinstance(err, SparkConnectGrpcException) and err.getGrpcStatusCode().name in _LOST:
-            return ClusterError(f"Lost the Spark Connect server: {_first_line(str(err))}")
+            return ClusterError(f"Lost the Spark Connect server ({_grpc_detail(str(err))}): {_RESTART}")
         if isinstance(err, PySparkRuntimeError) and err.getCondition() == "JAVA_GATEWAY_EXITED":
             return ClusterError(
                 "Spark's JVM did not start: check Java 17 is installed (JAVA_HOME) and --master "
@@ -149,13 +151,19 @@ def job_failure(err: BaseException) -> EdgefleetError | None:
         import grpc  # type: ignore[import-untyped]
 
         if isinstance(err, grpc.RpcError) and getattr(err.code(), "name", None) in _LOST:
-            return ClusterError(f"Lost the Spark Connect server: {_first_line(str(err.details()))}")
+            return ClusterError(f"Lost the Spark Connect server ({_grpc_detail(str(err))}): {_RESTART}")
     if "py4j" in sys.modules:
         from py4j.protocol import Py4JNetworkError
 
         if isinstance(err, Py4JNetworkError):
             return ClusterError(f"Lost Spark's JVM: {_first_line(str(err))}")
     return None
+
+
+def _grpc_detail(text: str) -> str:
+    """Return the `details` of a gRPC error's text (what went wrong), else its first line."""
+    match = re.search(r'details = "([^"]*)"', text)
+    return match[1] if match else _first_line(text)
 
 
 def _first_line(text: str) -> str:

@@ -60,3 +60,21 @@ def test_connect_progress_reports_tasks_done_over_tasks_of_the_running_stages() 
 def test_bugs_are_not_dressed_up_as_cluster_failures() -> None:
     assert job_failure(ValueError("a bug")) is None
     assert job_failure(ClusterError("down")) is not None
+
+
+def test_a_lost_connect_server_is_reported_by_the_grpc_details_in_one_line() -> None:
+    from grpc import StatusCode
+    from pyspark.errors.exceptions.connect import SparkConnectGrpcException
+
+    text = (
+        "<_MultiThreadedRendezvous of RPC that terminated with:\n\tstatus = StatusCode.UNAVAILABLE\n"
+        '\tdetails = "failed to connect to all addresses; last error: Connection refused"\n>'
+    )
+    failure = job_failure(SparkConnectGrpcException(text, grpc_status_code=StatusCode.UNAVAILABLE))
+    assert isinstance(failure, ClusterError)
+    assert str(failure) == (
+        "Lost the Spark Connect server (failed to connect to all addresses; last error: Connection refused): "
+        "check that it runs (sbin/start-connect-server.sh) and run the job again"
+    )
+    analysis = SparkConnectGrpcException("[TABLE_OR_VIEW_NOT_FOUND] x", grpc_status_code=StatusCode.INTERNAL)
+    assert job_failure(analysis) is None
