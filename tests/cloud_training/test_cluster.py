@@ -153,7 +153,7 @@ def mlflow_server(services: list[Service], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def standalone(services: list[Service], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Start a standalone master and one worker (1 core, 1 GB) from the pyspark package; return the master URL."""
+    """Start a standalone master and one worker (2 cores, 1 GB) from the pyspark package; return the master URL."""
     work = tmp_path_factory.mktemp("standalone")
     port, ui_port, worker_ui = free_port(), free_port(), free_port()
     ui = ["--webui-port", str(ui_port)]
@@ -171,7 +171,7 @@ def standalone(services: list[Service], tmp_path_factory: pytest.TempPathFactory
     resources = ["--memory", "1g", "--webui-port", str(worker_ui), "--work-dir", str(work / "worker")]
     worker = Service(
         "spark worker",
-        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK, "--cores", "1", *resources, url],
+        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", LOOPBACK, "--cores", "2", *resources, url],
         work / "worker.log",
         env,
     )
