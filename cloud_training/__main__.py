@@ -27,6 +27,7 @@ from cloud_training.cli import (
     train_settings,
     training_document,
 )
+from cloud_training.cluster import job_failure
 from cloud_training.job_log import ProgressLog, retrain_summary, score_summary, training_summary
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet.process import configure_logging
@@ -106,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        failure = job_failure(err)  # a lost cluster or tracking server: one line, not a traceback
+        if failure is None:
+            raise
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -94,7 +94,13 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-uri", help="score through mlflow.pyfunc.spark_udf, e.g. models:/edgefleet-fleet@champion"
     )
-    parser.add_argument("--master", default="local[*]")
+    parser.add_argument(
+        "--master",
+        "--remote",
+        dest="master",
+        default="local[*]",
+        help="Spark master, or sc://HOST:PORT (Spark Connect)",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser, *, json_help: str) -> None:
@@ -155,8 +161,9 @@ def run_score(args: argparse.Namespace) -> ScoreOutcome:
             scored = score_with_pyfunc(handle.session, df, args.model_uri, features)
         else:
             scored = score_with_bundle(handle.session, df, bundle)
-        scored.write.mode("overwrite").parquet(args.out)
-        rows = handle.session.read.parquet(args.out).count()
+        out = str(Path(args.out).resolve())  # the cluster writes it: an absolute path, the same for every node
+        scored.write.mode("overwrite").parquet(out)
+        rows = handle.session.read.parquet(out).count()
     return ScoreOutcome(rows=rows, out=Path(args.out))
 
 

@@ -27,7 +27,12 @@ def csv_flag(value: str) -> tuple[str, ...]:
 
 def add_training_flags(parser: argparse.ArgumentParser, *, tracking_modes: Sequence[str]) -> None:
     """Add the Spark, MLflow and model-choice flags of a training job to `parser`."""
-    parser.add_argument("--master", help="Spark master (default local[*], or $SPARK_MASTER)")
+    parser.add_argument(
+        "--master",
+        "--remote",
+        dest="master",
+        help="Spark master: local[*] (default, or $SPARK_MASTER), spark://HOST:PORT, or sc://HOST:PORT (Spark Connect)",
+    )
     parser.add_argument("--tracking", choices=list(tracking_modes))
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     parser.add_argument("--experiment")

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 import edgefleet
+from cloud_training.cluster import check_tracking_server
 from cloud_training.export import library_versions
 from cloud_training.merge import (
     KEPT_CHALLENGER,
@@ -115,6 +116,8 @@ def run_retrain(settings: RetrainSettings, on_progress: ProgressCallback | None 
     timings: dict[str, float] = {}
     champion = check_champion(settings.bundle)
     history_format(settings.lake)  # a missing lake fails here, before the JVM starts
+    if settings.tracking != "off":
+        check_tracking_server(settings.tracking_uri)  # and so does a tracking server that is down
     cutoff = parse_since(settings.since, datetime.now(UTC)) if settings.since else _created_at(champion)
     policy = _policy(settings, champion, cutoff)
     logger.info("retraining from %s rows since %s against bundle %s", settings.lake, cutoff, champion.bundle_version)

@@ -25,6 +25,7 @@ from cloud_training.retrain_policy import (
     decision_frame,
     retrain_device,
 )
+from cloud_training.shipping import ShippedBundle, open_shipped, ship_bundle
 from cloud_training.spark_job import limit_native_threads, read_history_spark, timestamp_column
 from edgefleet.bundle import BundleReader, Route
 from edgefleet.errors import EdgefleetError, HistoryError
@@ -51,17 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_READERS: dict[tuple[str, str], BundleReader] = {}
-
-
-def _champion_reader(bundle_dir: str, bundle_version: str) -> BundleReader:
-    # One reader per Python worker, keyed by version too: reused workers outlive a bundle rewritten in place.
-    key = (bundle_dir, bundle_version)
-    if key not in _READERS:
-        _READERS.clear()
-        _READERS[key] = BundleReader(Path(bundle_dir), runtime="joblib", cache_bytes=64 << 20)
-    return _READERS[key]
-
 
 def champion_for(reader: BundleReader, device_id: str) -> Champion:
     """Return the champion bundle's entry and serving models for one device (sha256-checked on load)."""
@@ -71,15 +61,18 @@ def champion_for(reader: BundleReader, device_id: str) -> Champion:
     return Champion(entry=reader.manifest.devices.get(device_id), served=served, fleet=fleet)
 
 
-def make_retrain_udf(policy: RetrainPolicy, bundle_dir: Path) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Return the grouped-map function that retrains one device per call."""
-    bundle_path = str(bundle_dir.resolve())
+def make_retrain_udf(
+    policy: RetrainPolicy, shipped: ShippedBundle
+) -> Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]:
+    """Return the cogrouped function that retrains one device per call: its rows, and its champion's model files."""
 
-    def retrain_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
+    def retrain_device_udf(pdf: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
+        if pdf.empty:  # a champion device without fresh rows: nothing to decide here
+            return pd.DataFrame()
         limit_native_threads()
         device_id = str(pdf[DEVICE_COLUMN].iloc[0])
         try:
-            champion = champion_for(_champion_reader(bundle_path, policy.bundle_version), device_id)
+            champion = champion_for(open_shipped(shipped, files), device_id)
         except Exception as err:  # an unreadable champion model keeps the champion entry as it is
             logger.warning("device %s: cannot load the champion's model: %s", device_id, err)
             failed = DeviceResult.failed(device_id, "champion_unreadable", f"{type(err).__name__}: {err}")
@@ -158,8 +151,11 @@ def with_prior_history(spark: SparkSession, fresh: DataFrame, history: Path, fea
 
 
 def retrain_all_devices(df: DataFrame, policy: RetrainPolicy, bundle_dir: Path) -> DataFrame:
-    """Return the lazy per-device frame: `groupBy(device_id).applyInPandas(retrain_device_udf)`."""
-    return df.groupBy(DEVICE_COLUMN).applyInPandas(make_retrain_udf(policy, bundle_dir), schema=RETRAIN_DDL)
+    """Return the lazy per-device frame: the rows cogrouped by device with the champion's model files."""
+    # The champion travels inside the job (`cloud_training.shipping`): executors need no access to `bundle_dir`.
+    shipped, model_files = ship_bundle(df.sparkSession, bundle_dir, cache_bytes=64 << 20)
+    grouped = df.groupBy(DEVICE_COLUMN).cogroup(model_files.groupBy(DEVICE_COLUMN))
+    return grouped.applyInPandas(make_retrain_udf(policy, shipped), schema=RETRAIN_DDL)
 
 
 def empty_lake_error(lake_rows: DataFrame, lake: Path, cutoff: datetime) -> EdgefleetError:

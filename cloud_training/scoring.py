@@ -5,35 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cloud_training.predict import predict_frame
-from edgefleet.bundle import BundleReader, read_manifest
+from cloud_training.shipping import open_shipped, ship_bundle
+from edgefleet.bundle import read_manifest
 from edgefleet.history import DEVICE_COLUMN
 
 SCORE_COLUMNS = "prediction double, prediction_model string, prediction_fallback_reason string"
-_READERS: dict[str, BundleReader] = {}
-
-
-def _reader(bundle_name: str) -> BundleReader:
-    # One reader per Python worker: its LRU keeps hot models across groups and tasks.
-    if bundle_name not in _READERS:
-        _READERS[bundle_name] = BundleReader(Path(SparkFiles.get(bundle_name)), runtime="joblib")
-    return _READERS[bundle_name]
 
 
 def score_with_bundle(spark: SparkSession, df: DataFrame, bundle_dir: Path) -> DataFrame:
-    """Return `df` with prediction columns, each device group scored by its own model."""
+    """Return `df` with prediction columns, each device group scored by its own model.
+
+    The bundle travels inside the job (`cloud_training.shipping`): executors need no access to `bundle_dir`.
+    """
     manifest = read_manifest(bundle_dir)  # fail on the driver, with a clear message, not in a task
-    spark.sparkContext.addFile(str(bundle_dir.resolve()), recursive=True)
-    bundle_name = bundle_dir.resolve().name
+    shipped, model_files = ship_bundle(spark, bundle_dir)
     input_schema = df.schema
     output_ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in input_schema.fields)
 
-    def score_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
-        scored = predict_frame(_reader(bundle_name), pdf)
+    def score_device_udf(pdf: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
+        if pdf.empty:  # a bundle device without rows to score
+            return pd.DataFrame()
+        scored = predict_frame(open_shipped(shipped, files), pdf)
         pdf = pdf.copy()
         pdf["prediction"] = scored["value"].to_numpy()
         pdf["prediction_model"] = scored["model"].to_numpy()
@@ -44,7 +40,8 @@ def score_with_bundle(spark: SparkSession, df: DataFrame, bundle_dir: Path) -> D
     for name in missing:  # absent features are scored by the fleet model with filled values
         df = df.withColumn(name, F.lit(None).cast("double"))
         output_ddl += f", `{name}` double"
-    return df.groupBy(DEVICE_COLUMN).applyInPandas(score_device_udf, schema=f"{output_ddl}, {SCORE_COLUMNS}")
+    grouped = df.groupBy(DEVICE_COLUMN).cogroup(model_files.groupBy(DEVICE_COLUMN))
+    return grouped.applyInPandas(score_device_udf, schema=f"{output_ddl}, {SCORE_COLUMNS}")
 
 
 def score_with_pyfunc(spark: SparkSession, df: DataFrame, model_uri: str, features: tuple[str, ...]) -> DataFrame:

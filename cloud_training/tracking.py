@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
+from cloud_training.cluster import check_tracking_server
 from cloud_training.device_training import BLOB_COLUMNS
 from cloud_training.gateway import BUNDLE_ARTIFACT, BundleGateway, pack_bundle
 
@@ -101,6 +102,7 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, mode: TrackingMode) -> None:
         self.mode = mode
         self.tracking_uri = tracking_uri
+        check_tracking_server(tracking_uri)  # a server that is down fails in seconds, before any work
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -181,9 +183,13 @@ class Tracker:
         return registered
 
     def abort(self) -> None:
-        """Close the parent run as failed."""
-        if mlflow.active_run() is not None:
-            mlflow.end_run(status="FAILED")
+        """Close the parent run as failed; a tracking server that is gone cannot hide the first error."""
+        if mlflow.active_run() is None:
+            return
+        try:
+            mlflow.end_run(status="FAILED")  # forgets the run locally before it calls the server
+        except Exception as err:
+            logger.warning("cannot mark MLflow run %s FAILED: %s", self.run_id, err)
 
     def set_champion(self, registered_model: str, model_version: str) -> None:
         """Point the `champion` alias at a registered version."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from cloud_training.cluster import job_failure
 from edgefleet.deployment import DEFAULT_TEMPLATE
 from edgefleet.errors import EdgefleetError, validation_message
 from edgefleet_cli.commands import Subcommands
@@ -196,3 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgefleet: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        failure = job_failure(err)  # a lost cluster or tracking server: one line, not a traceback
+        if failure is None:
+            raise
+        print(f"edgefleet: error: {failure}", file=sys.stderr)
+        return 2
