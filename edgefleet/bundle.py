@@ -491,13 +491,27 @@ class BundleReader:
         x = np.asarray(x, dtype=float).reshape(-1, len(self.features))
         route = self.route(device_id)
         out = np.empty(x.shape[0])
-        complete = np.isfinite(x).all(axis=1)
+        usable = usable_values(x)
+        complete = usable.all(axis=1)
         if complete.any():
             out[complete] = self.model(route).predict(x[complete])
         if not complete.all():
-            filled = np.where(np.isfinite(x[~complete]), x[~complete], self._fill)
+            filled = np.where(usable[~complete], x[~complete], self._fill)
             out[~complete] = self.model(Route("fleet", None, "missing_features")).predict(filled)
         return out, route
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def usable_values(x: np.ndarray) -> np.ndarray:
+    """Return which feature values a model can take: finite and within float32 (edge runtimes' type).
+
+    A sensor's 1e39 sentinel is finite in float64 but overflows the float32 that scikit-learn's
+    trees and ONNX Runtime use; such a value counts as missing, so one reading cannot fail a batch.
+    """
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (np.abs(x) <= _FLOAT32_MAX)
 
 
 _FLEET_ROUTE = Route("fleet", None, "no_model")

@@ -212,7 +212,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Write the training history (with faulty devices), the rows to score, and a lake where two devices drifted."""
     work = tmp_path_factory.mktemp("cluster-data")
     history = fleet_history(3, 150, seed=3)
-    # The fault devices' sentinel values (1e39) break float32 scoring, in every mode: score the healthy ones.
     healthy = history[history["device_id"].str.startswith("dev-")]
     rng = np.random.default_rng(5)
     lake = work / "lake"
@@ -220,7 +219,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     append_to_lake(lake, pd.concat([lake_rows(d, 120, NOW, d in DRIFTED, rng) for d in devices], ignore_index=True))
     return {
         "history": write_history(history, work / "history.parquet"),
-        "score_input": write_history(healthy, work / "score.parquet"),
+        # Every device, the faulty ones' 1e39 sentinels included: scoring treats them as missing values.
+        "score_input": write_history(history, work / "score.parquet"),
         "lake": lake,
     }
 

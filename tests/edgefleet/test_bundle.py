@@ -85,6 +85,19 @@ def test_reader_fills_missing_features_and_uses_the_fleet_model(small_bundle):
     assert value[0] == pytest.approx(fleet_value[0])
 
 
+@pytest.mark.parametrize("runtime", ["joblib", "onnx"])
+def test_reader_treats_a_value_beyond_float32_as_missing_instead_of_failing_the_batch(small_bundle, runtime):
+    reader = BundleReader(small_bundle, runtime=runtime)
+    device = first_trained(reader.manifest)
+    rows = np.array([[20.0, 1e39, 2.0, 50.0], [20.0, 50.0, 2.0, 50.0]])
+    filled = rows[:1].copy()
+    filled[0, 1] = reader.manifest.feature_stats["humidity_pct"].mean
+    values, _ = reader.predict(device, rows)
+    fleet_value, _ = reader.predict("never-seen", filled)
+    own_value, _ = reader.predict(device, rows[1:])
+    assert values == pytest.approx([fleet_value[0], own_value[0]])
+
+
 def test_onnx_and_joblib_runtimes_agree(small_bundle):
     x = np.random.default_rng(0).normal([20, 50, 2, 50], [6, 12, 1.5, 25], size=(50, 4))
     onnx, joblib = BundleReader(small_bundle, runtime="onnx"), BundleReader(small_bundle, runtime="joblib")
