@@ -511,7 +511,8 @@ def usable_values(x: np.ndarray) -> np.ndarray:
     trees and ONNX Runtime use; such a value counts as missing, so one reading cannot fail a batch.
     """
     with np.errstate(invalid="ignore"):
-        return np.isfinite(x) & (np.abs(x) <= _FLOAT32_MAX)
+        usable: np.ndarray = np.isfinite(x) & (np.abs(x) <= _FLOAT32_MAX)
+    return usable
 
 
 _FLEET_ROUTE = Route("fleet", None, "no_model")
