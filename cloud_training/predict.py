@@ -19,7 +19,7 @@ def predict_frame(reader: BundleReader, frame: pd.DataFrame) -> pd.DataFrame:
     for device_id, positions in pd.Series(np.arange(len(frame))).groupby(device_ids).groups.items():
         idx = np.asarray(positions)
         values[idx], route = reader.predict(str(device_id), x[idx])
-        complete: np.ndarray = usable_values(x[idx]).all(axis=1)
+        complete = np.asarray(usable_values(x[idx]).all(axis=1), dtype=bool)
         kinds[idx] = [route.kind if ok else "fleet" for ok in complete]
         reasons[idx] = [route.fallback_reason if ok else "missing_features" for ok in complete]
     return pd.DataFrame({"value": values, "model": kinds, "fallback_reason": reasons}, index=frame.index)
