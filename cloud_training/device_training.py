@@ -615,7 +615,8 @@ def _choose_kind(
     kind = choose_kind(inner_errors, config.fleet_margin)  # the final slice plays no part in the choice
     inner_mse = {name: float(errors.mean()) for name, errors in inner_errors.items()}
     status, reason, detail = choice_verdict(kind, inner_mse, cand.family)
-    served = kind != "fleet_corrected"  # a corrected device is served by the fleet file: it ships no model of its own
+    # The own model ships whatever is served (as a fallback's always did): an operator can switch it
+    # on, and an edge that predates `kind` serves it rather than the uncorrected fleet model.
 
     def metric(name: str, position: int) -> float | None:
         value = final.get(name)
@@ -644,10 +645,10 @@ def _choose_kind(
         inner_fleet_mse=inner_mse.get("fleet"),
         inner_corrected_mse=inner_mse.get("fleet_corrected"),
         correction=correction_to_json(correction) if correction is not None else None,
-        model_bytes=len(cand.blob) if served else None,
-        onnx_bytes=len(onnx_blob) if served and onnx_blob is not None else None,
-        predict_us=latency_us if served else None,
-        joblib_blob=cand.blob if served else None,
-        onnx_blob=onnx_blob if served else None,
+        model_bytes=len(cand.blob),
+        onnx_bytes=len(onnx_blob) if onnx_blob is not None else None,
+        predict_us=latency_us,
+        joblib_blob=cand.blob,
+        onnx_blob=onnx_blob,
         **counts,
     )

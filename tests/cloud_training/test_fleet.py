@@ -87,10 +87,10 @@ def test_a_fallback_device_says_what_won_and_by_how_much():
     assert row["mse"] == row["fleet_mse"]  # the served kind's final error
 
 
-def test_a_corrected_device_is_trained_with_its_correction_and_ships_no_model_of_its_own():
+def test_a_corrected_device_is_trained_with_its_correction_and_keeps_its_own_model_for_an_operator():
     _, results, _, _ = trained("correction")
     row = results[results["kind"] == "fleet_corrected"].iloc[0]
-    assert row["status"] == "trained" and row["joblib_blob"] is None
+    assert row["status"] == "trained" and row["joblib_blob"] is not None
     assert row["mse"] == row["corrected_mse"] and row["correction"].startswith('{"intercept":')
 
 
