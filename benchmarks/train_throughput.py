@@ -61,7 +61,7 @@ from cloud_training.device_training import (
     results_frame,
     train_device,
 )
-from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
+from cloud_training.fleet import fleet_from_samples, fleet_samples_locally
 from cloud_training.pipeline import TrainingOutcome, run_training
 from cloud_training.settings import TrainSettings
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, write_history
@@ -204,19 +204,18 @@ def device_frames(frame: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialBaseline:
-    """Loop `train_device` over every device on one core, then fit and judge against the fleet model."""
+    """Choose the fleet model from the devices' samples, then loop `train_device` over every device on one core."""
     config = baseline_config(settings, frame)
     groups = device_frames(frame)
     with threadpool_limits(limits=1):
-        train_device(groups[0], config)  # warm-up: lazy imports (skl2onnx, onnxruntime) not timed
         started = time.perf_counter()
-        results: list[DeviceResult] = [train_device(group, config) for group in groups]
-        loop_s = time.perf_counter() - started
-        started = time.perf_counter()
-        table = gate_stale_devices(results_frame(results), config.max_staleness_days)
-        fleet = train_fleet(pooled_fleet_rows(table, config, settings.fleet_max_rows), config)
-        judged = judge_against_fleet(table, fleet, config)
+        fleet = fleet_from_samples(fleet_samples_locally(groups, config), config, settings.fleet_max_rows)
         fleet_s = time.perf_counter() - started
+        train_device(groups[0], config, fleet.predictors)  # warm-up: lazy imports (skl2onnx, onnxruntime) not timed
+        started = time.perf_counter()
+        results: list[DeviceResult] = [train_device(group, config, fleet.predictors) for group in groups]
+        loop_s = time.perf_counter() - started
+        judged = gate_stale_devices(results_frame(results), config.max_staleness_days)
     return SerialBaseline(
         n_devices=len(groups),
         fleet_s=fleet_s,

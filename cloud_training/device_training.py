@@ -1,9 +1,14 @@
 """Per-device training: a pure function of one device's pandas frame.
 
-`train_device(frame, config, fleet_model)` gates the data, splits it by time, fits each
-candidate family, keeps the best one on the hold-out that fits the edge budget, and
-compares it with the fleet model. It never raises: any error becomes a `failed` result.
-Spark and MLflow code only wire it (see `spark_job.py`).
+`train_device(frame, config, fleet_model)` gates the data and splits it by time into three
+slices: fit rows, then an INNER validation slice, then the FINAL hold-out (the newest
+max(min_holdout_rows, ceil(n * holdout_fraction)) rows; the inner slice is as large and just
+before it). It fits each candidate family on the fit rows, and chooses what serves the device
+among its own best model (`device`), the fleet model (`fleet`) and the fleet model plus the
+device's shrunk correction (`fleet_corrected`, `correction.py`) on the inner slice only. The
+chosen model and the correction are then refitted on fit + inner rows and every kind is scored
+on the final slice, which nothing was chosen on. It never raises: any error becomes a `failed`
+result. Spark and MLflow code only wire it (see `spark_job.py`, `fleet_job.py`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
+from cloud_training.correction import apply_correction, correction_to_json, fit_correction
 from cloud_training.families import make_estimator
 from cloud_training.knobs import EdgeBudget, ModelKnobs
+from edgefleet.bundle import Correction
 from edgefleet.feature_reference import reference_from_values
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
 
@@ -51,7 +58,9 @@ class TrainingConfig(ModelKnobs):
     max_staleness_days: float = Field(30.0, gt=0.0)
     reference_ts_s: float | None = None
     budget: EdgeBudget = EdgeBudget()
-    fleet_rows_per_device: int = Field(0, ge=0, description="training rows each device contributes to the fleet model")
+    fleet_rows_per_device: int = Field(
+        0, ge=0, description="fit and inner rows each device contributes to the fleet model's selection"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
@@ -72,13 +81,26 @@ class DeviceResult:
     n_rows: int = 0
     n_dropped: int = 0
     n_train: int = 0
+    n_inner: int = 0
     n_holdout: int = 0
+    kind: str | None = None  # what serves the device: device, fleet or fleet_corrected
+    # mse/mae/r2: the served kind's error on the final slice; device_*, fleet_*, corrected_*: each kind's.
     mse: float | None = None
     mae: float | None = None
     r2: float | None = None
     fleet_mse: float | None = None
     fleet_mae: float | None = None
     fleet_r2: float | None = None
+    device_mse: float | None = None
+    device_mae: float | None = None
+    device_r2: float | None = None
+    corrected_mse: float | None = None
+    corrected_mae: float | None = None
+    corrected_r2: float | None = None
+    inner_device_mse: float | None = None
+    inner_fleet_mse: float | None = None
+    inner_corrected_mse: float | None = None
+    correction: str | None = None  # JSON {"intercept": .., "coef": [..]} in feature order (`correction.py`)
     model_bytes: int | None = None
     onnx_bytes: int | None = None
     predict_us: float | None = None
@@ -87,8 +109,6 @@ class DeviceResult:
     candidates: str | None = None
     joblib_blob: bytes | None = None
     onnx_blob: bytes | None = None
-    holdout_blob: bytes | None = None
-    fleet_rows_blob: bytes | None = None
     feature_reference: str | None = None  # JSON {feature: FeatureReference.to_text()} for the edge's drift monitor
 
     @classmethod
@@ -107,7 +127,7 @@ class DeviceResult:
 
 
 # Columns that carry data to the driver, not facts to report or log.
-BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "holdout_blob", "fleet_rows_blob", "feature_reference")
+BLOB_COLUMNS = ("joblib_blob", "onnx_blob", "feature_reference")
 _DDL_TYPES = {"str": "string", "int": "bigint", "float": "double", "bytes": "binary"}
 
 
@@ -137,7 +157,11 @@ def results_frame(results: list[DeviceResult]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A device's frame after the data-quality gates, split by time."""
+    """A device's frame after the data-quality gates, split by time.
+
+    `x_train` is everything before the final hold-out: the fit rows, then the last `n_inner`
+    rows, the inner validation slice that the choice is made on.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -147,6 +171,38 @@ class Prepared:
     n_dropped: int
     last_ts_s: float
     first_ts_s: float
+    n_inner: int = 0
+
+    @property
+    def n_fit(self) -> int:
+        """Return how many rows the candidates are fitted on before the choice."""
+        return len(self.y_train) - self.n_inner
+
+    @property
+    def x_fit(self) -> np.ndarray:
+        return self.x_train[: self.n_fit]
+
+    @property
+    def y_fit(self) -> np.ndarray:
+        return self.y_train[: self.n_fit]
+
+    @property
+    def x_inner(self) -> np.ndarray:
+        return self.x_train[self.n_fit :]
+
+    @property
+    def y_inner(self) -> np.ndarray:
+        return self.y_train[self.n_fit :]
+
+
+MIN_FIT_ROWS = 3
+# The correction's shrinkage when the fleet gave no estimate (retraining against a champion's fleet model).
+DEFAULT_PRIOR_ROWS = 30.0
+
+
+def holdout_rows(n: int, config: ModelKnobs, min_holdout_rows: int) -> int:
+    """Return the size of the final hold-out (and of the inner slice before it) for `n` rows."""
+    return max(min_holdout_rows, math.ceil(n * config.holdout_fraction))
 
 
 def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) -> Prepared | DeviceResult:
@@ -197,10 +253,19 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
         return DeviceResult.skipped(
             device_id, "constant_label", f"label is constant ({y[0]:g}): stuck sensor?", **counts
         )
-    n_holdout = max(config.min_holdout_rows, math.ceil(n * config.holdout_fraction))
+    n_holdout = holdout_rows(n, config, config.min_holdout_rows)
+    n_inner = n_holdout
     cut = n - n_holdout
+    if cut - n_inner < MIN_FIT_ROWS:
+        return DeviceResult.skipped(
+            device_id,
+            "too_few_rows",
+            f"{n} usable rows leave {cut - n_inner} to fit on besides the inner and final hold-outs "
+            f"({n_inner} + {n_holdout}); at least {MIN_FIT_ROWS} are needed",
+            **counts,
+        )
     x = values[:, :-1]
-    return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s, first_ts_s)
+    return Prepared(x[:cut], y[:cut], x[cut:], y[cut:], n_rows, n_dropped, last_ts_s, first_ts_s, n_inner)
 
 
 def feature_references(data: Prepared, features: tuple[str, ...] | list[str]) -> str | None:
@@ -234,7 +299,8 @@ def gate_stale_devices(results: pd.DataFrame, max_staleness_days: float) -> pd.D
     results = results.copy()
     results.loc[stale, "detail"] = [stale_detail(age, max_staleness_days) for age in age_days[stale]]
     results.loc[stale, ["status", "reason"]] = ["skipped", "stale_data"]
-    cleared = ["family", "mse", "mae", "r2", "model_bytes", "onnx_bytes", "predict_us", *BLOB_COLUMNS]
+    cleared = ["family", "kind", "correction", "model_bytes", "onnx_bytes", "predict_us", *BLOB_COLUMNS]
+    cleared += [f"{prefix}{m}" for prefix in ("", "device_", "corrected_") for m in ("mse", "mae", "r2")]
     results.loc[stale, cleared] = None
     return results
 
@@ -259,22 +325,78 @@ def decode_rows(blob: bytes, n_columns: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float64).reshape(-1, n_columns)
 
 
-def fleet_rows(data: Prepared, config: TrainingConfig, device_id: str) -> bytes | None:
-    """Return a seeded sample of the device's *training* rows (never its hold-out) for the fleet model."""
-    rows = np.column_stack([data.x_train, data.y_train])
-    if config.fleet_rows_per_device == 0 or np.abs(rows).max() > FLOAT32_MAX:
-        return None  # values no edge runtime (float32) can carry do not teach the fleet model
-    if rows.shape[0] > config.fleet_rows_per_device:
-        rng = np.random.default_rng(estimator_seed(device_id, config.seed))
-        rows = rows[np.sort(rng.choice(rows.shape[0], config.fleet_rows_per_device, replace=False))]
-    return encode_rows(rows)
+def fleet_sample(data: Prepared, config: TrainingConfig, device_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return seeded samples of the device's fit rows and inner rows (never its final hold-out) for the fleet model.
+
+    Rows are features then label. None when the device gives none: `fleet_rows_per_device` is 0,
+    or it holds values no edge runtime (float32) can carry.
+    """
+    if config.fleet_rows_per_device == 0:
+        return None
+    fit = np.column_stack([data.x_fit, data.y_fit])
+    inner = np.column_stack([data.x_inner, data.y_inner])
+    if max(np.abs(fit).max(), np.abs(inner).max()) > FLOAT32_MAX:
+        return None
+    rng = np.random.default_rng(estimator_seed(device_id, config.seed))
+
+    def sample(rows: np.ndarray) -> np.ndarray:
+        if rows.shape[0] <= config.fleet_rows_per_device:
+            return rows
+        return rows[np.sort(rng.choice(rows.shape[0], config.fleet_rows_per_device, replace=False))]
+
+    return sample(fit), sample(inner)
 
 
-def judge(device_mse: float, fleet_mse: float, margin: float, family: str | None) -> tuple[str, str | None, str | None]:
-    """Return (status, reason, detail): `fallback` unless the device beats the fleet by `margin`."""
-    if device_mse <= fleet_mse * (1.0 - margin):
+# What serves a device, simplest first. Leaving the pooled fleet model takes evidence: a kind is
+# eligible only when, on the inner slice, its MSE beats the fleet model's by `fleet_margin` AND its
+# absolute error beats it by more than CHOICE_STANDARD_ERRORS[kind] standard errors of the paired
+# per-row difference: a handful of inner rows must not move a device to its own unshrunk model by
+# luck (2 standard errors), while the correction is shrunk toward zero by the fleet's evidence
+# already (empirical Bayes), so the margin alone guards it. Among the eligible kinds the lowest
+# inner MSE wins; ties go to the simpler kind.
+KINDS = ("fleet", "fleet_corrected", "device")
+CHOICE_STANDARD_ERRORS = {"fleet_corrected": 0.0, "device": 2.0}
+
+
+def beats_fleet(errors: np.ndarray, fleet_errors: np.ndarray, margin: float, standard_errors: float) -> bool:
+    """Return whether per-row squared `errors` beat the fleet model's by `margin` and by more than noise."""
+    if float(errors.mean()) > float(fleet_errors.mean()) * (1.0 - margin):
+        return False
+    # On absolute errors: squared ones are heavy-tailed, and one wild row would mask a clear win.
+    gain = np.sqrt(fleet_errors) - np.sqrt(errors)
+    spread = float(gain.std(ddof=1)) / math.sqrt(gain.size) if gain.size > 1 else 0.0
+    return float(gain.mean()) > standard_errors * spread
+
+
+def choose_kind(inner_errors: dict[str, np.ndarray], margin: float) -> str:
+    """Return the kind to serve from each kind's squared errors on the INNER slice (never the final slice's)."""
+    usable = {
+        kind: errors
+        for kind, errors in inner_errors.items()
+        if kind in KINDS and errors.size and np.isfinite(errors).all()
+    }
+    fleet = usable.get("fleet")
+    eligible = [
+        kind
+        for kind in KINDS
+        if kind in usable
+        and (fleet is None or kind == "fleet" or beats_fleet(usable[kind], fleet, margin, CHOICE_STANDARD_ERRORS[kind]))
+    ]
+    if not eligible:
+        raise ValueError("no kind has finite inner-slice errors")
+    return min(eligible, key=lambda kind: float(usable[kind].mean()))  # min keeps the first (simplest) of ties
+
+
+def choice_verdict(kind: str, inner_mse: dict[str, float], family: str | None) -> tuple[str, str | None, str | None]:
+    """Return (status, reason, detail) of a device whose served `kind` was chosen on the inner slice."""
+    if kind == "device":
         return "trained", None, None
-    detail = f"device {family} mse {device_mse:.4g} does not beat fleet mse {fleet_mse:.4g} by {margin:.0%}"
+    own = inner_mse.get("device", math.inf)
+    winner = "fleet model" if kind == "fleet" else "fleet model + device correction"
+    share = 1.0 - inner_mse[kind] / own if math.isfinite(own) and own > 0 else 0.0
+    detail = f"{winner} inner mse {inner_mse[kind]:.4g} vs device {family} {own:.4g} ({share:.0%} lower)"
+    if kind == "fleet_corrected":
+        return "trained", None, detail
     return "fallback", "poor_model", detail
 
 
@@ -330,16 +452,15 @@ def predict_latency_us(model: Any, onnx_blob: bytes | None, row: np.ndarray) -> 
 class _Candidate:
     family: str
     model: Any = None
-    mse: float = math.inf
-    mae: float = math.inf
-    r2: float = -math.inf
+    mse: float = math.inf  # on the inner slice
+    errors: np.ndarray | None = None  # squared, per inner row
     blob: bytes | None = None
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
         if self.error:
             return {"family": self.family, "error": self.error}
-        summary: dict[str, Any] = {"family": self.family, "mse": self.mse}
+        summary: dict[str, Any] = {"family": self.family, "inner_mse": self.mse}
         if self.blob is not None:
             summary["bytes"] = len(self.blob)
         return summary
@@ -348,32 +469,56 @@ class _Candidate:
 def _fit_candidate(family: str, data: Prepared, seed: int) -> _Candidate:
     try:
         model = make_estimator(family, seed)
-        model.fit(data.x_train, data.y_train)
-        pred = model.predict(data.x_holdout)
+        model.fit(data.x_fit, data.y_fit)
+        pred = model.predict(data.x_inner)
         if not np.isfinite(pred).all():
-            raise ValueError("model predicts NaN/inf on the hold-out")
-        mse, mae, r2 = holdout_metrics(data.y_holdout, pred)
-        return _Candidate(family, model, mse, mae, r2)
+            raise ValueError("model predicts NaN/inf on the inner hold-out")
+        errors = (data.y_inner - pred) ** 2
+        return _Candidate(family, model, float(errors.mean()), errors)
     except Exception as err:  # a family failing leaves the others in the race
         return _Candidate(family, error=f"{type(err).__name__}: {err}"[:300])
 
 
+@dataclass(frozen=True)
+class FleetPredictors:
+    """The fleet model's two fits: `inner` (on pooled fit rows) scores inner slices, `final` (fit + inner) the rest.
+
+    Retraining passes one model for both: the champion's fleet model, fitted before any fresh row.
+    """
+
+    inner: Any
+    final: Any
+    prior_rows: float = DEFAULT_PRIOR_ROWS  # the correction's shrinkage, estimated across the fleet (`fleet.py`)
+
+
+def _fleet_predictors(fleet_model: Any) -> FleetPredictors | None:
+    if fleet_model is None or isinstance(fleet_model, FleetPredictors):
+        return fleet_model
+    return FleetPredictors(fleet_model, fleet_model)
+
+
 def train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any = None) -> DeviceResult:
-    """Train, select and check one device's model; never raise."""
+    """Train, select and check one device's model; never raise.
+
+    `fleet_model`: a fitted regressor or `FleetPredictors`; None chooses among the device's own
+    models only (kind `device`).
+    """
     started = time.perf_counter()
     device_id = str(frame[DEVICE_COLUMN].iloc[0]) if len(frame) else "<empty>"
     try:
         with warnings.catch_warnings():
             # Outcomes are recorded per device; library warnings would flood worker logs.
             warnings.simplefilter("ignore")
-            result = _train_device(frame, config, fleet_model, device_id)
+            result = _train_device(frame, config, _fleet_predictors(fleet_model), device_id)
     except Exception as err:  # one device failing never fails the batch
         logger.warning("device %s failed: %s", device_id, err)
         result = DeviceResult.failed(device_id, "exception", f"{type(err).__name__}: {err}", n_rows=len(frame))
     return dataclasses.replace(result, train_s=time.perf_counter() - started)
 
 
-def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any, device_id: str) -> DeviceResult:
+def _train_device(
+    frame: pd.DataFrame, config: TrainingConfig, fleet: FleetPredictors | None, device_id: str
+) -> DeviceResult:
     data = prepare_device(frame, config, device_id)
     if isinstance(data, DeviceResult):
         return data
@@ -381,6 +526,7 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
         "n_rows": data.n_rows,
         "n_dropped": data.n_dropped,
         "n_train": len(data.y_train),
+        "n_inner": data.n_inner,
         "n_holdout": len(data.y_holdout),
         "last_ts_s": data.last_ts_s,
         "feature_reference": feature_references(data, config.features),
@@ -389,76 +535,120 @@ def _train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any,
     candidates = [_fit_candidate(family, data, seed) for family in config.families]
     fitted = sorted((c for c in candidates if c.error is None), key=lambda c: c.mse)
     if not fitted:
+        counts["candidates"] = json.dumps([c.summary() for c in candidates])
         errors = "; ".join(f"{c.family}: {c.error}" for c in candidates)
         return DeviceResult.failed(device_id, "all_candidates_failed", errors, **counts)
     budget = config.budget
     rejected = []
     chosen = None
-    for cand in fitted:  # best hold-out error first; serialise only as far as needed
-        cand.blob = dump_joblib(cand.model)
+    for cand in fitted:  # best inner error first; refit on fit + inner rows and serialise only as far as needed
+        try:
+            model = make_estimator(cand.family, seed).fit(data.x_train, data.y_train)
+            final_pred = np.asarray(model.predict(data.x_holdout), dtype=float)
+        except Exception as err:  # the refit failing leaves the next family in the race
+            rejected.append(f"{cand.family}: refit raised {type(err).__name__}: {err}"[:300])
+            continue
+        cand.blob = dump_joblib(model)
         if len(cand.blob) > budget.max_model_bytes:
             rejected.append(f"{cand.family}: {len(cand.blob)} B > {budget.max_model_bytes} B")
             continue
         onnx_blob = None
         if config.onnx:
             try:
-                onnx_blob = to_onnx_bytes(cand.model, len(config.features))
+                onnx_blob = to_onnx_bytes(model, len(config.features))
             except Exception as err:  # the edge falls back to joblib for families ONNX cannot express
                 logger.info("device %s: %s does not convert to ONNX: %s", device_id, cand.family, err)
             if onnx_blob is not None and len(onnx_blob) > budget.max_model_bytes:
                 onnx_blob = None
-        latency_us = predict_latency_us(cand.model, onnx_blob, data.x_holdout[:1])
+        latency_us = predict_latency_us(model, onnx_blob, data.x_holdout[:1])
         if latency_us > budget.max_predict_us:
             rejected.append(f"{cand.family}: {latency_us:.0f} us > {budget.max_predict_us:g} us")
             continue
-        chosen = (cand, onnx_blob, latency_us)
+        chosen = (cand, final_pred, onnx_blob, latency_us)
         break
     counts["candidates"] = json.dumps([c.summary() for c in candidates])
-    if chosen is not None:
-        return _compare_with_fleet(device_id, *chosen, data, config, fleet_model, counts)
-    return DeviceResult.failed(
-        device_id, "over_budget", "no candidate fits the edge budget: " + "; ".join(rejected), **counts
-    )
+    if chosen is None:
+        return DeviceResult.failed(
+            device_id, "over_budget", "no candidate fits the edge budget: " + "; ".join(rejected), **counts
+        )
+    return _choose_kind(device_id, *chosen, data, config, fleet, counts)
 
 
-def _compare_with_fleet(
+def _finite_metrics(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    if not np.isfinite(pred).all():
+        return math.inf, math.inf, -math.inf  # a model that predicts NaN/inf never wins
+    return holdout_metrics(y, pred)
+
+
+def _choose_kind(
     device_id: str,
     cand: _Candidate,
+    device_pred: np.ndarray,
     onnx_blob: bytes | None,
     latency_us: float,
     data: Prepared,
     config: TrainingConfig,
-    fleet_model: Any,
+    fleet: FleetPredictors | None,
     counts: dict[str, Any],
 ) -> DeviceResult:
-    status: str = "trained"
-    reason = detail = None
-    fleet_mse = fleet_mae = fleet_r2 = None
-    holdout_blob = None
-    if fleet_model is not None:
-        fleet_mse, fleet_mae, fleet_r2 = holdout_metrics(data.y_holdout, fleet_model.predict(data.x_holdout))
-        status, reason, detail = judge(cand.mse, fleet_mse, config.fleet_margin, cand.family)
-    else:  # the driver judges against the fleet model once it is trained
-        holdout_blob = encode_rows(np.column_stack([data.x_holdout, data.y_holdout]))
-    assert cand.blob is not None
+    assert cand.blob is not None and cand.errors is not None
+    final: dict[str, tuple[float, float, float]] = {"device": _finite_metrics(data.y_holdout, device_pred)}
+    inner_errors: dict[str, np.ndarray] = {"device": cand.errors}
+    correction: Correction | None = None
+    if fleet is not None:
+        prior_rows = config.correction_prior_rows if config.correction_prior_rows is not None else fleet.prior_rows
+        # Inner phase: the fleet fitted on pooled fit rows, the correction on this device's fit rows.
+        fleet_inner = np.asarray(fleet.inner.predict(data.x_train), dtype=float)
+        fit, inner = slice(0, data.n_fit), slice(data.n_fit, None)
+        trial = fit_correction(data.x_fit, data.y_fit - fleet_inner[fit], prior_rows)
+        inner_errors["fleet"] = (data.y_inner - fleet_inner[inner]) ** 2
+        corrected_inner = apply_correction(trial, data.x_inner, fleet_inner[inner])
+        inner_errors["fleet_corrected"] = (data.y_inner - corrected_inner) ** 2
+        # Final phase: the fleet refitted on fit + inner rows, the correction on this device's fit + inner rows.
+        fleet_train = np.asarray(fleet.final.predict(data.x_train), dtype=float)
+        fleet_final = np.asarray(fleet.final.predict(data.x_holdout), dtype=float)
+        correction = fit_correction(data.x_train, data.y_train - fleet_train, prior_rows)
+        final["fleet"] = _finite_metrics(data.y_holdout, fleet_final)
+        final["fleet_corrected"] = _finite_metrics(
+            data.y_holdout, apply_correction(correction, data.x_holdout, fleet_final)
+        )
+    kind = choose_kind(inner_errors, config.fleet_margin)  # the final slice plays no part in the choice
+    inner_mse = {name: float(errors.mean()) for name, errors in inner_errors.items()}
+    status, reason, detail = choice_verdict(kind, inner_mse, cand.family)
+    # The own model ships whatever is served (as a fallback's always did): an operator can switch it
+    # on, and an edge that predates `kind` serves it rather than the uncorrected fleet model.
+
+    def metric(name: str, position: int) -> float | None:
+        value = final.get(name)
+        return None if value is None else value[position]
+
     return DeviceResult(
         device_id=device_id,
         status=status,
         reason=reason,
         detail=detail,
         family=cand.family,
-        mse=cand.mse,
-        mae=cand.mae,
-        r2=cand.r2,
-        fleet_mse=fleet_mse,
-        fleet_mae=fleet_mae,
-        fleet_r2=fleet_r2,
+        kind=kind,
+        mse=metric(kind, 0),
+        mae=metric(kind, 1),
+        r2=metric(kind, 2),
+        fleet_mse=metric("fleet", 0),
+        fleet_mae=metric("fleet", 1),
+        fleet_r2=metric("fleet", 2),
+        device_mse=metric("device", 0),
+        device_mae=metric("device", 1),
+        device_r2=metric("device", 2),
+        corrected_mse=metric("fleet_corrected", 0),
+        corrected_mae=metric("fleet_corrected", 1),
+        corrected_r2=metric("fleet_corrected", 2),
+        inner_device_mse=inner_mse["device"],
+        inner_fleet_mse=inner_mse.get("fleet"),
+        inner_corrected_mse=inner_mse.get("fleet_corrected"),
+        correction=correction_to_json(correction) if correction is not None else None,
         model_bytes=len(cand.blob),
         onnx_bytes=len(onnx_blob) if onnx_blob is not None else None,
         predict_us=latency_us,
         joblib_blob=cand.blob,
         onnx_blob=onnx_blob,
-        holdout_blob=holdout_blob,
-        fleet_rows_blob=fleet_rows(data, config, device_id),
         **counts,
     )

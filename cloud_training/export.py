@@ -17,12 +17,14 @@ from typing import Any
 
 import pandas as pd
 
+from cloud_training.correction import correction_from_json
 from cloud_training.device_training import TrainingConfig
 from cloud_training.fleet import FleetModel
 from edgefleet.bundle import (
     MANIFEST_NAME,
     MODELS_DIR,
     BundleManifest,
+    Correction,
     DeviceEntry,
     FleetEntry,
     HoldoutMetrics,
@@ -31,6 +33,7 @@ from edgefleet.bundle import (
     sha256_bytes,
 )
 from edgefleet.errors import BundleError
+from edgefleet.messages import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +122,11 @@ def write_device_entry(root: Path, row: dict[str, Any], mlflow_run_id: str | Non
         joblib_file = _write(root, stem + ".joblib", row["joblib_blob"])
         if row["onnx_blob"] is not None:
             onnx_file = _write(root, stem + ".onnx", row["onnx_blob"])
+    kind = served_kind(row)
     return DeviceEntry(
         status=row["status"],
+        kind=kind,
+        correction=_correction(row.get("correction")) if kind == "fleet_corrected" else None,
         reason=_optional_str(row["reason"]),
         detail=_optional_str(row["detail"]),
         family=_optional_str(row["family"]),
@@ -134,6 +140,20 @@ def write_device_entry(root: Path, row: dict[str, Any], mlflow_run_id: str | Non
         mlflow_run_id=mlflow_run_id,
         feature_reference=_feature_reference(row.get("feature_reference")),
     )
+
+
+def served_kind(row: Mapping[str, Any]) -> ModelKind:
+    """Return what serves a result row's device: `trained` rows their chosen kind, every other status the fleet."""
+    if row["status"] != "trained":
+        return "fleet"
+    kind = _optional_str(row.get("kind"))
+    if kind == "fleet_corrected" and isinstance(row.get("correction"), str):
+        return "fleet_corrected"
+    return "device" if row.get("joblib_blob") is not None else "fleet"
+
+
+def _correction(text: Any) -> Correction | None:
+    return correction_from_json(text) if isinstance(text, str) else None
 
 
 def _feature_reference(text: Any) -> dict[str, str] | None:
@@ -151,6 +171,9 @@ def content_version(created: datetime, fleet: FleetEntry, devices: Mapping[str, 
         joblib_file = devices[device_id].joblib
         if joblib_file is not None:
             content.update(joblib_file.sha256.encode())
+        correction = devices[device_id].correction
+        if correction is not None:  # a corrected device's model is the fleet file plus these numbers
+            content.update(device_id.encode() + correction.model_dump_json().encode())
     return f"{created:%Y%m%dT%H%M%SZ}-{content.hexdigest()[:8]}"
 
 

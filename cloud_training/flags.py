@@ -41,6 +41,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, tracking_modes: Seque
     parser.add_argument("--max-model-kb", type=float, help="edge budget: largest model file, kB")
     parser.add_argument("--max-predict-us", type=float, help="edge budget: slowest single-row predict, us")
     parser.add_argument("--fleet-margin", type=float, help="share by which a device model must beat the fleet")
+    parser.add_argument(
+        "--correction-prior-rows", type=float, help="rows a device needs before its fleet correction is half its own"
+    )
     parser.add_argument("--min-rows", type=int)
     parser.add_argument("--no-onnx", action="store_true", help="export joblib files only")
     parser.add_argument("--seed", type=int)
@@ -58,6 +61,7 @@ def settings_from_flags(settings_type: type[SettingsT], args: argparse.Namespace
         "max_model_bytes": int(args.max_model_kb * 1000) if args.max_model_kb else None,
         "max_predict_us": args.max_predict_us,
         "fleet_margin": args.fleet_margin,
+        "correction_prior_rows": args.correction_prior_rows,
         "min_rows": args.min_rows,
         "onnx": False if args.no_onnx else None,
         "seed": args.seed,

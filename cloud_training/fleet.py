@@ -1,42 +1,56 @@
-"""The fleet model: one model over all devices' training rows, the fallback on the edge.
+"""The fleet model: one model over all devices' rows, chosen like a device model.
 
-Its rows come back from the same Spark pass that trains the devices (each device sends
-a seeded sample of its training split), and every device is then judged against it on
-its own hold-out in one vectorised predict on the driver.
+Two steps (`fleet_job.py` runs them on Spark, `train_fleet_locally` in this process):
+
+1. every device sends a seeded sample of its fit rows and of its inner-validation rows
+   (`fleet_sample_frame`; never its final hold-out);
+2. the driver fits each fleet family on the pooled fit rows, keeps the one with the lowest
+   row-weighted error on the pooled inner rows, and refits it on fit + inner rows
+   (`select_fleet`). The device pass then receives both fits (`FleetPredictors`): the first
+   scores each device's inner slice honestly, the second is the served fleet model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cloud_training.device_training import (
+    DEFAULT_PRIOR_ROWS,
+    DeviceResult,
+    FleetPredictors,
     TrainingConfig,
     decode_rows,
     dump_joblib,
+    encode_rows,
+    fleet_sample,
     gate_stale_devices,
     holdout_metrics,
-    judge,
+    prepare_device,
     results_frame,
     to_onnx_bytes,
     train_device,
 )
-from cloud_training.families import make_estimator
+from cloud_training.families import FLEET_CANDIDATES, make_estimator
 from edgefleet.bundle import FeatureStats
+from edgefleet.history import DEVICE_COLUMN
 
 logger = logging.getLogger(__name__)
 
-FLEET_FAMILY = "fleet_gradient_boosting"
+MIN_PRIOR_ROWS = 1.0
+MAX_PRIOR_ROWS = 10_000.0
+SAMPLE_DDL = f"{DEVICE_COLUMN} string, last_ts_s double, fit_rows binary, inner_rows binary"
 
 
 @dataclass(frozen=True)
 class FleetModel:
-    """The fitted fleet model and its serialised forms."""
+    """The chosen fleet model (fitted on fit + inner rows), its inner-phase fit, and its serialised forms."""
 
     model: Any
     family: str
@@ -44,17 +58,125 @@ class FleetModel:
     joblib_blob: bytes
     onnx_blob: bytes | None
     feature_stats: dict[str, FeatureStats]
+    inner_model: Any = None
+    n_inner: int = 0
+    candidates: dict[str, float] = field(default_factory=dict)  # family -> pooled inner-slice mse
+    prior_rows: float = DEFAULT_PRIOR_ROWS
+
+    @property
+    def predictors(self) -> FleetPredictors:
+        """Return what the device pass scores with: the inner-phase fit, the served fit, the corrections' shrinkage."""
+        inner = self.inner_model if self.inner_model is not None else self.model
+        return FleetPredictors(inner, self.model, self.prior_rows)
 
 
-def train_fleet(rows: np.ndarray, config: TrainingConfig) -> FleetModel:
-    """Fit the fleet model on pooled rows (features then label); raise ValueError when too few."""
-    if rows.shape[0] < config.min_rows:
+def fleet_sample_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
+    """Return one device's contribution to the fleet model: one SAMPLE_DDL row (null rows when it sends none)."""
+    device_id = str(frame[DEVICE_COLUMN].iloc[0]) if len(frame) else "<empty>"
+    try:
+        data = prepare_device(frame, config, device_id)
+        sample = None if isinstance(data, DeviceResult) else fleet_sample(data, config, device_id)
+    except Exception as err:  # the device pass reports the device's failure; it only sends no rows here
+        logger.info("device %s sends no fleet rows: %s", device_id, err)
+        sample = None
+    if sample is None or isinstance(data, DeviceResult):
+        # One row with no rows in it: an empty frame of binary columns does not cross Arrow.
+        return pd.DataFrame({DEVICE_COLUMN: [device_id], "last_ts_s": [None], "fit_rows": [None], "inner_rows": [None]})
+    return pd.DataFrame(
+        {
+            DEVICE_COLUMN: [device_id],
+            "last_ts_s": [data.last_ts_s],
+            "fit_rows": [encode_rows(sample[0])],
+            "inner_rows": [encode_rows(sample[1])],
+        }
+    )
+
+
+def device_samples(samples: pd.DataFrame, config: TrainingConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return each device's (fit rows, inner rows), in device order, stale devices left out."""
+    n_columns = len(config.features) + 1
+    samples = samples[samples["fit_rows"].notna()]
+    if samples.empty:
+        return []
+    samples = samples.sort_values(DEVICE_COLUMN, kind="stable")  # Spark returns devices in any order
+    age_days = (samples["last_ts_s"].max() - samples["last_ts_s"]) / 86_400.0
+    samples = samples[age_days <= config.max_staleness_days]
+    return [
+        (decode_rows(fit, n_columns), decode_rows(inner, n_columns))
+        for fit, inner in zip(samples["fit_rows"], samples["inner_rows"], strict=True)
+    ]
+
+
+def pooled_fleet_rows(
+    blocks: list[tuple[np.ndarray, np.ndarray]], config: TrainingConfig, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the devices' fit and inner samples, each subsampled (seeded) to `max_rows`."""
+    n_columns = len(config.features) + 1
+    if not blocks:
+        return np.empty((0, n_columns)), np.empty((0, n_columns))
+    rng = np.random.default_rng(config.seed)
+    pooled = []
+    for part in (0, 1):
+        rows = np.vstack([block[part] for block in blocks])
+        if max_rows is not None and rows.shape[0] > max_rows:
+            rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
+        pooled.append(rows)
+    return pooled[0], pooled[1]
+
+
+def estimate_prior_rows(model: Any, blocks: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Return the corrections' shrinkage (in rows) by empirical Bayes: noise variance over the variance of true offsets.
+
+    On each device's inner rows (out of sample for `model`): the mean residual m_d scatters by
+    tau^2 (true offsets) + sigma^2 / n_d (noise), so tau^2 = var(m_d) - mean(sigma_d^2 / n_d), and
+    an offset fitted on n rows keeps n / (n + sigma^2 / tau^2) of the device's mean residual.
+    """
+    means, variances, counts = [], [], []
+    for _, inner in blocks:
+        if inner.shape[0] < 2:
+            continue
+        residual = inner[:, -1] - np.asarray(model.predict(inner[:, :-1]), dtype=float)
+        if not np.isfinite(residual).all():
+            continue
+        means.append(residual.mean())
+        variances.append(residual.var(ddof=1))
+        counts.append(inner.shape[0])
+    if len(means) < 3:
+        return DEFAULT_PRIOR_ROWS
+    noise = float(np.mean(variances))
+    offsets = float(np.var(means, ddof=1) - np.mean(np.asarray(variances) / np.asarray(counts)))
+    if offsets <= 0:
+        return MAX_PRIOR_ROWS  # the devices' offsets are all noise: keep corrections near zero
+    return float(np.clip(noise / offsets, MIN_PRIOR_ROWS, MAX_PRIOR_ROWS))
+
+
+def select_fleet(fit_rows: np.ndarray, inner_rows: np.ndarray, config: TrainingConfig) -> FleetModel:
+    """Choose the fleet family on pooled inner rows, refit it on fit + inner rows; raise ValueError when too few."""
+    if fit_rows.shape[0] < config.min_rows or inner_rows.shape[0] == 0:
         raise ValueError(
-            f"only {rows.shape[0]} usable training rows across the fleet; the fleet model needs {config.min_rows}"
+            f"only {fit_rows.shape[0]} usable fit rows and {inner_rows.shape[0]} inner rows across the fleet; "
+            f"the fleet model needs {config.min_rows}"
         )
+    x_fit, y_fit = fit_rows[:, :-1], fit_rows[:, -1]
+    x_inner, y_inner = inner_rows[:, :-1], inner_rows[:, -1]
+    candidates: dict[str, float] = {}
+    fitted: dict[str, Any] = {}
+    for family in FLEET_CANDIDATES:
+        try:
+            model = make_estimator(family, config.seed).fit(x_fit, y_fit)
+            pred = np.asarray(model.predict(x_inner), dtype=float)
+            candidates[family] = holdout_metrics(y_inner, pred)[0] if np.isfinite(pred).all() else np.inf
+            fitted[family] = model
+        except Exception as err:  # a family failing leaves the others in the race
+            logger.warning("fleet candidate %s failed: %s", family, err)
+    finite = {f: m for f, m in candidates.items() if np.isfinite(m)}
+    if not finite:
+        raise ValueError("every fleet family failed on the pooled rows")
+    family = min(finite, key=finite.__getitem__)
+    logger.info("fleet model %s chosen on %d pooled inner rows: %s", family, len(y_inner), candidates)
+    rows = np.vstack([fit_rows, inner_rows])
     x, y = rows[:, :-1], rows[:, -1]
-    model = make_estimator(FLEET_FAMILY, config.seed)
-    model.fit(x, y)
+    model = make_estimator(family, config.seed).fit(x, y)
     onnx_blob = None
     if config.onnx:
         try:
@@ -70,53 +192,41 @@ def train_fleet(rows: np.ndarray, config: TrainingConfig) -> FleetModel:
         )
         for name, col in zip(config.features, x.T, strict=True)
     }
-    return FleetModel(model, FLEET_FAMILY, len(y), dump_joblib(model), onnx_blob, stats)
+    return FleetModel(
+        model=model,
+        family=family,
+        n_train=len(y),
+        joblib_blob=dump_joblib(model),
+        onnx_blob=onnx_blob,
+        feature_stats=stats,
+        inner_model=fitted[family],
+        n_inner=len(y_inner),
+        candidates=candidates,
+    )
 
 
-def pooled_fleet_rows(results: pd.DataFrame, config: TrainingConfig, max_rows: int | None = None) -> np.ndarray:
-    """Stack the training rows that devices with a model sent, subsampled (seeded) to `max_rows`."""
-    n_columns = len(config.features) + 1
-    blobs = results.loc[results["status"].isin(["trained", "fallback"]), "fleet_rows_blob"].dropna()
-    if blobs.empty:
-        return np.empty((0, n_columns))
-    rows = np.vstack([decode_rows(blob, n_columns) for blob in blobs])
-    if max_rows is not None and rows.shape[0] > max_rows:
-        rng = np.random.default_rng(config.seed)
-        rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
-    return rows
+def fleet_samples_locally(frames: Iterable[pd.DataFrame], config: TrainingConfig) -> pd.DataFrame:
+    """Return every device's fleet sample, in this process: the sample pass without Spark."""
+    records = [row for frame in frames for row in fleet_sample_frame(frame, config).to_dict("records")]
+    return pd.DataFrame.from_records(records, columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
 
 
-def judge_against_fleet(results: pd.DataFrame, fleet: FleetModel, config: TrainingConfig) -> pd.DataFrame:
-    """Return results with each device's fleet hold-out error and its trained/fallback verdict."""
-    results = results.copy()
-    n_columns = len(config.features) + 1
-    pending = results.index[results["holdout_blob"].notna()]
-    if pending.empty:
-        return results
-    blocks = [decode_rows(blob, n_columns) for blob in results.loc[pending, "holdout_blob"]]
-    stacked = np.vstack(blocks)
-    predictions = np.split(fleet.model.predict(stacked[:, :-1]), np.cumsum([len(b) for b in blocks])[:-1])
-    metrics = [holdout_metrics(block[:, -1], p) for block, p in zip(blocks, predictions, strict=True)]
-    device_mse = results.loc[pending, "mse"].to_numpy(dtype=float)
-    families = results.loc[pending, "family"].tolist()
-    verdicts = [
-        judge(float(own), fleet_mse, config.fleet_margin, family)
-        for own, (fleet_mse, _, _), family in zip(device_mse, metrics, families, strict=True)
-    ]
-    for position, column in enumerate(("fleet_mse", "fleet_mae", "fleet_r2")):
-        results.loc[pending, column] = [m[position] for m in metrics]
-    for position, column in enumerate(("status", "reason", "detail")):
-        results.loc[pending, column] = pd.Series([v[position] for v in verdicts], index=pending, dtype=object)
-    results["holdout_blob"] = None
-    return results
+def fleet_from_samples(samples: pd.DataFrame, config: TrainingConfig, max_rows: int | None = None) -> FleetModel:
+    """Pool the devices' samples, choose the fleet model and estimate the corrections' shrinkage (the driver's step)."""
+    blocks = device_samples(samples, config)
+    fleet = select_fleet(*pooled_fleet_rows(blocks, config, max_rows), config)
+    prior_rows = estimate_prior_rows(fleet.inner_model, blocks)
+    logger.info(
+        "device corrections shrunk by %.1f prior rows (empirical Bayes over %d devices)", prior_rows, len(blocks)
+    )
+    return dataclasses.replace(fleet, prior_rows=prior_rows)
 
 
 def train_fleet_locally(
     frames: Iterable[pd.DataFrame], config: TrainingConfig, fleet_max_rows: int | None = None
 ) -> tuple[pd.DataFrame, FleetModel]:
-    """Train every device, then the fleet model, in this process: the Spark job's logic without Spark."""
-    results = gate_stale_devices(
-        results_frame([train_device(frame, config) for frame in frames]), config.max_staleness_days
-    )
-    fleet = train_fleet(pooled_fleet_rows(results, config, fleet_max_rows), config)
-    return judge_against_fleet(results, fleet, config), fleet
+    """Choose the fleet model, then train every device against it, here: the Spark job's logic without Spark."""
+    frames = list(frames)
+    fleet = fleet_from_samples(fleet_samples_locally(frames, config), config, fleet_max_rows)
+    results = results_frame([train_device(frame, config, fleet.predictors) for frame in frames])
+    return gate_stale_devices(results, config.max_staleness_days), fleet

@@ -56,12 +56,16 @@ def _tracking_lines(run_id: str | None, registered: RegisteredBundle | None, ali
 
 def training_summary(outcome: TrainingOutcome) -> str:
     """Return a training session's outcome in a few plain lines."""
+    from cloud_training.report import comparison_line
+
     summary, timings = outcome.summary, outcome.timings_s
     reasons = ", ".join(f"{r['reason']} ({r['devices']:,})" for r in summary["reasons"]) or "none"
     lines = [
         f"devices {summary['devices']:,}: {_counts(summary['counts'])}; reasons: {reasons}",
-        f"device model beats fleet on {summary['device_beats_fleet']:,} of {summary['compared_with_fleet']:,} "
-        f"devices; mean model {summary['mean_model_bytes'] / 1000:.1f} kB",
+        comparison_line(summary),
+        f"device model beats the chosen fleet model ({outcome.manifest.fleet.family}) on "
+        f"{summary['device_beats_fleet']:,} of {summary['compared_with_fleet']:,} devices; "
+        f"mean model {summary['mean_model_bytes'] / 1000:.1f} kB",
         f"{outcome.models_per_s:.1f} models/s, {timings['end_to_end_s']:.1f} s end to end "
         f"(JVM start {timings['jvm_start_s']:.1f} s)",
         f"bundle {outcome.manifest.bundle_version} written to {outcome.bundle_dir}",

@@ -32,6 +32,12 @@ class ModelKnobs(BaseModel):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     min_rows: int = Field(30, ge=4)
     fleet_margin: float = Field(0.05, ge=0.0, lt=1.0, description="share by which a device model must beat the fleet")
+    correction_prior_rows: float | None = Field(
+        None,
+        ge=0.0,
+        description="rows after which a device's correction to the fleet model is half its own fit "
+        "(default: estimated across the fleet, empirical Bayes)",
+    )
     onnx: bool = Field(True, description="also export each model as ONNX")
     seed: int = 0
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyspark.sql import DataFrame
 
 from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig, gate_stale_devices
 from cloud_training.export import write_bundle
-from cloud_training.fleet import judge_against_fleet, pooled_fleet_rows, train_fleet
+from cloud_training.fleet import FleetModel
+from cloud_training.fleet_job import choose_fleet_on_spark, train_all_devices
 from cloud_training.report import STATUSES, summarize, write_plots
 from cloud_training.settings import TrainSettings
 from cloud_training.spark_job import (
@@ -21,7 +23,6 @@ from cloud_training.spark_job import (
     default_parallelism,
     read_history_spark,
     spark_session,
-    train_all_devices,
     training_partitions,
 )
 from cloud_training.tracking import RegisteredBundle, Tracker
@@ -73,23 +74,39 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         logger.info("training in %d partitions on %s", n_partitions, settings.master)
 
         run_id = tracker.start(_params(settings, features, n_partitions)) if tracker else None
+        # Both passes group the same device-partitioned rows: read and shuffle them once.
+        by_device = raw.repartition(n_partitions, DEVICE_COLUMN).persist()
         try:
             phase = time.perf_counter()
-            result_df = train_all_devices(raw.repartition(n_partitions, DEVICE_COLUMN), config)
-            results = collect(result_df, spark, on_progress)
+            fleet = _choose_fleet(by_device, config, settings, timings)
+            timings["fleet_s"] = time.perf_counter() - phase
+            phase = time.perf_counter()
+            results = collect(train_all_devices(by_device, config, fleet.predictors), spark, on_progress)
             timings["train_s"] = time.perf_counter() - phase
-            if results.empty:
-                raise EdgefleetError(f"History {settings.history} has no rows with a device_id")
         except BaseException:
             if tracker:
                 tracker.abort()
             raise
+        finally:
+            by_device.unpersist()
     try:
-        return _export_and_track(settings, tracker, run_id, results, config, timings, started)
+        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started)
     except BaseException:
         if tracker:
             tracker.abort()
         raise
+
+
+def _choose_fleet(
+    df: DataFrame, config: TrainingConfig, settings: TrainSettings, timings: dict[str, float]
+) -> FleetModel:
+    """Return the fleet model chosen on the devices' pooled samples, or say why there is none."""
+    try:
+        return choose_fleet_on_spark(df, config, settings.fleet_max_rows, timings)
+    except ValueError as err:
+        if df.limit(1).count() == 0:
+            raise EdgefleetError(f"History {settings.history} has no rows with a device_id") from err
+        raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
 
 
 def _export_and_track(
@@ -97,18 +114,12 @@ def _export_and_track(
     tracker: Tracker | None,
     run_id: str | None,
     results: pd.DataFrame,
+    fleet: FleetModel,
     config: TrainingConfig,
     timings: dict[str, float],
     started: float,
 ) -> TrainingOutcome:
-    phase = time.perf_counter()
     results = gate_stale_devices(results, config.max_staleness_days)
-    try:
-        fleet = train_fleet(pooled_fleet_rows(results, config, settings.fleet_max_rows), config)
-    except ValueError as err:
-        raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
-    results = judge_against_fleet(results, fleet, config)
-    timings["fleet_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
     device_run_ids = tracker.log_device_runs(results, config.features) if tracker and tracker.mode == "nested" else {}
@@ -158,6 +169,12 @@ def _metrics(summary: dict[str, Any], timings: dict[str, float], n_devices: int)
         for q, value in qs.items():
             metrics[f"holdout_{column}_{q}"] = value
     metrics["device_beats_fleet"] = float(summary["device_beats_fleet"])
+    metrics.update({f"kind_{kind}": float(n) for kind, n in summary["kinds"].items()})
+    comparison = summary["comparison"]
+    metrics["final_rows"] = float(comparison["rows"])
+    for name in ("deployed_mse", "fleet_mse", "device_mse", "corrected_mse"):
+        if comparison[name] is not None:
+            metrics[f"final_{name}"] = comparison[name]
     metrics["mean_model_bytes"] = summary["mean_model_bytes"]
     metrics.update({k: v for k, v in timings.items()})
     return metrics

@@ -9,6 +9,32 @@ import numpy as np
 import pandas as pd
 
 STATUSES = ("trained", "fallback", "skipped", "failed")
+KINDS = ("device", "fleet", "fleet_corrected")
+COMPARED = {
+    "deployed_mse": "mse",
+    "fleet_mse": "fleet_mse",
+    "device_mse": "device_mse",
+    "corrected_mse": "corrected_mse",
+}
+
+
+def final_slice_comparison(results: pd.DataFrame) -> dict[str, Any]:
+    """Return the row-weighted final-slice MSE of the deployed choice, fleet only, device only and fleet + correction.
+
+    All four on the same rows: the final hold-outs of the devices where each of them was scored
+    (a kind missing on every device, e.g. no fleet model, is None).
+    """
+    columns = [c for c in COMPARED.values() if c in results and results[c].notna().any()]
+    scored = results[(results["n_holdout"] > 0) & results["mse"].notna()]
+    scored = scored[scored[columns].notna().all(axis=1)] if columns else scored.iloc[0:0]
+    rows = scored["n_holdout"].to_numpy(dtype=float)
+    comparison: dict[str, Any] = {"rows": int(rows.sum()), "devices": len(scored)}
+    for name, column in COMPARED.items():
+        if column in columns and rows.sum() > 0:
+            comparison[name] = float((scored[column].to_numpy(dtype=float) * rows).sum() / rows.sum())
+        else:
+            comparison[name] = None
+    return comparison
 
 
 def summarize(results: pd.DataFrame) -> dict[str, Any]:
@@ -23,12 +49,15 @@ def summarize(results: pd.DataFrame) -> dict[str, Any]:
     )
     modelled = results[results["mse"].notna()]
     quantiles: dict[str, dict[str, float]] = {}
-    for column in ("mse", "mae", "r2", "fleet_mse"):
+    for column in ("mse", "mae", "r2", "fleet_mse", "device_mse", "corrected_mse"):
         values = modelled[column].dropna().to_numpy(dtype=float)
         if values.size:
             quantiles[column] = {f"p{q}": float(np.percentile(values, q)) for q in (10, 50, 90)}
-    both = modelled[modelled["fleet_mse"].notna()]
+    # Each device's own best model against the chosen fleet model, on the same final rows.
+    both = modelled[modelled["fleet_mse"].notna() & modelled["device_mse"].notna()]
     families = modelled["family"].value_counts().to_dict()
+    served = modelled[modelled["status"].isin(["trained", "fallback"])]
+    kinds = {kind: int((served["kind"].where(served["status"] == "trained", "fleet") == kind).sum()) for kind in KINDS}
     sizes = modelled["model_bytes"].dropna().to_numpy(dtype=float)
     return {
         "devices": len(results),
@@ -38,11 +67,29 @@ def summarize(results: pd.DataFrame) -> dict[str, Any]:
             for status, reason, devices in reasons.itertuples(index=False)
         ],
         "quantiles": quantiles,
-        "device_beats_fleet": int((both["mse"] < both["fleet_mse"]).sum()),
+        "device_beats_fleet": int((both["device_mse"] < both["fleet_mse"]).sum()),
         "compared_with_fleet": len(both),
+        "kinds": kinds,
+        "comparison": final_slice_comparison(results),
         "families": {str(k): int(v) for k, v in families.items()},
         "mean_model_bytes": float(sizes.mean()) if sizes.size else 0.0,
     }
+
+
+def comparison_line(summary: dict[str, Any]) -> str:
+    """Return the final-slice comparison as one line: deployed vs fleet only, device only, fleet + correction."""
+    comparison = summary["comparison"]
+
+    def mse(name: str) -> str:
+        value = comparison[name]
+        return "n/a" if value is None else f"{value:.4g}"
+
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in summary["kinds"].items())
+    return (
+        f"final hold-out MSE over {comparison['rows']:,} rows: deployed {mse('deployed_mse')}, "
+        f"fleet only {mse('fleet_mse')}, device only {mse('device_mse')}, fleet + correction {mse('corrected_mse')}; "
+        f"served: {kinds}"
+    )
 
 
 def write_plots(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -72,19 +119,22 @@ def write_plots(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    both = modelled[modelled["fleet_mse"].notna()]
+    both = modelled[modelled["fleet_mse"].notna() & modelled["device_mse"].notna()]
     if not both.empty:
-        colors = np.where(both["status"] == "trained", "tab:blue", "tab:orange")
-        ax.scatter(both["fleet_mse"], both["mse"], s=8, c=colors, alpha=0.7)
-        lo = float(min(both["mse"].min(), both["fleet_mse"].min()))
-        hi = float(max(both["mse"].max(), both["fleet_mse"].max()))
+        served = both["kind"].where(both["status"] == "trained", "fleet")
+        colors = served.map({"device": "tab:blue", "fleet": "tab:orange", "fleet_corrected": "tab:green"}).fillna(
+            "grey"
+        )
+        ax.scatter(both["fleet_mse"], both["device_mse"], s=8, c=colors.tolist(), alpha=0.7)
+        lo = float(min(both["device_mse"].min(), both["fleet_mse"].min()))
+        hi = float(max(both["device_mse"].max(), both["fleet_mse"].max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="device = fleet")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.legend()
-    ax.set_xlabel("fleet model hold-out MSE")
-    ax.set_ylabel("device model hold-out MSE")
-    ax.set_title("Device vs fleet (blue: device model kept, orange: fallback)")
+    ax.set_xlabel("fleet model final hold-out MSE")
+    ax.set_ylabel("device model final hold-out MSE")
+    ax.set_title("Device vs fleet (served: blue device, orange fleet, green fleet + correction)", fontsize=9)
     fig.tight_layout()
     paths.append(out_dir / "device_vs_fleet.png")
     fig.savefig(paths[-1], dpi=110)

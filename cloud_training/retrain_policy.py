@@ -33,7 +33,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import joblib
 import numpy as np
@@ -41,6 +41,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_training.correction import CorrectedModel, correction_from_json
 from cloud_training.device_training import (
     RESULT_DDL,
     DeviceResult,
@@ -79,6 +80,7 @@ __all__ = [
     "pick_reasons",
     "reference_mse",
     "retrain_device",
+    "served_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,10 @@ def reference_mse(entry: DeviceEntry | None) -> float | None:
     """Return the hold-out MSE of the model that serves the device, as the champion's manifest recorded it."""
     if entry is None:
         return None
-    metrics = entry.holdout if entry.status == "trained" else entry.fleet_holdout
+    if entry.kind is not None:  # `holdout` is the served kind's final-slice error
+        metrics = entry.holdout if entry.status in ("trained", "fallback") else entry.fleet_holdout
+    else:  # bundles before `kind`: `holdout` is the device model's, whatever serves the device
+        metrics = entry.holdout if entry.status == "trained" else entry.fleet_holdout
     return None if metrics is None else metrics.mse
 
 
@@ -336,12 +341,12 @@ def _retrain_device(
     y_holdout = holdout[LABEL_COLUMN].to_numpy(dtype=float)
     champion_mse = _mse(champion.served, x_holdout, y_holdout)
     base["champion_mse"] = champion_mse
-    if challenger.joblib_blob is None:
+    if challenger.status not in ("trained", "fallback"):
         detail = f"challenger {challenger.status} ({challenger.reason}); champion kept"
         return challenger, RetrainDecision(**base, decision=detail)
-    # Compare what each side would serve: a `fallback` challenger is served by the fleet model.
-    model = joblib.load(io.BytesIO(challenger.joblib_blob)) if challenger.status == "trained" else champion.fleet
-    challenger_mse = _mse(model, x_holdout, y_holdout)
+    # Compare what each side would serve, chosen as `edgefleet train` chooses: the device's own
+    # model, the (champion's) fleet model, or the fleet model plus the challenger's correction.
+    challenger_mse = _mse(served_model(challenger, champion.fleet), x_holdout, y_holdout)
     wins = challenger_mse < champion_mse * (1.0 - policy.improvement_margin)
     verdict = "challenger wins" if wins else "champion kept"
     return challenger, RetrainDecision(
@@ -350,6 +355,15 @@ def _retrain_device(
         kept=KEPT_CHALLENGER if wins else KEPT_CHAMPION,
         decision=f"{verdict}: fresh hold-out mse {challenger_mse:.4g} vs champion {champion_mse:.4g}",
     )
+
+
+def served_model(result: DeviceResult, fleet: Regressor) -> Regressor:
+    """Return the model that would serve a trained or fallback result's device."""
+    if result.status == "trained" and result.kind == "fleet_corrected" and result.correction is not None:
+        return CorrectedModel(fleet, correction_from_json(result.correction))
+    if result.status == "trained" and result.joblib_blob is not None:
+        return cast(Regressor, joblib.load(io.BytesIO(result.joblib_blob)))
+    return fleet
 
 
 def _not_picked_detail(entry: DeviceEntry | None, live_mse: float, policy: RetrainPolicy) -> str:

@@ -96,6 +96,10 @@ class RegisteredBundle:
     champion: bool
 
 
+# Final-slice errors of the served kind (mse/mae/r2) and of each kind it was chosen from.
+DEVICE_RUN_METRICS = ("mse", "mae", "r2", "fleet_mse", "device_mse", "corrected_mse")
+
+
 class Tracker:
     """Log one training session to MLflow."""
 
@@ -130,12 +134,12 @@ class Tracker:
 
             def log_one(row: Any = row) -> str:
                 with mlflow.start_run(run_name=str(row.device_id), nested=True) as child:
-                    mlflow.log_params({"device_id": row.device_id, "status": row.status, "family": row.family})
+                    mlflow.log_params(
+                        {"device_id": row.device_id, "status": row.status, "family": row.family, "kind": row.kind}
+                    )
                     if row.reason is not None:
                         mlflow.set_tag("reason", row.reason)
-                    metrics = {
-                        k: getattr(row, k) for k in ("mse", "mae", "r2", "fleet_mse") if pd.notna(getattr(row, k))
-                    }
+                    metrics = {k: getattr(row, k) for k in DEVICE_RUN_METRICS if pd.notna(getattr(row, k))}
                     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
                     if row.joblib_blob is not None:
                         model = joblib.load(io.BytesIO(row.joblib_blob))

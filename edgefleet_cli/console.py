@@ -64,13 +64,17 @@ def render_training(outcome: TrainingOutcome) -> None:
     console.print(quantiles)
 
     timings = outcome.timings_s
+    from cloud_training.report import comparison_line
+
+    console.print(comparison_line(summary))
     console.print(
-        f"device model beats fleet on {summary['device_beats_fleet']:,} of {summary['compared_with_fleet']:,} devices; "
+        f"device model beats the chosen fleet model ({outcome.manifest.fleet.family}) on "
+        f"{summary['device_beats_fleet']:,} of {summary['compared_with_fleet']:,} devices; "
         f"families {summary['families']}; mean model {summary['mean_model_bytes'] / 1000:.1f} kB"
     )
     console.print(
         f"{outcome.models_per_s:.1f} models/s end to end ({timings['end_to_end_s']:.1f} s; "
-        f"JVM start {timings['jvm_start_s']:.1f} s, fleet {timings['fleet_s']:.1f} s, "
+        f"JVM start {timings['jvm_start_s']:.1f} s, fleet {timings.get('fleet_s', 0.0):.1f} s, "
         f"train {timings['train_s']:.1f} s, "
         f"export {timings['export_s']:.1f} s, tracking {timings['tracking_s']:.1f} s)"
     )

@@ -48,13 +48,14 @@ def test_device_models_beat_the_fleet_model_on_their_own_holdout(fleet):
     assert np.median([r.mse for r in results]) < 0.2 * np.median([r.fleet_mse for r in results])
 
 
-def test_judging_on_the_driver_matches_judging_inside_the_device_function(local_run, fleet):
+def test_the_local_run_trains_each_device_against_the_chosen_fleet_model(local_run, fleet):
     results, _ = local_run
+    config = CONFIG.model_copy(update={"fleet_rows_per_device": 300})
     for row in results.itertuples():
-        inline = train_device(device(row.device_id), CONFIG, fleet.model)
-        assert (inline.status, inline.family) == (row.status, row.family)
+        inline = train_device(device(row.device_id), config, fleet.predictors)
+        assert (inline.status, inline.family, inline.kind) == (row.status, row.family, row.kind)
         assert inline.fleet_mse == pytest.approx(row.fleet_mse)
-    assert results["holdout_blob"].isna().all()  # consumed on the driver, never exported
+        assert inline.corrected_mse == pytest.approx(row.corrected_mse)
 
 
 @pytest.mark.parametrize(
@@ -99,6 +100,15 @@ def test_holdout_is_the_most_recent_readings_whatever_the_input_order():
     assert len(data.y_holdout) == 60 and len(data.y_train) == 240
 
 
+def test_the_inner_slice_is_the_rows_just_before_the_final_holdout_and_as_large():
+    frame = device()
+    data = prepare_device(frame, CONFIG, "dev-x")
+    ordered = frame.sort_values("ts")["label"].to_numpy()
+    assert (data.n_fit, data.n_inner, len(data.y_holdout)) == (180, 60, 60)
+    np.testing.assert_allclose(data.y_inner, ordered[180:240])
+    np.testing.assert_allclose(data.y_fit, ordered[:180])
+
+
 def test_edge_budget_in_bytes_keeps_only_models_that_fit():
     tight = CONFIG.model_copy(update={"budget": EdgeBudget(max_model_bytes=2_000)})
     result = train_device(device(), tight)
@@ -115,7 +125,9 @@ def test_no_candidate_within_the_budget_fails_the_device_with_over_budget():
 def test_device_model_that_does_not_beat_the_fleet_by_the_margin_is_marked_fallback(fleet):
     demanding = CONFIG.model_copy(update={"fleet_margin": 0.999})
     result = train_device(device(), demanding, fleet.model)
-    assert (result.status, result.reason) == ("fallback", "poor_model")
+    assert (result.status, result.reason, result.kind) == ("fallback", "poor_model", "fleet")
+    assert "fleet model inner mse" in result.detail
+    assert result.mse == result.fleet_mse  # the served kind's error: the fleet model's
     assert result.joblib_blob is not None  # kept, so an operator can still switch it on
 
 

@@ -23,6 +23,28 @@ def test_per_device_models_beat_the_fleet_model_on_generated_data(trained):
     assert (healthy["status"] == "trained").mean() >= 0.9
     assert (healthy["mse"] < healthy["fleet_mse"]).mean() >= 0.9
     assert healthy["mse"].median() < 0.2 * healthy["fleet_mse"].median()
+    # Against the chosen fleet model, on the same final rows: the deployed choice is no worse than either alone.
+    comparison = trained.summary["comparison"]
+    assert comparison["rows"] == int(healthy["n_holdout"].sum())
+    assert comparison["deployed_mse"] <= 1.05 * min(comparison["fleet_mse"], comparison["device_mse"])
+    assert trained.summary["device_beats_fleet"] == int((healthy["device_mse"] < healthy["fleet_mse"]).sum())
+
+
+def test_the_spark_path_gives_the_same_choices_as_the_local_path(trained):
+    from cloud_training.device_training import TrainingConfig
+    from cloud_training.fleet import train_fleet_locally
+    from tests.conftest import fleet_history
+
+    history = fleet_history(24, 300)
+    settings = TrainSettings(history=Path("unused"), tracking="off")
+    config = settings.training_config(trained.manifest.features)
+    assert isinstance(config, TrainingConfig)
+    local, fleet = train_fleet_locally((g for _, g in history.groupby("device_id")), config, settings.fleet_max_rows)
+    assert fleet.family == trained.manifest.fleet.family
+    spark = trained.results.set_index("device_id").sort_index()
+    local = local.set_index("device_id").sort_index()
+    pd.testing.assert_series_equal(spark["kind"], local["kind"])
+    pd.testing.assert_series_equal(spark["mse"], local["mse"], rtol=1e-9)
 
 
 def test_bad_devices_are_isolated_with_reasons_while_the_rest_train(trained):
@@ -38,9 +60,12 @@ def test_bundle_verifies_and_records_every_device_with_status_and_metrics(traine
     assert verify_bundle(trained.bundle_dir) == []
     manifest = read_manifest(trained.bundle_dir)
     assert set(manifest.devices) == set(trained.results["device_id"])
-    model = manifest.devices["dev-00000"]
-    assert model.joblib.size_bytes <= 100_000 and model.onnx is not None
+    model = next(entry for entry in manifest.devices.values() if entry.kind == "device")
+    assert model.status == "trained" and model.joblib.size_bytes <= 100_000 and model.onnx is not None
     assert model.holdout.n == model.n_holdout > 0 and model.fleet_holdout is not None
+    for entry in manifest.devices.values():  # every device says what serves it
+        assert entry.kind == ("fleet" if entry.status != "trained" else entry.kind)
+        assert (entry.correction is not None) == (entry.kind == "fleet_corrected")
     assert manifest.devices["bad-stale"].status == "skipped" and manifest.devices["bad-stale"].joblib is None
     assert manifest.mlflow_run_id == trained.run_id
     assert {"scikit-learn", "joblib", "onnxruntime"} <= set(manifest.libraries)
@@ -60,6 +85,10 @@ def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(train
     run = client.get_run(trained.run_id)
     assert run.data.metrics["devices_trained"] + run.data.metrics["devices_fallback"] == 24
     assert "holdout_mse_p50" in run.data.metrics and "train_s" in run.data.metrics
+    comparison = trained.summary["comparison"]
+    for name in ("deployed_mse", "fleet_mse", "device_mse", "corrected_mse"):
+        assert run.data.metrics[f"final_{name}"] == comparison[name]
+    assert run.data.metrics["final_rows"] == comparison["rows"]
     top = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"results", "plots", "bundle"} <= top
     table = mlflow.artifacts.download_artifacts(

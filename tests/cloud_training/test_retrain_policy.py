@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloud_training.device_training import TrainingConfig, train_device
+from cloud_training.correction import correction_to_json
+from cloud_training.device_training import DeviceResult, TrainingConfig, train_device
 from cloud_training.retrain_policy import (
     FRESH_COLUMN,
     Champion,
@@ -20,9 +21,11 @@ from cloud_training.retrain_policy import (
     drift_start,
     edge_drift_devices,
     pick_reasons,
+    reference_mse,
     retrain_device,
+    served_model,
 )
-from edgefleet.bundle import DeviceEntry, HoldoutMetrics
+from edgefleet.bundle import Correction, DeviceEntry, HoldoutMetrics
 from simulator.history import device_history
 from simulator.physics import FEATURES, make_profile
 
@@ -143,3 +146,27 @@ def test_new_devices_and_devices_without_a_model_of_their_own_are_picked(champio
     assert champion.entry is not None
     grown = champion.entry.n_train + champion.entry.n_holdout  # as many fresh rows as the model was built from
     assert pick_reasons(champion.entry, grown, 0.0, policy()) == ["new_data"]
+
+
+def test_a_challenger_is_compared_by_what_would_serve_it_the_fleet_model_plus_its_correction():
+    class Fleet:
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return np.zeros(len(x))
+
+    correction = Correction(intercept=2.0, coef=(0.0,) * len(FEATURES))
+    corrected = DeviceResult(
+        device_id=DEVICE, status="trained", kind="fleet_corrected", correction=correction_to_json(correction)
+    )
+    x = np.ones((3, len(FEATURES)))
+    np.testing.assert_allclose(served_model(corrected, Fleet()).predict(x), 2.0)
+    fallback = dataclasses.replace(corrected, status="fallback", kind="fleet", joblib_blob=b"unused")
+    np.testing.assert_allclose(served_model(fallback, Fleet()).predict(x), 0.0)
+
+
+def test_the_reference_error_is_the_served_kinds_holdout_error():
+    metrics = HoldoutMetrics(mse=1.0, mae=1.0, r2=0.5, n=10)
+    fleet_metrics = HoldoutMetrics(mse=9.0, mae=3.0, r2=0.1, n=10)
+    served_fleet = DeviceEntry(status="fallback", kind="fleet", holdout=fleet_metrics, fleet_holdout=fleet_metrics)
+    corrected = DeviceEntry(status="trained", kind="fleet_corrected", holdout=metrics, fleet_holdout=fleet_metrics)
+    old_fallback = DeviceEntry(status="fallback", holdout=metrics, fleet_holdout=fleet_metrics)  # before `kind`
+    assert [reference_mse(e) for e in (served_fleet, corrected, old_fallback)] == [9.0, 1.0, 9.0]
