@@ -10,14 +10,13 @@ few rows stays near the fleet model, a device with many gets its own offset and 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edgefleet.bundle import Correction
+from edgefleet.bundle import CorrectedModel, Correction
 
-__all__ = ["CorrectedModel", "correction_from_json", "correction_to_json", "fit_correction"]
+__all__ = ["apply_correction", "corrected_model", "correction_from_json", "correction_to_json", "fit_correction"]
 
 
 def fit_correction(x: np.ndarray, residual: np.ndarray, prior_rows: float) -> Correction:
@@ -45,17 +44,9 @@ def apply_correction(correction: Correction, x: np.ndarray, fleet_prediction: np
     return fleet_prediction + correction.intercept + x @ np.asarray(correction.coef, dtype=float)
 
 
-@dataclass(frozen=True)
-class CorrectedModel:
-    """The fleet model plus one device's correction, with a scikit-learn-like predict."""
-
-    fleet: Any
-    correction: Correction
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Return one prediction per row of `x`."""
-        x = np.asarray(x, dtype=float)
-        return apply_correction(self.correction, x, np.asarray(self.fleet.predict(x), dtype=float))
+def corrected_model(fleet: Any, correction: Correction) -> CorrectedModel:
+    """Return the fleet model plus `correction` as the edge serves it (`edgefleet.bundle.CorrectedModel`)."""
+    return CorrectedModel(fleet, correction.intercept, np.asarray(correction.coef, dtype=float))
 
 
 def correction_to_json(correction: Correction) -> str:

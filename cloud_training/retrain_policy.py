@@ -41,7 +41,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_training.correction import CorrectedModel, correction_from_json
+from cloud_training.correction import corrected_model, correction_from_json
 from cloud_training.device_training import (
     RESULT_DDL,
     DeviceResult,
@@ -360,7 +360,7 @@ def _retrain_device(
 def served_model(result: DeviceResult, fleet: Regressor) -> Regressor:
     """Return the model that would serve a trained or fallback result's device."""
     if result.status == "trained" and result.kind == "fleet_corrected" and result.correction is not None:
-        return CorrectedModel(fleet, correction_from_json(result.correction))
+        return corrected_model(fleet, correction_from_json(result.correction))
     if result.status == "trained" and result.joblib_blob is not None:
         return cast(Regressor, joblib.load(io.BytesIO(result.joblib_blob)))
     return fleet

@@ -15,7 +15,6 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cloud_training.correction import CorrectedModel
 from cloud_training.device_training import DeviceResult
 from cloud_training.retrain_policy import (
     FRESH_COLUMN,
@@ -58,9 +57,7 @@ def champion_for(reader: BundleReader, device_id: str) -> Champion:
     """Return the champion bundle's entry and serving models for one device (sha256-checked on load)."""
     fleet = reader.model(Route("fleet", None, "no_model"))
     entry = reader.manifest.devices.get(device_id)
-    if entry is not None and entry.status == "trained" and entry.kind == "fleet_corrected" and entry.correction:
-        return Champion(entry=entry, served=CorrectedModel(fleet, entry.correction), fleet=fleet)
-    route = reader.route(device_id)
+    route = reader.route(device_id)  # by the entry's kind: a fleet_corrected route serves fleet + correction
     served = fleet if route.kind == "fleet" or route.device_id is None else reader.model(route)
     return Champion(entry=entry, served=served, fleet=fleet)
 

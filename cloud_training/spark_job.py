@@ -21,7 +21,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cloud_training.cluster import ClusterError, ConnectProgress, check_master, is_connect, job_failure
-from cloud_training.device_training import RESULT_DDL, TrainingConfig, results_frame, train_device
 from edgefleet.errors import EdgefleetError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, history_format, infer_features
 
@@ -243,21 +242,6 @@ def limit_native_threads() -> None:
         from threadpoolctl import threadpool_limits
 
         _THREADS_LIMITED.append(threadpool_limits(limits=1))
-
-
-def make_train_udf(config: TrainingConfig) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """Return the grouped-map function that trains one device per call."""
-
-    def train_device_udf(pdf: pd.DataFrame) -> pd.DataFrame:
-        limit_native_threads()
-        return results_frame([train_device(pdf, config)])
-
-    return train_device_udf
-
-
-def train_all_devices(df: DataFrame, config: TrainingConfig) -> DataFrame:
-    """Return the lazy per-device result frame: `groupBy(device_id).applyInPandas(train_device_udf)`."""
-    return df.groupBy(DEVICE_COLUMN).applyInPandas(make_train_udf(config), schema=RESULT_DDL)
 
 
 class StageProgress:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cloud_training.correction import CorrectedModel, correction_from_json, correction_to_json, fit_correction
+from cloud_training.correction import corrected_model, correction_from_json, correction_to_json, fit_correction
 
 
 class Flat:
@@ -32,7 +32,7 @@ def test_a_device_with_few_rows_stays_near_the_fleet_model():
 def test_the_corrected_model_adds_the_correction_to_the_fleet_prediction_in_feature_order():
     x, residual = rows(500)
     correction = fit_correction(x, residual, prior_rows=1.0)
-    model = CorrectedModel(Flat(), correction)
+    model = corrected_model(Flat(), correction)
     np.testing.assert_allclose(model.predict(x), 10.0 + correction.intercept + x @ np.asarray(correction.coef))
     assert np.mean((model.predict(x) - 10.0 - residual) ** 2) < 0.02
 
