@@ -167,6 +167,9 @@ def test_the_reference_error_is_the_served_kinds_holdout_error():
     metrics = HoldoutMetrics(mse=1.0, mae=1.0, r2=0.5, n=10)
     fleet_metrics = HoldoutMetrics(mse=9.0, mae=3.0, r2=0.1, n=10)
     served_fleet = DeviceEntry(status="fallback", kind="fleet", holdout=fleet_metrics, fleet_holdout=fleet_metrics)
-    corrected = DeviceEntry(status="trained", kind="fleet_corrected", holdout=metrics, fleet_holdout=fleet_metrics)
+    correction = Correction(intercept=0.5, coef=(0.0,) * len(FEATURES))
+    corrected = DeviceEntry(
+        status="trained", kind="fleet_corrected", correction=correction, holdout=metrics, fleet_holdout=fleet_metrics
+    )
     old_fallback = DeviceEntry(status="fallback", holdout=metrics, fleet_holdout=fleet_metrics)  # before `kind`
     assert [reference_mse(e) for e in (served_fleet, corrected, old_fallback)] == [9.0, 1.0, 9.0]
