@@ -333,7 +333,7 @@ def test_the_dashboard_follows_a_running_local_loop_in_a_browser(
     edge = start_edge(dashboard_port=free_port())
     url = f"http://127.0.0.1:{edge.dashboard_port}/"
     wait_until(lambda: _answers(url), 30, "the dashboard to serve")
-    trained = sorted(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+    trained = sorted(d for d, e in read_manifest(small_bundle).devices.items() if e.kind == "device")
     publisher = publisher_factory(edge)
     publisher.publish_all(reading(device, seq) for device in trained for seq in range(5))
     publisher.wait_acked()

@@ -18,7 +18,7 @@ def bundle_copy(small_bundle, tmp_path):
 
 
 def first_trained(manifest):
-    return next(d for d, e in manifest.devices.items() if e.status == "trained")
+    return next(d for d, e in manifest.devices.items() if e.kind == "device")
 
 
 def test_untouched_bundle_verifies(small_bundle):

@@ -125,9 +125,10 @@ def test_a_device_kind_entry_without_a_model_file_is_refused(corrected_bundle):
 
 def test_the_entrys_kind_overrides_its_status_and_bundles_without_kind_route_by_status(small_bundle, tmp_path):
     manifest = read_manifest(small_bundle)
-    trained = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    trained = next(d for d, e in manifest.devices.items() if e.kind == "device")
     poor = next(d for d, e in manifest.devices.items() if e.status == "fallback")
-    old = BundleReader(small_bundle)
+    before_kind = {device: {"kind": None, "correction": None} for device in manifest.devices}
+    old = BundleReader(rewrite_devices(small_bundle, tmp_path / "old", before_kind))
     assert all(entry.kind is None for entry in old.manifest.devices.values())
     assert old.route(trained) == Route("device", trained, None)
     assert old.route(poor) == Route("fleet", None, "poor_model")

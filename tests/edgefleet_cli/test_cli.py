@@ -132,7 +132,7 @@ def test_up_runs_the_whole_edge_until_sigterm_and_leaves_predictions_in_the_lake
         assert process.stdout is not None
         banner = process.stdout.readline()
         assert banner.startswith("edge running"), banner + process.stdout.read()
-        device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+        device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.kind == "device")
         secrets = tmp_path / "edge" / "field-secrets"
         gateway = FieldEndpoint(
             "127.0.0.1", port, secrets / "ca.pem", GATEWAY_USER, client_password_file(secrets, GATEWAY_USER)

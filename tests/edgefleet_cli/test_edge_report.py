@@ -16,7 +16,7 @@ pytestmark = pytest.mark.fast
 
 def _lake(small_bundle, n: int = 40) -> pd.DataFrame:
     manifest = read_manifest(small_bundle)
-    device = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    device = next(d for d, e in manifest.devices.items() if e.kind == "device")
     reader = BundleReader(small_bundle)
     rng = np.random.default_rng(1)
     x = np.column_stack([rng.normal(20, 3, n), rng.normal(50, 5, n), rng.gamma(2, 1, n), rng.uniform(0, 100, n)])

@@ -45,7 +45,7 @@ def test_a_killed_inference_module_is_restarted_within_its_backoff_and_predicts_
     assert "signal SIGKILL" in caplog.text and "restart 1" in caplog.text
 
     edge.wait_module_ready("inference")
-    device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.status == "trained")
+    device = next(d for d, e in read_manifest(small_bundle).devices.items() if e.kind == "device")
     publisher = publisher_factory(edge)
     publisher.publish_all(reading(device, seq) for seq in range(1, 21))
     publisher.wait_acked()

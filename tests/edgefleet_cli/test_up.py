@@ -136,7 +136,7 @@ def test_up_with_a_refused_bundle_exits_2_naming_the_module_and_its_log_and_leav
     tampered = tmp_path / "bundle"
     shutil.copytree(small_bundle, tampered)
     manifest = read_manifest(tampered)
-    victim = tampered / next(e.onnx.path for e in manifest.devices.values() if e.status == "trained")
+    victim = tampered / next(e.onnx.path for e in manifest.devices.values() if e.kind == "device")
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
 
     command = _up_command(tampered, tmp_path, "--dashboard-port", free_port())

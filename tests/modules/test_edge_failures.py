@@ -14,7 +14,7 @@ SENTINEL = 1e39  # a sensor's FLT_MAX sentinel: inf once the float32 ONNX model 
 
 def test_a_sentinel_reading_among_two_hundred_costs_no_other_reading(start_edge, publisher_factory, small_bundle):
     manifest = read_manifest(small_bundle)
-    trained = sorted(d for d, e in manifest.devices.items() if e.status == "trained")
+    trained = sorted(d for d, e in manifest.devices.items() if e.kind == "device")
     linear = next(d for d in trained if manifest.devices[d].family == "ridge")
     devices = [*trained, "never-seen-device"]
     normal = [reading(devices[i % len(devices)], i // len(devices)) for i in range(NORMAL_READINGS)]

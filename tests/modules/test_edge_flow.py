@@ -27,7 +27,7 @@ def test_reading_on_the_field_broker_reaches_the_lake_predicted_by_its_device_mo
     start_edge, publisher_factory, small_bundle
 ):
     manifest = read_manifest(small_bundle)
-    trained = sorted(d for d, e in manifest.devices.items() if e.status == "trained")
+    trained = sorted(d for d, e in manifest.devices.items() if e.kind == "device")
     edge = start_edge()
     publisher = publisher_factory(edge)
     publisher.publish_all(reading(device, seq) for device in trained for seq in range(5))
@@ -50,7 +50,7 @@ def test_unknown_poor_and_incomplete_devices_get_the_fleet_model_with_the_reason
     start_edge, publisher_factory, small_bundle
 ):
     manifest = read_manifest(small_bundle)
-    trained = sorted(d for d, e in manifest.devices.items() if e.status == "trained")
+    trained = sorted(d for d, e in manifest.devices.items() if e.kind == "device")
     poor = next(d for d, e in manifest.devices.items() if e.status == "fallback")
     skipped = next(d for d, e in manifest.devices.items() if e.status in ("skipped", "failed"))
     edge = start_edge()
@@ -96,7 +96,7 @@ def test_where_route_filters_dead_letters_by_reason(start_edge, publisher_factor
 
 def test_desired_patch_changes_the_poor_model_threshold_while_running(start_edge, publisher_factory, small_bundle):
     manifest = read_manifest(small_bundle)
-    device = sorted(d for d, e in manifest.devices.items() if e.status == "trained")[0]
+    device = sorted(d for d, e in manifest.devices.items() if e.kind == "device")[0]
     edge = start_edge()
     publisher = publisher_factory(edge)
     publisher.publish(reading(device, 1))
@@ -177,7 +177,7 @@ def test_a_thousand_fuzzed_messages_are_each_dead_lettered_and_the_modules_keep_
     start_edge, publisher_factory, small_bundle
 ):
     manifest = read_manifest(small_bundle)
-    device = sorted(d for d, e in manifest.devices.items() if e.status == "trained")[0]
+    device = sorted(d for d, e in manifest.devices.items() if e.kind == "device")[0]
     edge = start_edge()
     publisher = publisher_factory(edge)
     rng = random.Random(5)
@@ -243,7 +243,7 @@ def test_a_device_whose_labels_no_longer_fit_its_model_raises_one_drift_alert_an
     from tests.conftest import FEATURES, fleet_history
 
     manifest = read_manifest(small_bundle)
-    drifted, stable = sorted(d for d, e in manifest.devices.items() if e.status == "trained")[:2]
+    drifted, stable = sorted(d for d, e in manifest.devices.items() if e.kind == "device")[:2]
     history = fleet_history(6, 240, seed=11)  # the rows small_bundle was trained on
     stable_rows = history[history["device_id"] == stable].tail(120)
     edge = start_edge()

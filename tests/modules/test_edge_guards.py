@@ -15,7 +15,7 @@ def test_bad_dates_borrowed_topics_new_feature_names_and_a_seq_jumping_impostor_
     start_edge, publisher_factory, small_bundle
 ):
     manifest = read_manifest(small_bundle)
-    genuine, chatty = sorted(d for d, e in manifest.devices.items() if e.status == "trained")[:2]
+    genuine, chatty = sorted(d for d, e in manifest.devices.items() if e.kind == "device")[:2]
     now = datetime.now(UTC).replace(microsecond=0)
     today = ts_text(now)
     edge = start_edge()

@@ -23,7 +23,7 @@ RECOVERY_S = 20.0  # the SDK retries every 2 s; re-subscribing and re-reading th
 
 def _trained_device(small_bundle: Path) -> str:
     manifest = read_manifest(small_bundle)
-    return sorted(d for d, e in manifest.devices.items() if e.status == "trained")[0]
+    return sorted(d for d, e in manifest.devices.items() if e.kind == "device")[0]
 
 
 def _module_broker(edge: LocalEdge, module: str) -> Broker:

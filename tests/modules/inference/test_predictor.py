@@ -27,7 +27,7 @@ def _reading(device: str, features=None) -> Reading:
 
 def test_poor_model_threshold_sends_devices_worse_than_it_to_the_fleet_model(small_bundle):
     manifest = read_manifest(small_bundle)
-    device = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    device = next(d for d, e in manifest.devices.items() if e.kind == "device")
     predictor = Predictor(small_bundle, cache_mb=8, mode="bundle", poor_model_threshold=1.0)
     assert predictor.route(device).kind == "device"
     predictor.set_poor_model_threshold(0.0)
@@ -37,7 +37,7 @@ def test_poor_model_threshold_sends_devices_worse_than_it_to_the_fleet_model(sma
 
 def test_device_model_is_only_served_from_the_cache_once_loaded(small_bundle):
     manifest = read_manifest(small_bundle)
-    device = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    device = next(d for d, e in manifest.devices.items() if e.kind == "device")
     predictor = Predictor(small_bundle, cache_mb=8, mode="bundle", poor_model_threshold=1.0)
     choice, row = predictor.choose(_reading(device))
     assert predictor.ready_model(choice.route) is None

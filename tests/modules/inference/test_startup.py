@@ -25,7 +25,7 @@ def test_inference_refuses_a_tampered_bundle_and_names_the_file(start_edge, smal
     tampered = tmp_path / "bundle"
     shutil.copytree(small_bundle, tampered)
     manifest = read_manifest(tampered)
-    device = next(d for d, e in manifest.devices.items() if e.status == "trained")
+    device = next(d for d, e in manifest.devices.items() if e.kind == "device")
     victim = tampered / manifest.devices[device].onnx.path
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
 
