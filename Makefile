@@ -43,6 +43,8 @@ demo: setup
 	$(BIN)/edgefleet demo
 
 bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]"  # the real fleet of benchmarks/model_quality.py
+	$(BIN)/python benchmarks/model_quality.py --quick
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/edge_throughput.py --quick
 	$(BIN)/python benchmarks/dashboard_cpu.py --quick
