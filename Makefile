@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup check test test-fast browser airflow-test container-test demo bench images clean
+.PHONY: setup check test test-fast cluster-test browser airflow-test container-test demo bench images clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,13 @@ check: setup
 	$(BIN)/lint-imports
 
 # The full suite: real Mosquitto brokers, Spark, MLflow, the SDK against the stand-in, Chromium.
+# The cluster tests start their own Spark master, worker, Connect server and mlflow server (~5 min):
+# `make cluster-test` runs them; .ci/run runs both.
 test: setup browser
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not cluster"
+
+cluster-test: setup
+	$(BIN)/pytest -m cluster
 
 # The fast tier: pure logic with in-memory fakes, under a minute.
 test-fast: setup

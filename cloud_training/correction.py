@@ -1,10 +1,13 @@
-"""Partial pooling: a device's own small correction to the fleet model, shrunk toward zero.
+"""Partial pooling: a device's own offset to the fleet model, shrunk toward zero.
 
-prediction = fleet(x) + intercept + coef . x, with (intercept, coef) a ridge fit on the device's
-residuals against the fleet model. The penalty is `prior_rows` on the standardised features and
-on the offset alike, so a correction moves halfway to what the device's own rows say once it has
-`prior_rows` rows of evidence (offset: n / (n + prior_rows) of the mean residual): a device with
-few rows stays near the fleet model, a device with many gets its own offset and slopes.
+prediction = fleet(x) + intercept, with the intercept the device's mean residual against the
+fleet model shrunk by `prior_rows`: a correction moves halfway to what the device's own rows say
+once it has `prior_rows` rows of evidence (n / (n + prior_rows) of the mean residual), so a
+device with few rows stays near the fleet model. The bundle's `Correction` also carries slopes
+(`coef`, served at the edge), but training fits none: a slope fitted on a device's few recent
+rows extrapolates once its features leave that range, and on issue 16's storms fleet the
+corrections with slopes made the final-slice error twice the fleet model's (`benchmarks/
+model_quality.py`: corrected MSE 126 vs 59.6 with the offset alone, fleet 59.4).
 """
 
 from __future__ import annotations
@@ -20,23 +23,13 @@ __all__ = ["apply_correction", "corrected_model", "correction_from_json", "corre
 
 
 def fit_correction(x: np.ndarray, residual: np.ndarray, prior_rows: float) -> Correction:
-    """Return the shrunk linear correction of `residual` (= label - fleet prediction) on `x`."""
+    """Return the shrunk offset of `residual` (= label - fleet prediction); `x` gives the feature count."""
     n, n_features = x.shape
+    no_slopes = (0.0,) * n_features
     if n == 0 or not np.isfinite(residual).all():
-        return Correction(intercept=0.0, coef=(0.0,) * n_features)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    z = (x - mean) / scale  # centred: the offset and the slopes are estimated apart
+        return Correction(intercept=0.0, coef=no_slopes)
     offset = float(residual.sum()) / (n + prior_rows)
-    gram = z.T @ z + prior_rows * np.eye(n_features)
-    # Least squares, min-norm: a constant feature (all-zero column, no prior) gets slope 0, not a singular matrix.
-    slopes = np.linalg.lstsq(gram, z.T @ (residual - residual.mean()), rcond=None)[0]
-    coef = slopes / scale
-    intercept = offset - float(coef @ mean)
-    if not (np.isfinite(coef).all() and np.isfinite(intercept)):
-        return Correction(intercept=0.0, coef=(0.0,) * n_features)
-    return Correction(intercept=intercept, coef=tuple(float(c) for c in coef))
+    return Correction(intercept=offset if np.isfinite(offset) else 0.0, coef=no_slopes)
 
 
 def apply_correction(correction: Correction, x: np.ndarray, fleet_prediction: np.ndarray) -> np.ndarray:

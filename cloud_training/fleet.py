@@ -30,7 +30,6 @@ from cloud_training.device_training import (
     dump_joblib,
     encode_rows,
     fleet_sample,
-    gate_stale_devices,
     holdout_metrics,
     prepare_device,
     results_frame,
@@ -38,6 +37,7 @@ from cloud_training.device_training import (
     train_device,
 )
 from cloud_training.families import FLEET_CANDIDATES, make_estimator
+from cloud_training.strategy import settle_choices
 from edgefleet.bundle import FeatureStats
 from edgefleet.history import DEVICE_COLUMN
 
@@ -229,4 +229,4 @@ def train_fleet_locally(
     frames = list(frames)
     fleet = fleet_from_samples(fleet_samples_locally(frames, config), config, fleet_max_rows)
     results = results_frame([train_device(frame, config, fleet.predictors) for frame in frames])
-    return gate_stale_devices(results, config.max_staleness_days), fleet
+    return settle_choices(results, config.max_staleness_days), fleet

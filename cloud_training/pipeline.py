@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import DataFrame
 
-from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig, gate_stale_devices
+from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig
 from cloud_training.export import write_bundle
 from cloud_training.fleet import FleetModel
 from cloud_training.fleet_job import choose_fleet_on_spark, train_all_devices
@@ -25,6 +25,7 @@ from cloud_training.spark_job import (
     spark_session,
     training_partitions,
 )
+from cloud_training.strategy import STRATEGIES, settle_choices
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest
 from edgefleet.errors import EdgefleetError
@@ -119,7 +120,7 @@ def _export_and_track(
     timings: dict[str, float],
     started: float,
 ) -> TrainingOutcome:
-    results = gate_stale_devices(results, config.max_staleness_days)
+    results = settle_choices(results, config.max_staleness_days)
 
     phase = time.perf_counter()
     device_run_ids = tracker.log_device_runs(results, config.features) if tracker and tracker.mode == "nested" else {}
@@ -175,6 +176,12 @@ def _metrics(summary: dict[str, Any], timings: dict[str, float], n_devices: int)
     for name in ("deployed_mse", "fleet_mse", "device_mse", "corrected_mse"):
         if comparison[name] is not None:
             metrics[f"final_{name}"] = comparison[name]
+    strategy = summary["strategy"]
+    for name in STRATEGIES:
+        metrics[f"check_chose_{name}"] = float(strategy["strategy"] == name)
+    for name in ("per_device_mse", "fleet_mse", "corrected_mse", "device_mse"):
+        if strategy[name] is not None:
+            metrics[f"check_{name}"] = strategy[name]
     metrics["mean_model_bytes"] = summary["mean_model_bytes"]
     metrics.update({k: v for k, v in timings.items()})
     return metrics

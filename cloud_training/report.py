@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cloud_training.strategy import check_strategy
+
 STATUSES = ("trained", "fallback", "skipped", "failed")
 KINDS = ("device", "fleet", "fleet_corrected")
 COMPARED = {
@@ -71,6 +73,7 @@ def summarize(results: pd.DataFrame) -> dict[str, Any]:
         "compared_with_fleet": len(both),
         "kinds": kinds,
         "comparison": final_slice_comparison(results),
+        "strategy": check_strategy(results).to_dict(),
         "families": {str(k): int(v) for k, v in families.items()},
         "mean_model_bytes": float(sizes.mean()) if sizes.size else 0.0,
     }
@@ -88,7 +91,20 @@ def comparison_line(summary: dict[str, Any]) -> str:
     return (
         f"final hold-out MSE over {comparison['rows']:,} rows: deployed {mse('deployed_mse')}, "
         f"fleet only {mse('fleet_mse')}, device only {mse('device_mse')}, fleet + correction {mse('corrected_mse')}; "
-        f"served: {kinds}"
+        f"served: {kinds}{strategy_note(summary)}"
+    )
+
+
+def strategy_note(summary: dict[str, Any]) -> str:
+    """Return what the fleet-wide check decided, when it chose one kind for every device."""
+    check = summary["strategy"]
+    if check["strategy"] == "per_device":
+        return ""
+    what = {"fleet": "the fleet model", "fleet_corrected": "fleet + offsets", "device": "own models"}[check["strategy"]]
+    return (
+        f" (the fleet-wide check chose {what} for all: on {check['rows']:,} check rows mse fleet "
+        f"{check['fleet_mse']:.4g}, fleet + offsets {check['corrected_mse']:.4g}, per-device "
+        f"{check['per_device_mse']:.4g}, own models {check['device_mse']:.4g})"
     )
 
 

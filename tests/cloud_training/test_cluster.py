@@ -34,6 +34,9 @@ from tests.edge_fixtures import REPO
 
 pyspark = pytest.importorskip("pyspark")
 
+# Minutes of cluster start-up: `make cluster-test` runs these, apart from `make test` (.ci/run runs both).
+pytestmark = pytest.mark.cluster
+
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
 NOW = pd.Timestamp.now(tz="UTC").floor("min")

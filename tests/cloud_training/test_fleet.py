@@ -23,7 +23,7 @@ CONFIG = TrainingConfig(features=FEATURES, fleet_rows_per_device=200, onnx=False
 
 def synthetic_fleet(kind: str, n_devices: int = 40, rows: int = 40, seed: int = 0) -> list[pd.DataFrame]:
     """Return devices whose labels follow shared physics (`pooling`), each its own relation (`device`),
-    or shared physics plus an offset and a slope each (`correction`)."""
+    or shared physics plus an offset each (`correction`)."""
     rng = np.random.default_rng(seed)
     frames = []
     for d in range(n_devices):
@@ -35,7 +35,7 @@ def synthetic_fleet(kind: str, n_devices: int = 40, rows: int = 40, seed: int = 
             y = 5 * np.sin(frequency * a + phase) + rng.uniform(-3, 3) * b + rng.normal(0, 0.1, rows)
         else:
             shared = 5 * np.sin(a) + 3 * np.cos(2 * b) + a * b
-            y = shared + rng.normal(0, 3) + rng.normal(0, 0.5) * b + rng.normal(0, 1.0, rows)
+            y = shared + rng.normal(0, 3) + rng.normal(0, 1.0, rows)
         ts = pd.date_range("2026-10-01", periods=rows, freq="5min", tz="UTC")
         frames.append(pd.DataFrame({"device_id": f"d{d:02}", "ts": ts, "a": a, "b": b, "label": y}))
     return frames
@@ -119,6 +119,17 @@ def test_a_device_model_needs_more_than_luck_on_a_few_inner_rows_to_be_chosen():
     lucky *= 0.9 * fleet_errors.mean() / lucky.mean()
     assert choose_kind({"fleet": fleet_errors, "device": lucky}, margin=0.05) == "fleet"
     assert choose_kind({"fleet": fleet_errors, "device": fleet_errors * 0.2}, margin=0.05) == "device"
+
+
+def test_the_own_model_must_beat_a_winning_correction_not_only_the_fleet_model():
+    rng = np.random.default_rng(2)
+    fleet_errors = rng.exponential(4.0, 12) + 4.0
+    corrected = fleet_errors * 0.25
+    slightly_better = corrected * rng.uniform(0.0, 1.8, 12)  # lower than the correction on average, within its noise
+    slightly_better *= 0.95 * corrected.mean() / slightly_better.mean()
+    ladder = {"fleet": fleet_errors, "fleet_corrected": corrected}
+    assert choose_kind({**ladder, "device": slightly_better}, margin=0.02) == "fleet_corrected"
+    assert choose_kind({**ladder, "device": corrected * 0.1}, margin=0.02) == "device"
 
 
 def test_without_a_fleet_model_the_device_model_serves():

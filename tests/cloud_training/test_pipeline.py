@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from cloud_training.gateway import unpack_bundle
 from cloud_training.pipeline import run_training
 from cloud_training.settings import TrainSettings
+from cloud_training.strategy import STRATEGIES
 from edgefleet.bundle import read_manifest, verify_bundle
 from edgefleet.feature_reference import FeatureReference
 from edgefleet.history import write_history
@@ -89,6 +90,10 @@ def test_mlflow_parent_run_holds_aggregates_results_table_plots_and_bundle(train
     for name in ("deployed_mse", "fleet_mse", "device_mse", "corrected_mse"):
         assert run.data.metrics[f"final_{name}"] == comparison[name]
     assert run.data.metrics["final_rows"] == comparison["rows"]
+    strategy = trained.summary["strategy"]  # the fleet-wide check: which strategy won, and by what
+    assert sum(run.data.metrics[f"check_chose_{name}"] for name in STRATEGIES) == 1.0
+    assert run.data.metrics[f"check_chose_{strategy['strategy']}"] == 1.0
+    assert run.data.metrics["check_fleet_mse"] == strategy["fleet_mse"]
     top = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"results", "plots", "bundle"} <= top
     table = mlflow.artifacts.download_artifacts(

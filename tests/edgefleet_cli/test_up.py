@@ -276,6 +276,14 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     """Return whether a process runs (a zombie has an empty command line)."""
     if pid <= 0:
