@@ -112,6 +112,13 @@ def test_encode_reading_writes_what_encode_json_of_the_telemetry_object_means():
     assert json.loads(body)["schema"] == TELEMETRY_SCHEMA
 
 
+@pytest.mark.parametrize("overrides", [{}, {"label": DROP}, {"received_ts": "2026-11-01T12:00:00.5Z"}])
+def test_encode_reading_writes_the_same_bytes_as_encode_json_for_plain_floats(overrides):
+    reading = parse_reading(telemetry(**overrides))
+
+    assert encode_reading(reading) == encode_json(reading.to_json_obj())
+
+
 def test_stamped_normalises_and_checks_the_receive_time_like_the_constructor():
     reading = parse_reading(telemetry())
     offset = NOW.astimezone(timezone(timedelta(hours=2)))
