@@ -384,15 +384,36 @@ def _trusted_reading(
     return reading
 
 
-_READING_KEYS = frozenset({"schema", "device_id", "seq", "ts", "features", "label", "received_ts"})
-_BATCH_KEYS = frozenset({"schema", "readings"})
+class _TelemetryIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A telemetry object of the usual shape: only the contract's keys, each of its JSON type.
+
+    msgspec decodes a float field from a JSON int as float() would, refuses booleans, and
+    refuses numbers beyond a float's range instead of reading them as infinity.
+    """
+
+    schema: str
+    device_id: str
+    seq: int
+    ts: str
+    features: dict[str, float]
+    label: float | None = None
+    received_ts: str | None = None
+
+
+class _BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch envelope of the usual shape: nothing beside its schema and readings."""
+
+    schema: str
+    readings: list[_TelemetryIn]
+
+
 _isfinite = math.isfinite
 _fromisoformat = datetime.fromisoformat
 
 
-def _fast_ts(text: object) -> datetime | None:
+def _fast_ts(text: str | None) -> datetime | None:
     """Return a UTC timestamp text as `parse_ts` would, or None when it needs `parse_ts`'s full handling."""
-    if type(text) is not str:
+    if text is None:
         return None
     try:
         ts = _fromisoformat(text)
@@ -403,34 +424,27 @@ def _fast_ts(text: object) -> datetime | None:
     return ts
 
 
-def _fast_reading(obj: object) -> Reading | None:
-    """Return the Reading `parse_reading` would for a reading of the usual shape, else None (never raises).
+def _fast_reading(item: _TelemetryIn) -> Reading | None:
+    """Return the Reading `parse_reading` would give for a decoded reading, or None when it must decide.
 
-    None means only "not settled here": the caller then runs the stdlib path, which decides.
+    None means only "not settled here": the caller then runs the stdlib path, which names the problem.
     """
-    if type(obj) is not dict or not obj.keys() <= _READING_KEYS or obj.get("schema") != TELEMETRY_SCHEMA:
+    seq = item.seq
+    if item.schema != TELEMETRY_SCHEMA or not 0 <= seq <= MAX_SEQ:
         return None
-    device_id = obj.get("device_id")
-    seq = obj.get("seq")
-    features = obj.get("features")
-    if type(seq) is not int or not 0 <= seq <= MAX_SEQ or type(features) is not dict:
-        return None
-    if type(device_id) is not str or device_id not in _GOOD_DEVICE_IDS:
+    device_id = item.device_id
+    if device_id not in _GOOD_DEVICE_IDS:
         try:
             _check_name(device_id, "device_id", MAX_DEVICE_ID_CHARS, BAD_DEVICE_ID)
         except MessageError:
             return None
         _remember(_GOOD_DEVICE_IDS, device_id, _GOOD_DEVICE_IDS_MAX)
-    ts = _fast_ts(obj.get("ts"))
-    if ts is None:
+    ts = _fast_ts(item.ts)
+    received_text = item.received_ts
+    received_ts = None if received_text is None else _fast_ts(received_text)
+    if ts is None or (received_ts is None and received_text is not None):
         return None
-    received_text = obj.get("received_ts")
-    received_ts = None
-    if received_text is not None and (received_ts := _fast_ts(received_text)) is None:
-        return None
-    label = obj.get("label")
-    if label is not None and (type(label) is not float or not _isfinite(label)):
-        return None
+    features = item.features
     names = tuple(features)
     if names not in _GOOD_FEATURE_ORDERS:
         if not 0 < len(names) <= MAX_FEATURES:
@@ -441,11 +455,9 @@ def _fast_reading(obj: object) -> Reading | None:
         except MessageError:
             return None
         _remember(_GOOD_FEATURE_ORDERS, names, _GOOD_FEATURE_ORDERS_MAX)
-    for value in features.values():
-        if type(value) is not float:
-            return None
-    # One NaN or infinity makes the sum non-finite; a finite sum that overflows only costs the slow path.
-    if not _isfinite(sum(features.values())):
+    # msgspec never gives NaN or infinity; should a version ever do, the sum would show it.
+    label = item.label
+    if not _isfinite(sum(features.values(), 0.0 if label is None else label)):
         return None
     return _trusted_reading(device_id, seq, ts, tuple(features.items()), label, received_ts)
 
@@ -487,7 +499,8 @@ def _refuse_constant(name: str) -> NoReturn:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 # msgspec refuses what the stdlib decoder may let through (NaN, lone surrogates, 1e400, a BOM):
 # such payloads fall back to the stdlib path, which names the reason.
-_FAST_DECODER = msgspec.json.Decoder()
+_TELEMETRY_DECODER = msgspec.json.Decoder(_TelemetryIn)
+_BATCH_DECODER = msgspec.json.Decoder(_BatchIn)
 _FAST_ENCODER = msgspec.json.Encoder()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _BATCH_HEAD = ('{"schema":' + json.dumps(BATCH_SCHEMA) + ',"readings":[').encode()
@@ -563,18 +576,15 @@ def _decode_payload_stdlib(
 def _decode_fast(payload: bytes) -> list[Reading] | None:
     """Return the readings of a payload whose every reading takes the fast path, else None (never raises)."""
     try:
-        obj = _FAST_DECODER.decode(payload)
-    except (msgspec.DecodeError, RecursionError, ValueError, TypeError):
-        return None
-    if type(obj) is not dict:
-        return None
-    if obj.get("schema") != BATCH_SCHEMA:
-        reading = _fast_reading(obj)
-        return None if reading is None else [reading]
-    items = obj.get("readings")
-    # Other keys beside the batch's own may nest deeper than the stdlib decoder allows: let it decide.
-    if type(items) is not list or not items or not obj.keys() <= _BATCH_KEYS:
-        return None
+        items = [_TELEMETRY_DECODER.decode(payload)]
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        try:
+            batch = _BATCH_DECODER.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        items = batch.readings
+        if batch.schema != BATCH_SCHEMA or not items:
+            return None
     readings = []
     for item in items:
         reading = _fast_reading(item)

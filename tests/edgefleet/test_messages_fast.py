@@ -70,11 +70,38 @@ def test_fuzzed_and_valid_payloads_decode_as_the_stdlib_path_decodes_them():
         {"schema": "edgefleet.telemetry/2"},
         {"extra": [[[1]]]},
         {"ts": DROP},
+        {"ts": 1},
+        {"received_ts": 1.5},
+        {"features": {"a": True}},
+        {"features": {"a": 1e400}},
+        {"features": {"a": 10**400}},
+        {"features": {"a": 10**300}},
+        {"features": {"_a": 1.0}},
+        {"seq": 1.0},
+        {"label": 1e400},
     ],
 )
 def test_unusual_readings_decode_as_the_stdlib_path_decodes_them(overrides):
     for raw in (payload(telemetry(**overrides)), payload(batch(telemetry(), telemetry(**overrides)))):
         assert outcome(decode_payload, raw, 1 << 20) == outcome(messages._decode_payload_stdlib, raw, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"schema":"edgefleet.batch/1","readings":[{"schema":"edgefleet.telemetry/1"}],"schema":"x"}',
+        b'{"schema":"x","readings":[]}',
+        b'{"schema":"edgefleet.other/1","readings":[' + payload(telemetry()) + b"]}",
+        b'{"schema":"edgefleet.batch/1","readings":[]}',
+        b'{"schema":"edgefleet.batch/1","readings":{}}',
+        payload(telemetry())[:-1] + b',"device_id":"dev-2","seq":9}',  # duplicate keys: the last one counts
+        payload(telemetry())[:-1] + b',"schema":"edgefleet.batch/1"}',
+        b'{"schema":"edgefleet.batch/1","readings":[' + payload(telemetry()) + b"]," + b'"schema":"edgefleet.batch/1"}',
+        b"\xef\xbb\xbf" + payload(telemetry()),
+    ],
+)
+def test_odd_envelopes_decode_as_the_stdlib_path_decodes_them(raw):
+    assert outcome(decode_payload, raw, 1 << 20) == outcome(messages._decode_payload_stdlib, raw, 1 << 20)
 
 
 def test_usual_readings_and_sensor_batches_never_reach_the_stdlib_path(monkeypatch):
@@ -123,7 +150,9 @@ def test_stamped_normalises_and_checks_the_receive_time_like_the_constructor():
     reading = parse_reading(telemetry())
     offset = NOW.astimezone(timezone(timedelta(hours=2)))
 
-    assert reading.stamped(offset) == Reading(*[getattr(reading, f) for f in ("device_id", "seq", "ts")], reading.features, reading.label, NOW)  # noqa: E501
+    same_but_received = Reading(reading.device_id, reading.seq, reading.ts, reading.features, reading.label, NOW)
+
+    assert reading.stamped(offset) == same_but_received
     assert reading.stamped(offset).received_ts.tzinfo is UTC
     with pytest.raises(MessageError) as err:
         reading.stamped(NOW.replace(tzinfo=None))
