@@ -6,12 +6,12 @@ stdlib-only `edgefleet.errors`: the edge image has no pandas, and the sensor and
 module parse thousands of readings per second, so validation is hand-written on frozen
 slotted dataclasses instead of pydantic models.
 
-Readings take a fast path, chosen by profile (`benchmarks/sensor_parse.py`): msgspec decodes
-the payload, and a reading of the usual shape (only the contract's keys, float features whose
-names and order an earlier reading already passed) is checked without re-doing what is settled.
-Anything else — a payload msgspec refuses, an extra key, an int or a new name — goes through
-the stdlib path from the raw bytes, so accepted readings, reason codes and details are exactly
-the stdlib path's.
+Readings take a fast path, chosen by profile (`benchmarks/sensor_parse.py`): msgspec decodes a
+payload of the usual shape (only the contract's keys, each of its JSON type) into typed structs,
+and what an earlier reading settled (its device id, its features' names in that order) is not
+checked again. Anything else (a payload msgspec refuses, an extra key, an offset timestamp, a
+new bad name) goes through the stdlib path from the raw bytes, so accepted readings, reason
+codes and details are exactly the stdlib path's. `encode_reading` writes a Reading with msgspec.
 
 Payload-level problems (too big, not UTF-8, not JSON, not an object, a broken batch
 envelope) raise `MessageError`; reading-level problems are reported per reading by
