@@ -16,8 +16,8 @@ the reading) against the hand-written checks; encoding with stdlib json, orjson 
 The inference side decodes the batches the sensor makes (`maxBatchBytes` 3900) both ways.
 
 Each figure is the median over `--repeats` alternating runs of µs per reading (CPU time of this
-process, the cyclic GC off during a run as in timeit); ratios are today / ours from the same run. It prints a table, then one JSON object on
-the last line of stdout.
+process, the cyclic GC off during a run as in timeit); ratios are today / ours from the same
+run. It prints a table, then one JSON object on the last line of stdout.
 
 Usage:
     python benchmarks/sensor_parse.py --quick     # 5,000 payloads, 3 repeats (a few seconds)
