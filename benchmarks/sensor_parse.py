@@ -13,7 +13,11 @@ go through:
 and, to show why these libraries, the candidates on the same valid readings: decoding with
 stdlib json, orjson and msgspec; validating with pydantic (`model_validate_json`, a model of
 the reading) against the hand-written checks; encoding with stdlib json, orjson and msgspec.
-The inference side decodes the batches the sensor makes (`maxBatchBytes` 3900) both ways.
+The whole sensor module runs both ways in-process too (its journal, batcher and outbox to the
+tests' in-memory edgeHub, today's decode and encode swapped in for the first): what the module
+itself spends per reading, without MQTT (paho, TLS and the IoT SDK, which
+`benchmarks/edge_throughput.py` counts in the sensor process as well). The inference side
+decodes the batches the sensor makes (`maxBatchBytes` 3900) both ways.
 
 Each figure is the median over `--repeats` alternating runs of µs per reading (CPU time of this
 process, the cyclic GC off during a run as in timeit); ratios are today / ours from the same
@@ -32,6 +36,8 @@ import json
 import random
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,11 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import msgspec  # noqa: E402
-import orjson  # noqa: E402
 import pydantic  # noqa: E402
 
+import modules.sensor.service as sensor_service  # noqa: E402
 from benchmarks._edge_bench_util import reading_payload  # noqa: E402
 from edgefleet import messages  # noqa: E402
+from edgefleet.field import FIELD_TOPIC_FILTER  # noqa: E402
 from edgefleet.messages import (  # noqa: E402
     DeadLetter,
     MessageError,
@@ -56,6 +63,16 @@ from edgefleet.messages import (  # noqa: E402
     encode_reading,
     pack_batches,
 )
+from edgefleet.process import load_settings  # noqa: E402
+from modules.sensor.settings import SensorSettings  # noqa: E402
+from tests.modules.fakes import FakeModuleClient  # noqa: E402
+from tests.modules.sensor.test_startup import StubFieldClient  # noqa: E402
+
+try:  # a candidate only: not a dependency of the project
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
+    print("orjson is not installed: its figures are left out (pip install orjson to compare)", file=sys.stderr)
 
 DEVICES = 50
 MALFORMED_SHARE = 0.05
@@ -120,6 +137,50 @@ def sensor_ours(payload: bytes, received: datetime) -> list[bytes]:
     return out
 
 
+def encode_today(reading: Reading) -> bytes:
+    """Encode a stamped reading as the sensor did: the stamped Reading checked all over again, then json."""
+    again = Reading(reading.device_id, reading.seq, reading.ts, reading.features, reading.label, reading.received_ts)
+    return encode_json(again.to_json_obj())
+
+
+def sensor_module_cpu_us(payloads: list[bytes], today: bool) -> float:
+    """Return the CPU µs per payload of the whole sensor module in-process: journal, batcher, outbox, in-memory edgeHub.
+
+    `today` swaps the module's decode and encode for the stdlib path's; the rest is the module as it is.
+    """
+    desired = {
+        "batchWindowMs": 200,
+        "maxBatchBytes": MAX_BATCH_BYTES,
+        "fieldTopic": FIELD_TOPIC_FILTER,
+        "enabled": True,
+    }
+    # Each payload on its device's topic (make_payloads' round robin), so the device check passes.
+    topics = [FIELD_TOPIC_FILTER.replace("+", f"dev-{index % DEVICES:03d}") for index in range(len(payloads))]
+    with tempfile.TemporaryDirectory() as state:
+        settings = load_settings(
+            SensorSettings, field_mqtt_host="127.0.0.1", state_dir=Path(state), report_interval_s=60.0
+        )
+        service = sensor_service.SensorService(settings, FakeModuleClient(desired), field_client=StubFieldClient())
+        assert service.start(threading.Event())
+        swaps = {"decode_payload": messages._decode_payload_stdlib, "encode_reading": encode_today} if today else {}
+        saved = {name: getattr(sensor_service, name) for name in swaps}
+        for name, swap in swaps.items():
+            setattr(sensor_service, name, swap)
+        try:
+            gc.collect()
+            started = time.process_time()
+            for topic, payload in zip(topics, payloads, strict=True):
+                service.take_field_message(topic, payload)
+            service.stop()
+            elapsed = time.process_time() - started
+        finally:
+            for name, original in saved.items():
+                setattr(sensor_service, name, original)
+        forwarded = service.stats()["forwarded"]
+    assert forwarded >= 0.9 * len(payloads), forwarded  # the readings went through, not to the dead letters
+    return elapsed / len(payloads) * 1e6
+
+
 class PydanticReading(pydantic.BaseModel):
     """The reading as a pydantic model (for the cost comparison only: not the contract's exact rules)."""
 
@@ -178,6 +239,12 @@ def main() -> int:
         repeats,
     )
 
+    module_runs: dict[str, list[float]] = {"today": [], "ours": []}
+    for _ in range(repeats):
+        for name in module_runs:
+            module_runs[name].append(sensor_module_cpu_us(payloads, today=name == "today"))
+    module = {name: round(statistics.median(values), 2) for name, values in module_runs.items()}
+
     # The inference module's input: the valid readings, stamped and packed as the sensor packs them.
     stamped: list[bytes] = []
     for payload in payloads:
@@ -208,7 +275,7 @@ def main() -> int:
     candidates = measure(
         {
             "decode stdlib json": lambda: [messages.decode_json(p) for p in valid],
-            "decode orjson": lambda: [orjson.loads(p) for p in valid],
+            **({"decode orjson": lambda: [orjson.loads(p) for p in valid]} if orjson else {}),
             "decode msgspec": lambda: [decoder.decode(p) for p in valid],
             "validate hand-written (stdlib path)": lambda: [messages.parse_reading(o) for o in objs],
             "decode msgspec typed (_TelemetryIn)": lambda: [typed.decode(p) for p in valid],
@@ -216,7 +283,7 @@ def main() -> int:
             "decode+validate pydantic": lambda: [PydanticReading.model_validate_json(p) for p in valid],
             "decode+validate ours": lambda: [decode_payload(p) for p in valid],
             "encode stdlib json": lambda: [encode_json(d) for d in dicts],
-            "encode orjson": lambda: [orjson.dumps(d) for d in dicts],
+            **({"encode orjson": lambda: [orjson.dumps(d) for d in dicts]} if orjson else {}),
             "encode msgspec": lambda: [encoder.encode(d) for d in dicts],
             "to_json_obj": lambda: [r.to_json_obj() for r in readings],
             "encode_reading (msgspec Struct, ours)": lambda: [encode_reading(r) for r in readings],
@@ -231,6 +298,8 @@ def main() -> int:
         "malformed_or_unusual_share": MALFORMED_SHARE,
         "sensor_us_per_reading": sensor,
         "sensor_today_vs_ours": round(sensor["today"] / sensor["ours"], 2),
+        "sensor_module_cpu_us_per_reading": module,
+        "sensor_module_today_vs_ours": round(module["today"] / module["ours"], 2),
         "inference_decode_us_per_reading": inference,
         "inference_decode_today_vs_ours": round(inference["today"] / inference["ours"], 2),
         "readings_per_batch": round(len(stamped) / len(batches), 1),
@@ -241,6 +310,10 @@ def main() -> int:
     print(
         f"| sensor: parse, validate, stamp, encode | {sensor['today']} | {sensor['ours']} | "
         f"{result['sensor_today_vs_ours']} |"
+    )
+    print(
+        f"| sensor module in-process (journal, batcher, outbox) | {module['today']} | {module['ours']} | "
+        f"{result['sensor_module_today_vs_ours']} |"
     )
     print(
         f"| inference: decode the sensor's batches | {inference['today']} | {inference['ours']} | "
