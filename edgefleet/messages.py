@@ -1,10 +1,17 @@
 """The message contracts: telemetry readings, batch envelopes, predictions and dead letters.
 
 Every message is compact UTF-8 JSON that names its versioned `schema`. This module is the
-one place that parses and writes them. It imports only the standard library (and the
-stdlib-only `edgefleet.errors`): the edge image has no pandas, and the inference module
-parses thousands of readings per second, so validation is hand-written on frozen
+one place that parses and writes them. It imports only the standard library, msgspec and the
+stdlib-only `edgefleet.errors`: the edge image has no pandas, and the sensor and the inference
+module parse thousands of readings per second, so validation is hand-written on frozen
 slotted dataclasses instead of pydantic models.
+
+Readings take a fast path, chosen by profile (`benchmarks/sensor_parse.py`): msgspec decodes a
+payload of the usual shape (only the contract's keys, each of its JSON type) into typed structs,
+and what an earlier reading settled (its device id, its features' names in that order) is not
+checked again. Anything else (a payload msgspec refuses, an extra key, an offset timestamp, a
+new bad name) goes through the stdlib path from the raw bytes, so accepted readings, reason
+codes and details are exactly the stdlib path's. `encode_reading` writes a Reading with msgspec.
 
 Payload-level problems (too big, not UTF-8, not JSON, not an object, a broken batch
 envelope) raise `MessageError`; reading-level problems are reported per reading by
@@ -20,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn
+
+import msgspec
 
 from edgefleet.errors import EdgefleetError
 
@@ -241,6 +250,18 @@ def _check_features(features: object) -> tuple[tuple[str, float], ...]:
     return features if converted is None else tuple(converted)
 
 
+# Device ids and feature-name orders repeat across nearly every reading, like feature names.
+_GOOD_DEVICE_IDS: set[str] = set()
+_GOOD_DEVICE_IDS_MAX = 65_536
+_GOOD_FEATURE_ORDERS: set[tuple[str, ...]] = set()
+_GOOD_FEATURE_ORDERS_MAX = 1024
+
+
+def _remember(good: set[Any], value: object, limit: int) -> None:
+    if len(good) < limit:
+        good.add(value)
+
+
 def _utc(ts: object, what: str) -> datetime:
     """Return `ts` as a timezone-aware UTC datetime within the lake's range."""
     if not isinstance(ts, datetime):
@@ -337,7 +358,108 @@ class Reading:
 
     def stamped(self, received_ts: datetime) -> Reading:
         """Return this reading with the edge's receive time set."""
-        return Reading(self.device_id, self.seq, self.ts, self.features, self.label, received_ts)
+        # Everything but the receive time was checked when this reading was built.
+        return _trusted_reading(
+            self.device_id, self.seq, self.ts, self.features, self.label, _utc(received_ts, "received_ts")
+        )
+
+
+def _trusted_reading(
+    device_id: str,
+    seq: int,
+    ts: datetime,
+    features: tuple[tuple[str, float], ...],
+    label: float | None,
+    received_ts: datetime | None,
+) -> Reading:
+    """Build a Reading from values already checked as `Reading.__post_init__` would."""
+    reading = object.__new__(Reading)
+    setattr_ = object.__setattr__
+    setattr_(reading, "device_id", device_id)
+    setattr_(reading, "seq", seq)
+    setattr_(reading, "ts", ts)
+    setattr_(reading, "features", features)
+    setattr_(reading, "label", label)
+    setattr_(reading, "received_ts", received_ts)
+    return reading
+
+
+class _TelemetryIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A telemetry object of the usual shape: only the contract's keys, each of its JSON type.
+
+    msgspec decodes a float field from a JSON int as float() would, refuses booleans, and
+    refuses numbers beyond a float's range instead of reading them as infinity.
+    """
+
+    schema: str
+    device_id: str
+    seq: int
+    ts: str
+    features: dict[str, float]
+    label: float | None = None
+    received_ts: str | None = None
+
+
+class _BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch envelope of the usual shape: nothing beside its schema and readings."""
+
+    schema: str
+    readings: list[_TelemetryIn]
+
+
+_isfinite = math.isfinite
+_fromisoformat = datetime.fromisoformat
+
+
+def _fast_ts(text: str | None) -> datetime | None:
+    """Return a UTC timestamp text as `parse_ts` would, or None when it needs `parse_ts`'s full handling."""
+    if text is None:
+        return None
+    try:
+        ts = _fromisoformat(text)
+    except ValueError:
+        return None
+    if ts.tzinfo is not UTC or not TS_MIN <= ts < TS_MAX:
+        return None
+    return ts
+
+
+def _fast_reading(item: _TelemetryIn) -> Reading | None:
+    """Return the Reading `parse_reading` would give for a decoded reading, or None when it must decide.
+
+    None means only "not settled here": the caller then runs the stdlib path, which names the problem.
+    """
+    seq = item.seq
+    if item.schema != TELEMETRY_SCHEMA or not 0 <= seq <= MAX_SEQ:
+        return None
+    device_id = item.device_id
+    if device_id not in _GOOD_DEVICE_IDS:
+        try:
+            _check_name(device_id, "device_id", MAX_DEVICE_ID_CHARS, BAD_DEVICE_ID)
+        except MessageError:
+            return None
+        _remember(_GOOD_DEVICE_IDS, device_id, _GOOD_DEVICE_IDS_MAX)
+    ts = _fast_ts(item.ts)
+    received_text = item.received_ts
+    received_ts = None if received_text is None else _fast_ts(received_text)
+    if ts is None or (received_ts is None and received_text is not None):
+        return None
+    features = item.features
+    names = tuple(features)
+    if names not in _GOOD_FEATURE_ORDERS:
+        if not 0 < len(names) <= MAX_FEATURES:
+            return None
+        try:
+            for name in names:
+                _check_feature_name(name)
+        except MessageError:
+            return None
+        _remember(_GOOD_FEATURE_ORDERS, names, _GOOD_FEATURE_ORDERS_MAX)
+    # msgspec never gives NaN or infinity; should a version ever do, the sum would show it.
+    label = item.label
+    if not _isfinite(sum(features.values(), 0.0 if label is None else label)):
+        return None
+    return _trusted_reading(device_id, seq, ts, tuple(features.items()), label, received_ts)
 
 
 def parse_reading(obj: object) -> Reading:
@@ -375,6 +497,11 @@ def _refuse_constant(name: str) -> NoReturn:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# msgspec refuses what the stdlib decoder may let through (NaN, lone surrogates, 1e400, a BOM):
+# such payloads fall back to the stdlib path, which names the reason.
+_TELEMETRY_DECODER = msgspec.json.Decoder(_TelemetryIn)
+_BATCH_DECODER = msgspec.json.Decoder(_BatchIn)
+_FAST_ENCODER = msgspec.json.Encoder()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _BATCH_HEAD = ('{"schema":' + json.dumps(BATCH_SCHEMA) + ',"readings":[').encode()
 _BATCH_TAIL = b"]}"
@@ -410,6 +537,17 @@ def decode_payload(
     object, a batch without a non-empty `readings` array). A single telemetry object that
     fails validation is reported in the error list like a bad reading inside a batch.
     """
+    if len(payload) <= max_bytes:
+        fast = _decode_fast(payload)
+        if fast is not None:
+            return fast, []
+    return _decode_payload_stdlib(payload, max_bytes)
+
+
+def _decode_payload_stdlib(
+    payload: bytes, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[list[Reading], list[tuple[MessageError, object]]]:
+    """Decode a payload as `decode_payload` does, on the stdlib path only: it names every problem."""
     obj = decode_json(payload, max_bytes)
     if type(obj) is not dict:
         _fail(NOT_OBJECT, f"payload must be a JSON object, got {_kind(obj)}")
@@ -433,6 +571,56 @@ def decode_payload(
     if errors:
         logger.debug("Rejected %d of %d readings; first: %s", len(errors), len(items), errors[0][0])
     return readings, errors
+
+
+def _decode_fast(payload: bytes) -> list[Reading] | None:
+    """Return the readings of a payload whose every reading takes the fast path, else None (never raises)."""
+    try:
+        items = [_TELEMETRY_DECODER.decode(payload)]
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+        try:
+            batch = _BATCH_DECODER.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        items = batch.readings
+        if batch.schema != BATCH_SCHEMA or not items:
+            return None
+    readings = []
+    for item in items:
+        reading = _fast_reading(item)
+        if reading is None:
+            return None
+        readings.append(reading)
+    return readings
+
+
+class _TelemetryJson(msgspec.Struct, omit_defaults=True):
+    """The telemetry object in `Reading.to_json_obj`'s key order, for msgspec to write in one pass."""
+
+    schema: str
+    device_id: str
+    seq: int
+    ts: datetime  # msgspec writes a UTC datetime exactly as format_ts does
+    features: dict[str, float]
+    label: float | None = None
+    received_ts: datetime | None = None
+
+
+def encode_reading(reading: Reading) -> bytes:
+    """Serialise a Reading as its compact UTF-8 telemetry JSON (what `encode_json(reading.to_json_obj())` means)."""
+    # A Reading's floats are finite, its strings printable Unicode and its datetimes UTC: nothing
+    # `encode_json` would refuse, and nothing msgspec would write differently but float exponents.
+    return _FAST_ENCODER.encode(
+        _TelemetryJson(
+            TELEMETRY_SCHEMA,
+            reading.device_id,
+            reading.seq,
+            reading.ts,
+            dict(reading.features),
+            reading.label,
+            reading.received_ts,
+        )
+    )
 
 
 def encode_json(obj: object) -> bytes:

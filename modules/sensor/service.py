@@ -41,6 +41,7 @@ from edgefleet.messages import (
     Reading,
     decode_payload,
     encode_json,
+    encode_reading,
 )
 from edgefleet.mqtt_login import AUTH_REFUSALS, LoginClient, describe_connect_error, tls_context
 from modules.runtime import (
@@ -305,7 +306,7 @@ class SensorService:
                     continue
                 if self._sequences.observe(reading.device_id, reading.seq) is Verdict.DUPLICATE:
                     continue  # a QoS 1 redelivery: forwarded already (it holds no journal reference)
-                body = encode_json(reading.stamped(received).to_json_obj())
+                body = encode_reading(reading.stamped(received))
                 if len(body) > max_reading_bytes:
                     too_big = MessageError(OVERSIZE, f"reading is {len(body)} bytes; at most {max_reading_bytes} fit")
                     refused.append(DeadLetter.from_error(too_big, source, body))
