@@ -122,7 +122,7 @@ def test_create_options_as_deployed_chunked_json_strings_are_read():
 
 def test_a_duplicate_key_in_the_file_is_reported(tmp_path):
     text = TEMPLATE.read_text(encoding="utf-8").replace(
-        '"telemetryToUpstream":', '"alertsToUpstream": "FROM /* INTO $upstream",\n"telemetryToUpstream":'
+        '"predictionsToUpstream":', '"alertsToUpstream": "FROM /* INTO $upstream",\n"predictionsToUpstream":'
     )
     path = tmp_path / "deployment.json"
     path.write_text(text, encoding="utf-8")
