@@ -10,6 +10,9 @@ module has answered it, so the handler's first step appends it to the write-ahea
 (modules.inference.inbox). Every output carrying its readings (prediction batches, dead letters,
 drift alerts) holds a reference to its journal segment until edgeHub acknowledged that output, and
 the processing round holds one until it is done; a segment is deleted when the last is released.
+Predictions of several rounds are coalesced (modules.inference.coalesce: twin desired `upstreamWindowMs`,
+`upstreamMaxBytes`) and sent gzip-compressed (edgefleet.envelope); the open batch holds its readings'
+segments until edgeHub acknowledged the compressed message.
 A kill -9 or a stop leaves the unanswered messages in the journal; the next start answers them
 first (duplicates are possible, and removed by (device_id, seq) where predictions land).
 The window left: the SDK sends the PUBACK as soon as its MQTT thread has put the message in its own
