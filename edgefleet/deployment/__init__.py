@@ -37,9 +37,9 @@ from edgefleet.deployment.validate import validate_deployment
 
 __all__ = [
     "CREATE_OPTIONS_CHUNK",
+    "DEFAULT_TEMPLATE",
     "RAW_TELEMETRY_ROUTE",
     "RAW_TELEMETRY_ROUTE_NAME",
-    "DEFAULT_TEMPLATE",
     "Deployment",
     "DeploymentError",
     "ModuleSpec",
