@@ -75,6 +75,7 @@ from benchmarks.edge.report import (  # noqa: E402
     rounded,
 )
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment  # noqa: E402
+from edgefleet.desired import DEFAULT_UPSTREAM_WINDOW_MS  # noqa: E402
 
 TEMPLATE = REPO / DEFAULT_TEMPLATE
 DESCRIPTION = "Benchmark the edge path: bare relay, pass-through ceiling, ours, naive sklearn, latency, 10k bundle."
@@ -175,6 +176,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     batch_window_ms = int(sensor_desired.get("batchWindowMs", 200))
     max_batch_bytes = int(sensor_desired.get("maxBatchBytes", 3900))
     threshold = float(deployment.desired("inference").get("poorModelThreshold", 1.0))
+    upstream_window_ms = int(deployment.desired("inference").get("upstreamWindowMs", DEFAULT_UPSTREAM_WINDOW_MS))
     ips = IpBlocks()
     phases = Phases()
 
@@ -236,7 +238,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     metrics["load_avg_1m_at_start"] = load_avg_1m
     metrics["timings_s"] = phases.timings_s
     metrics["errors"] = phases.errors
-    targets = {**TARGETS, "latency_p99_ms": LATENCY_BUDGET_MS + batch_window_ms}
+    metrics["upstream_window_ms"] = upstream_window_ms
+    # A prediction may wait both windows: the sensor's batch, then the inference module's upstream batch.
+    targets = {**TARGETS, "latency_p99_ms": LATENCY_BUDGET_MS + batch_window_ms + upstream_window_ms}
     meets = meets_targets(metrics, targets)
     print_report(metrics, meets, targets, phases.errors)
     return rounded({**metrics, "targets": targets, "meets": meets}), phases.errors

@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 
 from edgefleet.alerts import ALERT_SCHEMA
+from edgefleet.envelope import MAX_OPENED_BYTES, open_body
 from edgefleet.messages import (
     BATCH_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -204,7 +205,8 @@ class FleetState:
 
     def _ingest(self, message: Message) -> None:
         try:
-            body = decode_json(message.body)
+            # Prediction batches arrive gzip-compressed (edgefleet.envelope); other messages plain.
+            body = decode_json(open_body(message.body, message.system_properties), MAX_OPENED_BYTES)
         except MessageError as err:
             self.count_malformed(err.reason)
             return

@@ -22,10 +22,13 @@ from edgefleet.field import FIELD_TOPIC_FILTER
 from edgefleet.messages import BATCH_OVERHEAD_BYTES
 
 __all__ = [
+    "DEFAULT_UPSTREAM_MAX_BYTES",
+    "DEFAULT_UPSTREAM_WINDOW_MS",
     "DESIRED_SCHEMAS",
     "LOG_LEVELS",
     "MAX_BATCH_BYTES",
     "MIN_BATCH_BYTES",
+    "MIN_UPSTREAM_BYTES",
     "DesiredError",
     "DesiredProblem",
     "InferenceDesired",
@@ -38,6 +41,11 @@ __all__ = [
 MIN_BATCH_BYTES = 1024
 MAX_BATCH_BYTES = 256 * 1024  # IoT Hub's message size limit
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The inference module's upstream output: predictions of this many ms of rounds (or up to this many bytes
+# of batch envelope before compression) go up as one compressed message (measured: docs/architecture.md).
+DEFAULT_UPSTREAM_WINDOW_MS = 1000
+DEFAULT_UPSTREAM_MAX_BYTES = 128 * 1024
+MIN_UPSTREAM_BYTES = 4096
 
 _PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
 # Strict: JSON types as they are (no "250" -> 250, no "no" -> False, no 250.5 -> 250).
@@ -110,6 +118,21 @@ class InferenceDesired(BaseModel):
         1.0, ge=0, allow_inf_nan=False, alias="poorModelThreshold", description="a finite JSON number >= 0"
     )
     log_level: str = Field("INFO", alias="logLevel", description=f"one of {', '.join(LOG_LEVELS)}")
+    upstream_window_ms: int = Field(
+        DEFAULT_UPSTREAM_WINDOW_MS,
+        ge=0,
+        le=60_000,
+        alias="upstreamWindowMs",
+        description="a JSON integer of milliseconds, 0 (a message per processing round) to 60000",
+    )
+    # The batch envelope before compression: the compressed message is smaller still, so never above 256 KB.
+    upstream_max_bytes: int = Field(
+        DEFAULT_UPSTREAM_MAX_BYTES,
+        ge=MIN_UPSTREAM_BYTES,
+        le=MAX_BATCH_BYTES,
+        alias="upstreamMaxBytes",
+        description=f"a JSON integer of bytes, {MIN_UPSTREAM_BYTES} to {MAX_BATCH_BYTES}",
+    )
 
     @field_validator("expected_bundle_version")
     @classmethod

@@ -34,6 +34,12 @@ open files: their messages were never reported durable, so the journal upstream
 (`edgehub.sink_service`) still holds them and writes them again at the next start, which first
 deletes the temp files a killed run left. Without `roll_every_s` each flush writes its own files.
 
+Compressed bodies: a message whose `contentEncoding` is gzip (the inference module's prediction
+batches, `edgefleet.envelope`) is opened before it is read; the lake rows are the same as for the
+plain batch, and plain messages (older ones, the sensor's) are read as before. A body that does not
+open is dead-lettered with reason `bad_encoding`. The metering counts the message as it arrived:
+compressed, as IoT Hub bills it.
+
 Durability: a message's `on_durable` (see `edgehub.upstream`) runs once everything it became is
 in the lake's visible files: at once for side-file records (written unbuffered as they come),
 after the flush that writes its rows otherwise (after the roll of every file they went to, when
@@ -61,6 +67,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edgefleet.envelope import BAD_ENCODING, MAX_OPENED_BYTES, open_body
 from edgefleet.filemodes import open_private, private_dir
 from edgefleet.history import TS_COLUMN
 from edgefleet.lake import (
@@ -166,12 +173,17 @@ class LakeSink:
             self._stats["bytes_received"] += size
             self._stats["units_4kb"] += units_4kb(size)
         if message.kind != "telemetry":
-            self._write_event(message, _body_for_record(message.body))
+            self._write_event(message, _body_for_record(message))
             return []
         try:
-            obj = decode_json(message.body)
-        except MessageError:
-            self._write_event(message, _body_for_record(message.body))
+            # Compressed upstream envelopes (edgefleet.envelope) open here; plain bodies pass as they are.
+            body = open_body(message.body, message.system_properties)
+            obj = decode_json(body, MAX_OPENED_BYTES)
+        except MessageError as unreadable:
+            if unreadable.reason == BAD_ENCODING:  # a corrupt compressed body: a dead letter with the reason
+                self._write_deadletter(DeadLetter.from_error(unreadable, source, message.body).to_json_obj())
+            else:
+                self._write_event(message, _body_for_record(message))
             return []
         schema = obj.get("schema") if isinstance(obj, dict) else None
         if schema == DEADLETTER_SCHEMA:
@@ -183,7 +195,7 @@ class LakeSink:
             items = obj.get("readings")
             if not isinstance(items, list) or not items:
                 err = MessageError(EMPTY_BATCH if items == [] else WRONG_TYPE, "batch without a readings array")
-                self._write_deadletter(DeadLetter.from_error(err, source, message.body).to_json_obj())
+                self._write_deadletter(DeadLetter.from_error(err, source, body).to_json_obj())
                 return []
         elif schema == TELEMETRY_SCHEMA:
             items = [obj]
@@ -573,8 +585,12 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame[["device_id", "seq", "ts", *features, "label", *BOOKKEEPING_COLUMNS, *extras]]
 
 
-def _body_for_record(body: bytes) -> Any:
-    """Return a body for a JSON Lines record: parsed JSON when it is JSON, else (bounded) text."""
+def _body_for_record(message: Message) -> Any:
+    """Return a body for a JSON Lines record: parsed JSON (opened if compressed) when it is JSON, else text."""
+    try:
+        body = open_body(message.body, message.system_properties)
+    except MessageError:
+        body = message.body
     try:
         return json.loads(body.decode("utf-8"))
     except ValueError:

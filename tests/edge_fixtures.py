@@ -17,7 +17,13 @@ import pandas as pd
 import pytest
 
 from edgefleet.bundle import read_manifest
-from edgefleet.deployment import DEFAULT_TEMPLATE, Deployment, load_deployment
+from edgefleet.deployment import (
+    DEFAULT_TEMPLATE,
+    Deployment,
+    load_deployment,
+    parse_deployment,
+    with_raw_telemetry_route,
+)
 from edgefleet.lake import read_jsonl
 from edgefleet.mqtt_login import PasswordFile, tls_context
 from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
@@ -177,6 +183,12 @@ def events(edge: LocalEdge) -> list[dict[str, Any]]:
 def deployment() -> Deployment:
     """The real deployment template (placeholders left as written)."""
     return load_deployment(TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def raw_telemetry_deployment(deployment: Deployment) -> Deployment:
+    """The template plus the opt-in raw telemetry route: for tests of the sensor's own record of each reading."""
+    return parse_deployment(with_raw_telemetry_route(deployment.raw), source=deployment.source)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.deployment import Deployment
+from edgefleet.envelope import open_body
+from edgefleet.messages import iot_hub_message_bytes, units_4kb
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
 
@@ -186,23 +188,34 @@ class Arrivals:
 
 
 class Upstream:
-    """The stand-in's `Upstream` (`edgehub.upstream`): counts predictions; notes anything unexpected.
+    """The stand-in's `Upstream` (`edgehub.upstream`): counts predictions; meters; notes anything unexpected.
 
-    It runs on the router's upstream thread, in this process, so it only counts (a C-level
-    scan of the body) and appends: bodies are parsed after the run, not on the measured path.
+    It runs on the router's upstream thread, in this process, so it only opens a compressed body
+    (zlib, in C), counts (a C-level scan of the body) and appends: bodies are parsed after the run,
+    not on the measured path. Every message is metered as IoT Hub bills it
+    (`edgefleet.messages.iot_hub_message_bytes`: the body as sent, compressed or not, plus properties).
     """
 
     def __init__(self) -> None:
         self.predictions = Arrivals()
         self.other: Counter[str] = Counter()  # dead letters, alerts: a sign that something went wrong
+        self.metered: Counter[str] = Counter()  # messages, bytes, units_4kb: everything upstream since reset
 
     def __call__(self, message: Message, on_durable: Callable[[], None] | None = None) -> None:
+        size = iot_hub_message_bytes(message.body, message.properties, message.system_properties)
+        self.metered.update({"messages": 1, "bytes": size, "units_4kb": units_4kb(size)})
         if message.connection_module_id == "inference" and message.output == "predictions":
-            self.predictions.add(message.body.count(PREDICTION_MARK), message.body)
+            body = open_body(message.body, message.system_properties)
+            self.predictions.add(body.count(PREDICTION_MARK), body)
         elif not (message.connection_module_id == "sensor" and message.output == "telemetry"):
             self.other[f"{message.connection_module_id}/{message.output}"] += 1
         if on_durable is not None:  # counted is all this upstream does with a message
             on_durable()
+
+    def take_metered(self) -> dict[str, int]:
+        """Return what was metered upstream since the last call, and start again."""
+        metered, self.metered = dict(self.metered), Counter()
+        return metered
 
     def stats(self) -> dict[str, int]:
         return dict(self.other)
@@ -350,9 +363,10 @@ class EdgeSession:
         return dict(payload)
 
     def reset(self) -> None:
-        """Zero both modules' counters (before a measured run)."""
+        """Zero both modules' counters and the upstream meter (before a measured run)."""
         for module in self.edge.modules:
             self.edge.method(module, "reset", timeout_s=30.0)
+        self.upstream.take_metered()
 
 
 @contextmanager

@@ -56,6 +56,7 @@ class Throughput:
     cpu_s: dict[str, float]
     stats: dict[str, Any] = field(default_factory=dict)  # inference stats after the run
     sensor_stats: dict[str, Any] = field(default_factory=dict)
+    upstream: dict[str, int] = field(default_factory=dict)  # everything upstream, metered as IoT Hub does
 
     @property
     def rps(self) -> float:
@@ -133,6 +134,7 @@ def run_throughput(session: EdgeSession, devices: list[str], readings: int) -> T
         cpu_s=cpu,
         stats=session.stats("inference"),
         sensor_stats=session.stats("sensor"),
+        upstream=session.upstream.take_metered(),
     )
 
 
@@ -150,6 +152,7 @@ class Latency:
     legs_ms: dict[str, dict[str, float]]
     stats: dict[str, Any]
     sensor_stats: dict[str, Any]
+    upstream: dict[str, int]
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -173,7 +176,7 @@ def run_latency(session: EdgeSession, devices: list[str], rate_per_s: float, dur
     # All are wall-clock times on this one machine.
     stamps: dict[tuple[str, int], tuple[float, float, float]] = {}
     for arrived_s, body in arrivals.kept():
-        for item in json.loads(body)["readings"]:
+        for item in json.loads(body)["readings"]:  # the harness kept each body opened
             sensor_s = datetime.fromisoformat(item["edge"]["received_ts"]).timestamp()
             predicted_s = sensor_s + item["edge"]["latency_ms"] / 1000
             stamps[(item["device_id"], item["seq"])] = (sensor_s, predicted_s, arrived_s)
@@ -199,6 +202,7 @@ def run_latency(session: EdgeSession, devices: list[str], rate_per_s: float, dur
         legs_ms={name: percentiles(values) for name, values in legs.items()},
         stats=session.stats("inference"),
         sensor_stats=session.stats("sensor"),
+        upstream=session.upstream.take_metered(),
     )
 
 

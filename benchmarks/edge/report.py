@@ -12,7 +12,7 @@ from benchmarks.edge.bundles import BenchBundle
 from benchmarks.edge.harness import fmt, say
 from benchmarks.edge.phases import LATENCY_RATE_PER_S, SYNTHETIC_DEVICES, Latency, RelayRuns, Repeated, Synthetic
 
-LATENCY_BUDGET_MS = 20.0  # the p99 target is this on top of the sensor's batch window
+LATENCY_BUDGET_MS = 20.0  # the p99 target is this on top of the sensor's batch window and the upstream window
 TARGETS: dict[str, float] = {
     "ours_vs_ceiling": 0.70,
     "ours_vs_naive": 20.0,
@@ -20,10 +20,17 @@ TARGETS: dict[str, float] = {
     "bundle10k_rss_mb": 500.0,
     "bundle10k_first_prediction_s": 2.0,
     "units_4kb_per_1000_predictions": 100.0,
+    "upstream_units_4kb_per_1000_readings": 25.0,  # issue 17: everything upstream, at 1,000 readings/s
 }
 # Metrics that must stay at or below their target; all others must reach at least theirs.
 AT_MOST = frozenset(
-    {"latency_p99_ms", "bundle10k_rss_mb", "bundle10k_first_prediction_s", "units_4kb_per_1000_predictions"}
+    {
+        "latency_p99_ms",
+        "bundle10k_rss_mb",
+        "bundle10k_first_prediction_s",
+        "units_4kb_per_1000_predictions",
+        "upstream_units_4kb_per_1000_readings",
+    }
 )
 
 
@@ -43,11 +50,13 @@ def per_item(value: float | None, count: float | None, scale: float = 1.0) -> fl
     return value * scale / count
 
 
-def upstream_units(inference: dict[str, Any], sensor: dict[str, Any]) -> float | None:
-    """Return all upstream units (telemetry + predictions) per 1,000 readings the sensor took."""
-    telemetry = outbox_figure(sensor, "units_4kb", "telemetry") or 0
-    predictions = outbox_figure(inference, "units_4kb", "predictions") or 0
-    return per_item(telemetry + predictions, sensor.get("readings"), 1000)
+def upstream_units(metered: dict[str, int], sensor: dict[str, Any]) -> float | None:
+    """Return all upstream units (whatever the routes sent to `$upstream`) per 1,000 readings the sensor took.
+
+    `metered` is what the benchmark's upstream metered as IoT Hub bills it (body as sent, compressed
+    or not, plus properties), so a route that is off costs nothing and compression counts.
+    """
+    return per_item(metered.get("units_4kb"), sensor.get("readings"), 1000)
 
 
 def build_metrics(
@@ -158,6 +167,7 @@ def upstream_cost_figures(latency: Latency | None, ours: Repeated | None) -> dic
     """Return IoT Hub 4 KB units and message sizes, at 1,000 readings/s and at full speed."""
     lat_stats = latency.stats if latency else {}
     lat_sensor = latency.sensor_stats if latency else {}
+    lat_upstream = latency.upstream if latency else {}
     ours_stats = ours.last.stats if ours else {}
     # The headline is at a steady 1,000 readings/s (the latency run), an edge's normal load;
     # a saturating burst packs predictions into fuller messages and is reported beside it.
@@ -168,10 +178,12 @@ def upstream_cost_figures(latency: Latency | None, ours: Repeated | None) -> dic
         "units_4kb_per_1000_predictions_at_max_rate": per_item(
             outbox_figure(ours_stats, "units_4kb", "predictions"), ours_stats.get("predictions"), 1000
         ),
-        "upstream_units_4kb_per_1000_readings": upstream_units(lat_stats, lat_sensor),
+        "upstream_units_4kb_per_1000_readings": upstream_units(lat_upstream, lat_sensor),
         "upstream_units_4kb_per_1000_readings_at_max_rate": upstream_units(
-            ours_stats, ours.last.sensor_stats if ours else {}
+            ours.last.upstream if ours else {}, ours.last.sensor_stats if ours else {}
         ),
+        "upstream_bytes_per_reading": per_item(lat_upstream.get("bytes"), lat_sensor.get("readings")),
+        "upstream_messages_per_1000_readings": per_item(lat_upstream.get("messages"), lat_sensor.get("readings"), 1000),
         "prediction_bytes_mean": per_item(
             outbox_figure(lat_stats, "bytes", "predictions"), lat_stats.get("predictions")
         ),
@@ -254,6 +266,8 @@ REPORT_SECTIONS: dict[str, tuple[str, ...]] = {
         "units_4kb_per_1000_predictions_at_max_rate",
         "upstream_units_4kb_per_1000_readings",
         "upstream_units_4kb_per_1000_readings_at_max_rate",
+        "upstream_bytes_per_reading",
+        "upstream_messages_per_1000_readings",
         "prediction_bytes_mean",
         "prediction_messages_per_1000",
         "telemetry_bytes_per_reading",

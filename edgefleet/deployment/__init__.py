@@ -14,10 +14,13 @@ hub module twins" and the SchemaStore schemas `azure-iot-edgeagent-deployment-1.
 """
 
 from edgefleet.deployment.build import (
+    RAW_TELEMETRY_ROUTE,
+    RAW_TELEMETRY_ROUTE_NAME,
     build_variables,
     deployed_form,
     image_name,
     module_images,
+    with_raw_telemetry_route,
     write_deployment_manifest,
 )
 from edgefleet.deployment.checks import Problem, Severity
@@ -35,6 +38,8 @@ from edgefleet.deployment.validate import validate_deployment
 __all__ = [
     "CREATE_OPTIONS_CHUNK",
     "DEFAULT_TEMPLATE",
+    "RAW_TELEMETRY_ROUTE",
+    "RAW_TELEMETRY_ROUTE_NAME",
     "Deployment",
     "DeploymentError",
     "ModuleSpec",
@@ -48,5 +53,6 @@ __all__ = [
     "parse_deployment",
     "parse_variables",
     "validate_deployment",
+    "with_raw_telemetry_route",
     "write_deployment_manifest",
 ]

@@ -20,17 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.bundle import read_manifest
-from edgefleet.deployment.load import load_deployment
-from edgefleet.deployment.schema import AGENT, CREATE_OPTIONS_CHUNK, DESIRED, DeploymentError
+from edgefleet.deployment.load import load_deployment, parse_deployment
+from edgefleet.deployment.schema import AGENT, CREATE_OPTIONS_CHUNK, DESIRED, HUB, DeploymentError
 from edgefleet.deployment.validate import validate_deployment
 
 __all__ = [
     "INFERENCE",
     "MODULES_DIR",
+    "RAW_TELEMETRY_ROUTE",
+    "RAW_TELEMETRY_ROUTE_NAME",
     "build_variables",
     "deployed_form",
     "image_name",
     "module_images",
+    "with_raw_telemetry_route",
     "write_deployment_manifest",
 ]
 
@@ -40,6 +43,10 @@ INFERENCE = "inference"
 # module name → its module.json, in iotedgedev's layout like the modules' own.
 SERVICE_MODULES = {"fieldbroker": Path("deployment/images/field-broker/module.json")}
 _PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
+# The sensor's record of every reading, sent upstream beside the predictions, which repeat each reading
+# whole: off by default (it doubled the upstream bill), an opt-in route (`manifest build --raw-telemetry`).
+RAW_TELEMETRY_ROUTE_NAME = "telemetryToUpstream"
+RAW_TELEMETRY_ROUTE = "FROM /messages/modules/sensor/outputs/telemetry INTO $upstream"
 
 
 def image_name(repository: str, tag: str, registry: str = "") -> str:
@@ -115,9 +122,24 @@ def deployed_form(raw: Mapping[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def write_deployment_manifest(template: Path, out_path: Path, variables: Mapping[str, str]) -> Path:
-    """Expand the template, check it offline, and write it atomically in the deployed form."""
+def with_raw_telemetry_route(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of a manifest with the opt-in raw telemetry route (`telemetryToUpstream`) added."""
+    manifest = copy.deepcopy(dict(raw))
+    routes = manifest["modulesContent"][HUB][DESIRED].setdefault("routes", {})
+    routes.setdefault(RAW_TELEMETRY_ROUTE_NAME, RAW_TELEMETRY_ROUTE)
+    return manifest
+
+
+def write_deployment_manifest(
+    template: Path, out_path: Path, variables: Mapping[str, str], *, raw_telemetry: bool = False
+) -> Path:
+    """Expand the template, check it offline, and write it atomically in the deployed form.
+
+    `raw_telemetry` adds the opt-in route that sends every raw reading upstream too.
+    """
     deployment = load_deployment(template, variables)
+    if raw_telemetry:
+        deployment = parse_deployment(with_raw_telemetry_route(deployment.raw), source=template)
     errors = [p for p in validate_deployment(deployment) if p.severity == "error"]
     if errors:
         details = "\n".join(f"  {p}" for p in errors)

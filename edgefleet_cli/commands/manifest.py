@@ -36,6 +36,12 @@ def add_manifest_commands(sub: Subcommands) -> None:
     manifest_build.add_argument("--registry", default="", help="image registry prefix, e.g. myacr.azurecr.io")
     manifest_build.add_argument("--modules-dir", default="modules", help="where modules/<m>/module.json live")
     manifest_build.add_argument("--var", action="append", metavar="NAME=VALUE", help="set a placeholder (wins)")
+    manifest_build.add_argument(
+        "--raw-telemetry",
+        action="store_true",
+        help="also route the sensor's raw telemetry to $upstream (telemetryToUpstream; off by default: "
+        "predictions carry every reading)",
+    )
     manifest_build.set_defaults(func=cmd_manifest_build)
     _add_compose_command(manifest_sub)
 
@@ -108,7 +114,7 @@ def cmd_manifest_build(args: argparse.Namespace) -> int:
         modules_dir=Path(args.modules_dir),
         environment=os.environ,
     )
-    out = write_deployment_manifest(template, Path(args.out), variables)
+    out = write_deployment_manifest(template, Path(args.out), variables, raw_telemetry=args.raw_telemetry)
     for name in sorted(variables):
         print(f"  ${{{name}}} = {variables[name]}")
     print(f"wrote {out} (validated offline; createOptions in 512-character chunks)")

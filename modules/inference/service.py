@@ -10,6 +10,9 @@ module has answered it, so the handler's first step appends it to the write-ahea
 (modules.inference.inbox). Every output carrying its readings (prediction batches, dead letters,
 drift alerts) holds a reference to its journal segment until edgeHub acknowledged that output, and
 the processing round holds one until it is done; a segment is deleted when the last is released.
+Predictions of several rounds are coalesced (modules.inference.coalesce: twin desired `upstreamWindowMs`,
+`upstreamMaxBytes`) and sent gzip-compressed (edgefleet.envelope); the open batch holds its readings'
+segments until edgeHub acknowledged the compressed message.
 A kill -9 or a stop leaves the unanswered messages in the journal; the next start answers them
 first (duplicates are possible, and removed by (device_id, seq) where predictions land).
 The window left: the SDK sends the PUBACK as soon as its MQTT thread has put the message in its own
@@ -33,6 +36,7 @@ from edgefleet.alerts import ALERT_SCHEMA, DriftAlert
 from edgefleet.bundle import Route
 from edgefleet.desired import InferenceDesired
 from edgefleet.endpoints import ALERTS, DEADLETTER, INFERENCE, PREDICTIONS, TELEMETRY
+from edgefleet.envelope import compress_body
 from edgefleet.errors import BundleError
 from edgefleet.health import touch_health
 from edgefleet.journal import Journal, JournalError, Segment
@@ -44,7 +48,6 @@ from edgefleet.messages import (
     MODEL_KINDS,
     NO_FEATURES,
     PREDICTION_FAILED,
-    BatchPacker,
     DeadLetter,
     EdgeInfo,
     MessageError,
@@ -57,6 +60,7 @@ from edgefleet.messages import (
     prediction_json_obj,
 )
 from modules.inference.bundle import drift_monitor_for, open_bundle
+from modules.inference.coalesce import Closed, Coalescer
 from modules.inference.drift import DriftMonitor
 from modules.inference.inbox import JOURNAL_DIR, LEGACY_SPOOL_DIR, InputMessage, legacy_spool, open_journal
 from modules.inference.isolation import Quarantine, RowOutcome, describe_error, predict_each
@@ -106,7 +110,12 @@ class _Swap:
     predictor: Predictor
 
 
-_Item = InputMessage | _Loaded | _Swap
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    """Send the open upstream batch now (stopping)."""
+
+
+_Item = InputMessage | _Loaded | _Swap | _Flush
 # A reading on its way to a model: the reading, its feature row, when it was received (wall clock, s)
 # and the journal segment of the message it came in (None: not journaled).
 _Entry = tuple[Reading, list[float], float, Segment | None]
@@ -135,6 +144,11 @@ class InferenceService:
         )
         self.link = EdgeLink(client, INFERENCE)
         self.outbox = Outbox(self.link.send, threads=2)
+        # Predictions of several rounds go up as one compressed message (the worker's; window and cap desired).
+        self._coalescer = Coalescer(
+            self.desired.upstream_window_ms / 1000, self.desired.upstream_max_bytes, self.journal.acquire
+        )
+        self._open_predictions = 0  # predictions waiting in the coalescer (guarded by _lock, for wait_idle)
         self.latency = LatencyWindow()
         self._inbox: queue.Queue[_Item] = queue.Queue()
         self._loads: queue.Queue[tuple[Predictor, str] | None] = queue.Queue()
@@ -231,7 +245,11 @@ class InferenceService:
 
     def _work_loop(self) -> None:
         while True:
-            first = self._inbox.get()
+            try:
+                first = self._inbox.get(timeout=self._coalescer.time_left(time.monotonic()))
+            except queue.Empty:  # the open upstream batch has waited its window
+                self._flush_upstream()
+                continue
             items = [first]
             while len(items) < self.settings.max_messages_per_round:
                 try:
@@ -243,6 +261,9 @@ class InferenceService:
             held: list[Segment] = []
             try:
                 self._process(items, held)
+                # Each prediction in the open batch holds its segment: the round's references can go.
+                if self._stopping or self._coalescer.due(time.monotonic()) or isinstance(items[-1], _Flush):
+                    self._flush_upstream()
                 self._release(held)
             except Exception:  # the worker must survive anything one round throws
                 # What the bug cost stays in the journal (never released): the next start answers it.
@@ -303,7 +324,7 @@ class InferenceService:
                 if item.error is not None:
                     self._alert(MODEL_ERROR, f"device {item.device_id}: {item.error}", key=f"load:{item.device_id}")
                 place_waiting(waiting)
-            else:
+            elif isinstance(item, _Swap):
                 predictor = self.predictor = item.predictor
                 self._quarantine = Quarantine(self.settings.quarantine_after_failures)
                 waiting = [entry for entries in self._pending.values() for entry in entries]
@@ -477,18 +498,14 @@ class InferenceService:
     def _send_round(
         self, encoded: list[tuple[bytes, Segment | None]], drift_alerts: list[tuple[DriftAlert, Segment | None]]
     ) -> None:
-        """Pack the round's predictions into batches and send them with its drift alerts, each holding its segments."""
-        packer = BatchPacker(self.settings.predictions_max_bytes)
-        segments: list[Segment | None] = []  # of the readings in the open batch
+        """Add the round's predictions to the open upstream batch (sending any it fills) and send its drift alerts."""
+        now_s = time.monotonic()
         for body, segment in encoded:
-            full = packer.add(body)
-            if full is not None:  # closed without `body`, which opens the next batch
-                self._send(PREDICTIONS, full, {"schema": BATCH_SCHEMA}, segments)
-                segments = []
-            segments.append(segment)
-        last = packer.take()
-        if last is not None:
-            self._send(PREDICTIONS, last, {"schema": BATCH_SCHEMA}, segments)
+            closed = self._coalescer.add(body, segment, now_s)
+            if closed is not None:  # the cap: closed without `body`, which opens the next batch
+                self._send_upstream(closed)
+        with self._lock:
+            self._open_predictions = len(self._coalescer)
         edge_device = self.settings.edge_device_id
         for alert, segment in drift_alerts:  # modules.inference.drift logs each one
             try:
@@ -499,6 +516,31 @@ class InferenceService:
                     self._counters["internal_errors"] += 1
                 continue
             self._send(ALERTS, body, {"schema": ALERT_SCHEMA, "kind": "drift"}, [segment])
+
+    def _flush_upstream(self) -> None:
+        """Send the open upstream batch, if any (worker thread)."""
+        try:
+            closed = self._coalescer.take()
+            if closed is not None:
+                self._send_upstream(closed)
+        except Exception:  # never lose the worker; what the batch held stays in the journal for the next start
+            logger.exception("Sending a batch of predictions upstream failed")
+            with self._lock:
+                self._counters["internal_errors"] += 1
+        finally:
+            with self._lock:
+                self._open_predictions = len(self._coalescer)
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    def _send_upstream(self, closed: Closed) -> None:
+        """Compress a closed batch and queue it to `predictions`; its segments are released once edgeHub has it."""
+        body, encoding = compress_body(closed.body)
+        on_sent = partial(self._release, closed.segments) if closed.segments else None
+        self.outbox.put(PREDICTIONS, body, {"schema": BATCH_SCHEMA}, on_sent=on_sent, content_encoding=encoding)
+        with self._lock:
+            self._counters["upstream_messages"] += 1
+            self._counters["upstream_bytes_before_compression"] += len(closed.body)
 
     def unknown_feature_names(self) -> list[str]:
         """Return the first feature names seen that the bundle does not know (at most MAX_REPORTED_UNKNOWN_FEATURES)."""
@@ -609,15 +651,19 @@ class InferenceService:
 
     def _use_desired(self, desired: InferenceDesired, config_error: str | None) -> None:
         self.desired, self.config_error = desired, config_error
+        self._coalescer.configure(desired.upstream_window_ms / 1000, desired.upstream_max_bytes)
         logging.getLogger().setLevel(desired.log_level)
         if desired.poor_model_threshold != self.predictor.poor_model_threshold:
             self.predictor.set_poor_model_threshold(desired.poor_model_threshold)
         self._check_version()
         logger.info(
-            "Desired: expectedBundleVersion=%s poorModelThreshold=%s logLevel=%s",
+            "Desired: expectedBundleVersion=%s poorModelThreshold=%s logLevel=%s upstreamWindowMs=%d "
+            "upstreamMaxBytes=%d",
             desired.expected_bundle_version,
             desired.poor_model_threshold,
             desired.log_level,
+            desired.upstream_window_ms,
+            desired.upstream_max_bytes,
         )
         self.link.report(self.reported())
 
@@ -765,10 +811,10 @@ class InferenceService:
         return item.segment is not None
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until every queued message (and every reading waiting for its model) is answered."""
+        """Wait until every queued message (and every reading waiting for its model) is answered and sent on."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._busy or self._loading:
+            while self._busy or self._loading or self._open_predictions:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -779,6 +825,7 @@ class InferenceService:
         """Answer what has arrived, send it, disconnect; what stays unanswered stays in the journal."""
         with self._lock:
             self._stopping = True  # from now on, arrivals are journaled for the next start, not queued
+        self._post(_Flush())  # after what is queued: the open upstream batch goes now, not after its window
         # One budget for both waits, less what disconnecting takes: with edgeHub gone, SIGTERM
         # still ends the module within DRAIN_TIMEOUT_S.
         deadline_s = time.monotonic() + DRAIN_TIMEOUT_S - STOP_RESERVE_S

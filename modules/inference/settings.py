@@ -28,10 +28,7 @@ class InferenceSettings(ModuleSettings):
     # Where messages taken from edgeHub but not yet answered are kept across a restart.
     state_dir: Path = Field(Path("/tmp/edgefleet-inference"), validation_alias=_env("STATE_DIR"))
     max_message_bytes: int = Field(256 * 1024, ge=1024, validation_alias=_env("MAX_MESSAGE_BYTES"))
-    # Predictions are packed into messages of at most this size; IoT Hub bills each 4 KB started.
-    predictions_max_bytes: int = Field(
-        64 * 1024, ge=4096, le=256 * 1024, validation_alias=_env("PREDICTIONS_MAX_BYTES")
-    )
+    # The upstream batches' window and size cap are twin desired properties (edgefleet.desired.InferenceDesired).
     # "bundle" in production; the other two exist to measure against (benchmarks/edge_throughput.py).
     predictor: PredictorMode = Field("bundle", validation_alias=_env("PREDICTOR"))
     # Input messages taken per processing round (each a sensor batch of ~15-20 readings).

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from edgefleet.endpoints import ModuleEndpoints
 from edgefleet.errors import StartError
+from edgefleet.messages import CONTENT_ENCODING, CONTENT_TYPE
 from modules.runtime.outbox import CLOSE_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -349,11 +350,20 @@ class EdgeLink:
         except Exception as err:
             logger.warning("Could not report twin properties: %s", err)
 
-    def send(self, output: str, body: bytes, properties: Mapping[str, str] | None = None) -> None:
-        """Send one JSON message to a declared output (blocks until edgeHub acknowledges it)."""
+    def send(
+        self,
+        output: str,
+        body: bytes,
+        properties: Mapping[str, str] | None = None,
+        content_encoding: str = CONTENT_ENCODING,
+    ) -> None:
+        """Send one JSON message (plain UTF-8, or compressed as `content_encoding` says) to a declared output.
+
+        Blocks until edgeHub acknowledges it.
+        """
         from azure.iot.device import Message
 
-        message = Message(body, content_encoding="utf-8", content_type="application/json")
+        message = Message(body, content_encoding=content_encoding, content_type=CONTENT_TYPE)
         for key, value in (properties or {}).items():
             message.custom_properties[key] = value
         self.client.send_message_to_output(message, self.endpoints.output(output))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet.messages import units_4kb
+from edgefleet.messages import CONTENT_ENCODING, units_4kb
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class _Outgoing:
     body: bytes
     properties: Mapping[str, str] | None
     on_sent: Callable[[], None] | None
+    content_encoding: str
 
 
 class Outbox:
@@ -38,7 +39,10 @@ class Outbox:
     """
 
     def __init__(
-        self, send: Callable[[str, bytes, Mapping[str, str] | None], None], threads: int = 2, max_pending: int = 2000
+        self,
+        send: Callable[[str, bytes, Mapping[str, str] | None, str], None],
+        threads: int = 2,
+        max_pending: int = 2000,
     ) -> None:
         self._send = send
         self._queue: queue.Queue[_Outgoing | None] = queue.Queue(max_pending)
@@ -60,11 +64,15 @@ class Outbox:
         body: bytes,
         properties: Mapping[str, str] | None = None,
         on_sent: Callable[[], None] | None = None,
+        content_encoding: str = CONTENT_ENCODING,
     ) -> None:
-        """Queue one message for an output; `on_sent` runs once edgeHub acknowledged it (e.g. to free a journal)."""
+        """Queue one message for an output; `on_sent` runs once edgeHub acknowledged it (e.g. to free a journal).
+
+        `content_encoding` is the message's `contentEncoding` (`edgefleet.envelope`: "gzip" for a compressed body).
+        """
         with self._lock:
             self._busy += 1
-        self._queue.put(_Outgoing(output, body, properties, on_sent))
+        self._queue.put(_Outgoing(output, body, properties, on_sent, content_encoding))
 
     def pending(self) -> int:
         """Return messages queued or being sent."""
@@ -79,7 +87,7 @@ class Outbox:
             delay_s = SEND_RETRY_FIRST_S
             while True:
                 try:
-                    self._send(item.output, item.body, item.properties)
+                    self._send(item.output, item.body, item.properties, item.content_encoding)
                     break
                 except Exception as err:  # the SDK raises its own types; keep the message and retry
                     with self._lock:

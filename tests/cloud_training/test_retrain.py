@@ -43,7 +43,11 @@ REGISTERED = "retrain-under-test"
 
 
 def lake_rows(device_id: str, n_rows: int, end: pd.Timestamp, drifted: bool, rng: np.random.Generator) -> pd.DataFrame:
-    """Return a device's sensor rows ending at `end`; drifted devices' labels follow a changed relation."""
+    """Return a device's lake rows ending at `end` as the edge writes them: the inference module's, one per reading.
+
+    Drifted devices' labels follow a changed relation. (The raw telemetry route is an opt-in: by default
+    the lake holds only prediction rows, which carry each reading's features and label.)
+    """
     profile = make_profile(device_id, SEED)
     if drifted:
         profile = dataclasses.replace(profile, weights=tuple(-w for w in profile.weights), bias=profile.bias + 4.0)
@@ -54,9 +58,10 @@ def lake_rows(device_id: str, n_rows: int, end: pd.Timestamp, drifted: bool, rng
     frame.insert(0, "seq", np.arange(n_rows))
     frame.insert(0, "device_id", device_id)
     frame["label"] = profile.label(x, rng)
-    frame["prediction_value"] = np.nan
-    frame["prediction_model_version"] = pd.Series([None] * n_rows, dtype="string")
-    frame["source_module"] = "sensor"
+    # Served by an earlier bundle: retraining judges the edge's error only of the champion's own predictions.
+    frame["prediction_value"] = frame["label"]
+    frame["prediction_model_version"] = pd.Series(["an-earlier-bundle"] * n_rows, dtype="string")
+    frame["source_module"] = "inference"
     return frame
 
 
@@ -86,10 +91,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     frames.append(lake_rows(NEW_DEVICE, FRESH_ROWS, fresh_end, False, rng))
     constant = lake_rows(CONSTANT, FRESH_ROWS, fresh_end, False, rng).assign(label=3.0)
     frames.append(constant)
-    # The inference module's rows repeat the sensor's readings with its predictions: one reading each.
-    served = frames[0].assign(source_module="inference", prediction_model_version=champion.bundle_version)
+    # The champion served the first device's readings at the edge.
+    served = frames[0].assign(prediction_model_version=champion.bundle_version)
     served["prediction_value"] = served["label"] + rng.normal(0.0, 0.5, len(served))
-    frames.append(served)
+    frames[0] = served
+    # An edge with the opt-in raw route also sends the sensor's rows of the same readings: one reading each.
+    raw = served.assign(source_module="sensor", prediction_value=np.nan)
+    raw["prediction_model_version"] = pd.Series([None] * len(raw), dtype="string")
+    frames.append(raw)
     # Readings without ground truth cannot train or score anything.
     unlabelled = lake_rows("dev-00002", 20, fresh_end, False, rng).assign(label=np.nan, seq=np.arange(1000, 1020))
     frames.append(unlabelled)
@@ -129,7 +138,7 @@ def first(spark: object, world: dict[str, Any]) -> Any:
 
 def _fresh_holdout(world: dict[str, Any], device_id: str) -> pd.DataFrame:
     lake = pd.read_parquet(world["lake"])
-    rows = lake[(lake["device_id"] == device_id) & (lake["source_module"] == "sensor") & lake["label"].notna()]
+    rows = lake[(lake["device_id"] == device_id) & (lake["source_module"] == "inference") & lake["label"].notna()]
     rows = rows.sort_values("ts")
     return rows.tail(int(np.ceil(0.25 * len(rows))))
 
@@ -176,7 +185,7 @@ def test_devices_without_drift_or_fresh_rows_keep_byte_identical_models(first, w
 
 def test_readings_are_deduplicated_unlabelled_rows_ignored_and_edge_error_reported(first):
     decisions = first.decisions.set_index("device_id")
-    assert decisions.loc["dev-00000", "n_fresh"] == FRESH_ROWS  # sensor + inference rows: one reading each
+    assert decisions.loc["dev-00000", "n_fresh"] == FRESH_ROWS  # inference + opt-in raw rows: one reading each
     assert 0.1 < decisions.loc["dev-00000", "edge_mse"] < 0.5
     assert decisions.loc["dev-00002", "n_fresh"] == FRESH_ROWS
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dashboard.state import FleetState
+from edgefleet.envelope import compress_body
 from edgefleet.routes import Message
 
 pytestmark = pytest.mark.fast
@@ -180,6 +181,28 @@ def test_a_malformed_message_is_counted_not_raised(body: bytes) -> None:
     state = FleetState(clock=Clock())
     state.ingest(Message("edge1", "inference", "predictions", {}, JSON, body))
     assert state.overview().totals["malformed"] == 1
+
+
+def test_a_compressed_prediction_batch_shows_as_the_plain_one_would() -> None:
+    items = [prediction("dev-3", seq, value=1.0, label=2.0) for seq in range(5)]
+    body, encoding = compress_body(json.dumps({"schema": "edgefleet.batch/1", "readings": items}).encode())
+    compressed = Message("edge1", "inference", "predictions", {}, {**JSON, "contentEncoding": encoding}, body)
+    plain, opened = FleetState(clock=Clock()), FleetState(clock=Clock())
+
+    plain.ingest(batch(items))
+    opened.ingest(compressed)
+
+    assert encoding == "gzip"
+    assert opened.device_view("dev-3") == plain.device_view("dev-3")
+    assert opened.overview().totals["predictions"] == 5
+
+
+def test_a_corrupt_compressed_body_is_counted_as_malformed_by_its_reason() -> None:
+    state = FleetState(clock=Clock())
+    state.ingest(Message("edge1", "inference", "predictions", {}, {**JSON, "contentEncoding": "gzip"}, b"\x1f\x8bjunk"))
+
+    overview = state.overview()
+    assert overview.totals["malformed"] == 1 and overview.malformed_by_reason == {"bad_encoding": 1}
 
 
 def test_a_bad_reading_does_not_lose_its_neighbours() -> None:

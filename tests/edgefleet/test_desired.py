@@ -54,6 +54,13 @@ def test_a_bad_sensor_value_is_rejected_naming_the_property_the_value_and_the_fi
         ("logLevel", 10, "one of"),
         ("expectedBundleVersion", 20261121, "bundle version string"),
         ("expectedBundleVersion", "${BUNDLE_VERSION}", "unexpanded placeholder"),
+        ("upstreamWindowMs", "1000", "integer of milliseconds, 0"),
+        ("upstreamWindowMs", 250.5, "integer of milliseconds, 0"),
+        ("upstreamWindowMs", -1, "integer of milliseconds, 0"),
+        ("upstreamWindowMs", 60_001, "integer of milliseconds, 0"),
+        ("upstreamMaxBytes", "131072", "integer of bytes, 4096 to 262144"),
+        ("upstreamMaxBytes", 4095, "integer of bytes, 4096 to 262144"),
+        ("upstreamMaxBytes", 256 * 1024 + 1, "integer of bytes, 4096 to 262144"),  # above IoT Hub's limit
     ],
 )
 def test_a_bad_inference_value_is_rejected_naming_the_property_the_value_and_the_fix(prop, bad, fix):
@@ -90,6 +97,12 @@ def test_null_for_the_field_topic_is_rejected_because_it_has_no_default():
 def test_null_in_a_full_set_means_not_set():
     desired = parse_desired(InferenceDesired, {"poorModelThreshold": None, "logLevel": "debug"})
     assert (desired.poor_model_threshold, desired.log_level) == (1.0, "DEBUG")
+
+
+def test_the_upstream_window_and_cap_default_to_one_second_and_128_kib_and_zero_means_every_round():
+    assert (InferenceDesired().upstream_window_ms, InferenceDesired().upstream_max_bytes) == (1000, 128 * 1024)
+    desired = parse_desired(InferenceDesired, {**INFERENCE, "upstreamWindowMs": 0, "upstreamMaxBytes": 262144})
+    assert (desired.upstream_window_ms, desired.upstream_max_bytes) == (0, 262144)
 
 
 def test_good_values_pass_as_json_gives_them():

@@ -19,5 +19,7 @@ def test_the_demos_simulator_publishes_over_tls_to_the_secure_field_broker_and_i
     assert run.simulation["delivery"]["unsent"] == 0
     sent = run.simulation["totals"]["sent"]
     assert sent > 0
-    assert len(run.rows[run.rows["source_module"] == "sensor"]) > 0
+    # Predictions carry every reading (features, label): the raw telemetry route is off by default.
+    assert len(run.rows[run.rows["source_module"] == "inference"]) > 0
+    assert set(run.rows["source_module"]) == {"inference"}
     assert (tmp_path / "demo-edge" / "field-secrets" / "ca.pem").is_file()

@@ -59,8 +59,9 @@ def test_the_dashboard_hub_of_a_local_edge_refuses_anonymous_clients_and_the_das
         publisher = publisher_factory(edge)
         publisher.publish(reading("dev-hub", 1))
         publisher.wait_acked(timeout_s=10)
-        # The stand-in's copy arrives through the mirror, logged in as the stand-in.
-        wait_for(lambda: any("/modules/sensor/" in topic for topic in reader.topics), timeout_s=20)
+        # The stand-in's copy of the prediction (gzip-compressed, declared in the topic's system properties)
+        # arrives through the mirror, logged in as the stand-in.
+        wait_for(lambda: any("/modules/inference/" in t and "%24.ce=gzip" in t for t in reader.topics), timeout_s=20)
     finally:
         anonymous.close()
         reader.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from edgefleet.deployment import with_raw_telemetry_route
 from edgefleet_cli.local_edge import free_port
 from tests.edge_fixtures import module_identity_in, module_mqtt_client, reading
 from tests.hub_logins import HubLogins
@@ -131,8 +132,11 @@ def test_messages_the_stand_in_took_while_the_hub_was_away_survive_a_kill_9(
     count = 200
     ip_base, hub_port = next_ip_base(), free_port()
     state, health_file = tmp_path / "state", tmp_path / "healthy"
+    # The sensor's readings go upstream by the opt-in raw telemetry route.
+    manifest = tmp_path / "deployment.json"
+    manifest.write_text(json.dumps(with_raw_telemetry_route(json.loads(TEMPLATE.read_text()))))
     args = (
-        "--deployment", TEMPLATE, "--state-dir", state, "--ip-base", ip_base,
+        "--deployment", manifest, "--state-dir", state, "--ip-base", ip_base,
         "--upstream-mqtt", f"127.0.0.1:{hub_port}", *hub_logins.standin_flags(), "--health-file", health_file,
     )  # fmt: skip
     standin = edgehub(*args)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import edgehub.sink as sink_module
+from edgefleet.envelope import compress_body
 from edgefleet.history import read_history
 from edgefleet.lake import DEADLETTER_DIR, EVENTS_DIR, append_to_lake, read_lake
 from edgefleet.messages import RESERVED_FEATURE_NAMES, RESERVED_FEATURE_PREFIXES
@@ -275,6 +276,75 @@ def test_the_sink_counts_the_4kb_units_iot_hub_would_meter_for_each_message(tmp_
     stats = sink.stats()
     assert stats["messages_received"] == 2 and stats["bytes_received"] == sum(sizes)
     assert sizes[1] > 4096 and stats["units_4kb"] == 1 + -(-sizes[1] // 4096)
+
+
+def compressed(body: object, **kwargs: object) -> Message:
+    """Return a prediction batch as the inference module sends it: gzip, declared in contentEncoding."""
+    raw, encoding = compress_body(json.dumps(body).encode())
+    assert encoding == "gzip"
+    system = {"contentType": "application/json", "contentEncoding": encoding}
+    return message(raw, module="inference", output="predictions", system_properties=system, **kwargs)
+
+
+def test_a_compressed_prediction_batch_lands_as_the_same_rows_as_the_plain_one(tmp_path: Path) -> None:
+    batch = {"schema": "edgefleet.batch/1", "readings": [predicted(seq, {"temp": seq / 2}) for seq in range(40)]}
+    plain_dir, gzip_dir = tmp_path / "plain", tmp_path / "gzip"
+    properties = {"schema": "edgefleet.batch/1"}
+
+    with LakeSink(plain_dir) as sink:
+        sink(message(batch, module="inference", output="predictions", properties=properties))
+    with LakeSink(gzip_dir) as sink:
+        sink(compressed(batch, properties=properties))
+
+    plain = read_lake(plain_dir).sort_values("seq").reset_index(drop=True)
+    opened = read_lake(gzip_dir).sort_values("seq").reset_index(drop=True)
+    assert len(opened) == 40
+    pd.testing.assert_frame_equal(plain, opened)
+    assert not (gzip_dir / DEADLETTER_DIR).exists() and not (gzip_dir / EVENTS_DIR).exists()
+
+
+def test_a_lake_of_plain_and_compressed_messages_reads_as_one(tmp_path: Path) -> None:
+    with LakeSink(tmp_path) as sink:
+        sink(message(predicted(1, {"temp": 1.0}), module="inference", output="predictions"))  # before compression
+        sink(compressed({"schema": "edgefleet.batch/1", "readings": [predicted(2, {"temp": 2.0})]}))
+
+    assert sorted(read_lake(tmp_path)["seq"]) == [1, 2]
+
+
+def test_a_corrupt_compressed_body_is_dead_lettered_with_its_reason_and_the_sink_goes_on(tmp_path: Path) -> None:
+    good = compressed({"schema": "edgefleet.batch/1", "readings": [predicted(5, {"temp": 5.0})]})
+    broken = message(
+        good.body[: len(good.body) // 2],
+        module="inference",
+        output="predictions",
+        system_properties=good.system_properties,
+    )
+    durable: list[str] = []
+
+    with LakeSink(tmp_path) as sink:
+        sink(broken, lambda: durable.append("broken"))
+        sink(good)
+
+    (dead,) = jsonl(tmp_path / DEADLETTER_DIR)
+    assert dead["reason"] == "bad_encoding" and "truncated" in dead["detail"]
+    assert dead["source"] == "inference/predictions"
+    assert durable == ["broken"]  # kept in the side file: nothing left for the journal to replay
+    assert list(read_lake(tmp_path)["seq"]) == [5]
+    assert sink.stats()["deadletters"] == 1
+
+
+def test_the_sink_meters_a_compressed_message_at_its_compressed_size(tmp_path: Path) -> None:
+    batch = {"schema": "edgefleet.batch/1", "readings": [predicted(seq, {"temp": 1.0}) for seq in range(100)]}
+    sent = compressed(batch, properties={"schema": "edgefleet.batch/1"})
+    plain_size = len(json.dumps(batch).encode())
+
+    with LakeSink(tmp_path, flush_every_s=60) as sink:
+        sink(sent)
+
+    size = len(sent.body) + len("application/json") + len("gzip") + len("schema") + len("edgefleet.batch/1")
+    stats = sink.stats()
+    assert stats["bytes_received"] == size and size * 4 < plain_size
+    assert stats["units_4kb"] == -(-size // 4096) < -(-plain_size // 4096)
 
 
 class FakeClock:

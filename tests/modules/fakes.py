@@ -17,6 +17,8 @@ from typing import Any
 
 from azure.iot.device import Message, MethodRequest, MethodResponse
 
+from edgefleet.envelope import open_body
+
 __all__ = ["FakeModuleClient", "SentMessage"]
 
 
@@ -25,12 +27,18 @@ class SentMessage:
     """One message a module sent to one of its outputs."""
 
     output: str
-    body: bytes
+    body: bytes  # as sent: compressed when `content_encoding` says so
     properties: Mapping[str, str]
+    content_encoding: str = "utf-8"
+    content_type: str = "application/json"
+
+    def opened(self) -> bytes:
+        """Return the body as its JSON bytes (opened as every upstream reader opens it)."""
+        return open_body(self.body, {"contentEncoding": self.content_encoding})
 
     def json(self) -> Any:
-        """Return the body parsed as JSON."""
-        return json.loads(self.body)
+        """Return the body, opened, parsed as JSON."""
+        return json.loads(self.opened())
 
 
 class FakeModuleClient:
@@ -64,7 +72,15 @@ class FakeModuleClient:
     def send_message_to_output(self, message: Message, output_name: str) -> None:
         body = message.data if isinstance(message.data, bytes) else str(message.data).encode()
         with self._changed:
-            self._sent.append(SentMessage(output_name, body, dict(message.custom_properties)))
+            self._sent.append(
+                SentMessage(
+                    output_name,
+                    body,
+                    dict(message.custom_properties),
+                    message.content_encoding,
+                    message.content_type,
+                )
+            )
             self._changed.notify_all()
 
     def get_twin(self) -> dict[str, Any]:

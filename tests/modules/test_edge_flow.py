@@ -40,10 +40,8 @@ def test_reading_on_the_field_broker_reaches_the_lake_predicted_by_its_device_mo
     assert (rows["prediction_model_version"] == manifest.bundle_version).all()
     assert (rows["edge_device"] == "edge1").all()
     assert (rows["edge_latency_ms"] >= 0).all()
-    # The raw telemetry also reaches the lake, once per reading, from the sensor.
-    raw = lake_rows(edge)
-    raw = raw[raw["source_module"] == "sensor"]
-    assert len(raw) == len(trained) * 5
+    # Each prediction carries its reading: the raw telemetry route is an opt-in, off in the template.
+    assert (lake_rows(edge)["source_module"] == "inference").all()
 
 
 def test_unknown_poor_and_incomplete_devices_get_the_fleet_model_with_the_reason(

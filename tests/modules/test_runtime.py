@@ -156,5 +156,5 @@ def test_closing_an_outbox_that_edgehub_does_not_drain_returns_in_time():
 _stuck = threading.Event()
 
 
-def _never_send(output: str, body: bytes, properties: Mapping[str, str] | None) -> None:
+def _never_send(output: str, body: bytes, properties: Mapping[str, str] | None, content_encoding: str) -> None:
     _stuck.wait()

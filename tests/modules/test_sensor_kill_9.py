@@ -36,9 +36,10 @@ def _sensor_rows(edge: LocalEdge) -> pd.DataFrame:
 
 
 def test_readings_a_killed_sensor_held_in_its_open_batch_reach_the_lake_after_it_restarts(
-    start_edge, publisher_factory, record_property
+    start_edge, publisher_factory, record_property, raw_telemetry_deployment
 ):
-    edge = start_edge(supervise=False, desired_overrides={"sensor": HELD_OPEN})
+    # The opt-in raw route: the lake gets the sensor's own record of every reading.
+    edge = start_edge(supervise=False, desired_overrides={"sensor": HELD_OPEN}, deployment=raw_telemetry_deployment)
     publisher = publisher_factory(edge)
     for seq in range(READINGS):
         publisher.publish(reading(DEVICE, seq))
@@ -69,9 +70,10 @@ def test_readings_a_killed_sensor_held_in_its_open_batch_reach_the_lake_after_it
 
 
 def test_a_sensor_killed_mid_stream_loses_no_reading_and_only_duplicates_some(
-    start_edge, publisher_factory, record_property
+    start_edge, publisher_factory, record_property, raw_telemetry_deployment
 ):
-    edge = start_edge(supervise=False)  # the manifest's batch window: batches open, queued and in flight
+    # The manifest's batch window (batches open, queued and in flight), plus the opt-in raw route.
+    edge = start_edge(supervise=False, deployment=raw_telemetry_deployment)
     publisher = publisher_factory(edge)
     total, rate_per_s = 3000, 600.0
     payloads = [reading(DEVICE, seq) for seq in range(total)]

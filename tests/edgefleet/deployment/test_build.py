@@ -37,6 +37,18 @@ def test_manifest_takes_images_from_module_json_and_the_bundle_version(small_bun
     assert isinstance(options["createOptions"], str)  # deployed form: a JSON string
 
 
+def test_the_built_manifest_routes_raw_telemetry_upstream_only_when_asked(small_bundle, tmp_path):
+    variables = build_variables(TEMPLATE, bundle_dir=small_bundle, modules_dir=MODULES)
+    plain = load_deployment(write_deployment_manifest(TEMPLATE, tmp_path / "plain.json", variables))
+    raw = load_deployment(write_deployment_manifest(TEMPLATE, tmp_path / "raw.json", variables, raw_telemetry=True))
+
+    def upstream_sources(deployment):
+        return {(r.source.module, r.source.output) for r in deployment.routes if r.sink.kind == "upstream"}
+
+    assert ("sensor", "telemetry") not in upstream_sources(plain)
+    assert upstream_sources(raw) == upstream_sources(plain) | {("sensor", "telemetry")}
+
+
 def test_long_create_options_are_split_into_512_character_chunks_that_read_back_whole(tmp_path):
     raw = json.loads(TEMPLATE.read_text())
     binds = [f"/data/volume-{i:03d}:/mnt/volume-{i:03d}" for i in range(30)]

@@ -8,12 +8,14 @@ import pytest
 
 from edgefleet.deployment import (
     CREATE_OPTIONS_CHUNK,
+    RAW_TELEMETRY_ROUTE_NAME,
     Deployment,
     DeploymentError,
     load_deployment,
     parse_deployment,
     parse_variables,
     validate_deployment,
+    with_raw_telemetry_route,
 )
 from edgefleet.routes import RouteSink, RouteSource
 from tests.edgefleet.deployment.manifests import TEMPLATE, VARIABLES, agent, template
@@ -30,7 +32,7 @@ def test_shipped_template_loads_with_placeholders_kept_when_no_variables_are_giv
     assert deployment.store_and_forward_ttl_s == 7200
 
 
-def test_shipped_template_routes_sensor_telemetry_to_inference_and_everything_upstream():
+def test_shipped_template_routes_sensor_telemetry_to_inference_and_everything_but_raw_telemetry_upstream():
     routes = {route.name: route for route in load_deployment(TEMPLATE).routes}
     to_inference = routes["sensorToInference"]
     assert to_inference.source == RouteSource("module_output", "sensor", "telemetry")
@@ -38,14 +40,24 @@ def test_shipped_template_routes_sensor_telemetry_to_inference_and_everything_up
     upstream = {
         (route.source.module, route.source.output) for route in routes.values() if route.sink.kind == "upstream"
     }
+    # Raw telemetry is an opt-in route: each prediction repeats its reading whole.
     assert upstream == {
-        ("sensor", "telemetry"),
         ("sensor", "deadletter"),
         ("inference", "predictions"),
         ("inference", "deadletter"),
         ("inference", "alerts"),
     }
     assert routes["alertsToUpstream"].priority == 0
+
+
+def test_the_raw_telemetry_route_is_added_on_request_and_validates():
+    manifest = with_raw_telemetry_route(load_deployment(TEMPLATE).raw)
+    deployment = parse_deployment(manifest)
+
+    [raw] = [route for route in deployment.routes if route.name == RAW_TELEMETRY_ROUTE_NAME]
+    assert (raw.source.module, raw.source.output, raw.sink.kind) == ("sensor", "telemetry", "upstream")
+    assert [p for p in validate_deployment(deployment) if p.severity == "error"] == []
+    assert RAW_TELEMETRY_ROUTE_NAME not in {route.name for route in load_deployment(TEMPLATE).routes}
 
 
 def test_module_specs_expose_env_and_create_options_as_objects():
@@ -122,7 +134,7 @@ def test_create_options_as_deployed_chunked_json_strings_are_read():
 
 def test_a_duplicate_key_in_the_file_is_reported(tmp_path):
     text = TEMPLATE.read_text(encoding="utf-8").replace(
-        '"telemetryToUpstream":', '"alertsToUpstream": "FROM /* INTO $upstream",\n"telemetryToUpstream":'
+        '"predictionsToUpstream":', '"alertsToUpstream": "FROM /* INTO $upstream",\n"predictionsToUpstream":'
     )
     path = tmp_path / "deployment.json"
     path.write_text(text, encoding="utf-8")

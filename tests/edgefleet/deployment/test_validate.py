@@ -324,7 +324,7 @@ def test_manifest_validate_main_names_the_module_and_property_of_a_bad_desired_v
 
 def test_manifest_validate_main_prints_ok_for_the_shipped_template(capsys):
     assert main(["manifest", "validate", str(TEMPLATE)]) == 0
-    assert capsys.readouterr().out.strip() == "OK: 3 modules, 6 routes"
+    assert capsys.readouterr().out.strip() == "OK: 3 modules, 5 routes"
 
 
 def test_manifest_validate_main_prints_errors_and_warnings_and_fails(tmp_path, capsys):
