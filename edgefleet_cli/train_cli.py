@@ -40,11 +40,11 @@ def register_score(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `edgefleet train` and print its summary."""
     from cloud_training.pipeline import run_training
-    from edgefleet_cli.console import render_training, training_progress
+    from edgefleet_cli.console import console, render_training, training_progress
 
     settings = train_settings(args)
     with training_progress(enabled=not args.quiet) as on_progress:
-        outcome = run_training(settings, on_progress)
+        outcome = run_training(settings, on_progress, on_choice=lambda line: console.print(line, markup=False))
     render_training(outcome)
     if args.json:
         print(json_line(training_document(outcome)))
