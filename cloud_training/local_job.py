@@ -153,7 +153,8 @@ def train_fleet_in_processes(
 
     started = time.perf_counter()
     # Records, not concat: a device that sends no rows is a row of nulls, which concat warns about.
-    records = [row for sample in _pool_map(_sample_worker, frames, workers, (config, None)) for row in sample.to_dict("records")]
+    sampled_frames = _pool_map(_sample_worker, frames, workers, (config, None))
+    records = [row for sample in sampled_frames for row in sample.to_dict("records")]
     samples = pd.DataFrame.from_records(records, columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
     sampled = time.perf_counter()
     try:

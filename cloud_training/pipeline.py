@@ -157,7 +157,9 @@ def _train_all_devices(df: DataFrame, config: TrainingConfig, fleet: FleetModel)
     return train_all_devices(df, config, fleet.predictors)
 
 
-def _choose_fleet(df: DataFrame, config: TrainingConfig, settings: TrainSettings, timings: dict[str, float]) -> FleetModel:
+def _choose_fleet(
+    df: DataFrame, config: TrainingConfig, settings: TrainSettings, timings: dict[str, float]
+) -> FleetModel:
     """Return the fleet model chosen on the devices' pooled samples, or say why there is none."""
     from cloud_training.fleet_job import choose_fleet_on_spark
 
