@@ -95,7 +95,7 @@ def _train_in_process(
     workers = choice.workers or 1
     timings["read_s"] = time.perf_counter() - started
     logger.info("training %d devices on %d local worker processes", len(frames), workers)
-    run_id = tracker.start(_params(settings, features, workers, choice)) if tracker else None
+    run_id = tracker.start(_params(settings, features, choice, workers=workers)) if tracker else None
     try:
         results, fleet = train_fleet_in_processes(
             frames, config, settings.fleet_max_rows, workers, on_progress, timings
@@ -137,7 +137,7 @@ def _train_on_spark(
         timings["read_s"] = time.perf_counter() - started
         logger.info("training in %d partitions on %s", n_partitions, settings.master)
 
-        run_id = tracker.start(_params(settings, features, n_partitions, choice)) if tracker else None
+        run_id = tracker.start(_params(settings, features, choice, n_partitions=n_partitions)) if tracker else None
         # Both passes group the same device-partitioned rows: read and shuffle them once.
         by_device = raw.repartition(n_partitions, DEVICE_COLUMN).persist()
         try:
@@ -232,16 +232,17 @@ def _export_and_track(
 
 
 def _params(
-    settings: TrainSettings, features: tuple[str, ...], n_partitions: int, choice: ExecutionChoice
+    settings: TrainSettings,
+    features: tuple[str, ...],
+    choice: ExecutionChoice,
+    *,
+    n_partitions: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Return the run's params: the settings (`execution` as asked), what ran, and the partitions or workers."""
+    """Return the run's params: the settings (`execution` as asked), what ran and why, its partitions or workers."""
     params: dict[str, Any] = settings.model_dump(exclude={"features"})
-    params.update(
-        features=",".join(features),
-        n_partitions=n_partitions,
-        execution_chosen=choice.chosen,
-        execution_reason=choice.reason,
-    )
+    params.update(features=",".join(features), execution_chosen=choice.chosen, execution_reason=choice.reason)
+    params.update({k: v for k, v in {"n_partitions": n_partitions, "workers": workers}.items() if v is not None})
     return params
 
 
