@@ -34,14 +34,14 @@ __all__ = [
 Execution = Literal["auto", "spark", "local"]
 Chosen = Literal["spark", "in_process"]
 
-# Device-rows (devices x rows per device) below which the in-process path finishes first, end to
-# end, on a local master. Measured on the 2-core development machine, 500 rows per device, with
-# `PYTHONPATH=$PWD python benchmarks/train_throughput.py --quick --devices N --rows 500` (the
-# forced-Spark and the auto figures of one run): in-process 1.5-1.9x faster than local[2] Spark
-# at 50-600 devices (JVM start excluded; 2.0-2.9x with it), the gap narrowing as the fleet grows
-# (Spark's per-device rate is the same, its fixed ~10 s of stages and shuffle is not). The
-# extrapolated crossing lies near 2,000 devices x 500 rows; the constant stays below it so that
-# `auto` errs toward Spark, whose memory does not grow with the fleet on the driver.
+# Device-rows (devices x rows per device) below which `auto` trains in-process on a local master.
+# Measured on the 2-core development machine (shared, load 4-10) with
+# `PYTHONPATH=$PWD python benchmarks/train_break_even.py --devices 50 150 300 600 --rows 500`
+# (each size: in-process, Spark local[2], in-process on the same history; 2026-12-06): Spark took
+# 3.1x / 2.6x / 2.7x / 1.4x as long end to end at 50 / 150 / 300 / 600 devices x 500 rows, JVM start
+# (~9-13 s here) excluded. Spark's per-device cost was the lower one, its fixed cost (stages, the
+# shuffle) ~60 s: a line through the 300 and 600 pairs crosses near 1,400 devices x 500 rows
+# (~700k device-rows). The constant stays below that, so `auto` errs toward Spark.
 BREAK_EVEN_DEVICE_ROWS = 500_000
 _LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", re.IGNORECASE)
 _IN_PROCESS_FORMATS = ("parquet", "lake")
