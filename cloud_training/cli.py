@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 JOB_HELP = {
-    "train": "train one model per device on Spark, export and register the bundle",
+    "train": "train one model per device (on Spark, or in-process for a small fleet), export and register the bundle",
     "retrain": "retrain drifted/new/failed devices from the telemetry lake; keep the better model per device",
     "score": "batch-score history with a bundle on Spark",
 }
@@ -63,6 +63,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", help="comma-separated feature columns (default: numeric columns)")
     add_training_flags(parser, tracking_modes=("scalable", "nested", "off"))
     parser.add_argument("--fleet-max-rows", type=int)
+    parser.add_argument(
+        "--execution",
+        choices=["auto", "spark", "local"],
+        help="auto (default): in this process below the measured break-even on a local master, else Spark",
+    )
     _add_output_flags(parser, json_help="also print summary and timings as JSON")
 
 
@@ -119,6 +124,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         out=args.out,
         features=csv_flag(args.features) if args.features else None,
         fleet_max_rows=args.fleet_max_rows,
+        execution=args.execution,
     )
 
 

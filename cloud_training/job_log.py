@@ -61,6 +61,7 @@ def training_summary(outcome: TrainingOutcome) -> str:
     summary, timings = outcome.summary, outcome.timings_s
     reasons = ", ".join(f"{r['reason']} ({r['devices']:,})" for r in summary["reasons"]) or "none"
     lines = [
+        *([outcome.execution.line] if outcome.execution else []),
         f"devices {summary['devices']:,}: {_counts(summary['counts'])}; reasons: {reasons}",
         comparison_line(summary),
         f"device model beats the chosen fleet model ({outcome.manifest.fleet.family}) on "

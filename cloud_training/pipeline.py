@@ -1,4 +1,9 @@
-"""The training session: read history, train fleet + device models on Spark, export, track, register."""
+"""The training session: read history, train fleet + device models, export, track, register.
+
+The models are trained on Spark or, for a small fleet on a local master, in this process
+(`execution.py` chooses; `local_job.py` runs the same pure functions on local worker processes).
+Both paths write the same bundle, MLflow run and summary, which record the choice.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pyspark.sql import DataFrame
 
 from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig
+from cloud_training.execution import ExecutionChoice, choose_execution
 from cloud_training.export import write_bundle
 from cloud_training.fleet import FleetModel
-from cloud_training.fleet_job import choose_fleet_on_spark, train_all_devices
 from cloud_training.report import STATUSES, summarize, write_plots
 from cloud_training.settings import TrainSettings
-from cloud_training.spark_job import (
-    collect,
-    default_parallelism,
-    read_history_spark,
-    spark_session,
-    training_partitions,
-)
 from cloud_training.strategy import STRATEGIES, settle_choices
 from cloud_training.tracking import RegisteredBundle, Tracker
 from edgefleet.bundle import BundleManifest
 from edgefleet.errors import EdgefleetError
 from edgefleet.history import DEVICE_COLUMN
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class TrainingOutcome:
     tracking_uri: str | None = None
     registered: RegisteredBundle | None = None
     plots: list[Path] = field(default_factory=list)
+    execution: ExecutionChoice | None = None
 
     @property
     def models_per_s(self) -> float:
@@ -56,12 +57,75 @@ class TrainingOutcome:
         return len(self.results) / max(self.timings_s["end_to_end_s"], 1e-9)
 
 
-def run_training(settings: TrainSettings, on_progress: ProgressCallback | None = None) -> TrainingOutcome:
-    """Run one training session end to end."""
-    timings: dict[str, float] = {}
+def run_training(
+    settings: TrainSettings, on_progress: ProgressCallback | None = None, on_choice: Callable[[str], None] | None = None
+) -> TrainingOutcome:
+    """Run one training session end to end, on Spark or in this process (`settings.execution`)."""
+    started = time.perf_counter()
+    choice = choose_execution(settings.execution, settings.master, settings.history)
+    choose_s = time.perf_counter() - started  # counted in end_to_end_s: what `auto` costs is part of the job
+    logger.info("%s", choice.line)
+    if on_choice is not None:
+        on_choice(choice.line)
     tracker = (
         None if settings.tracking == "off" else Tracker(settings.tracking_uri, settings.experiment, settings.tracking)
     )
+    if choice.in_process:
+        return _train_in_process(settings, choice, tracker, on_progress, choose_s)
+    return _train_on_spark(settings, choice, tracker, on_progress, choose_s)
+
+
+def _train_in_process(
+    settings: TrainSettings,
+    choice: ExecutionChoice,
+    tracker: Tracker | None,
+    on_progress: ProgressCallback | None,
+    choose_s: float,
+) -> TrainingOutcome:
+    """Train with the pure functions on local worker processes: no JVM, no stages, no shuffle."""
+    from cloud_training.local_job import device_frames, read_history_local, train_fleet_in_processes
+
+    timings: dict[str, float] = {"choose_s": choose_s, "jvm_start_s": 0.0}
+    started = time.perf_counter()
+    raw, features = read_history_local(settings.history, settings.features)
+    if raw.empty:
+        raise EdgefleetError(f"History {settings.history} has no rows with a device_id")
+    config = settings.training_config(features)
+    frames = device_frames(raw)
+    del raw
+    workers = choice.workers or 1
+    timings["read_s"] = time.perf_counter() - started
+    logger.info("training %d devices on %d local worker processes", len(frames), workers)
+    run_id = tracker.start(_params(settings, features, choice, workers=workers)) if tracker else None
+    try:
+        results, fleet = train_fleet_in_processes(
+            frames, config, settings.fleet_max_rows, workers, on_progress, timings
+        )
+        del frames
+        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started, choice)
+    except BaseException:
+        if tracker:
+            tracker.abort()
+        raise
+
+
+def _train_on_spark(
+    settings: TrainSettings,
+    choice: ExecutionChoice,
+    tracker: Tracker | None,
+    on_progress: ProgressCallback | None,
+    choose_s: float,
+) -> TrainingOutcome:
+    """Train on Spark: one device-partitioned frame, the sample pass, then the device pass."""
+    from cloud_training.spark_job import (
+        collect,
+        default_parallelism,
+        read_history_spark,
+        spark_session,
+        training_partitions,
+    )
+
+    timings: dict[str, float] = {"choose_s": choose_s}
     with spark_session(settings.master, settings.driver_memory) as handle:
         timings["jvm_start_s"] = handle.jvm_start_s
         started = time.perf_counter()
@@ -74,7 +138,7 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         timings["read_s"] = time.perf_counter() - started
         logger.info("training in %d partitions on %s", n_partitions, settings.master)
 
-        run_id = tracker.start(_params(settings, features, n_partitions)) if tracker else None
+        run_id = tracker.start(_params(settings, features, choice, n_partitions=n_partitions)) if tracker else None
         # Both passes group the same device-partitioned rows: read and shuffle them once.
         by_device = raw.repartition(n_partitions, DEVICE_COLUMN).persist()
         try:
@@ -82,7 +146,7 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
             fleet = _choose_fleet(by_device, config, settings, timings)
             timings["fleet_s"] = time.perf_counter() - phase
             phase = time.perf_counter()
-            results = collect(train_all_devices(by_device, config, fleet.predictors), spark, on_progress)
+            results = collect(_train_all_devices(by_device, config, fleet), spark, on_progress)
             timings["train_s"] = time.perf_counter() - phase
         except BaseException:
             if tracker:
@@ -91,17 +155,25 @@ def run_training(settings: TrainSettings, on_progress: ProgressCallback | None =
         finally:
             by_device.unpersist()
     try:
-        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started)
+        return _export_and_track(settings, tracker, run_id, results, fleet, config, timings, started, choice)
     except BaseException:
         if tracker:
             tracker.abort()
         raise
 
 
+def _train_all_devices(df: DataFrame, config: TrainingConfig, fleet: FleetModel) -> DataFrame:
+    from cloud_training.fleet_job import train_all_devices
+
+    return train_all_devices(df, config, fleet.predictors)
+
+
 def _choose_fleet(
     df: DataFrame, config: TrainingConfig, settings: TrainSettings, timings: dict[str, float]
 ) -> FleetModel:
     """Return the fleet model chosen on the devices' pooled samples, or say why there is none."""
+    from cloud_training.fleet_job import choose_fleet_on_spark
+
     try:
         return choose_fleet_on_spark(df, config, settings.fleet_max_rows, timings)
     except ValueError as err:
@@ -119,6 +191,7 @@ def _export_and_track(
     config: TrainingConfig,
     timings: dict[str, float],
     started: float,
+    choice: ExecutionChoice,
 ) -> TrainingOutcome:
     results = settle_choices(results, config.max_staleness_days)
 
@@ -131,7 +204,7 @@ def _export_and_track(
     timings["export_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
-    summary = summarize(results)
+    summary = {**summarize(results), "execution": choice.as_record()}
     plots = write_plots(results, settings.out.parent / f"{settings.out.name}-plots") if settings.plots else []
     registered = None
     if tracker:
@@ -144,7 +217,7 @@ def _export_and_track(
             settings.registered_model,
         )
     timings["tracking_s"] = time.perf_counter() - phase + timings["nested_runs_s"]
-    timings["end_to_end_s"] = time.perf_counter() - started
+    timings["end_to_end_s"] = time.perf_counter() - started + timings["choose_s"]  # JVM start excluded
     return TrainingOutcome(
         bundle_dir=settings.out,
         manifest=manifest,
@@ -155,12 +228,22 @@ def _export_and_track(
         tracking_uri=tracker.tracking_uri if tracker else None,
         registered=registered,
         plots=plots,
+        execution=choice,
     )
 
 
-def _params(settings: TrainSettings, features: tuple[str, ...], n_partitions: int) -> dict[str, Any]:
+def _params(
+    settings: TrainSettings,
+    features: tuple[str, ...],
+    choice: ExecutionChoice,
+    *,
+    n_partitions: int | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Return the run's params: the settings (`execution` as asked), what ran and why, its partitions or workers."""
     params: dict[str, Any] = settings.model_dump(exclude={"features"})
-    params.update(features=",".join(features), n_partitions=n_partitions)
+    params.update(features=",".join(features), execution_chosen=choice.chosen, execution_reason=choice.reason)
+    params.update({k: v for k, v in {"n_partitions": n_partitions, "workers": workers}.items() if v is not None})
     return params
 
 

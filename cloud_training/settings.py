@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud_training.device_training import TrainingConfig
+from cloud_training.execution import Execution
 from cloud_training.knobs import EdgeBudget, ModelKnobs
 from cloud_training.retrain_policy import RetrainPolicy, RetrainThresholds
 from cloud_training.tracking import TrackingMode
@@ -72,6 +73,8 @@ class TrainSettings(JobSettings):
     fleet_max_rows: int = Field(20_000, ge=100)
     fleet_rows_per_device: int = Field(50, ge=1)
     plots: bool = True
+    # auto: in this process below the measured break-even on a local master, else Spark (execution.py).
+    execution: Execution = "auto"
 
     def training_config(self, features: tuple[str, ...], reference_ts_s: float | None = None) -> TrainingConfig:
         """Return the config that the per-device function receives."""

@@ -94,7 +94,7 @@ def _write_demo_history(workdir: Path, devices: int, rows: int, seed: int) -> Pa
 
 
 def _train(history: Path, workdir: Path, tracking_uri: str) -> Path | None:
-    """Train on local Spark, track in MLflow, export; return the verified bundle (None: it failed verification)."""
+    """Train where `auto` chooses, track in MLflow, export; return the verified bundle (None: it failed)."""
     from cloud_training.pipeline import run_training
     from cloud_training.settings import TrainSettings
     from edgefleet.bundle import verify_bundle
@@ -103,9 +103,9 @@ def _train(history: Path, workdir: Path, tracking_uri: str) -> Path | None:
     settings = TrainSettings(
         history=history, out=workdir / "bundle", tracking_uri=tracking_uri, registered_model="edgefleet-demo"
     )
-    console.rule("2/5 train on local Spark, track in MLflow, export the bundle")
+    console.rule("2/5 train (in-process or on local Spark), track in MLflow, export the bundle")
     with training_progress() as on_progress:
-        outcome = run_training(settings, on_progress)
+        outcome = run_training(settings, on_progress, on_choice=lambda line: console.print(line, markup=False))
     render_training(outcome)
     problems = verify_bundle(outcome.bundle_dir)
     for problem in problems:

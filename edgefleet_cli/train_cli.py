@@ -40,11 +40,14 @@ def register_score(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 def cmd_train(args: argparse.Namespace) -> int:
     """Run `edgefleet train` and print its summary."""
     from cloud_training.pipeline import run_training
-    from edgefleet_cli.console import render_training, training_progress
+    from edgefleet_cli.console import console, render_training, training_progress
+
+    def say_choice(line: str) -> None:  # one line, however narrow the terminal; `local[2]` is no markup
+        console.print(line, markup=False, soft_wrap=True)
 
     settings = train_settings(args)
     with training_progress(enabled=not args.quiet) as on_progress:
-        outcome = run_training(settings, on_progress)
+        outcome = run_training(settings, on_progress, on_choice=say_choice)
     render_training(outcome)
     if args.json:
         print(json_line(training_document(outcome)))

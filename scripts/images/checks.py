@@ -20,7 +20,7 @@ touch "$HOME/.write-check" /tmp/.write-check && rm "$HOME/.write-check" /tmp/.wr
 echo "writable: HOME=$HOME and /tmp"
 edgefleet generate-history --devices 5 --rows 120 --out /tmp/history.parquet
 python -m cloud_training train --history /tmp/history.parquet --out /tmp/bundle \
-  --tracking-uri sqlite:////tmp/mlflow.db --quiet
+  --tracking-uri sqlite:////tmp/mlflow.db --execution spark --quiet
 edgefleet bundle verify /tmp/bundle"""
 TRAINING_REPORT = ("openjdk", "writable", "wrote", "bundle")
 

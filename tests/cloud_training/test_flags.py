@@ -63,3 +63,13 @@ def test_only_training_offers_nested_tracking(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["retrain", "--lake", "l", "--bundle", "b", "--tracking", "nested"])
     assert "invalid choice: 'nested'" in capsys.readouterr().err
+
+
+def test_train_runs_where_auto_chooses_unless_the_flag_or_environment_says_otherwise(monkeypatch):
+    parser = build_parser()
+    assert train_settings(parser.parse_args(["train", "--history", "h"])).execution == "auto"
+    monkeypatch.setenv("EDGEFLEET_EXECUTION", "local")
+    assert train_settings(parser.parse_args(["train", "--history", "h"])).execution == "local"
+    assert train_settings(parser.parse_args(["train", "--history", "h", "--execution", "spark"])).execution == "spark"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--history", "h", "--execution", "cluster"])

@@ -1,12 +1,15 @@
 """The CLI as a user runs it: a real subprocess, exit codes, and messages instead of tracebacks."""
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from edgefleet.bundle import BundleReader, read_manifest
 from tests.edge_fixtures import REPO
@@ -75,17 +78,47 @@ def test_train_from_the_cli_prints_a_summary_and_leaves_no_temp_files(tmp_path):
     scratch.mkdir()
     assert edgefleet("generate-history", "--devices", 6, "--rows", 80, "--out", tmp_path / "h.parquet").returncode == 0
     run = subprocess.run(
-        [sys.executable, "-m", "edgefleet_cli", "train", "--history", "h.parquet", "--master", "local[2]", "--quiet"],
+        [
+            sys.executable, "-m", "edgefleet_cli", "train", "--history", "h.parquet", "--master", "local[2]",
+            "--execution", "spark", "--quiet",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=300,
         env=clean_env(TMPDIR=str(scratch)),
-    )
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("execution: Spark (--execution spark on local[2])\n")
     assert "Training summary: 6 devices" in run.stdout and "alias champion" in run.stdout
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "out" / "bundle" / "manifest.json").exists()
     assert list(scratch.iterdir()) == []  # Spark scratch and worker temp files are removed
+
+
+def test_train_picks_in_process_for_a_small_fleet_says_so_and_records_it(tmp_path):
+    assert edgefleet("generate-history", "--devices", 5, "--rows", 80, "--out", tmp_path / "h.parquet").returncode == 0
+    run = edgefleet("train", "--history", "h.parquet", "--quiet", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first = run.stdout.splitlines()[0]  # one line, however narrow the terminal
+    assert first.startswith("execution: in-process (5 devices x 80 rows = 400 device-rows, below the measured")
+    assert first.endswith("; --execution spark to force Spark)")
+    assert "java" not in run.stderr.lower()  # no JVM started
+    document = json.loads(run.stdout.splitlines()[-1])
+    assert document["summary"]["execution"]["chosen"] == "in_process" and document["timings_s"]["jvm_start_s"] == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = read_manifest(tmp_path / "out" / "bundle").mlflow_run_id
+    assert client.get_run(run_id).data.params["execution_chosen"] == "in_process"
+
+
+def test_train_keeps_the_cluster_master_it_was_given_even_for_a_small_fleet(tmp_path):
+    assert edgefleet("generate-history", "--devices", 2, "--rows", 40, "--out", tmp_path / "h.parquet").returncode == 0
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # closed when the block ends: nothing listens there
+    run = edgefleet("train", "--history", "h.parquet", "--master", f"spark://127.0.0.1:{port}", cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"execution: Spark (--master spark://127.0.0.1:{port} names a cluster" in run.stdout
+    assert "Cannot reach the Spark master" in run.stderr  # it went to the cluster, not in-process
 
 
 def test_score_from_the_cli_writes_predictions_with_their_model_and_fallback_reason(small_bundle, tmp_path):
