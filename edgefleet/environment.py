@@ -32,6 +32,8 @@ class EnvCheck:
     """Which variables a settings class claims: every name with `prefixes`, and near misses of its own names."""
 
     prefixes: tuple[str, ...] = ()
+    # Variables an earlier version read, each with what replaced it: still set means a setting now ignored.
+    retired: tuple[tuple[str, str], ...] = ()
 
 
 def setting_variables(cls: type[BaseSettings]) -> dict[str, str]:
@@ -60,6 +62,10 @@ def unknown_variables(cls: type[BaseSettings], check: EnvCheck, environ: Mapping
     for name in sorted(environ):
         upper = name.upper()
         if upper in known or upper in FOREIGN_NAMES or upper.startswith(FOREIGN_PREFIXES):
+            continue
+        replaced_by = dict(check.retired).get(upper)
+        if replaced_by is not None:
+            problems.append(f"{name} is no longer read; {replaced_by}")
             continue
         prefix = next((p for p in check.prefixes if upper.startswith(p.upper())), None)
         if prefix is not None:

@@ -20,7 +20,15 @@ class InferenceSettings(ModuleSettings):
     """Environment of the inference module (the deployment manifest's `env`)."""
 
     # The inference module reads no INFERENCE_* variable: one set is a mistake.
-    env_check: ClassVar[EnvCheck] = EnvCheck(prefixes=("INFERENCE_",))
+    env_check: ClassVar[EnvCheck] = EnvCheck(
+        prefixes=("INFERENCE_",),
+        retired=(
+            (
+                "PREDICTIONS_MAX_BYTES",
+                "set the twin's desired property upstreamMaxBytes instead (4096-262144, default 131072)",
+            ),
+        ),
+    )
 
     bundle_dir: Path = Field(validation_alias=_env("BUNDLE_DIR"))
     # Estimated memory of loaded models (an ONNX session holds ~8x its file); ~1,000 forests at 256.

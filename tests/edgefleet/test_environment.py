@@ -72,6 +72,13 @@ def test_a_prefixed_variable_like_no_setting_at_all_lists_what_the_process_reads
     assert "SINK_ZZZ" in problem and "it reads" in problem and "SINK_LAKE_DIR" in problem
 
 
+def test_a_retired_variable_says_what_replaced_it() -> None:
+    assert _check(InferenceSettings, {**UNRELATED, "PREDICTIONS_MAX_BYTES": "65536"}) == [
+        "PREDICTIONS_MAX_BYTES is no longer read; set the twin's desired property upstreamMaxBytes instead "
+        "(4096-262144, default 131072)"
+    ]
+
+
 def test_settings_loaded_with_a_misspelled_variable_fail_at_start_with_every_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
