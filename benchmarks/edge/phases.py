@@ -366,20 +366,29 @@ def startup_marks(log_path: Path, spawned_s: float) -> dict[str, float | None]:
 
 
 def queue_for_stopped_inference(session: EdgeSession, device_id: str) -> None:
-    """Stop the inference module, then queue one reading for it on the stand-in's broker.
+    """Stop the inference module, then queue one reading for it at the stand-in.
 
-    The module's persistent MQTT session keeps its subscription, so the broker holds the
-    reading until the module reconnects, as edgeHub does while a module restarts.
+    The stand-in, like edgeHub, holds a message for a module that is not connected (store and
+    forward, `edgehub.store`) and delivers it when the module connects again: the reading is
+    queued once the router holds it. Should the router not have heard of the disconnect yet, it
+    publishes the reading to the module's broker instead, whose persistent session for the
+    module keeps it: queued once that broker acknowledged it.
     """
     edge = session.edge
     edge.processes["inference"].stop()
     router = edge.standin.router
     delivered = router.stats().get("to_module", 0)
+    held = router.held().get("inference", 0)
     session.field.publish([device_id], 1)
     deadline = time.monotonic() + 10  # the sensor sends it when its batch window closes
-    while router.stats().get("to_module", 0) <= delivered or any(router.unacknowledged().values()):
+    while not (
+        router.held().get("inference", 0) > held
+        or (router.stats().get("to_module", 0) > delivered and not router.unacknowledged().get("inference", 0))
+    ):
         if time.monotonic() > deadline:
-            raise RuntimeError("the waiting reading never reached the inference module's broker")
+            raise RuntimeError(
+                f"the waiting reading never reached the stand-in's queue for the inference module: {router.stats()}"
+            )
         time.sleep(0.02)
 
 
