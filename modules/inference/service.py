@@ -1,12 +1,12 @@
 """The inference service: telemetry in, one prediction per reading out, bad input dead-lettered.
 
-Threads: the SDK's handler thread only journals and queues what arrives; one worker decodes,
+Threads: the SDK's MQTT thread only journals and queues what arrives; one worker decodes,
 routes and predicts (many readings per model call); one loader thread reads device models into
 the LRU (sha256-checked), so a cache miss delays only that device's readings, never the message
 path; the outbox threads send.
 
-Nothing acknowledged is lost: the SDK acknowledges (PUBACK) each message to edgeHub before the
-module has answered it, so the handler's first step appends it to the write-ahead journal
+Nothing acknowledged is lost: edgeHub gets the PUBACK of a message when the input handler returns
+(EdgeLink.on_input), long before the module has answered it, so the handler appends it to the write-ahead journal
 (modules.inference.inbox). Every output carrying its readings (prediction batches, dead letters,
 drift alerts) holds a reference to its journal segment until edgeHub acknowledged that output, and
 the processing round holds one until it is done; a segment is deleted when the last is released.
@@ -15,8 +15,6 @@ Predictions of several rounds are coalesced (modules.inference.coalesce: twin de
 segments until edgeHub acknowledged the compressed message.
 A kill -9 or a stop leaves the unanswered messages in the journal; the next start answers them
 first (duplicates are possible, and removed by (device_id, seq) where predictions land).
-The window left: the SDK sends the PUBACK as soon as its MQTT thread has put the message in its own
-inbox, before our handler runs, so a kill -9 loses what waits in the SDK's inbox (README, Reliability).
 """
 
 from __future__ import annotations
@@ -177,9 +175,9 @@ class InferenceService:
     # -- receiving --------------------------------------------------------------------------------
 
     def on_input(self, input_name: str, body: bytes, properties: Mapping[str, str]) -> None:
-        """Journal one message from edgeHub, then queue it (the SDK's handler thread; never blocks for long).
+        """Journal one message from edgeHub, then queue it (the SDK's MQTT thread; never blocks for long).
 
-        The SDK has acknowledged the message already: the journal is the first thing that keeps it.
+        edgeHub gets the acknowledgement when this returns: the journal is the first thing that keeps it.
         """
         item = self._journaled(InputMessage(input_name, body, time.time()))
         with self._lock:

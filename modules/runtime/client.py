@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 
 from edgefleet.endpoints import ModuleEndpoints
 from edgefleet.errors import StartError
 from edgefleet.messages import CONTENT_ENCODING, CONTENT_TYPE
+from modules.runtime.input_topic import parse_input_topic
 from modules.runtime.outbox import CLOSE_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -124,6 +125,28 @@ class _FeaturePipeline(Protocol):
     def enable_feature(self, feature_name: str, callback: Callable[..., None]) -> None: ...
 
 
+class _MqttTransport(Protocol):
+    """The SDK's MQTT transport, as far as taking input messages before their PUBACK needs it (private)."""
+
+    on_mqtt_message_received_handler: Callable[[str, bytes], None]
+
+
+class _PipelineStage(Protocol):
+    next: _PipelineStage | None
+
+
+def _mqtt_transport(client: object) -> _MqttTransport | None:
+    """Return the SDK client's MQTT transport (the last stage of its MQTT pipeline); None for other clients."""
+    pipeline = getattr(client, "_mqtt_pipeline", None)
+    stage: _PipelineStage | None = getattr(pipeline, "_pipeline", None)
+    while stage is not None:
+        transport = getattr(stage, "transport", None)
+        if transport is not None and hasattr(transport, "on_mqtt_message_received_handler"):
+            return cast("_MqttTransport", transport)
+        stage = getattr(stage, "next", None)
+    return None
+
+
 def _call_within(timeout_s: float, what: str, call: Callable[[], _T]) -> _T:
     """Return `call()`, run on a helper thread; raise TimeoutError when it takes longer than `timeout_s`.
 
@@ -172,21 +195,57 @@ class EdgeLink:
         self._subscribed = threading.Event()
         self._resync_wanted = threading.Event()
         self._closing = threading.Event()
+        self._early_transport: _MqttTransport | None = None
+        self._deliver_early: Callable[[str, bytes, Mapping[str, str]], None] = lambda name, body, properties: None
 
     def on_input(self, handler: Callable[[str, bytes, Mapping[str, str]], None]) -> None:
-        """Call `handler(input_name, body, properties)` for every message on a declared input."""
+        """Call `handler(input_name, body, properties)` for every message on a declared input.
+
+        With the SDK's client the handler runs on its MQTT thread, before that thread acknowledges
+        the message (paho 1.x sends the PUBACK when its message callback returns): a message is
+        acknowledged only once the handler has kept it (the inference module journals it). The
+        SDK's own path hands the message to its handler thread first and acknowledges at once, so
+        a kill -9 lost what waited there. The SDK still subscribes to the inputs; a message that
+        takes its path anyway (another client) reaches the same handler.
+        """
         inputs = set(self.endpoints.inputs)
 
-        def _received(message: Message) -> None:
-            name = message.input_name
-            data = message.data
-            body = data if isinstance(data, bytes) else str(data).encode("utf-8")
+        def _deliver(name: str, body: bytes, properties: Mapping[str, str]) -> None:
             if name not in inputs:
                 logger.warning("Message on undeclared input %r ignored (declared: %s)", name, ", ".join(inputs))
                 return
-            handler(name, body, dict(message.custom_properties))
+            handler(name, body, properties)
+
+        def _received(message: Message) -> None:
+            data = message.data
+            body = data if isinstance(data, bytes) else str(data).encode("utf-8")
+            _deliver(message.input_name, body, dict(message.custom_properties))
 
         self.client.on_message_received = _received
+        self._take_inputs_before_ack(_deliver)
+
+    def _take_inputs_before_ack(self, deliver: Callable[[str, bytes, Mapping[str, str]], None]) -> None:
+        """Deliver input messages on the SDK's MQTT thread, before it acknowledges them."""
+        transport = _mqtt_transport(self.client)
+        if transport is None:  # not the SDK's client (tests): its handler thread is the only path
+            return
+        self._deliver_early = deliver  # a later registration (reconnect) replaces the handler, never re-wraps
+        if self._early_transport is transport:
+            return
+        sdk_received = transport.on_mqtt_message_received_handler
+
+        def _received_on_mqtt_thread(topic: str, payload: bytes) -> None:
+            parsed = parse_input_topic(topic)
+            if parsed is None:  # twin responses, desired patches, methods: the SDK's own path
+                sdk_received(topic, payload)
+                return
+            try:
+                self._deliver_early(parsed.input_name, bytes(payload), parsed.properties)
+            except Exception:  # the SDK would log and acknowledge anyway; say which message it was
+                logger.exception("Handling a message on input %r failed", parsed.input_name)
+
+        transport.on_mqtt_message_received_handler = _received_on_mqtt_thread
+        self._early_transport = transport
 
     def on_desired(self, full: Callable[[Mapping[str, Any]], None], patch: Callable[[Mapping[str, Any]], None]) -> None:
         """Call `full(desired)` with the whole desired set (`apply_twin`: at start and after every
