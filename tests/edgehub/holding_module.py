@@ -30,7 +30,7 @@ def main() -> None:
     link = EdgeLink(create_module_client(), INFERENCE)
 
     def received(name: str, body: bytes, properties: Mapping[str, str]) -> None:
-        emit({"input": name, "body": body.decode(), "props": dict(properties), "thread": threading.current_thread().name})
+        emit({"input": name, "body": body.decode(), "props": dict(properties)})
         if body.startswith(b"hold"):
             threading.Event().wait()
 

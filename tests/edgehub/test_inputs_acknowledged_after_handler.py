@@ -23,7 +23,10 @@ import pytest
 from .conftest import Edge, ModuleProcess, StartEdge
 
 HOLDING_MODULE = Path(__file__).with_name("holding_module.py")
-ROUTES = {"telemetry": 'FROM /messages/modules/sensor/outputs/telemetry INTO BrokeredEndpoint("/modules/inference/inputs/telemetry")'}
+ROUTES = {
+    "telemetry": "FROM /messages/modules/sensor/outputs/telemetry"
+    ' INTO BrokeredEndpoint("/modules/inference/inputs/telemetry")'
+}
 TIMEOUT_S = 20.0
 
 
