@@ -271,17 +271,26 @@ def _sim_end(simulation: dict[str, Any]) -> datetime:
 
 def _phase(run: EdgeRun, bundle_dir: Path, drifted: list[str], split: datetime | None) -> dict[str, Any]:
     from edgefleet.lake import read_drift_alerts
-    from edgefleet_cli.edge_report import account, drift_detection, latency, live_accuracy, units_per_1000_predictions
+    from edgefleet_cli.edge_report import (
+        account,
+        drift_detection,
+        latency,
+        live_accuracy,
+        units_per_1000_predictions,
+        upstream_cost,
+    )
 
     rows = run.rows
     sim = run.simulation
     predictions = rows[rows["source_module"] == "inference"] if len(rows) else rows
+    accounting = account(rows, run.deadletters, sim.get("expected_at_edge"))
     phase: dict[str, Any] = {
         "bundle_version": run.bundle_version,
-        "accounting": account(rows, run.deadletters, sim.get("expected_at_edge")),
+        "accounting": accounting,
         "throughput_predictions_per_s": round(len(predictions) / run.duration_s, 1) if run.duration_s else None,
         "edge_latency": latency(rows),
         "units_4kb_per_1000_predictions": units_per_1000_predictions(run.inference),
+        "upstream": upstream_cost(run.sensor, run.inference, accounting.get("sent")),
         "fallbacks": (run.inference or {}).get("fallbacks", {}),
         "live_accuracy": live_accuracy(rows, bundle_dir),
         "drift_alerts": drift_detection(
@@ -343,6 +352,8 @@ def _render(summary: dict[str, Any], console: Console) -> None:
         ("edge latency p50 ms", ("edge_latency", "p50_ms")),
         ("edge latency p99 ms", ("edge_latency", "p99_ms")),
         ("4 KB units / 1,000 predictions", ("units_4kb_per_1000_predictions",)),
+        ("4 KB units upstream / 1,000 readings (all)", ("upstream", "units_4kb_per_1000_readings")),
+        ("bytes upstream / reading (all)", ("upstream", "bytes_per_reading")),
         ("live MSE, device models", ("live_accuracy", "device_vs_fleet", "device_model", "mse")),
         ("live MSE, fleet model on the same readings", ("live_accuracy", "device_vs_fleet", "fleet_model", "mse")),
         ("drifted devices: MSE before drift", ("drifted devices before drift", "mse")),

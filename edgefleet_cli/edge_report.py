@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from edgefleet.bundle import BundleReader, Route
+from edgefleet.endpoints import TELEMETRY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,6 +117,30 @@ def units_per_1000_predictions(inference_stats: Mapping[str, Any]) -> float | No
     predictions = int(inference_stats.get("predictions", 0) or 0)
     units = int(((inference_stats.get("outbox") or {}).get("units_4kb") or {}).get("predictions", 0))
     return round(units * 1000 / predictions, 1) if predictions else None
+
+
+def upstream_cost(
+    sensor_stats: Mapping[str, Any], inference_stats: Mapping[str, Any], readings: int | None
+) -> dict[str, float | None]:
+    """Return 4 KB units and bytes per reading for everything the modules sent upstream.
+
+    Under the default routes every module output goes to `$upstream` except the sensor's
+    `telemetry`, which goes to inference (its raw copy upstream is `--raw-telemetry`, off).
+    """
+
+    def outbox(stats: Mapping[str, Any], counter: str) -> Mapping[str, int]:
+        return (stats.get("outbox") or {}).get(counter) or {}
+
+    if not readings:
+        return {"units_4kb_per_1000_readings": None, "bytes_per_reading": None}
+    units = sum(outbox(inference_stats, "units_4kb").values())
+    units += sum(n for output, n in outbox(sensor_stats, "units_4kb").items() if output != TELEMETRY)
+    sent = sum(outbox(inference_stats, "bytes").values())
+    sent += sum(n for output, n in outbox(sensor_stats, "bytes").items() if output != TELEMETRY)
+    return {
+        "units_4kb_per_1000_readings": round(units * 1000 / readings, 1),
+        "bytes_per_reading": round(sent / readings, 1),
+    }
 
 
 def _png(fig: Figure) -> str:

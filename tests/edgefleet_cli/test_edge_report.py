@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from edgefleet.bundle import BundleReader, Route, read_manifest
-from edgefleet_cli.edge_report import account, live_accuracy, plots, units_per_1000_predictions, write_html
+from edgefleet_cli.edge_report import (
+    account,
+    live_accuracy,
+    plots,
+    units_per_1000_predictions,
+    upstream_cost,
+    write_html,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -60,6 +67,23 @@ def test_units_per_thousand_predictions_comes_from_the_inference_counters():
     stats = {"predictions": 2000, "outbox": {"units_4kb": {"predictions": 230, "deadletter": 9}}}
     assert units_per_1000_predictions(stats) == 115.0
     assert units_per_1000_predictions({}) is None
+
+
+def test_upstream_cost_counts_every_output_but_the_sensor_telemetry_inference_consumes():
+    sensor = {
+        "outbox": {
+            "units_4kb": {"telemetry": 900, "deadletter": 3},
+            "bytes": {"telemetry": 3_600_000, "deadletter": 900},
+        }
+    }
+    inference = {
+        "outbox": {
+            "units_4kb": {"predictions": 20, "deadletter": 2, "alerts": 1},
+            "bytes": {"predictions": 70_000, "deadletter": 600, "alerts": 500},
+        }
+    }
+    assert upstream_cost(sensor, inference, 2000) == {"units_4kb_per_1000_readings": 13.0, "bytes_per_reading": 36.0}
+    assert upstream_cost(sensor, inference, 0) == {"units_4kb_per_1000_readings": None, "bytes_per_reading": None}
 
 
 def test_html_report_embeds_the_summary_and_plots(small_bundle, tmp_path):
