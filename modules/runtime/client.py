@@ -32,6 +32,10 @@ CONNECT_RETRY_FIRST_S = 1.0
 CONNECT_RETRY_MAX_S = 30.0
 # The SDK's own reconnect interval (whole seconds): its default of 10 s leaves a module deaf that long.
 SDK_RECONNECT_INTERVAL_S = 2
+# How long the SDK waits for a CONNACK before it drops the attempt and retries (its own default:
+# 60 s). edgeHub runs on the same host; after an edgeHub broker is killed mid-reconnect the SDK
+# has been seen waiting out the full minute on a connection that never got its CONNECT sent.
+SDK_CONNECT_WATCHDOG_S = 15
 # Bounds on SDK calls that wait for edgeHub forever when it is gone or lost our subscriptions:
 # a module must keep reporting health and obey SIGTERM whatever edgeHub does.
 SUBSCRIBE_TIMEOUT_S = 10.0
@@ -100,10 +104,13 @@ class ModuleClient(Protocol):
 def create_module_client() -> ModuleClient:
     """Create the azure-iot-device module client from the IoT Edge (or dev) environment."""
     from azure.iot.device import IoTHubModuleClient
+    from azure.iot.device.common.pipeline import pipeline_stages_mqtt
 
     from edgefleet.mqtt_tuning import enable_tcp_nodelay
 
     enable_tcp_nodelay()  # also covers the sensor's field client, created later in this process
+    # A module constant the SDK reads each time it arms the watchdog of a connection attempt.
+    pipeline_stages_mqtt.WATCHDOG_INTERVAL = SDK_CONNECT_WATCHDOG_S
     try:
         # Keep retrying the connection forever: edgeHub restarts are routine on a device.
         return IoTHubModuleClient.create_from_edge_environment(
