@@ -51,7 +51,7 @@ from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
 from edgehub.hub import HubPublisher
 from edgehub.hub_auth import HubUsers, ensure_hub_credentials, write_hub_broker_auth
 from edgehub.hub_auth import client_password_file as hub_password_file
-from edgehub.sink import LakeSink
+from edgehub.sink import DEFAULT_ROLL_EVERY_S, LakeSink
 from edgehub.standin import EdgeHubStandIn
 from edgehub.upstream import MirroredUpstream, Upstream
 from field_broker.config import CA_FILE
@@ -218,8 +218,10 @@ class LocalEdge:
     """Field broker + edgeHub stand-in (routes and twins from the deployment) + module processes.
 
     `$upstream` goes to `upstream` when given (the caller closes it), else to a `LakeSink` in
-    `lake_dir` (`lake_sink`); with a dashboard, a copy goes to the hub broker it reads. The field
-    broker is the secure one unless `insecure_field`; `field_endpoint()` says how to reach it. Start once.
+    `lake_dir` (`lake_sink`) that rolls its files as the sink service does (`lake_roll_every_s`; None:
+    a file per flush, rows visible within `flush_every_s`); with a dashboard, a copy goes to the hub
+    broker it reads. The field broker is the secure one unless `insecure_field`; `field_endpoint()`
+    says how to reach it. Start once.
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class LocalEdge:
         module_env: Mapping[str, Mapping[str, str]] | None = None,
         lake_dir: Path | None = None,
         flush_every_s: float = 1.0,
+        lake_roll_every_s: float | None = DEFAULT_ROLL_EVERY_S,
         upstream: Upstream | None = None,
         field_port: int | None = None,
         dashboard_port: int | None = None,
@@ -287,7 +290,7 @@ class LocalEdge:
         self.dashboard: subprocess.Popen[bytes] | None = None
         self.lake_sink: LakeSink | None = None
         if upstream is None:
-            self.lake_sink = upstream = LakeSink(self.lake_dir, flush_every_s)
+            self.lake_sink = upstream = LakeSink(self.lake_dir, flush_every_s, roll_every_s=lake_roll_every_s)
         self.mirror: HubPublisher | None = None
         if self.hub_port is not None:
             self.mirror = HubPublisher(

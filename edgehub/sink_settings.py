@@ -14,6 +14,7 @@ from edgefleet.environment import EnvCheck
 from edgefleet.hub_wire import HubAddress
 from edgefleet.process import LogLevel
 from edgehub.hub_auth import HubUsers
+from edgehub.sink import DEFAULT_ROLL_BYTES, DEFAULT_ROLL_EVERY_S
 
 __all__ = ["SinkSettings", "parse_flags"]
 
@@ -33,13 +34,10 @@ class SinkSettings(BaseSettings):
     state_dir: Path = Path("out/sink")
     flush_every_s: float = Field(5.0, gt=0)
     flush_rows: int = Field(10_000, gt=0)
-    # Lake files roll (close and appear) at this size or age, per date partition (edgehub/sink.py);
-    # between rolls the journal keeps the rows durable. Chosen by benchmarks/lake_files.py: 60 s
-    # keeps rows visible within a minute and makes 1,440 files a day (17,280 with a file per 5 s
-    # flush); a 200-device fleet writes ~1.5 GB a day, so 128 MiB takes ~2 h and age rolls first.
-    # `edgefleet lake compact` then merges a day into files of 128 MiB (8 for that fleet).
-    roll_every_s: float = Field(60.0, gt=0)
-    roll_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    # Lake files roll (close and appear) at this size or age, per date partition (edgehub/sink.py,
+    # where the defaults are chosen); between rolls the journal keeps the rows durable.
+    roll_every_s: float = Field(DEFAULT_ROLL_EVERY_S, gt=0)
+    roll_bytes: int = Field(DEFAULT_ROLL_BYTES, gt=0)
     # The most feature columns the lake may hold (edgehub/sink.py: which names become columns).
     max_feature_columns: int = Field(64, gt=0)
     health_file: Path | None = None

@@ -218,7 +218,8 @@ def start_edge(tmp_path: Path, deployment: Deployment, small_bundle: Path, bundl
             desired_overrides=overrides,
             module_env=module_env,
             flush_every_s=0.5,
-            **kwargs,
+            # Tests read the lake while the edge runs: roll its files as often as it flushes.
+            **{"lake_roll_every_s": 0.5, **kwargs},
         )
         started.append(edge)
         edge.start()

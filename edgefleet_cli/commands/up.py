@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +31,11 @@ def add_up_command(sub: Subcommands) -> None:
     up.add_argument("--deployment", default=str(DEFAULT_TEMPLATE))
     up.add_argument("--workdir", default="out/edge")
     up.add_argument("--lake", default="out/lake")
+    up.add_argument(
+        "--lake-roll-every-s",
+        type=_positive_seconds,
+        help="close a lake file and make its rows visible after this long (default: the sink service's, 60)",
+    )
     up.add_argument("--edge-device", default="edge1")
     up.add_argument("--ip-base", default="127.0.78", help="modules connect to <ip-base>.10, .11, ... port 8883")
     up.add_argument(
@@ -43,6 +49,17 @@ def add_up_command(sub: Subcommands) -> None:
     up.add_argument("--dashboard-port", type=int, default=5006, help="live dashboard on http://127.0.0.1:PORT/")
     up.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
     up.set_defaults(func=cmd_up)
+
+
+def _positive_seconds(text: str) -> float:
+    """Parse a positive number of seconds for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -78,6 +95,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         desired_overrides={"inference": {"expectedBundleVersion": version}},
         module_env=module_env,
         lake_dir=Path(args.lake).resolve(),
+        **({"lake_roll_every_s": args.lake_roll_every_s} if args.lake_roll_every_s is not None else {}),
         field_port=args.field_port,
         dashboard_port=None if args.no_dashboard else args.dashboard_port,
         insecure_field=args.insecure_field,

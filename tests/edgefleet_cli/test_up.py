@@ -66,6 +66,7 @@ def test_every_simulated_reading_is_predicted_dead_lettered_or_counted_as_a_dupl
 
     assert edge.lake_sink is not None
     edge.lake_sink.flush()
+    edge.lake_sink.roll_now()
     lake = read_lake(edge.lake_dir)
     accounting = account(lake, read_deadletters(edge.lake_dir), expected)
     assert accounting["lost"] == 0
@@ -128,6 +129,14 @@ def _run_up(command, tmp_path, timeout_s: float = 180) -> subprocess.CompletedPr
     return subprocess.run(
         command, capture_output=True, text=True, cwd=REPO, env=_up_env(tmp_path), timeout=timeout_s, check=False
     )
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "inf", "soon"])
+def test_up_refuses_a_lake_roll_age_that_is_not_a_positive_number_of_seconds(small_bundle, tmp_path, seconds):
+    run = _run_up(_up_command(small_bundle, tmp_path, "--lake-roll-every-s", seconds), tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--lake-roll-every-s" in run.stderr and "seconds" in run.stderr
+    assert "Traceback" not in run.stderr and _processes_of_run(tmp_path) == []
 
 
 def test_up_with_a_refused_bundle_exits_2_naming_the_module_and_its_log_and_leaves_no_process(small_bundle, tmp_path):
@@ -321,6 +330,8 @@ def test_up_restarts_its_field_broker_killed_with_sigkill_and_the_sensor_takes_r
         # Its Mosquitto exits with it, and the restarted field broker starts a new one.
         wait_for(lambda: not _alive(old_mosquitto), timeout_s=10)
         wait_for(lambda: _alive(_read_pid(mosquitto_pid_file)), timeout_s=15)
+        # Mosquitto writes its pid file before it opens its listener.
+        wait_for(lambda: _listening(field_port), timeout_s=15)
         # A field gateway publishes again; the sensor's session died with the broker, so some may go unheard.
         device_client = field_client(_gateway(tmp_path, field_port), "test-field-device")
         device_client.connect("127.0.0.1", field_port)

@@ -389,6 +389,20 @@ def test_a_rolling_file_rolls_at_its_size_and_on_close(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("date=*/.rolling-*"))
 
 
+def test_roll_now_makes_young_open_files_visible_and_their_messages_durable(tmp_path: Path) -> None:
+    clock, durable = FakeClock(), []
+    sink = LakeSink(tmp_path, flush_every_s=5, flush_rows=10, roll_every_s=60, clock=clock, tick=False)
+    try:
+        for seq in range(10):
+            sink(message(reading(seq)), lambda s=seq: durable.append(s))
+        assert read_lake(tmp_path).empty and durable == []
+        rolled = sink.roll_now()
+        assert len(rolled) == 1 and sorted(read_lake(tmp_path)["seq"]) == list(range(10))
+        assert sorted(durable) == list(range(10)) and sink.roll_now() == []
+    finally:
+        sink.close()
+
+
 def test_a_new_feature_column_rolls_the_open_file_and_both_files_read_back(tmp_path: Path) -> None:
     with LakeSink(tmp_path, flush_every_s=60, flush_rows=1, roll_every_s=3600, tick=False) as sink:
         sink(message(reading(1)))
