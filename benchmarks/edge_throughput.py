@@ -75,7 +75,7 @@ from benchmarks.edge.report import (  # noqa: E402
     rounded,
 )
 from edgefleet.deployment import DEFAULT_TEMPLATE, load_deployment  # noqa: E402
-from edgefleet.desired import DEFAULT_UPSTREAM_WINDOW_MS  # noqa: E402
+from edgefleet.desired import DEFAULT_MAX_BATCH_BYTES, DEFAULT_UPSTREAM_WINDOW_MS  # noqa: E402
 
 TEMPLATE = REPO / DEFAULT_TEMPLATE
 DESCRIPTION = "Benchmark the edge path: bare relay, pass-through ceiling, ours, naive sklearn, latency, 10k bundle."
@@ -174,7 +174,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     deployment = load_deployment(TEMPLATE)
     sensor_desired = deployment.desired("sensor")
     batch_window_ms = int(sensor_desired.get("batchWindowMs", 200))
-    max_batch_bytes = int(sensor_desired.get("maxBatchBytes", 3900))
+    max_batch_bytes = int(sensor_desired.get("maxBatchBytes", DEFAULT_MAX_BATCH_BYTES))
     threshold = float(deployment.desired("inference").get("poorModelThreshold", 1.0))
     upstream_window_ms = int(deployment.desired("inference").get("upstreamWindowMs", DEFAULT_UPSTREAM_WINDOW_MS))
     ips = IpBlocks()

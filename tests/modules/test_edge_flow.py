@@ -74,6 +74,8 @@ def test_where_route_filters_dead_letters_by_reason(start_edge, publisher_factor
     routes["onlyOversizeDeadletters"] = (
         "FROM /messages/modules/sensor/outputs/deadletter WHERE reason = 'oversize' INTO $upstream"
     )
+    # Small batches, so that a reading of 250 features (~7 KB) is too big for one: `oversize`.
+    raw["modulesContent"]["sensor"]["properties.desired"]["maxBatchBytes"] = 4000
     edge = start_edge(deployment=parse_deployment(raw))
     publisher = publisher_factory(edge)
     publisher.publish(b"not json at all", topic="fleet/broken/telemetry")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -17,6 +18,8 @@ from edgefleet.deployment import (
     validate_deployment,
     with_raw_telemetry_route,
 )
+from edgefleet.desired import SensorDesired
+from edgefleet.messages import BATCH_SCHEMA, CONTENT_ENCODING, CONTENT_TYPE, iot_hub_message_bytes, units_4kb
 from edgefleet.routes import RouteSink, RouteSource
 from tests.edgefleet.deployment.manifests import TEMPLATE, VARIABLES, agent, template
 
@@ -78,7 +81,7 @@ def test_desired_properties_are_returned_per_module_and_empty_for_a_module_witho
     deployment = load_deployment(TEMPLATE)
     assert deployment.desired("sensor") == {
         "batchWindowMs": 200,
-        "maxBatchBytes": 3900,
+        "maxBatchBytes": 32000,
         "fieldTopic": "fleet/+/telemetry",
         "enabled": True,
     }
@@ -88,8 +91,16 @@ def test_desired_properties_are_returned_per_module_and_empty_for_a_module_witho
     assert deployment.desired("sensor")["enabled"] is True
 
 
-def test_sensor_batches_stay_under_iot_hubs_4_kb_message_unit():
-    assert load_deployment(TEMPLATE).desired("sensor")["maxBatchBytes"] < 4096
+def test_a_full_sensor_batch_with_its_properties_costs_no_iot_hub_unit_beyond_its_bytes():
+    # Should the raw telemetry route upstream be on, no 4 KB unit is spent on properties alone.
+    max_bytes = load_deployment(TEMPLATE).desired("sensor")["maxBatchBytes"]
+    system = {"contentType": CONTENT_TYPE, "contentEncoding": CONTENT_ENCODING}
+    size = iot_hub_message_bytes(b"x" * max_bytes, {"schema": BATCH_SCHEMA}, system)
+    assert units_4kb(size) == math.ceil(max_bytes / 4096)
+
+
+def test_the_templates_sensor_batch_size_is_the_sensors_own_default():
+    assert load_deployment(TEMPLATE).desired("sensor")["maxBatchBytes"] == SensorDesired.before_twin().max_batch_bytes
 
 
 def test_variables_expand_into_images_and_desired_properties():
