@@ -38,7 +38,8 @@ def _kill_9(broker: Broker) -> None:
     pid = broker.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not broker.running(), timeout_s=5)
+    # The stand-in's broker keeper may have started it again before we look: a new pid counts too.
+    wait_for(lambda: not broker.running() or broker.pid != pid, timeout_s=5)
 
 
 def _predicted_seqs(edge: LocalEdge, device: str) -> set[int]:
