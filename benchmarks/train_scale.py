@@ -71,13 +71,50 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """Return a process's user + system CPU seconds so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_kind(pid: int) -> str:
+    """Return `jvm` for a Java process, `python_workers` for Spark's Python workers, else `other`."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return "other"
+    if argv and os.path.basename(argv[0]) == b"java":
+        return "jvm"
+    return "python_workers" if any(b"pyspark" in arg for arg in argv) else "other"
+
+
+def steal_and_total_ticks() -> tuple[int, int]:
+    """Return the machine's CPU steal ticks and all ticks so far (/proc/stat's first line)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return (values[7] if len(values) > 7 else 0), sum(values)
+
+
 @dataclass
 class MemoryPeaks:
-    """Peak resident memory of the driver, of its largest child (the JVM) and of everything together."""
+    """Peak resident memory of the driver, of its largest child (the JVM) and of everything together.
+
+    It also keeps each child's last CPU reading, so the run's CPU seconds split into the driver,
+    the JVM and Spark's Python workers (a worker that exits keeps its last sample).
+    """
 
     driver_mb: float = 0.0
     largest_child_mb: float = 0.0
     total_mb: float = 0.0
+    child_cpu_s: dict[int, tuple[str, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample_until_stopped(self) -> None:
@@ -85,10 +122,21 @@ class MemoryPeaks:
         me = os.getpid()
         while not self._stop.wait(SAMPLE_EVERY_S):
             driver = rss_mb(me)
-            children = [rss_mb(pid) for pid in children_of(me)]
+            pids = children_of(me)
+            children = [rss_mb(pid) for pid in pids]
+            for pid in pids:
+                # Asked each time: Spark's launcher script execs the JVM under the same pid.
+                self.child_cpu_s[pid] = (process_kind(pid), cpu_s(pid))
             self.driver_mb = max(self.driver_mb, driver)
             self.largest_child_mb = max(self.largest_child_mb, max(children, default=0.0))
             self.total_mb = max(self.total_mb, driver + sum(children))
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """Return CPU seconds of the JVM, of Spark's Python workers and of other children over the run."""
+        totals = {"jvm": 0.0, "python_workers": 0.0, "other": 0.0}
+        for kind, seconds in self.child_cpu_s.values():
+            totals[kind] += seconds
+        return totals
 
     def stop(self) -> None:
         """End the sampling."""
@@ -109,15 +157,19 @@ def generate_apart(workdir: Path, devices: int, rows: int) -> Path:
     return workdir / "history.parquet"
 
 
-def run(devices: int, rows: int, workdir: Path) -> dict[str, Any]:
+def run(devices: int, rows: int, workdir: Path, driver_memory: str | None = None) -> dict[str, Any]:
     """Generate, train end to end while sampling memory, and return the figures."""
     print(f"generating {devices:,} devices x {rows} rows in {workdir} ...", flush=True)
     started = time.perf_counter()
     history = generate_apart(workdir, devices, rows)
     print(f"    {time.perf_counter() - started:.0f} s", flush=True)
     settings = train_settings(workdir, history)
+    if driver_memory is not None:
+        settings = settings.model_copy(update={"driver_memory": driver_memory})
     peaks = MemoryPeaks()
     sampler = threading.Thread(target=peaks.sample_until_stopped, daemon=True)
+    driver_cpu_before = os.times()
+    steal_before, ticks_before = steal_and_total_ticks()
     sampler.start()
     print("training end to end (edgefleet train defaults: --execution auto, local[2]) ...", flush=True)
     started = time.perf_counter()
@@ -127,7 +179,12 @@ def run(devices: int, rows: int, workdir: Path) -> dict[str, Any]:
         wall_s = time.perf_counter() - started
         peaks.stop()
         sampler.join()
+    driver_cpu_after = os.times()
+    steal_after, ticks_after = steal_and_total_ticks()
     minutes = wall_s / 60.0
+    driver_cpu_s = (driver_cpu_after.user - driver_cpu_before.user) + (
+        driver_cpu_after.system - driver_cpu_before.system
+    )
     metrics = {
         "devices": devices,
         "rows": rows,
@@ -141,6 +198,10 @@ def run(devices: int, rows: int, workdir: Path) -> dict[str, Any]:
         "peak_total_rss_mb": peaks.total_mb,
         "mean_model_bytes": bundle_mean_model_bytes(settings.out),
         "bundle_mb": sum(p.stat().st_size for p in settings.out.rglob("*") if p.is_file()) / 2**20,
+        "cpu_s": {"driver": driver_cpu_s, **peaks.cpu_by_kind()},
+        # Time the hypervisor gave the machine's vCPUs to someone else: a slow run on a busy host shows here.
+        "steal_pct": 100.0 * (steal_after - steal_before) / max(1, ticks_after - ticks_before),
+        "driver_memory": settings.driver_memory,
         "load_avg_1m_at_end": os.getloadavg()[0],
     }
     meets = {"minutes": minutes <= TARGET_MINUTES} if devices >= TARGET_DEVICES else {"minutes": None}
@@ -155,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=int, default=TARGET_DEVICES)
     parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--workdir", type=Path, help="where data, bundle and MLflow db go (default: a tempdir)")
+    parser.add_argument("--driver-memory", help="Spark driver memory, as `edgefleet train --driver-memory` takes it")
     args = parser.parse_args(argv)
     owned = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-scale-")) if owned else args.workdir.resolve()
@@ -162,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     previous_cwd = Path.cwd()
     os.chdir(workdir)  # MLflow's ./mlruns and Spark's scratch files land in the workdir
     try:
-        payload = run(args.devices, args.rows, workdir)
+        payload = run(args.devices, args.rows, workdir, args.driver_memory)
     finally:
         os.chdir(previous_cwd)
         if owned:

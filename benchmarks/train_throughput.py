@@ -3,6 +3,9 @@
 One run generates one fleet history and measures, on that same data:
 
 1. serial baseline: `train_device` looped over every device on one core (the per-device loop only);
+   and the machine's ceiling for it: the same loop in two forked processes at once, each over
+   half the devices (no Spark, no pickling): what two cores give this work here, so the ratios
+   below can be read against what the hardware allows;
 2. ours end to end: `run_training` as `edgefleet train` runs it (`--execution auto`: in-process
    below the break-even, else Spark) on `local[2]` with scalable tracking, plots and the bundle;
 3. ours forced onto Spark (`--execution spark`), same settings, and its tracking + export
@@ -37,6 +40,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -61,6 +65,7 @@ from threadpoolctl import threadpool_limits
 
 from cloud_training.device_training import (
     DeviceResult,
+    FleetPredictors,
     TrainingConfig,
     gate_stale_devices,
     results_frame,
@@ -114,11 +119,17 @@ class SerialBaseline:
     loop_s: float
     statuses: dict[str, int]
     families: dict[str, str]
+    side_by_side_loop_s: float | None = None
 
     @property
     def models_per_s(self) -> float:
         """Devices per second of the per-device loop alone (fleet model excluded)."""
         return self.n_devices / max(self.loop_s, 1e-9)
+
+    @property
+    def ceiling_models_per_s(self) -> float | None:
+        """Devices per second of two loops side by side, each over half the devices."""
+        return None if self.side_by_side_loop_s is None else self.n_devices / max(self.side_by_side_loop_s, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -234,13 +245,40 @@ def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialB
         results: list[DeviceResult] = [train_device(group, config, fleet.predictors) for group in groups]
         loop_s = time.perf_counter() - started
         judged = gate_stale_devices(results_frame(results), config.max_staleness_days)
+        side_by_side_s = loops_side_by_side(groups, config, fleet.predictors, SIDE_BY_SIDE_LOOPS)
     return SerialBaseline(
         n_devices=len(groups),
         fleet_s=fleet_s,
         loop_s=loop_s,
         statuses=dict(Counter(judged["status"])),
         families={str(d): str(f) for d, f in zip(judged["device_id"], judged["family"], strict=True)},
+        side_by_side_loop_s=side_by_side_s,
     )
+
+
+SIDE_BY_SIDE_LOOPS = 2  # the local master's slots: local[2]
+
+
+def _loop_over(groups: list[pd.DataFrame], config: TrainingConfig, fleet: FleetPredictors | None) -> None:
+    for group in groups:
+        train_device(group, config, fleet)
+
+
+def loops_side_by_side(
+    groups: list[pd.DataFrame], config: TrainingConfig, fleet: FleetPredictors | None, loops: int
+) -> float | None:
+    """Return the wall time of `loops` forked serial loops, each over every `loops`-th device (None if one failed)."""
+    context = multiprocessing.get_context("fork")  # the children inherit the warmed imports and the frames
+    children = [
+        context.Process(target=_loop_over, args=(groups[start::loops], config, fleet)) for start in range(loops)
+    ]
+    started = time.perf_counter()
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    elapsed = time.perf_counter() - started
+    return elapsed if all(child.exitcode == 0 for child in children) else None
 
 
 def bundle_mean_model_bytes(bundle_dir: Path) -> float | None:
@@ -378,6 +416,9 @@ def build_metrics(
         "serial_models_per_s": serial.models_per_s,
         "serial_loop_s": serial.loop_s,
         "serial_fleet_s": serial.fleet_s,
+        "ceiling_models_per_s": serial.ceiling_models_per_s,
+        "ceiling_speedup_vs_serial": ratio(serial.ceiling_models_per_s, serial.models_per_s),
+        "speedup_vs_ceiling": ratio(models_per_s, serial.ceiling_models_per_s),
         "execution_chosen": chosen.chosen if chosen else None,
         "execution_line": chosen.line if chosen else None,
         "models_per_s": models_per_s,
@@ -411,6 +452,13 @@ def build_metrics(
     }
 
 
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """Return numerator / denominator, or None when either is unknown."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
 def target_note(name: str, meets: dict[str, bool | None], targets: dict[str, float]) -> str:
     """Return ' (target >= x: ok)' for metrics with a target, else ''."""
     if name not in targets:
@@ -435,10 +483,15 @@ def print_report(metrics: dict[str, Any], meets: dict[str, bool | None], targets
     say(f"== train throughput: {metrics['devices']} devices x {metrics['rows']} rows ({metrics['mode']} mode) ==")
     sections = {
         "serial baseline (1 core)": ("serial_models_per_s", "serial_loop_s", "serial_fleet_s", "serial_statuses"),
+        "ceiling: two serial loops side by side (no Spark)": (
+            "ceiling_models_per_s",
+            "ceiling_speedup_vs_serial",
+        ),
         f"ours end to end: edgefleet train --execution auto on {MASTER}": (
             "execution_chosen",
             "models_per_s",
             "speedup_vs_serial",
+            "speedup_vs_ceiling",
             "wall_s",
             "mean_model_bytes",
             "statuses",
@@ -485,6 +538,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     say("1/4 serial baseline: train_device looped on one core ...")
     serial = run_serial_baseline(settings, frame)
     say(f"    {serial.models_per_s:.2f} models/s ({serial.loop_s:.1f} s loop, fleet {serial.fleet_s:.1f} s)")
+    say(f"    two loops side by side: {fmt(serial.ceiling_models_per_s)} models/s")
 
     say(f"2/4 ours end to end: run_training --execution auto on {MASTER}, scalable tracking, plots ...")
     ours = run_ours(settings)

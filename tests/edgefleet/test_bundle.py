@@ -45,6 +45,32 @@ def test_verify_names_missing_and_unlisted_files(bundle_copy):
     assert problems == {"fleet.joblib": "missing", "models/intruder.joblib": "not listed in the manifest"}
 
 
+def test_verify_calls_a_directory_or_dangling_link_in_a_model_files_place_missing(bundle_copy):
+    manifest = read_manifest(bundle_copy)
+    device = first_trained(manifest)
+    as_directory = bundle_copy / manifest.devices[device].joblib.path
+    as_directory.unlink()
+    as_directory.mkdir()
+    dangling = bundle_copy / manifest.devices[device].onnx.path
+    dangling.unlink()
+    dangling.symlink_to(bundle_copy / "nowhere")
+    problems = {p.file: p.problem for p in verify_bundle(bundle_copy)}
+    assert problems[manifest.devices[device].joblib.path] == "missing"
+    assert problems[manifest.devices[device].onnx.path] == "missing"
+
+
+def test_verify_names_a_model_file_that_grew(bundle_copy):
+    manifest = read_manifest(bundle_copy)
+    target = manifest.fleet.joblib
+    with (bundle_copy / target.path).open("ab") as fh:
+        fh.write(b"appended")
+    [problem] = verify_bundle(bundle_copy)
+    assert (
+        problem.file == target.path
+        and problem.problem == f"size {target.size_bytes + 8} != manifest {target.size_bytes}"
+    )
+
+
 def test_verify_reports_a_broken_manifest(bundle_copy):
     raw = json.loads((bundle_copy / "manifest.json").read_text())
     del raw["features"]
