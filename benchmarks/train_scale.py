@@ -85,15 +85,13 @@ def cpu_s(pid: int) -> float:
 
 
 def process_kind(pid: int) -> str:
-    """Return `jvm` for a Java process, `python_workers` for Spark's Python workers, else `other`."""
+    """Return `jvm` for a Java process, else `workers` (Spark's Python workers, or the in-process pool's)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv = handle.read().split(b"\0")
+            program = handle.read().split(b"\0")[0]
     except OSError:
-        return "other"
-    if argv and os.path.basename(argv[0]) == b"java":
-        return "jvm"
-    return "python_workers" if any(b"pyspark" in arg for arg in argv) else "other"
+        return "workers"
+    return "jvm" if os.path.basename(program) == b"java" else "workers"
 
 
 def steal_and_total_ticks() -> tuple[int, int]:
@@ -108,7 +106,7 @@ class MemoryPeaks:
     """Peak resident memory of the driver, of its largest child (the JVM) and of everything together.
 
     It also keeps each child's last CPU reading, so the run's CPU seconds split into the driver,
-    the JVM and Spark's Python workers (a worker that exits keeps its last sample).
+    the JVM and the worker processes (a worker that exits keeps its last sample).
     """
 
     driver_mb: float = 0.0
@@ -132,8 +130,8 @@ class MemoryPeaks:
             self.total_mb = max(self.total_mb, driver + sum(children))
 
     def cpu_by_kind(self) -> dict[str, float]:
-        """Return CPU seconds of the JVM, of Spark's Python workers and of other children over the run."""
-        totals = {"jvm": 0.0, "python_workers": 0.0, "other": 0.0}
+        """Return CPU seconds of the JVM and of the worker processes over the run."""
+        totals = {"jvm": 0.0, "workers": 0.0}
         for kind, seconds in self.child_cpu_s.values():
             totals[kind] += seconds
         return totals
