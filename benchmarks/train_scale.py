@@ -1,10 +1,13 @@
 """Benchmark training at fleet scale: N devices x 500 rows end to end, with wall time and peak memory.
 
 The fleet is generated in a child process (so its pandas frames do not count as the driver's
-memory), then `run_training` runs as `edgefleet train` does (`--execution auto`, `local[2]`,
+memory), then `run_training` runs as `edgefleet train` does (`local[2]`,
 scalable tracking, plots, the bundle). A sampler thread reads the resident memory of this
 process (the driver) and of each child (the JVM, Spark's Python workers) every 0.5 s and keeps
-the peaks. `minutes` is run_training's wall time, JVM start included, generation excluded.
+the peaks, and the rise of the machine's memory in use (MemTotal - MemAvailable), which counts
+the pages forked workers share with the driver once where summed RSS counts them twice.
+`minutes` is run_training's wall time, JVM start included, generation excluded. `--execution`
+takes `edgefleet train`'s values (`auto`, `local`, `spark`).
 
 It prints a human-readable report, then one JSON object on the last line of stdout. It never
 asserts: `meets` says whether the issue's target (50,000 devices in <= 30 minutes) was reached.
@@ -12,6 +15,7 @@ asserts: `meets` says whether the issue's target (50,000 devices in <= 30 minute
 Usage:
     python benchmarks/train_scale.py --devices 50000        # ~30 minutes: give it the whole machine
     python benchmarks/train_scale.py --devices 2000 --workdir /tmp/scale
+    python benchmarks/train_scale.py --devices 10000 --execution local   # in-process whatever the size
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` is found from the repository root
 
 from benchmarks.train_throughput import bundle_mean_model_bytes, make_history, rounded, train_settings  # noqa: E402
+from cloud_training.execution import Execution  # noqa: E402
 from cloud_training.pipeline import run_training  # noqa: E402
 
 ROWS = 500
@@ -49,6 +54,16 @@ def rss_mb(pid: int) -> float:
             return int(handle.read().split()[1]) * PAGE_MB
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def machine_used_mb() -> float:
+    """Return the machine's memory in use (MemTotal - MemAvailable): shared pages counted once."""
+    fields = {}
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0])
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024.0
 
 
 def children_of(pid: int) -> list[int]:
@@ -111,7 +126,9 @@ class MemoryPeaks:
 
     driver_mb: float = 0.0
     largest_child_mb: float = 0.0
-    total_mb: float = 0.0
+    total_mb: float = 0.0  # RSS summed: a forked worker's pages shared with the driver count twice
+    used_at_start_mb: float = field(default_factory=machine_used_mb)
+    machine_rise_mb: float = 0.0  # the machine's memory in use above its level at the start
     child_cpu_s: dict[int, tuple[str, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -128,6 +145,7 @@ class MemoryPeaks:
             self.driver_mb = max(self.driver_mb, driver)
             self.largest_child_mb = max(self.largest_child_mb, max(children, default=0.0))
             self.total_mb = max(self.total_mb, driver + sum(children))
+            self.machine_rise_mb = max(self.machine_rise_mb, machine_used_mb() - self.used_at_start_mb)
 
     def cpu_by_kind(self) -> dict[str, float]:
         """Return CPU seconds of the JVM and of the worker processes over the run."""
@@ -155,13 +173,15 @@ def generate_apart(workdir: Path, devices: int, rows: int) -> Path:
     return workdir / "history.parquet"
 
 
-def run(devices: int, rows: int, workdir: Path, driver_memory: str | None = None) -> dict[str, Any]:
+def run(
+    devices: int, rows: int, workdir: Path, driver_memory: str | None = None, execution: Execution = "auto"
+) -> dict[str, Any]:
     """Generate, train end to end while sampling memory, and return the figures."""
     print(f"generating {devices:,} devices x {rows} rows in {workdir} ...", flush=True)
     started = time.perf_counter()
     history = generate_apart(workdir, devices, rows)
     print(f"    {time.perf_counter() - started:.0f} s", flush=True)
-    settings = train_settings(workdir, history)
+    settings = train_settings(workdir, history, execution)
     if driver_memory is not None:
         settings = settings.model_copy(update={"driver_memory": driver_memory})
     peaks = MemoryPeaks()
@@ -169,7 +189,7 @@ def run(devices: int, rows: int, workdir: Path, driver_memory: str | None = None
     driver_cpu_before = os.times()
     steal_before, ticks_before = steal_and_total_ticks()
     sampler.start()
-    print("training end to end (edgefleet train defaults: --execution auto, local[2]) ...", flush=True)
+    print(f"training end to end (edgefleet train defaults but --execution {execution}, local[2]) ...", flush=True)
     started = time.perf_counter()
     try:
         outcome = run_training(settings)
@@ -194,6 +214,7 @@ def run(devices: int, rows: int, workdir: Path, driver_memory: str | None = None
         "peak_driver_rss_mb": peaks.driver_mb,
         "peak_largest_child_rss_mb": peaks.largest_child_mb,
         "peak_total_rss_mb": peaks.total_mb,
+        "peak_machine_rise_mb": peaks.machine_rise_mb,
         "mean_model_bytes": bundle_mean_model_bytes(settings.out),
         "bundle_mb": sum(p.stat().st_size for p in settings.out.rglob("*") if p.is_file()) / 2**20,
         "cpu_s": {"driver": driver_cpu_s, **peaks.cpu_by_kind()},
@@ -215,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=ROWS)
     parser.add_argument("--workdir", type=Path, help="where data, bundle and MLflow db go (default: a tempdir)")
     parser.add_argument("--driver-memory", help="Spark driver memory, as `edgefleet train --driver-memory` takes it")
+    parser.add_argument(
+        "--execution", choices=get_args(Execution), default="auto", help="as `edgefleet train --execution` takes it"
+    )
     args = parser.parse_args(argv)
     owned = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-scale-")) if owned else args.workdir.resolve()
@@ -222,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     previous_cwd = Path.cwd()
     os.chdir(workdir)  # MLflow's ./mlruns and Spark's scratch files land in the workdir
     try:
-        payload = run(args.devices, args.rows, workdir, args.driver_memory)
+        payload = run(args.devices, args.rows, workdir, args.driver_memory, args.execution)
     finally:
         os.chdir(previous_cwd)
         if owned:

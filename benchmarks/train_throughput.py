@@ -242,7 +242,7 @@ def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialB
         fleet_s = time.perf_counter() - started
         train_device(groups[0], config, fleet.predictors)  # warm-up: lazy imports (skl2onnx, onnxruntime) not timed
         started = time.perf_counter()
-        results: list[DeviceResult] = [train_device(group, config, fleet.predictors) for group in groups]
+        results = train_all(groups, config, fleet.predictors)
         loop_s = time.perf_counter() - started
         judged = gate_stale_devices(results_frame(results), config.max_staleness_days)
         side_by_side_s = loops_side_by_side(groups, config, fleet.predictors, SIDE_BY_SIDE_LOOPS)
@@ -259,9 +259,9 @@ def run_serial_baseline(settings: TrainSettings, frame: pd.DataFrame) -> SerialB
 SIDE_BY_SIDE_LOOPS = 2  # the local master's slots: local[2]
 
 
-def _loop_over(groups: list[pd.DataFrame], config: TrainingConfig, fleet: FleetPredictors | None) -> None:
-    for group in groups:
-        train_device(group, config, fleet)
+def train_all(groups: list[pd.DataFrame], config: TrainingConfig, fleet: FleetPredictors | None) -> list[DeviceResult]:
+    """Loop `train_device` over `groups` in this process: the serial baseline's loop."""
+    return [train_device(group, config, fleet) for group in groups]
 
 
 def loops_side_by_side(
@@ -269,9 +269,7 @@ def loops_side_by_side(
 ) -> float | None:
     """Return the wall time of `loops` forked serial loops, each over every `loops`-th device (None if one failed)."""
     context = multiprocessing.get_context("fork")  # the children inherit the warmed imports and the frames
-    children = [
-        context.Process(target=_loop_over, args=(groups[start::loops], config, fleet)) for start in range(loops)
-    ]
+    children = [context.Process(target=train_all, args=(groups[start::loops], config, fleet)) for start in range(loops)]
     started = time.perf_counter()
     for child in children:
         child.start()

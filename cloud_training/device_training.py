@@ -30,7 +30,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from cloud_training.correction import apply_correction, correction_to_json, fit_correction
-from cloud_training.families import make_estimator
+from cloud_training.families import make_estimator, trusted_fitting
 from cloud_training.knobs import EdgeBudget, ModelKnobs
 from edgefleet.bundle import Correction
 from edgefleet.feature_reference import reference_from_values
@@ -533,7 +533,7 @@ def train_device(frame: pd.DataFrame, config: TrainingConfig, fleet_model: Any =
     started = time.perf_counter()
     device_id = str(frame[DEVICE_COLUMN].iloc[0]) if len(frame) else "<empty>"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), trusted_fitting():
             # Outcomes are recorded per device; library warnings would flood worker logs.
             warnings.simplefilter("ignore")
             result = _train_device(frame, config, _fleet_predictors(fleet_model), device_id)

@@ -35,18 +35,18 @@ Execution = Literal["auto", "spark", "local"]
 Chosen = Literal["spark", "in_process"]
 
 # Device-rows (devices x rows per device) below which `auto` trains in-process on a local master.
-# Measured on the 2-core development machine with
-# `PYTHONPATH=$PWD python benchmarks/train_break_even.py --devices 50 150 300 600 --rows 500`
-# (shared, load 4-10, 2026-12-06): Spark took 3.1x / 2.6x / 2.7x / 1.4x as long end to end at
-# 50 / 150 / 300 / 600 devices x 500 rows, JVM start excluded; a line through the last two pairs
-# crossed near 1,400 devices. On a quiet machine (2026-12-07) the same `run_training` at
-# 2,000 devices x 500 rows took 231 s in-process and 280 s on Spark local[2] (JVM start excluded):
-# in-process had both the lower fixed cost (fleet sample 8 s vs 35 s) and the lower per-device
-# cost (103 vs 112 ms of train phase per device). On one machine Spark's advantage is memory,
-# not speed: the in-process path holds the whole history in this process. The constant sits
-# just above the largest size measured faster in-process (1,000,000 device-rows, ~100 MB of
-# readings in pandas).
-BREAK_EVEN_DEVICE_ROWS = 1_200_000
+# Measured on the 2-core development machine with `benchmarks/train_break_even.py` and
+# `benchmarks/train_scale.py --execution local|spark`, JVM start excluded:
+# - shared, load 4-10 (2026-12-06): Spark took 3.1x / 2.6x / 2.7x / 1.4x as long at
+#   50 / 150 / 300 / 600 devices x 500 rows;
+# - quiet (2026-12-07): at 2,000 x 500 in-process 231 s, Spark local[2] 280 s; at 10,000 x 500
+#   in-process 5.9 min (28.3 models/s), Spark 6.4 min (26.4): in-process had both the lower fixed
+#   cost (fleet sample 11 s vs 28 s) and the lower per-device cost (train phase 328 s vs 340 s).
+# On one machine Spark's advantage is memory, not speed: the in-process path holds the whole
+# history and every result in this process (driver RSS 2.2 GB at 10,000 devices, against Spark's
+# 1.0 GB driver + 2.6 GB JVM). The constant sits just above the largest size measured faster
+# in-process (4,970,000 device-rows).
+BREAK_EVEN_DEVICE_ROWS = 5_500_000
 _LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", re.IGNORECASE)
 _IN_PROCESS_FORMATS = ("parquet", "lake")
 

@@ -8,6 +8,7 @@ the fitted fleet model (no SparkContext broadcast: closures work under Spark Con
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -40,7 +41,8 @@ def choose_fleet_on_spark(
     started = time.perf_counter()
     samples = df.groupBy(DEVICE_COLUMN).applyInPandas(make_sample_udf(config), schema=SAMPLE_DDL).toPandas()
     sampled = time.perf_counter()
-    fleet = fleet_from_samples(samples, config, max_rows)
+    # The driver fits while the executors wait: its own cores are free.
+    fleet = fleet_from_samples(samples, config, max_rows, threads=os.cpu_count() or 1)
     if timings is not None:
         timings["fleet_sample_s"] = sampled - started
         timings["fleet_fit_s"] = time.perf_counter() - sampled

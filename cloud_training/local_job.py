@@ -158,7 +158,7 @@ def train_fleet_in_processes(
     samples = pd.DataFrame.from_records(records, columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
     sampled = time.perf_counter()
     try:
-        fleet = fleet_from_samples(samples, config, fleet_max_rows)
+        fleet = fleet_from_samples(samples, config, fleet_max_rows, threads=workers)
     except ValueError as err:
         raise EdgefleetError(f"Cannot train the fleet model: {err}. Check the history's data quality.") from err
     if timings is not None:

@@ -12,7 +12,9 @@ from cloud_training.fleet import (
     MAX_PRIOR_ROWS,
     device_samples,
     estimate_prior_rows,
+    fleet_from_samples,
     fleet_sample_frame,
+    fleet_samples_locally,
     train_fleet_locally,
 )
 from cloud_training.report import summarize
@@ -160,3 +162,29 @@ def test_the_empirical_bayes_shrinkage_without_enough_devices_falls_back_to_the_
 
     rows = np.column_stack([np.ones((4, 2)), np.arange(4.0)])
     assert estimate_prior_rows(Zero(), [(rows, rows)]) == 30.0
+
+
+def test_fitting_the_fleet_candidates_on_threads_chooses_and_fits_the_same_model():
+    frames = synthetic_fleet("pooling", 40, 40)
+    samples = fleet_samples_locally(frames, CONFIG)
+    alone, side_by_side = (fleet_from_samples(samples, CONFIG, threads=n) for n in (1, 3))
+    assert (side_by_side.family, side_by_side.candidates) == (alone.family, alone.candidates)
+    x = np.random.default_rng(1).uniform(-3, 3, (50, 2))
+    np.testing.assert_array_equal(side_by_side.model.predict(x), alone.model.predict(x))
+    assert side_by_side.prior_rows == alone.prior_rows
+
+
+def test_a_fleet_family_that_fails_leaves_the_others_in_the_race(monkeypatch):
+    import cloud_training.fleet as fleet_module
+
+    real = fleet_module.make_estimator
+
+    def flaky(family, seed):
+        if family == "fleet_gradient_boosting":
+            raise ValueError("out of memory")
+        return real(family, seed)
+
+    monkeypatch.setattr(fleet_module, "make_estimator", flaky)
+    fleet = fleet_from_samples(fleet_samples_locally(synthetic_fleet("pooling", 40, 40), CONFIG), CONFIG, threads=2)
+    assert "fleet_gradient_boosting" not in fleet.candidates
+    assert fleet.family in {"fleet_ridge", "fleet_random_forest"}
