@@ -294,13 +294,17 @@ class InferenceService:
                 self._internal_error(reading, "choosing its model", err, segment)
                 return
             model = predictor.ready_model(choice.route)
-            if choice.route.device_id is not None and model is None:
+            device_id = choice.route.device_id
+            # The loader caches a model before it says so: until the readings that waited for it
+            # are answered, later ones of the device wait behind them, so its readings keep their
+            # order (the drift window drops a reading older than one it already holds).
+            if device_id is not None and (model is None or device_id in self._pending):
                 # Waiting for its model outlives this round: the wait holds a reference of its own.
                 self._hold([segment])
-                self._pending[choice.route.device_id].append((reading, row, received_s, segment))
-                if choice.route.device_id not in self._loading:
-                    self._loading.add(choice.route.device_id)
-                    self._loads.put((predictor, choice.route.device_id))
+                self._pending[device_id].append((reading, row, received_s, segment))
+                if device_id not in self._loading:
+                    self._loading.add(device_id)
+                    self._loads.put((predictor, device_id))
                 return
             add(choice, model, (reading, row, received_s, segment))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -184,6 +185,35 @@ def test_inference_serves_a_known_device_with_its_own_model_and_others_with_the_
     assert reasons[("dev-skipped", 1)] == ("fleet", "no_model", FLEET_VALUE)
     assert reasons[("never-seen", 1)] == ("fleet", "no_model", FLEET_VALUE)
     assert (served[("dev-own", 2)]["model"], served[("dev-own", 2)]["fallback_reason"]) == ("fleet", "missing_features")
+
+
+def test_readings_that_arrive_while_their_device_model_loads_are_answered_in_the_order_they_came(
+    service, client, monkeypatch
+):
+    # The loader caches the model, then says so; hold it in between, where a later message finds
+    # the model ready before the readings that waited for it are answered.
+    cached, release = threading.Event(), threading.Event()
+    load = service.predictor.load
+
+    def load_then_hold(device_id: str) -> str | None:
+        error = load(device_id)
+        cached.set()
+        release.wait(10.0)
+        return error
+
+    monkeypatch.setattr(service.predictor, "load", load_then_hold)
+    client.deliver(TELEMETRY, reading("dev-own", 1))
+    assert cached.wait(10.0)
+    client.deliver(TELEMETRY, batch(reading("dev-own", 2), reading("never-seen", 2)))
+    deadline = time.monotonic() + 10.0
+    while service.stats()["served_by_model"].get("fleet", 0) < 1:  # the second message's round is done
+        assert time.monotonic() < deadline, "the second message was never answered"
+        time.sleep(0.01)
+    release.set()
+
+    sent = client.wait_until(PREDICTIONS, lambda sent: sum(len(m.json()["readings"]) for m in sent) >= 3)
+    order = [item["seq"] for m in sent for item in m.json()["readings"] if item["device_id"] == "dev-own"]
+    assert order == [1, 2]
 
 
 def test_inference_serves_a_fleet_corrected_device_by_the_fleet_model_plus_its_correction_and_counts_each_kind(
