@@ -7,7 +7,7 @@ One run generates one fleet history and measures, on that same data:
    half the devices (no Spark, no pickling): what two cores give this work here, so the ratios
    below can be read against what the hardware allows;
 2. ours end to end: `run_training` as `edgefleet train` runs it (`--execution auto`: in-process
-   below the break-even, else Spark) on `local[2]` with scalable tracking, plots and the bundle;
+   while the history fits in memory, else Spark) on `local[2]` with scalable tracking, plots and the bundle;
 3. ours forced onto Spark (`--execution spark`), same settings, and its tracking + export
    overhead relative to the Spark training phase;
 4. the seed recipe: one nested MLflow run, a default RandomForestRegressor and a default

@@ -66,7 +66,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--execution",
         choices=["auto", "spark", "local"],
-        help="auto (default): in this process below the measured break-even on a local master, else Spark",
+        help="auto (default): in this process on a local master while the history fits in memory, else Spark",
     )
     _add_output_flags(parser, json_help="also print summary and timings as JSON")
 

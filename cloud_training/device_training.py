@@ -441,10 +441,17 @@ def dump_joblib(model: Any) -> bytes:
 
 def to_onnx_bytes(model: Any, n_features: int) -> bytes:
     """Convert a fitted scikit-learn model to ONNX (float32 input named `input`)."""
+    from cloud_training.onnx_writer import INPUT_NAME, onnx_graph_bytes
+
+    written = onnx_graph_bytes(model, n_features)  # our families: skl2onnx's graph, 10x cheaper
+    if written is not None:
+        return written
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    onnx_model = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, n_features]))])
+    onnx_model = convert_sklearn(
+        model, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], name="edgefleet"
+    )
     return bytes(onnx_model.SerializeToString())
 
 

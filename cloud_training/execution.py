@@ -3,9 +3,10 @@
 `--execution auto` (the default) keeps Spark whenever the user asked for a cluster (a non-local
 `--master`/`SPARK_MASTER`, or a Spark session already running under spark-submit or pyspark) and
 for histories only Spark reads identically (CSV and JSON Lines: its schema inference). Otherwise
-it reads the row count from the parquet footers (no Spark job, no data read) and trains in this
-process below the measured break-even, where Spark's fixed costs (JVM start, two stage barriers,
-the shuffle) outweigh its parallelism. Only a local master is ever replaced.
+it reads the row and column counts from the parquet footers (no Spark job, no data read) and
+trains in this process while the history fits in the memory available: on one machine Spark's
+fixed costs (JVM start, two stage barriers, the shuffle) made it slower at every size measured,
+and its advantage is holding less in memory. Only a local master is ever replaced.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from edgefleet.errors import EdgefleetError
 from edgefleet.history import DEVICE_COLUMN, history_format
 
 __all__ = [
-    "BREAK_EVEN_DEVICE_ROWS",
+    "IN_PROCESS_BYTES_PER_CELL",
+    "IN_PROCESS_MEMORY_SHARE",
     "Execution",
     "ExecutionChoice",
+    "available_memory_bytes",
     "choose_execution",
+    "count_parquet_cells",
     "count_parquet_work",
     "is_local_master",
     "local_workers",
@@ -34,19 +38,21 @@ __all__ = [
 Execution = Literal["auto", "spark", "local"]
 Chosen = Literal["spark", "in_process"]
 
-# Device-rows (devices x rows per device) below which `auto` trains in-process on a local master.
-# Measured on the 2-core development machine with `benchmarks/train_break_even.py` and
-# `benchmarks/train_scale.py --execution local|spark`, JVM start excluded:
+# On one machine in-process training was faster than Spark at every size measured (JVM start
+# excluded, `benchmarks/train_break_even.py`, `benchmarks/train_scale.py --execution local|spark`):
 # - shared, load 4-10 (2026-12-06): Spark took 3.1x / 2.6x / 2.7x / 1.4x as long at
 #   50 / 150 / 300 / 600 devices x 500 rows;
 # - quiet (2026-12-07): at 2,000 x 500 in-process 231 s, Spark local[2] 280 s; at 10,000 x 500
-#   in-process 5.9 min (28.3 models/s), Spark 6.4 min (26.4): in-process had both the lower fixed
-#   cost (fleet sample 11 s vs 28 s) and the lower per-device cost (train phase 328 s vs 340 s).
-# On one machine Spark's advantage is memory, not speed: the in-process path holds the whole
-# history and every result in this process (driver RSS 2.2 GB at 10,000 devices, against Spark's
-# 1.0 GB driver + 2.6 GB JVM). The constant sits just above the largest size measured faster
-# in-process (4,970,000 device-rows).
-BREAK_EVEN_DEVICE_ROWS = 5_500_000
+#   5.9 min against 6.4 min; at 50,000 x 500 in-process 28.4 min (Spark on a slower host 43 min).
+# Spark's advantage here is memory: the in-process path holds the whole history and every result
+# in this machine's memory. So `auto` trains in-process while that fits, judged on its measured
+# peak: the machine's memory rose 9.2 GB at 50,000 x 500 rows x 7 columns (53 B per cell), driver
+# RSS 2.2 GB at 10,000 (63 B per cell, the interpreter included).
+IN_PROCESS_BYTES_PER_CELL = 64
+# Share of the memory available now that the in-process estimate may take: the rest is headroom
+# for what else runs here, and for estimates that fall short (wide string columns).
+IN_PROCESS_MEMORY_SHARE = 0.6
+_KEY_COLUMNS = 3  # device_id, ts and the label, read beside the features
 _LOCAL_MASTER = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", re.IGNORECASE)
 _IN_PROCESS_FORMATS = ("parquet", "lake")
 
@@ -61,6 +67,8 @@ class ExecutionChoice:
     device_rows: int | None = None
     devices: int | None = None
     workers: int | None = None
+    memory_estimate_bytes: int | None = None
+    memory_available_bytes: int | None = None
 
     @property
     def in_process(self) -> bool:
@@ -82,7 +90,8 @@ class ExecutionChoice:
             "device_rows": self.device_rows,
             "devices": self.devices,
             "workers": self.workers,
-            "break_even_device_rows": BREAK_EVEN_DEVICE_ROWS,
+            "memory_estimate_bytes": self.memory_estimate_bytes,
+            "memory_available_bytes": self.memory_available_bytes,
         }
 
 
@@ -128,9 +137,15 @@ def count_parquet_work(path: Path, *, count_devices: bool) -> tuple[int, int | N
 
 
 def choose_execution(
-    requested: Execution, master: str, history: Path, *, session_running: bool | None = None
+    requested: Execution,
+    master: str,
+    history: Path,
+    *,
+    features: tuple[str, ...] | None = None,
+    session_running: bool | None = None,
+    memory_available_bytes: int | None = None,
 ) -> ExecutionChoice:
-    """Return where a training session runs: `requested`, or for `auto` the cheaper side of the break-even."""
+    """Return where a training session runs: `requested`, or for `auto` in-process while the history fits in memory."""
     if requested == "spark":
         return ExecutionChoice(requested, "spark", f"--execution spark on {master}")
     if requested == "local":
@@ -158,24 +173,88 @@ def choose_execution(
             "spark",
             f"{fmt.upper()} history: only Spark reads it with Spark's schema inference; parquet can train in-process",
         )
-    rows, _ = count_parquet_work(history, count_devices=False)
-    if rows > BREAK_EVEN_DEVICE_ROWS:
+    rows, columns = count_parquet_cells(history, features)
+    estimate = rows * columns * IN_PROCESS_BYTES_PER_CELL
+    available = available_memory_bytes() if memory_available_bytes is None else memory_available_bytes
+    needs = f"{rows:,} device-rows x {columns} columns need ~{_gb(estimate)} in-process"
+    if available is not None and estimate > IN_PROCESS_MEMORY_SHARE * available:
         return ExecutionChoice(
             requested,
             "spark",
-            f"{rows:,} device-rows above the measured break-even of {BREAK_EVEN_DEVICE_ROWS:,}; "
+            f"{needs}, over {IN_PROCESS_MEMORY_SHARE:.0%} of the {_gb(available)} available; "
             "--execution local to force in-process",
             rows,
+            memory_estimate_bytes=estimate,
+            memory_available_bytes=available,
         )
-    _, devices = count_parquet_work(history, count_devices=True)  # small by now: one column of few rows
+    _, devices = count_parquet_work(history, count_devices=True)
     workers = local_workers(master)
     per_device = f"{devices:,} devices x {rows // max(devices or 1, 1):,} rows" if devices else f"{rows:,} rows"
+    fits = f"of the {_gb(available)} available" if available is not None else "(available memory unknown)"
     return ExecutionChoice(
         requested,
         "in_process",
-        f"{per_device} = {rows:,} device-rows, below the measured break-even of {BREAK_EVEN_DEVICE_ROWS:,}; "
-        f"{workers} worker processes; --execution spark to force Spark",
+        f"{per_device} x {columns} columns need ~{_gb(estimate)} {fits}; {workers} worker processes; "
+        "--execution spark to force Spark",
         rows,
         devices,
         workers,
+        memory_estimate_bytes=estimate,
+        memory_available_bytes=available,
     )
+
+
+def count_parquet_cells(path: Path, features: tuple[str, ...] | None) -> tuple[int, int]:
+    """Return (rows, columns the in-process reader keeps) of a parquet history, from its footers and schema."""
+    try:
+        dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+        rows = int(dataset.count_rows())
+        names = dataset.schema.names
+    except (OSError, ValueError) as err:
+        raise EdgefleetError(f"Cannot read parquet history {path}: {err}") from err
+    # Without --features every numeric column may become one: count them all, an over-estimate.
+    columns = len(features) + _KEY_COLUMNS if features else len(names)
+    return rows, max(columns, 1)
+
+
+def available_memory_bytes() -> int | None:
+    """Return the memory this process may still take: MemAvailable, capped by its cgroup's limit (None: unknown)."""
+    available = _meminfo_available()
+    room = _cgroup_room()
+    if room is not None:
+        available = room if available is None else min(available, room)
+    return available
+
+
+def _meminfo_available() -> int | None:
+    """Return /proc/meminfo's MemAvailable in bytes (None off Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Return a container's memory limit minus its usage (cgroup v2, then v1); None when it has no limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit_text = Path(limit_file).read_text(encoding="ascii").strip()
+            usage = int(Path(usage_file).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 1 << 60:  # v1's "no limit"
+            return None
+        return max(int(limit_text) - usage, 0)
+    return None
+
+
+def _gb(n_bytes: int | None) -> str:
+    """Return a byte count as the reason line shows it."""
+    return "?" if n_bytes is None else f"{n_bytes / 1e9:.1f} GB"

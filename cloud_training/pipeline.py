@@ -62,7 +62,7 @@ def run_training(
 ) -> TrainingOutcome:
     """Run one training session end to end, on Spark or in this process (`settings.execution`)."""
     started = time.perf_counter()
-    choice = choose_execution(settings.execution, settings.master, settings.history)
+    choice = choose_execution(settings.execution, settings.master, settings.history, features=settings.features)
     choose_s = time.perf_counter() - started  # counted in end_to_end_s: what `auto` costs is part of the job
     logger.info("%s", choice.line)
     if on_choice is not None:

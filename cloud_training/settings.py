@@ -73,7 +73,7 @@ class TrainSettings(JobSettings):
     fleet_max_rows: int = Field(20_000, ge=100)
     fleet_rows_per_device: int = Field(50, ge=1)
     plots: bool = True
-    # auto: in this process below the measured break-even on a local master, else Spark (execution.py).
+    # auto: in this process on a local master while the history fits in memory, else Spark (execution.py).
     execution: Execution = "auto"
 
     def training_config(self, features: tuple[str, ...], reference_ts_s: float | None = None) -> TrainingConfig:

@@ -1,8 +1,9 @@
-"""Where a training session runs: the break-even on the parquet footers, and masters the user asked for."""
+"""Where a training session runs: the memory the history needs, from its footers, and masters the user asked for."""
 
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cloud_training import execution
@@ -20,21 +21,54 @@ def small_history(tmp_path: Path) -> Path:
     return write_history(frame, tmp_path / "h.parquet")
 
 
-def test_auto_trains_a_small_fleet_in_process_and_says_how_big_it_is(small_history):
-    choice = choose_execution("auto", "local[*]", small_history, session_running=False)
+def test_auto_trains_a_fleet_that_fits_in_memory_in_process_and_says_how_big_it_is(small_history):
+    choice = choose_execution(
+        "auto", "local[*]", small_history, session_running=False, memory_available_bytes=8 * 10**9
+    )
+    columns = len(pq.read_schema(small_history).names)
     assert choice.in_process and (choice.devices, choice.device_rows) == (6, 300)
-    assert choice.line.startswith("execution: in-process (6 devices x 50 rows = 300 device-rows, below the measured")
+    assert choice.memory_estimate_bytes == 300 * columns * execution.IN_PROCESS_BYTES_PER_CELL
+    assert choice.line.startswith(
+        f"execution: in-process (6 devices x 50 rows x {columns} columns need ~0.0 GB of the 8.0 GB available; "
+    )
     assert "--execution spark to force Spark" in choice.line
     assert choice.as_record()["chosen"] == "in_process"
+    assert choice.as_record()["memory_available_bytes"] == 8 * 10**9
 
 
-def test_auto_uses_spark_above_the_break_even(small_history, monkeypatch):
-    monkeypatch.setattr(execution, "BREAK_EVEN_DEVICE_ROWS", 299)
-    choice = choose_execution("auto", "local[2]", small_history, session_running=False)
-    assert not choice.in_process and choice.device_rows == 300
-    assert choice.line == (
-        "execution: Spark (300 device-rows above the measured break-even of 299; --execution local to force in-process)"
+def test_auto_counts_only_the_columns_training_reads_when_the_features_are_named(small_history):
+    choice = choose_execution(
+        "auto",
+        "local[*]",
+        small_history,
+        features=("temperature_c",),
+        session_running=False,
+        memory_available_bytes=8 * 10**9,
     )
+    assert choice.memory_estimate_bytes == 300 * 4 * execution.IN_PROCESS_BYTES_PER_CELL
+
+
+def test_auto_uses_spark_when_the_history_would_not_fit_in_the_memory_available(small_history):
+    columns = len(pq.read_schema(small_history).names)
+    estimate = 300 * columns * execution.IN_PROCESS_BYTES_PER_CELL
+    just_too_little = int(estimate / execution.IN_PROCESS_MEMORY_SHARE) - 1
+
+    choice = choose_execution(
+        "auto", "local[2]", small_history, session_running=False, memory_available_bytes=just_too_little
+    )
+
+    assert not choice.in_process and choice.device_rows == 300
+    assert choice.line.startswith(f"execution: Spark (300 device-rows x {columns} columns need ~0.0 GB in-process, ")
+    assert choice.line.endswith("available; --execution local to force in-process)")
+    enough = choose_execution(
+        "auto", "local[2]", small_history, session_running=False, memory_available_bytes=just_too_little + 2
+    )
+    assert enough.in_process
+
+
+def test_the_memory_available_is_read_from_this_machine():
+    available = execution.available_memory_bytes()
+    assert available is not None and 0 < available <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.mark.parametrize("master", ["spark://10.0.0.5:7077", "sc://127.0.0.1:15002", "yarn", "k8s://https://k:443"])
