@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from scripts.images.base import BaseImages
 from scripts.images.catalog import BUILT_BY, Image, flavour
-from scripts.images.checks import check_image
+from scripts.images.checks import MISSING_FILES, check_image
 from scripts.images.common import BuildError, Timings, echo, human_size, log, output, pipe, remove_tree, run, tail
 from scripts.images.docker import Replaced, build_env, image_id
 from scripts.images.settings import Settings
@@ -69,7 +69,11 @@ class ImageBuilder:
             check = "same"
         else:
             log(f"[{image.name}] built in {build_s:.1f} s; checking {candidate}")
-            self.check(image, candidate)
+            if not self.check(image, candidate, final=False):
+                # A layer copy dropped files (the storage driver, not the image): build it afresh once.
+                log(f"[{image.name}] files went missing while docker copied layers; rebuilding it without the cache")
+                self.docker_build(image, candidate, no_cache=True)
+                self.check(image, candidate, final=True)
             check = f"{time.monotonic() - checked:.1f}"
         for tag in tags:
             old = image_id(tag)
@@ -80,7 +84,7 @@ class ImageBuilder:
         self.built[image.name] = Built(image.name, tuple(tags), build_s, check)
         self.timings.record(f"image {image.name}", started)
 
-    def docker_build(self, image: Image, candidate: str) -> None:
+    def docker_build(self, image: Image, candidate: str, *, no_cache: bool = False) -> None:
         """Run the offline docker build of the image's own files (a tar on stdin) under the candidate tag."""
         layout = self.settings.layout
         build_log = layout.logs / f"build-{image.name}.log"
@@ -93,6 +97,8 @@ class ImageBuilder:
         tar = ["tar", "-C", str(layout.root), "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-cf", "-"]
         # --network none: RUN steps cannot reach any index, so the build is offline by construction
         build = ["docker", "build", "--force-rm", "--network", "none", "-f", image.dockerfile, *args, "-t", candidate]
+        if no_cache:
+            build.insert(2, "--no-cache")
         if not pipe([*tar, *files], [*build, "-"], log_to=build_log, env=self._env):
             tail(build_log)
             raise BuildError(f"docker build of edgefleet-{image.name} failed (log: {build_log})")
@@ -120,17 +126,24 @@ class ImageBuilder:
             files.append(f"{self.settings.layout.context_rel}/bundle")
         return files
 
-    def check(self, image: Image, candidate: str) -> None:
-        """Check the candidate; print what was checked, fail the build on the first failed check."""
+    def check(self, image: Image, candidate: str, *, final: bool = True) -> bool:
+        """Check the candidate; print what was checked, fail the build on the first failed check.
+
+        Not `final`: return False instead when the only fault is files missing from installed
+        packages, which a rebuild without the cache repairs.
+        """
         check_log = self.settings.layout.logs / f"check-{image.name}.log"
         passed, lines = check_image(image, candidate)
         check_log.write_text("".join(f"{line}\n" for line in lines))
         echo("\n".join(f"  [{image.name}] {line}" for line in lines), err=not passed)
+        if not passed and not final and lines and lines[-1] == MISSING_FILES:
+            return False
         if not passed:
             raise BuildError(
                 f"the new image edgefleet-{image.name} failed its checks (above; log: {check_log}); "
                 "the previous images keep their tags"
             )
+        return True
 
     def stage_bundle(self) -> None:
         """Copy the bundle into the build context's staging directory, world-readable (the module runs as 10001)."""
