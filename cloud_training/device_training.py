@@ -221,7 +221,8 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
         )
     columns = [*config.features, config.target]
     values = frame[columns].to_numpy(dtype=float)
-    ts = pd.to_datetime(frame[TS_COLUMN], utc=True)
+    # cache=False: the cache first scans the column for repeats, which device timestamps never have.
+    ts = pd.to_datetime(frame[TS_COLUMN], utc=True, cache=False)
     good = np.isfinite(values).all(axis=1) & ts.notna().to_numpy()
     n_dropped = int((~good).sum())
     if n_dropped > config.max_bad_row_fraction * n_rows:
@@ -235,7 +236,9 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
             n_dropped=n_dropped,
         )
     counts: dict[str, Any] = {"n_rows": n_rows, "n_dropped": n_dropped}
-    order = np.argsort(ts[good].to_numpy(), kind="stable")
+    # Sorted as datetime64 in the column's own unit: a tz-aware column's plain to_numpy() makes one
+    # Timestamp object per row (half of this function's time).
+    order = np.argsort(ts[good].to_numpy(dtype=f"datetime64[{ts.dt.unit}]"), kind="stable")
     values = values[good][order]
     ts_s = ((ts[good] - _EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)[order]
     n = values.shape[0]
