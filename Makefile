@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh scripts/build_broker_journal.sh native/broker_journal/edgefleet_journal.c
 	bash scripts/setup.sh $(VENV)
 	touch $@
 

@@ -47,7 +47,7 @@ from edgefleet_cli.supervisor import (
     Supervisor,
     describe_exit,
 )
-from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerKeeper, Listener
+from edgehub.broker import AUTOSAVE, Broker, BrokerKeeper, Listener
 from edgehub.hub import HubPublisher
 from edgehub.hub_auth import HubUsers, ensure_hub_credentials, write_hub_broker_auth
 from edgehub.hub_auth import client_password_file as hub_password_file
@@ -264,7 +264,7 @@ class LocalEdge:
                 "field",
                 [Listener(FIELD_HOST, self.field_port)],
                 persistent=True,
-                autosave=FAST_AUTOSAVE,
+                autosave=AUTOSAVE,
             )
         else:
             self.field_broker = FieldBrokerProcess(

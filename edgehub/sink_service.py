@@ -38,7 +38,7 @@ from edgefleet.process import configure_logging, load_settings, stop_event_on_si
 from edgefleet.routes import Message
 from edgefleet.topics import TopicError
 from edgefleet.watchdog import UNHEALTHY_EXIT_CODE, UnhealthyClock
-from edgehub.broker import FAST_AUTOSAVE, Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
+from edgehub.broker import AUTOSAVE, Broker, BrokerAuth, BrokerKeeper, Listener, mosquitto_password_hash
 from edgehub.hub_auth import SINK_USER, write_hub_broker_auth
 from edgehub.sink import LakeSink
 from edgehub.sink_settings import SinkSettings, parse_flags
@@ -73,7 +73,7 @@ class SinkService:
             "hub",
             [Listener(*settings.listen)],
             persistent=True,
-            autosave=FAST_AUTOSAVE,
+            autosave=AUTOSAVE,
             auth=self._write_auth(),
         )
         enable_tcp_nodelay()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from edgefleet.broker_journal import JOURNAL_PLUGIN_FILE
 from scripts.images.base import BaseImages
 from scripts.images.catalog import BUILT_BY, Image, flavour
 from scripts.images.checks import MISSING_FILES, check_image
@@ -56,6 +57,8 @@ class ImageBuilder:
         """Build one image under a candidate tag, check it unless unchanged, then move its tags to it."""
         started = time.monotonic()
         tags = [f"edgefleet-{image.name}:{self.settings.version}"]
+        if image.journal:
+            self.stage_journal()
         if image.bakes_bundle:
             self.stage_bundle()
             tags.append(f"edgefleet-{image.name}:{self.settings.bundle_version}")
@@ -113,6 +116,8 @@ class ImageBuilder:
         else:
             args += ["--label", f"org.edgefleet.built-by={BUILT_BY}"]
             args += ["--label", f"org.opencontainers.image.revision={settings.revision}"]
+        if image.journal:
+            args += ["--build-arg", f"NATIVE={settings.layout.context_rel}/native"]
         if image.bakes_bundle:
             args += ["--build-arg", f"BUNDLE={settings.layout.context_rel}/bundle"]
             args += ["--label", f"org.edgefleet.bundle-version={settings.bundle_version}"]
@@ -122,6 +127,8 @@ class ImageBuilder:
         """The build context: this image's files only, at their paths in the repository."""
         wheelhouse = self.settings.layout.wheelhouse_rel
         files = [image.dockerfile, f"{wheelhouse}/{image.extra}", f"{wheelhouse}/app", *image.context]
+        if image.journal:
+            files.append(f"{self.settings.layout.context_rel}/native")
         if image.bakes_bundle:
             files.append(f"{self.settings.layout.context_rel}/bundle")
         return files
@@ -144,6 +151,17 @@ class ImageBuilder:
                 "the previous images keep their tags"
             )
         return True
+
+    def stage_journal(self) -> None:
+        """Build Mosquitto's journal plugin into the build context (host and images are both Debian bookworm)."""
+        layout = self.settings.layout
+        plugin = layout.cache / "context" / "native" / JOURNAL_PLUGIN_FILE
+        script = layout.root / "scripts" / "build_broker_journal.sh"
+        if run(["bash", str(script), str(plugin)]) != 0:
+            raise BuildError(
+                f"cannot build {plugin} with {script}: it needs gcc, mosquitto-dev and libmosquitto-dev (make setup)"
+            )
+        plugin.chmod(0o755)
 
     def stage_bundle(self) -> None:
         """Copy the bundle into the build context's staging directory, world-readable (the module runs as 10001)."""

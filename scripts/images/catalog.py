@@ -51,6 +51,7 @@ class Image:
     context: tuple[str, ...] = ()  # repository files the Dockerfile copies besides the wheelhouse
     bakes_bundle: bool = False  # the model bundle goes into the image (and its version is a tag)
     training_run: bool = False  # check by a tiny Spark training run in the image
+    journal: bool = False  # Mosquitto's journal plugin goes into the image (build arg NATIVE)
     # The package whose entry point the image runs (`python -m <package>`); for the deployment
     # images it is the ENTRYPOINT, for the modules the CMD.
     package: str = ""
@@ -117,6 +118,7 @@ IMAGES = (
         package="edgehub",
         extra="edgehub",
         flavour="mosquitto",
+        journal=True,
         uid=10002,
         imports=("edgehub.standin", "cryptography"),
         forbid=EDGE_FORBIDDEN,
@@ -135,6 +137,7 @@ IMAGES = (
         package="field_broker",
         extra="field-broker",
         flavour="mosquitto",
+        journal=True,
         uid=10007,
         imports=("field_broker.broker",),
         forbid=("pyspark", "mlflow", "pandas", "pyarrow", "paho", "cryptography"),
@@ -146,6 +149,7 @@ IMAGES = (
         package="edgehub.sink_service",
         extra="sink",
         flavour="mosquitto",
+        journal=True,
         uid=10001,
         imports=("edgehub.sink", "pyarrow"),
         forbid=("pyspark", "mlflow"),

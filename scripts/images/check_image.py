@@ -6,7 +6,8 @@
                    one device model per family through ONNX Runtime and joblib (they must agree); warn when
                    the image's libraries differ from the ones the bundle was trained with
   --mosquitto      start the image's `mosquitto` as this (non-root) user with a generated config on a
-                   loopback port, as edgehub does, and pass one message through it (paho-mqtt)
+                   loopback port and the journal plugin (edgefleet.broker_journal), as edgehub does, and
+                   pass one message through it (paho-mqtt); the message must be in the journal
   --writable a,b   fail unless this user can create a file in each of these directories
   --json-file F    fail unless F exists and holds JSON (e.g. the baked-in deployment manifest)
 Prints one line per check; exit 1 when a check fails. Uses only what the image has.
@@ -116,9 +117,27 @@ def check_mosquitto() -> bool:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    from edgefleet.broker_journal import journal_config_lines, journal_plugin_path, journal_plugin_paths
+
+    plugin = journal_plugin_path()
+    if plugin is None:
+        print(f"FAIL the broker journal plugin is not in the image: {', '.join(map(str, journal_plugin_paths()))}")
+        return False
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"persistence false\nallow_anonymous true\nlog_dest stderr\nlistener {port} 127.0.0.1\n")
+        journal = Path(tmp) / "check.journal"
+        lines = [
+            "persistence true",
+            f"persistence_location {tmp}/",
+            "persistence_file check.db",
+            *journal_config_lines(plugin, journal, Path(tmp) / "check.db"),
+            "allow_anonymous true",
+            # Started as root (a local run), Mosquitto would switch to `mosquitto`, who cannot write tmp.
+            *(["user root"] if os.geteuid() == 0 else []),
+            "log_dest stderr",
+            f"listener {port} 127.0.0.1",
+        ]
+        conf.write_text("\n".join(lines) + "\n")
         broker = subprocess.Popen([executable, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 10
@@ -132,19 +151,24 @@ def check_mosquitto() -> bool:
                         print(f"FAIL mosquitto did not start (exit {broker.poll()}): {out.strip()[-500:]}")
                         return False
                     time.sleep(0.05)
-            detail = roundtrip(port)
+            detail, sent = roundtrip(port)
+            # The plugin writes the journal's header at start, then each QoS 1 message it acknowledges.
+            journalled = journal.exists() and (not sent or b"check/1" in journal.read_bytes())
         finally:
             broker.terminate()
             broker.wait(10)
-    print(f"mosquitto {executable} as uid {os.getuid()} on 127.0.0.1:{port}: {detail}")
+    if detail == "message passed" and not journalled:
+        detail = f"FAIL the message is not in the journal {plugin} writes"
+    print(f"mosquitto {executable} as uid {os.getuid()} on 127.0.0.1:{port} with {plugin.name}: {detail}")
     return detail == "message passed"
 
 
-def roundtrip(port: int) -> str:
+def roundtrip(port: int) -> tuple[str, bool]:
+    """Pass one QoS 1 message through the broker; return the outcome and whether a message was sent."""
     try:
         import paho.mqtt.client as mqtt
     except ImportError:
-        return "message passed"  # no MQTT client in this image: accepting connections is all we can check
+        return "message passed", False  # no MQTT client in this image: accepting connections is all we can check
     received: list[bytes] = []
     client = mqtt.Client(client_id="image-check")
     client.on_message = lambda _c, _u, msg: received.append(msg.payload)
@@ -160,7 +184,7 @@ def roundtrip(port: int) -> str:
     finally:
         client.loop_stop()
         client.disconnect()
-    return "message passed" if received == [b"ping"] else f"FAIL no message came back ({received})"
+    return ("message passed" if received == [b"ping"] else f"FAIL no message came back ({received})"), True
 
 
 if __name__ == "__main__":

@@ -40,10 +40,10 @@ class RunningBroker:
     def ca_file(self) -> Path:
         return self.config_dir / "ca.pem"
 
-    def client(self, user: str | None, password: str | None = None) -> Client:
+    def client(self, user: str | None, password: str | None = None, *, clean_session: bool = True) -> Client:
         """Return a TLS client of `user` (None: anonymous) with its password unless another is given."""
         secret = password if password is not None else self.passwords.get(user or "")
-        return Client(self.port, user, secret, self.ca_file)
+        return Client(self.port, user, secret, self.ca_file, clean_session=clean_session)
 
 
 @dataclass
@@ -57,11 +57,12 @@ class Client:
     received: list[tuple[str, bytes]] = field(default_factory=list)
     connack: int | None = None
     subacks: list[tuple[int, ...]] = field(default_factory=list)
+    clean_session: bool = True
 
     def __post_init__(self) -> None:
         self._answered = threading.Event()
         self._subscribed = threading.Event()
-        self.mqtt = mqtt.Client(client_id=f"test-{self.user}-{id(self)}", clean_session=True)
+        self.mqtt = mqtt.Client(client_id=f"test-{self.user}-{id(self)}", clean_session=self.clean_session)
         if self.ca_file is not None:
             self.mqtt.tls_set(ca_certs=str(self.ca_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if self.user is not None:

@@ -79,3 +79,13 @@ def test_every_image_builds_on_a_known_flavour_and_sensor_comes_before_inference
     assert {i.flavour for i in IMAGES} == {f.name for f in FLAVOURS}
     names = [i.name for i in IMAGES]
     assert names.index("sensor") < names.index("inference")
+
+
+def test_every_image_that_runs_mosquitto_carries_the_journal_plugin_and_checks_it_loads():
+    with_mosquitto = {i.name for i in IMAGES if i.flavour == "mosquitto"}
+
+    assert {i.name for i in IMAGES if i.journal} == with_mosquitto == {"edgehub", "field-broker", "sink"}
+    for name in with_mosquitto:
+        dockerfile = (REPO / image(name).dockerfile).read_text()
+        assert "COPY ${NATIVE}/edgefleet_journal.so /opt/venv/lib/edgefleet/edgefleet_journal.so" in dockerfile
+        assert "--mosquitto" in image(name).check_arguments()
