@@ -10,6 +10,7 @@ load it this way.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Final
@@ -18,9 +19,12 @@ __all__ = [
     "JOURNAL_PLUGIN_FILE",
     "MISSING_JOURNAL",
     "journal_config_lines",
+    "journal_plugin_for",
     "journal_plugin_path",
     "journal_plugin_paths",
 ]
+
+logger = logging.getLogger(__name__)
 
 JOURNAL_PLUGIN_FILE: Final = "edgefleet_journal.so"
 # `make setup` builds it into the virtualenv; the images copy it to the same place under /opt/venv.
@@ -40,6 +44,15 @@ def journal_plugin_paths(prefix: Path | None = None) -> tuple[Path, ...]:
 def journal_plugin_path(prefix: Path | None = None) -> Path | None:
     """Return the installed plugin, or None when it was not built."""
     return next((path for path in journal_plugin_paths(prefix) if path.is_file()), None)
+
+
+def journal_plugin_for(broker: str) -> Path | None:
+    """Return the installed plugin for this broker, warning what a kill -9 can lose when there is none."""
+    plugin = journal_plugin_path()
+    if plugin is None:
+        places = ", ".join(str(path) for path in journal_plugin_paths())
+        logger.warning("%s: %s", broker, MISSING_JOURNAL.format(places=places))
+    return plugin
 
 
 def journal_config_lines(plugin: Path, journal: Path, snapshot: Path, *, sync: bool = False) -> list[str]:

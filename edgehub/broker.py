@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from edgefleet.broker_journal import MISSING_JOURNAL, journal_config_lines, journal_plugin_path, journal_plugin_paths
+from edgefleet.broker_journal import journal_config_lines, journal_plugin_for
 from edgefleet.errors import EdgefleetError
 from edgefleet.filemodes import open_private, private_dir
 from edgefleet.mosquitto_passwords import hash_password as mosquitto_password_hash
@@ -336,14 +336,8 @@ class Broker:
         return self
 
     def _journal_plugin(self) -> Path | None:
-        """Return the journal plugin this broker loads, warning when it should but cannot."""
-        if not self.journal:
-            return None
-        plugin = journal_plugin_path()
-        if plugin is None:
-            places = ", ".join(str(path) for path in journal_plugin_paths())
-            logger.warning("mosquitto %r: %s", self.name, MISSING_JOURNAL.format(places=places))
-        return plugin
+        """Return the journal plugin this broker loads (None when not persistent or not installed)."""
+        return journal_plugin_for(f"mosquitto {self.name!r}") if self.journal else None
 
     def _wait_until_listening(self) -> None:
         """Poll the listeners until they accept TCP connections, the process dies or time runs out."""

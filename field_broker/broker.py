@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from edgefleet.broker_journal import MISSING_JOURNAL, journal_plugin_path, journal_plugin_paths
+from edgefleet.broker_journal import journal_plugin_for
 from edgefleet.errors import StartError
 from field_broker.config import ConfigFiles, check_config_dir, read_identities, render_config
 from field_broker.identities import render_acl
@@ -96,15 +96,6 @@ def _exit_with_parent() -> Callable[[], None] | None:
     return hook
 
 
-def _journal_plugin() -> Path | None:
-    """Return the journal plugin, warning when it is not installed."""
-    plugin = journal_plugin_path()
-    if plugin is None:
-        places = ", ".join(str(path) for path in journal_plugin_paths())
-        logger.warning("field broker: %s", MISSING_JOURNAL.format(places=places))
-    return plugin
-
-
 class FieldBroker:
     """One Mosquitto child with the field broker's configuration."""
 
@@ -155,7 +146,7 @@ class FieldBroker:
             bind=settings.bind,
             user=user,
             insecure_plain_port=settings.insecure_plain_port,
-            journal_plugin=_journal_plugin(),
+            journal_plugin=journal_plugin_for("field broker"),
         )
         write_secret(self.config_path, conf)
         if settings.insecure_plain_port is not None:

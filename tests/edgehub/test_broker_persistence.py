@@ -16,10 +16,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edgefleet import broker_journal
 from edgefleet.broker_journal import JOURNAL_PLUGIN_FILE, journal_plugin_path
 from edgefleet.deployment import load_deployment
 from edgefleet_cli.local_edge import LocalEdge
-from edgehub import broker as broker_module
 from edgehub.broker import AUTOSAVE, Broker, Listener, render_config
 from tests.edge_fixtures import TEMPLATE, wait_for
 from tests.edgehub.conftest import CollectingUpstream
@@ -258,7 +258,7 @@ def test_make_setup_installs_the_journal_plugin_where_the_brokers_look_for_it() 
 def test_a_broker_without_the_journal_plugin_says_a_kill_9_can_lose_acknowledged_messages(
     tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(broker_module, "journal_plugin_path", lambda: None)
+    monkeypatch.setattr(broker_journal, "journal_plugin_path", lambda: None)
     running = Broker(tmp_path, "edge", [Listener(HOST, port)], persistent=True)
     try:
         running.start()
