@@ -1,13 +1,16 @@
-"""The bundle as the inference module serves it: verified before it is opened, with its drift monitor."""
+"""The bundle as the inference module serves it: verified before it opens or while it starts, with its drift monitor."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
 
-from edgefleet.bundle import DeviceEntry, read_manifest, verify_bundle
+from edgefleet.bundle import MANIFEST_NAME, BundleManifest, BundleProblem, DeviceEntry, read_manifest, verify_bundle
 from edgefleet.errors import BundleError
 from edgefleet.feature_reference import FeatureReference
 from modules.inference.drift import FLEET_KEY, DriftMonitor, DriftSettings
@@ -16,7 +19,7 @@ from modules.inference.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleReferences", "drift_monitor_for", "open_bundle"]
+__all__ = ["BundleReferences", "drift_monitor_for", "open_bundle", "open_bundle_verifying"]
 
 SHOWN_PROBLEMS = 5
 SERVED_BY_OWN_HOLDOUT = frozenset({"device", "fleet_corrected"})  # kinds whose entry.holdout measures what is served
@@ -27,14 +30,60 @@ def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Pre
     manifest = None
     with contextlib.suppress(BundleError):  # verify_bundle reports it below, with the other problems
         manifest = read_manifest(settings.bundle_dir)  # parsed once: verified, then served
-    problems = verify_bundle(settings.bundle_dir, manifest)
-    if problems:
-        shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise BundleError(
-            f"refusing bundle {settings.bundle_dir}: {len(problems)} file(s) do not match its manifest\n"
-            f"{shown}{more}\nRebuild the bundle with `edgefleet train`, or check it with `edgefleet bundle verify`"
-        )
+    refusal = _refusal(settings.bundle_dir, verify_bundle(settings.bundle_dir, manifest))
+    if refusal is not None:
+        raise refusal
+    return _predictor(settings, poor_model_threshold, manifest)
+
+
+def open_bundle_verifying(
+    settings: InferenceSettings, poor_model_threshold: float
+) -> tuple[Predictor, Future[BundleError | None]]:
+    """Open the bundle now and verify its files on a thread; the future holds the refusal, or None once they match.
+
+    Whoever opens it this way must send nothing the bundle answered before the future says None.
+    Each model file is still checked against its sha256 before it is loaded, so no unverified model ever runs.
+    """
+    try:
+        manifest = read_manifest(settings.bundle_dir)
+    except BundleError as err:
+        raise _refusal(settings.bundle_dir, [BundleProblem(MANIFEST_NAME, str(err))]) or err from None
+    verified = _verify_on_thread(settings.bundle_dir, manifest)
+    try:
+        return _predictor(settings, poor_model_threshold, manifest), verified
+    except BundleError:  # a model loaded at start (the fleet's) does not match: say all that does not
+        refusal = verified.result()
+        if refusal is not None:
+            raise refusal from None
+        raise
+
+
+def _verify_on_thread(bundle_dir: Path, manifest: BundleManifest) -> Future[BundleError | None]:
+    verified: Future[BundleError | None] = Future()
+
+    def verify() -> None:
+        try:
+            verified.set_result(_refusal(bundle_dir, verify_bundle(bundle_dir, manifest)))
+        except Exception as err:  # an unexpected failure refuses the bundle too, saying why
+            verified.set_result(BundleError(f"refusing bundle {bundle_dir}: could not verify it: {err}"))
+
+    threading.Thread(target=verify, name="bundle-verify", daemon=True).start()
+    return verified
+
+
+def _refusal(bundle_dir: Path, problems: Sequence[BundleProblem]) -> BundleError | None:
+    """Return the error that refuses a bundle with these problems (None when there are none)."""
+    if not problems:
+        return None
+    shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return BundleError(
+        f"refusing bundle {bundle_dir}: {len(problems)} file(s) do not match its manifest\n"
+        f"{shown}{more}\nRebuild the bundle with `edgefleet train`, or check it with `edgefleet bundle verify`"
+    )
+
+
+def _predictor(settings: InferenceSettings, poor_model_threshold: float, manifest: BundleManifest | None) -> Predictor:
     return Predictor(
         settings.bundle_dir,
         cache_mb=settings.model_cache_mb,

@@ -15,6 +15,10 @@ Predictions of several rounds are coalesced (modules.inference.coalesce: twin de
 segments until edgeHub acknowledged the compressed message.
 A kill -9 or a stop leaves the unanswered messages in the journal; the next start answers them
 first (duplicates are possible, and removed by (device_id, seq) where predictions land).
+
+At start the bundle's files are verified on a thread while the module connects and answers: the
+outbox holds everything until they match (a large bundle's hashing overlaps the upstream window),
+and a refused bundle's answers are dropped unsent, their messages left in the journal, exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -57,7 +62,7 @@ from edgefleet.messages import (
     payload_text,
     prediction_json_obj,
 )
-from modules.inference.bundle import drift_monitor_for, open_bundle
+from modules.inference.bundle import drift_monitor_for, open_bundle, open_bundle_verifying
 from modules.inference.coalesce import Closed, Coalescer
 from modules.inference.drift import DriftMonitor
 from modules.inference.inbox import JOURNAL_DIR, LEGACY_SPOOL_DIR, InputMessage, legacy_spool, open_journal
@@ -94,6 +99,7 @@ MAX_REPORTED_UNKNOWN_FEATURES = 10
 DRAIN_TIMEOUT_S = 30.0
 HANDOVER_QUIET_S = 0.3  # how long the SDK must stay quiet after disconnecting before the journal closes
 JOURNAL_ERROR_LOG_EVERY_S = 10.0  # a failing disk is logged once per interval, and every failure counted
+STATS_WAIT_FOR_VERIFY_S = 1.0  # `stats` answers 503 while the bundle is verified: ready means verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +139,7 @@ class InferenceService:
         self.desired = InferenceDesired()
         self.config_error: str | None = None
         self._last_good = LastGoodDesired(settings.state_dir)
-        self.predictor = open_bundle(settings, self.desired.poor_model_threshold)
+        self.predictor, self._verified = open_bundle_verifying(settings, self.desired.poor_model_threshold)
         logger.info(
             "Bundle %s: %d devices, features %s",
             self.predictor.version,
@@ -141,7 +147,9 @@ class InferenceService:
             ", ".join(self.predictor.features),
         )
         self.link = EdgeLink(client, INFERENCE)
-        self.outbox = Outbox(self.link.send, threads=2)
+        # Nothing leaves before the bundle's files are verified (`_on_verified`).
+        self.outbox = Outbox(self.link.send, threads=2, held=True)
+        self._verified.add_done_callback(self._on_verified)
         # Predictions of several rounds go up as one compressed message (the worker's; window and cap desired).
         self._coalescer = Coalescer(
             self.desired.upstream_window_ms / 1000, self.desired.upstream_max_bytes, self.journal.acquire
@@ -680,7 +688,11 @@ class InferenceService:
             )
 
     def bundle_status(self) -> str:
-        """Return 'ok', or 'version_mismatch' when the twin expects another bundle."""
+        """Return 'verifying', 'refused', 'ok', or 'version_mismatch' when the twin expects another bundle."""
+        if not self._verified.done():
+            return "verifying"
+        if self._verified.result() is not None:
+            return "refused"
         expected = self.desired.expected_bundle_version
         return "ok" if expected is None or expected == self.predictor.version else "version_mismatch"
 
@@ -723,6 +735,8 @@ class InferenceService:
 
     def reload(self, payload: JSONSerializable = None) -> tuple[int, JSONSerializable]:
         """Re-verify and reopen the bundle directory; keep the current bundle if it is refused."""
+        if not self._verified.done():
+            return 409, {"error": "the bundle this module started with is still being verified; try again"}
         try:
             predictor = open_bundle(self.settings, self.desired.poor_model_threshold)
         except BundleError as err:
@@ -764,9 +778,26 @@ class InferenceService:
     def _register_handlers(self) -> None:
         self.link.on_input(self.on_input)
         self.link.on_desired(self._apply_desired_at_start, self.apply_desired)
-        self.link.on_method("stats", lambda payload: (200, self.stats()))
+        self.link.on_method("stats", self._answer_stats)
         self.link.on_method("reset", lambda payload: (200, self.reset()))
         self.link.on_method("reload", self.reload)
+
+    def _answer_stats(self, payload: JSONSerializable = None) -> tuple[int, JSONSerializable]:
+        """Answer `stats` once the bundle is verified (503 before, and when it was refused): ready means verified."""
+        try:
+            refusal = self._verified.result(timeout=STATS_WAIT_FOR_VERIFY_S)
+        except TimeoutError:
+            return 503, {"error": f"bundle {self.predictor.version} is being verified; ask again"}
+        if refusal is not None:
+            return 503, {"error": str(refusal)}
+        return 200, self.stats()
+
+    def _on_verified(self, verified: Future[BundleError | None]) -> None:
+        """Let the outbox send once the bundle's files match; drop what it answered when they do not."""
+        if verified.result() is None:
+            self.outbox.release()
+        else:
+            self.outbox.discard()  # their messages stay in the journal for a start with a good bundle
 
     def start(self, stop_event: threading.Event | None = None) -> bool:
         """Queue what the journal kept, start the worker threads, connect and apply the twin; False if stopped first."""
@@ -827,6 +858,8 @@ class InferenceService:
         """Answer what has arrived, send it, disconnect; what stays unanswered stays in the journal."""
         with self._lock:
             self._stopping = True  # from now on, arrivals are journaled for the next start, not queued
+        if not self._verified.done():
+            self.outbox.discard()  # stopped before the bundle was verified: nothing it answered may leave
         self._post(_Flush())  # after what is queued: the open upstream batch goes now, not after its window
         # One budget for both waits, less what disconnecting takes: with edgeHub gone, SIGTERM
         # still ends the module within DRAIN_TIMEOUT_S.
@@ -847,6 +880,15 @@ class InferenceService:
             logger.info("%d journal segment(s) hold messages not answered yet; the next start answers them", pending)
         self._loads.put(None)
 
+    def _wait_verified(self, stop_event: threading.Event) -> BundleError | None:
+        """Wait until the bundle's files are verified (or a stop is asked for); return its refusal, if any."""
+        while not stop_event.is_set():
+            try:
+                return self._verified.result(timeout=0.1)
+            except TimeoutError:
+                continue
+        return None
+
     def run(self, stop_event: threading.Event) -> int:
         """Run until `stop_event` is set or the module stays unhealthy too long; report every `report_interval_s`."""
         clock = UnhealthyClock(self.settings.unhealthy_exit_s, time.monotonic())
@@ -856,6 +898,11 @@ class InferenceService:
             self.journal.close()
             self.link.shutdown()
             return 0
+        refusal = self._wait_verified(stop_event)
+        if refusal is not None:
+            self.stop()
+            raise refusal
+        self.link.report(self.reported())
         logger.info("Inference module ready")
         exit_code = 0
         try:

@@ -36,6 +36,7 @@ class Outbox:
 
     `put` blocks when `max_pending` messages wait: back-pressure reaches whoever produces
     (the field MQTT client, the SDK's input handler) instead of memory growing without bound.
+    An outbox made `held` queues but sends nothing until `release` (or drops all at `discard`).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class Outbox:
         send: Callable[[str, bytes, Mapping[str, str] | None, str], None],
         threads: int = 2,
         max_pending: int = 2000,
+        held: bool = False,
     ) -> None:
         self._send = send
         self._queue: queue.Queue[_Outgoing | None] = queue.Queue(max_pending)
@@ -50,6 +52,11 @@ class Outbox:
         self._idle = threading.Condition(self._lock)
         self._busy = 0
         self._closing = threading.Event()
+        self._open = threading.Event()
+        self._discarding = False
+        if not held:
+            self._open.set()
+        self.discarded = 0
         self.sent: dict[str, int] = {}
         self.bytes_sent: dict[str, int] = {}
         self.units_sent: dict[str, int] = {}
@@ -74,6 +81,16 @@ class Outbox:
             self._busy += 1
         self._queue.put(_Outgoing(output, body, properties, on_sent, content_encoding))
 
+    def release(self) -> None:
+        """Send what is queued and all that comes (an outbox made `held` waits for this)."""
+        self._open.set()
+
+    def discard(self) -> None:
+        """Drop what is queued and all that comes, unsent: no `on_sent` runs, so what they hold stays held."""
+        with self._lock:
+            self._discarding = True
+        self._open.set()
+
     def pending(self) -> int:
         """Return messages queued or being sent."""
         with self._lock:
@@ -84,6 +101,12 @@ class Outbox:
             item = self._queue.get()
             if item is None:
                 return
+            self._open.wait()
+            if self._discarding:
+                with self._lock:
+                    self.discarded += 1
+                    self._done()
+                continue
             delay_s = SEND_RETRY_FIRST_S
             while True:
                 try:
@@ -104,9 +127,13 @@ class Outbox:
                 self.sent[item.output] = self.sent.get(item.output, 0) + 1
                 self.bytes_sent[item.output] = self.bytes_sent.get(item.output, 0) + len(item.body)
                 self.units_sent[item.output] = self.units_sent.get(item.output, 0) + units_4kb(len(item.body))
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle.notify_all()
+                self._done()
+
+    def _done(self) -> None:
+        """Count one message as no longer pending (the lock held)."""
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.notify_all()
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every queued message is sent; return False on timeout."""
@@ -128,20 +155,24 @@ class Outbox:
                 "units_4kb": dict(self.units_sent),
                 "retries": self.retries,
                 "pending": self._busy,
+                "discarded": self.discarded,
             }
 
     def reset(self) -> None:
         """Zero the counters."""
         with self._lock:
-            self.sent, self.bytes_sent, self.units_sent, self.retries = {}, {}, {}, 0
+            self.sent, self.bytes_sent, self.units_sent, self.retries, self.discarded = {}, {}, {}, 0, 0
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Stop the sender threads (call `drain` first to send what is queued) within `timeout_s`.
 
         With edgeHub gone the queue may be full and a sender stuck in the SDK: those (daemon)
-        threads are left behind rather than holding up the module's exit.
+        threads are left behind rather than holding up the module's exit. A held outbox never released
+        discards what it holds.
         """
         self._closing.set()
+        if not self._open.is_set():
+            self.discard()
         deadline_s = time.monotonic() + timeout_s
         for _ in self._threads:
             try:

@@ -158,3 +158,32 @@ _stuck = threading.Event()
 
 def _never_send(output: str, body: bytes, properties: Mapping[str, str] | None, content_encoding: str) -> None:
     _stuck.wait()
+
+
+def test_a_held_outbox_sends_nothing_until_released_and_then_everything_in_order():
+    sent: list[bytes] = []
+    outbox = Outbox(lambda output, body, properties, encoding: sent.append(body), threads=1, held=True)
+    try:
+        for index in range(3):
+            outbox.put("predictions", b"%d" % index)
+        assert not outbox.drain(0.2) and sent == []
+        outbox.release()
+        assert outbox.drain(5.0)
+        assert sent == [b"0", b"1", b"2"]
+    finally:
+        outbox.close()
+
+
+def test_a_discarded_outbox_sends_nothing_and_runs_no_on_sent_callback():
+    sent: list[bytes] = []
+    acknowledged: list[int] = []
+    outbox = Outbox(lambda output, body, properties, encoding: sent.append(body), threads=2, held=True)
+    try:
+        outbox.put("predictions", b"before", on_sent=lambda: acknowledged.append(1))
+        outbox.discard()
+        outbox.put("predictions", b"after", on_sent=lambda: acknowledged.append(2))
+        assert outbox.drain(5.0)
+        assert sent == [] and acknowledged == []
+        assert outbox.stats()["discarded"] == 2
+    finally:
+        outbox.close()
