@@ -6,7 +6,8 @@ other users may read. `check_ca_file` and `tls_context` turn a CA certificate in
 context that checks the broker's certificate and host name. paho 1.6 swallows the error of a
 failed connection attempt (a TLS handshake refused for a certificate that does not verify
 looks like "nothing listens"); `LoginClient` hands it to `on_connect_error` first, and
-`describe_connect_error` says how to fix it.
+`describe_connect_error` says how to fix it. It also reads every packet waiting per wake-up:
+paho 1.6 reads one per `select` for a QoS 1 subscriber, then wakes itself to send each PUBACK.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
 
 # CONNACK return codes (MQTT 3.1.1) that mean "these credentials do not get in".
 AUTH_REFUSALS = frozenset({mqtt.CONNACK_REFUSED_BAD_USERNAME_PASSWORD, mqtt.CONNACK_REFUSED_NOT_AUTHORIZED})
+# Packets read per wake-up of the network thread at most, so that writing (PUBACKs, pings) still gets its turn.
+READ_PACKETS_PER_WAKE = 100
 
 
 def describe_connect_error(
@@ -58,6 +61,22 @@ class LoginClient(mqtt.Client):  # type: ignore[misc,unused-ignore]  # paho 1.6 
     """A paho client that reports why a connection attempt failed (paho itself only retries)."""
 
     on_connect_error: Callable[[OSError], None] | None = None
+
+    def loop_read(self, max_packets: int = 1) -> int:
+        """Read the packets waiting, up to READ_PACKETS_PER_WAKE, and their PUBACKs go out in one write turn.
+
+        paho 1.6 ignores `max_packets` and reads one packet per wake-up when it has nothing in flight
+        itself (a subscriber): then a select, a wake-up byte and its read per reading received.
+        """
+        for _ in range(max(max_packets, READ_PACKETS_PER_WAKE)):
+            if self._sock is None:
+                return int(mqtt.MQTT_ERR_NO_CONN)
+            rc = self._packet_read()
+            if rc > 0:
+                return int(self._loop_rc_handle(rc))
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                break
+        return int(mqtt.MQTT_ERR_SUCCESS)
 
     def reconnect(self) -> int:
         """Connect again; hand a failure to `on_connect_error` before paho retries."""

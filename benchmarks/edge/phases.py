@@ -57,11 +57,19 @@ class Throughput:
     stats: dict[str, Any] = field(default_factory=dict)  # inference stats after the run
     sensor_stats: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, int] = field(default_factory=dict)  # everything upstream, metered as IoT Hub does
+    # From the first field publish to the last prediction made (its sensor stamp plus its edge latency):
+    # the module's own rate, without the upstream window that holds its last batch (None: not known).
+    predicted_s: float | None = None
 
     @property
     def rps(self) -> float:
         """Readings per second, from the first field publish to the last arrival."""
         return self.arrived / max(self.elapsed_s, 1e-9)
+
+    @property
+    def predicted_rps(self) -> float | None:
+        """Readings per second, from the first field publish to the last prediction made."""
+        return None if self.predicted_s is None else self.arrived / max(self.predicted_s, 1e-9)
 
     @property
     def complete(self) -> bool:
@@ -82,6 +90,12 @@ class Repeated:
     @property
     def rps_all(self) -> list[float]:
         return [run.rps for run in self.runs]
+
+    @property
+    def predicted_rps(self) -> float | None:
+        """Median readings/s to the last prediction made (None when a run does not know it)."""
+        values = [run.predicted_rps for run in self.runs]
+        return None if not values or None in values else float(np.median(values))
 
     @property
     def complete(self) -> bool:
@@ -123,19 +137,36 @@ def run_throughput(session: EdgeSession, devices: list[str], readings: int) -> T
     arrivals = session.upstream.predictions
     target = arrivals.count + readings
     meter = CpuMeter({"sensor": session.pid("sensor"), "inference": session.pid("inference")})
+    arrivals.keep()  # bodies are only appended on the measured path; read after the run
     published = session.field.publish(devices, readings, before_go=meter.start)
     done = arrivals.wait(target, timeout_for(readings))
     cpu = meter.stop({"field publisher": published.cpu_s})
+    last_predicted_s = last_prediction_s(arrivals.kept())
     return Throughput(
         readings=readings,
         arrived=readings - max(0, target - arrivals.count),
         elapsed_s=(arrivals.last_arrival_s if done else time.time()) - published.first_publish_s,
         publish_s=published.acked_s - published.first_publish_s,
+        predicted_s=None if last_predicted_s is None or not done else last_predicted_s - published.first_publish_s,
         cpu_s=cpu,
         stats=session.stats("inference"),
         sensor_stats=session.stats("sensor"),
         upstream=session.upstream.take_metered(),
     )
+
+
+def prediction_times(body: bytes) -> list[tuple[tuple[str, int], float, float]]:
+    """Return each prediction of an upstream body: (device, seq), sensor receipt and prediction done (wall s)."""
+    times = []
+    for item in json.loads(body)["readings"]:  # the harness kept each body opened
+        sensor_s = datetime.fromisoformat(item["edge"]["received_ts"]).timestamp()
+        times.append(((item["device_id"], item["seq"]), sensor_s, sensor_s + item["edge"]["latency_ms"] / 1000))
+    return times
+
+
+def last_prediction_s(kept: list[tuple[float, bytes]]) -> float | None:
+    """Return when the last of the kept predictions was made (wall s; None when none was kept)."""
+    return max((done_s for _, body in kept for _, _, done_s in prediction_times(body)), default=None)
 
 
 @dataclass
@@ -176,10 +207,8 @@ def run_latency(session: EdgeSession, devices: list[str], rate_per_s: float, dur
     # All are wall-clock times on this one machine.
     stamps: dict[tuple[str, int], tuple[float, float, float]] = {}
     for arrived_s, body in arrivals.kept():
-        for item in json.loads(body)["readings"]:  # the harness kept each body opened
-            sensor_s = datetime.fromisoformat(item["edge"]["received_ts"]).timestamp()
-            predicted_s = sensor_s + item["edge"]["latency_ms"] / 1000
-            stamps[(item["device_id"], item["seq"])] = (sensor_s, predicted_s, arrived_s)
+        for key, sensor_s, predicted_s in prediction_times(body):
+            stamps[key] = (sensor_s, predicted_s, arrived_s)
     totals: list[float] = []
     legs: dict[str, list[float]] = {"field_to_sensor": [], "sensor_to_prediction": [], "prediction_to_upstream": []}
     for key, sent_s in published.sent_times():
