@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from edgefleet.routes import Message  # noqa: E402
 from edgefleet_cli.local_edge import free_port  # noqa: E402
+from edgefleet_cli.process_cpu import cpu_seconds  # noqa: E402
 from tests.dashboard.test_dashboard_browser import (  # noqa: E402
     CHROMIUM,
     Chromium,
@@ -37,12 +37,6 @@ from tests.hub_logins import HubLogins  # noqa: E402
 JSON = {"contentType": "application/json", "contentEncoding": "utf-8"}
 BATCH_READINGS = 10
 WARMUP_S = 3.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return a process's user + system CPU time in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch(devices: list[str], first: int, seq: int) -> Message:

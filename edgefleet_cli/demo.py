@@ -46,6 +46,7 @@ class EdgeRun:
     inference: dict[str, Any]
     duration_s: float
     bundle_version: str
+    cpu_s: dict[str, float]  # CPU seconds of the sensor, inference and brokers while the simulator ran
 
 
 def run_demo(
@@ -208,6 +209,7 @@ def _run_edge(
     from edgefleet.deployment import load_deployment
     from edgefleet.lake import read_deadletters, read_lake
     from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge, replay_module_env
+    from edgefleet_cli.process_cpu import edge_cpu_seconds
     from edgefleet_cli.up import poll, run_up, simulate_on
 
     version = read_manifest(bundle_dir).bundle_version
@@ -225,8 +227,10 @@ def _run_edge(
         dashboard_port=dashboard_port,
     )
     progress: dict[str, Any] = {}
+    cpu_before: dict[str, float] = {}
 
     def simulation(endpoint: FieldEndpoint, stop: threading.Event) -> SimulationReport:
+        cpu_before.update(edge_cpu_seconds())  # the edge is up: its start is not counted
         return simulate_on(endpoint, profile, stop, on_progress=progress.update)
 
     with edge:
@@ -234,6 +238,7 @@ def _run_edge(
             edge, threading.Event(), simulation=simulation, simulator_progress=progress, live=sys.stderr.isatty()
         )
         final = poll(edge)
+        cpu_after = edge_cpu_seconds()  # every reading answered, nothing stopped yet
     simulation_report = result.simulation.to_json_obj() if result.simulation is not None else {}
     return EdgeRun(
         lake=lake_dir,
@@ -244,6 +249,7 @@ def _run_edge(
         inference=final.inference or result.last.inference,
         duration_s=result.duration_s,
         bundle_version=version,
+        cpu_s={role: max(0.0, used - cpu_before.get(role, 0.0)) for role, used in cpu_after.items()},
     )
 
 
@@ -273,6 +279,7 @@ def _phase(run: EdgeRun, bundle_dir: Path, drifted: list[str], split: datetime |
     from edgefleet.lake import read_drift_alerts
     from edgefleet_cli.edge_report import (
         account,
+        cpu_per_1000_readings,
         drift_detection,
         latency,
         live_accuracy,
@@ -291,6 +298,7 @@ def _phase(run: EdgeRun, bundle_dir: Path, drifted: list[str], split: datetime |
         "edge_latency": latency(rows),
         "units_4kb_per_1000_predictions": units_per_1000_predictions(run.inference),
         "upstream": upstream_cost(run.sensor, run.inference, accounting.get("sent")),
+        "cpu_ms_per_1000_readings": cpu_per_1000_readings(run.cpu_s, accounting.get("sent")),
         "fallbacks": (run.inference or {}).get("fallbacks", {}),
         "live_accuracy": live_accuracy(rows, bundle_dir),
         "drift_alerts": drift_detection(
@@ -354,6 +362,10 @@ def _render(summary: dict[str, Any], console: Console) -> None:
         ("4 KB units / 1,000 predictions", ("units_4kb_per_1000_predictions",)),
         ("4 KB units upstream / 1,000 readings (all)", ("upstream", "units_4kb_per_1000_readings")),
         ("bytes upstream / reading (all)", ("upstream", "bytes_per_reading")),
+        ("CPU ms / 1,000 readings: sensor", ("cpu_ms_per_1000_readings", "sensor")),
+        ("CPU ms / 1,000 readings: inference", ("cpu_ms_per_1000_readings", "inference")),
+        ("CPU ms / 1,000 readings: brokers", ("cpu_ms_per_1000_readings", "brokers")),
+        ("CPU ms / 1,000 readings: the three", ("cpu_ms_per_1000_readings", "total")),
         ("live MSE, device models", ("live_accuracy", "device_vs_fleet", "device_model", "mse")),
         ("live MSE, fleet model on the same readings", ("live_accuracy", "device_vs_fleet", "fleet_model", "mse")),
         ("drifted devices: MSE before drift", ("drifted devices before drift", "mse")),

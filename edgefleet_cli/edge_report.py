@@ -143,6 +143,14 @@ def upstream_cost(
     }
 
 
+def cpu_per_1000_readings(cpu_s: Mapping[str, float], readings: int | None) -> dict[str, float | None]:
+    """Return CPU milliseconds per 1,000 readings of each edge role, and their total."""
+    if not readings:
+        return {role: None for role in (*cpu_s, "total")}
+    per_1000 = {role: round(used * 1e6 / readings, 1) for role, used in cpu_s.items()}
+    return {**per_1000, "total": round(sum(used * 1e6 / readings for used in cpu_s.values()), 1)}
+
+
 def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")

@@ -22,11 +22,11 @@ from edgefleet.envelope import open_body
 from edgefleet.messages import iot_hub_message_bytes, units_4kb
 from edgefleet.routes import Message
 from edgefleet_cli.local_edge import FieldEndpoint, LocalEdge
+from edgefleet_cli.process_cpu import cpu_seconds, descendants
 
 CHILD = Path(__file__).resolve().parents[1] / "_edge_bench_util.py"
 PREDICTION_MARK = b'"prediction":'  # once per prediction object in a batch envelope
 READING_MARK = b'"seq":'  # once per reading object
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _children: list[subprocess.Popen[str]] = []  # every child we start, killed at exit if still running
 
@@ -48,16 +48,6 @@ def fmt(value: Any) -> str:
 # -- processes and CPU time ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """Return user + system CPU seconds of a process (all its threads), 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces and parentheses
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def rss_mb(pid: int) -> tuple[float, float]:
     """Return (VmRSS, VmHWM) of a process in MiB."""
     values = {}
@@ -69,27 +59,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def mosquitto_children() -> list[int]:
-    """Return the pids of the Mosquitto processes this benchmark started: our children, or our children's.
-
-    The field broker (`python -m field_broker`, our child) runs its Mosquitto as its own child.
-    """
-    me = os.getpid()
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    children = {pid for pid, ppid in parents.items() if ppid == me}
-    return [
-        pid for pid, name in names.items() if name == "mosquitto" and (parents[pid] == me or parents[pid] in children)
-    ]
+    """Return the pids of the Mosquitto processes this benchmark started (the field broker's runs below its wrapper)."""
+    return [process.pid for process in descendants() if process.name == "mosquitto"]
 
 
 class CpuMeter:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
+from types import FrameType
 
 from edgefleet_cli.commands import Subcommands
 
@@ -28,12 +30,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; return its exit status."""
     from edgefleet_cli.demo import run_demo
 
-    return run_demo(
-        Path(args.workdir),
-        devices=args.devices,
-        rows=args.rows,
-        seed=args.seed,
-        edge_seconds=args.edge_seconds,
-        rate_per_s=args.rate,
-        dashboard_port=None if args.no_dashboard else args.dashboard_port,
-    )
+    previous = signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    try:
+        return run_demo(
+            Path(args.workdir),
+            devices=args.devices,
+            rows=args.rows,
+            seed=args.seed,
+            edge_seconds=args.edge_seconds,
+            rate_per_s=args.rate,
+            dashboard_port=None if args.no_dashboard else args.dashboard_port,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _unwind_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Unwind as Ctrl-C does, so that the edge the demo started (brokers, modules, dashboard) is stopped."""
+    raise SystemExit(128 + signum)

@@ -1,4 +1,4 @@
-"""The demo's edge run, real processes: its simulator logs in to the secure field broker and nothing is lost."""
+"""The demo's edge run, real processes: the simulator logs in over TLS, nothing is lost, CPU is counted."""
 
 from __future__ import annotations
 
@@ -23,3 +23,6 @@ def test_the_demos_simulator_publishes_over_tls_to_the_secure_field_broker_and_i
     assert len(run.rows[run.rows["source_module"] == "inference"]) > 0
     assert set(run.rows["source_module"]) == {"inference"}
     assert (tmp_path / "demo-edge" / "field-secrets" / "ca.pem").is_file()
+    # The sensor, the inference module and the brokers each did work while the simulator ran.
+    assert set(run.cpu_s) == {"sensor", "inference", "brokers"}
+    assert all(used > 0 for used in run.cpu_s.values()), run.cpu_s

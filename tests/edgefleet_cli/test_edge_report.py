@@ -11,6 +11,7 @@ import pytest
 from edgefleet.bundle import BundleReader, Route, read_manifest
 from edgefleet_cli.edge_report import (
     account,
+    cpu_per_1000_readings,
     live_accuracy,
     plots,
     units_per_1000_predictions,
@@ -116,3 +117,9 @@ def test_drift_detection_counts_flagged_drifted_devices_and_false_alarms(tmp_pat
     assert result["detection_rate"] == 0.5
     assert (result["false_alarms"], result["false_alarm_rate"]) == (1, 0.1)
     assert result["false_alarm_devices"] == ["s7"]
+
+
+def test_cpu_per_1000_readings_is_each_roles_milliseconds_and_their_total_and_none_without_readings():
+    used = {"sensor": 1.2, "inference": 0.6, "brokers": 0.3}
+    assert cpu_per_1000_readings(used, 20_000) == {"sensor": 60.0, "inference": 30.0, "brokers": 15.0, "total": 105.0}
+    assert cpu_per_1000_readings(used, 0)["total"] is None

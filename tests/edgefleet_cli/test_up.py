@@ -421,3 +421,26 @@ def test_up_with_insecure_field_warns_and_takes_anonymous_plain_readings(small_b
     assert not (tmp_path / "edge" / "field-secrets").exists()
     assert device in set(read_lake(tmp_path / "lake")["device_id"])
     assert _processes_of_run(tmp_path) == []
+
+
+def test_demo_stopped_by_sigterm_while_its_edge_runs_leaves_no_process(tmp_path):
+    from tests.edge_fixtures import wait_for
+
+    command = [sys.executable, "-m", "edgefleet_cli", "demo", "--workdir", str(tmp_path / "demo")]
+    command += ["--devices", "10", "--rows", "200", "--edge-seconds", "120", "--no-dashboard"]
+    demo = subprocess.Popen(
+        command, cwd=REPO, env=_up_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(
+            lambda: _module_pid(tmp_path, "inference") is not None or demo.poll() is not None,
+            timeout_s=150,
+            interval_s=0.5,
+        )
+        assert demo.poll() is None, "the demo ended before its edge ran"
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    wait_for(lambda: _processes_of_run(tmp_path) == [], timeout_s=10)
