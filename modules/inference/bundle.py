@@ -30,9 +30,9 @@ def open_bundle(settings: InferenceSettings, poor_model_threshold: float) -> Pre
     manifest = None
     with contextlib.suppress(BundleError):  # verify_bundle reports it below, with the other problems
         manifest = read_manifest(settings.bundle_dir)  # parsed once: verified, then served
-    refusal = _refusal(settings.bundle_dir, verify_bundle(settings.bundle_dir, manifest))
-    if refusal is not None:
-        raise refusal
+    problems = verify_bundle(settings.bundle_dir, manifest)
+    if problems:
+        raise _refusal(settings.bundle_dir, problems)
     return _predictor(settings, poor_model_threshold, manifest)
 
 
@@ -47,7 +47,7 @@ def open_bundle_verifying(
     try:
         manifest = read_manifest(settings.bundle_dir)
     except BundleError as err:
-        raise _refusal(settings.bundle_dir, [BundleProblem(MANIFEST_NAME, str(err))]) or err from None
+        raise _refusal(settings.bundle_dir, [BundleProblem(MANIFEST_NAME, str(err))]) from None
     verified = _verify_on_thread(settings.bundle_dir, manifest)
     try:
         return _predictor(settings, poor_model_threshold, manifest), verified
@@ -63,7 +63,8 @@ def _verify_on_thread(bundle_dir: Path, manifest: BundleManifest) -> Future[Bund
 
     def verify() -> None:
         try:
-            verified.set_result(_refusal(bundle_dir, verify_bundle(bundle_dir, manifest)))
+            problems = verify_bundle(bundle_dir, manifest)
+            verified.set_result(_refusal(bundle_dir, problems) if problems else None)
         except Exception as err:  # an unexpected failure refuses the bundle too, saying why
             verified.set_result(BundleError(f"refusing bundle {bundle_dir}: could not verify it: {err}"))
 
@@ -71,10 +72,8 @@ def _verify_on_thread(bundle_dir: Path, manifest: BundleManifest) -> Future[Bund
     return verified
 
 
-def _refusal(bundle_dir: Path, problems: Sequence[BundleProblem]) -> BundleError | None:
-    """Return the error that refuses a bundle with these problems (None when there are none)."""
-    if not problems:
-        return None
+def _refusal(bundle_dir: Path, problems: Sequence[BundleProblem]) -> BundleError:
+    """Return the error that refuses a bundle with these problems, naming the first few."""
     shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
     more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
     return BundleError(

@@ -902,8 +902,9 @@ class InferenceService:
         if refusal is not None:
             self.stop()
             raise refusal
-        self.link.report(self.reported())
-        logger.info("Inference module ready")
+        if not stop_event.is_set():
+            self.link.report(self.reported())
+            logger.info("Inference module ready")
         exit_code = 0
         try:
             while not stop_event.wait(self.settings.report_interval_s):

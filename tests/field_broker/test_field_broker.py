@@ -188,7 +188,7 @@ def test_a_key_the_broker_cannot_read_exits_2_naming_it(field_dir: Path, tmp_pat
     assert "Traceback" not in run.stderr
 
 
-def test_the_field_broker_saves_as_often_as_the_compose_field_broker_and_the_stand_ins_fast_brokers() -> None:
+def test_the_field_broker_saves_as_often_as_the_reference_field_conf_and_the_stand_ins_brokers() -> None:
     field_conf = (REPO / "deployment" / "mosquitto" / "field.conf").read_text().splitlines()
     assert f"autosave_interval {AUTOSAVE_INTERVAL}" in field_conf
     assert AUTOSAVE.interval == AUTOSAVE_INTERVAL and AUTOSAVE.on_changes
