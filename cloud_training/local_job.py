@@ -9,9 +9,10 @@ does for Spark.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 CHUNKS_PER_WORKER = 4  # as Spark's tasks per slot: balances uneven devices, moves the progress bar
 _WORKER: dict[str, Any] = {}  # each worker process's config and fleet model, set once by its initializer
+_INHERITED: list[list[pd.DataFrame]] = []  # the frames of the pool being forked, which its workers inherit
 
 
 def _is_spark_numeric(kind: pa.DataType) -> bool:
@@ -126,15 +128,28 @@ def _pool_map(
             if on_progress:
                 on_progress(done, len(frames))
         return
-    # Forked workers start in milliseconds with everything imported; spawn re-imports sklearn in each.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     chunk = max(1, len(frames) // (workers * CHUNKS_PER_WORKER))
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
-        for done, result in enumerate(pool.map(function, frames, chunksize=chunk), 1):
-            yield result
-            if on_progress and (done % chunk == 0 or done == len(frames)):
-                on_progress(done, len(frames))
+    tasks: Iterable[Any] = frames
+    call = function
+    # Forked workers start in milliseconds with everything imported (spawn re-imports sklearn in
+    # each), and read the frames they inherit by index instead of receiving each one pickled.
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    if fork:
+        _INHERITED[:] = [frames]  # pools run one after another: one list is being inherited at a time
+        tasks, call = range(len(frames)), functools.partial(_on_inherited_frame, function)
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
+            for done, result in enumerate(pool.map(call, tasks, chunksize=chunk), 1):
+                yield result
+                if on_progress and (done % chunk == 0 or done == len(frames)):
+                    on_progress(done, len(frames))
+    finally:
+        _INHERITED.clear()
+
+
+def _on_inherited_frame(function: Callable[[pd.DataFrame], Any], index: int) -> Any:
+    return function(_INHERITED[0][index])
 
 
 def train_fleet_in_processes(

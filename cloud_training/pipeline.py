@@ -20,7 +20,7 @@ from cloud_training.device_training import BLOB_COLUMNS, TrainingConfig
 from cloud_training.execution import ExecutionChoice, choose_execution
 from cloud_training.export import write_bundle
 from cloud_training.fleet import FleetModel
-from cloud_training.report import STATUSES, summarize, write_plots
+from cloud_training.report import STATUSES, start_plots, summarize
 from cloud_training.settings import TrainSettings
 from cloud_training.strategy import STRATEGIES, settle_choices
 from cloud_training.tracking import RegisteredBundle, Tracker
@@ -199,13 +199,15 @@ def _export_and_track(
     device_run_ids = tracker.log_device_runs(results, config.features) if tracker and tracker.mode == "nested" else {}
     timings["nested_runs_s"] = time.perf_counter() - phase
 
+    # Drawn on the other core while the bundle is written and logged.
+    plots = start_plots(results, settings.out.parent / f"{settings.out.name}-plots") if settings.plots else _no_plots
+
     phase = time.perf_counter()
     manifest = write_bundle(settings.out, results, fleet, config, run_id, device_run_ids)
     timings["export_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
     summary = {**summarize(results), "execution": choice.as_record()}
-    plots = write_plots(results, settings.out.parent / f"{settings.out.name}-plots") if settings.plots else []
     registered = None
     if tracker:
         registered = tracker.finish(
@@ -216,6 +218,7 @@ def _export_and_track(
             config.features,
             settings.registered_model,
         )
+    plot_paths = plots()
     timings["tracking_s"] = time.perf_counter() - phase + timings["nested_runs_s"]
     timings["end_to_end_s"] = time.perf_counter() - started + timings["choose_s"]  # JVM start excluded
     return TrainingOutcome(
@@ -227,9 +230,13 @@ def _export_and_track(
         run_id=run_id,
         tracking_uri=tracker.tracking_uri if tracker else None,
         registered=registered,
-        plots=plots,
+        plots=plot_paths,
         execution=choice,
     )
+
+
+def _no_plots() -> list[Path]:
+    return []
 
 
 def _params(

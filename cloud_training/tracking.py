@@ -158,13 +158,16 @@ class Tracker:
         self,
         metrics: dict[str, float],
         results: pd.DataFrame,
-        artifacts: list[Path],
+        artifacts: list[Path] | Callable[[], list[Path]],
         bundle_dir: Path,
         features: tuple[str, ...],
         registered_model: str | None,
         claim_champion: bool = True,
     ) -> RegisteredBundle | None:
-        """Log aggregates, tables, plots and the bundle; register it (the first version claims `champion` if asked)."""
+        """Log aggregates, tables, the bundle and plots; register it (the first version claims `champion` if asked).
+
+        `artifacts` may be a function that waits for plots still being drawn: it is called last.
+        """
         mlflow.log_metrics(metrics)
         table = results.drop(columns=list(BLOB_COLUMNS), errors="ignore")
         with io.BytesIO() as buffer:
@@ -175,14 +178,14 @@ class Tracker:
             mlflow.log_artifact(str(path), artifact_path="results")
         finally:
             path.unlink(missing_ok=True)
-        for artifact in artifacts:
-            mlflow.log_artifact(str(artifact), artifact_path="plots")
         # One archive, not one artifact per model file: 10,000 devices are 20,000 files,
         # which MLflow would copy one by one, twice (run artifact and pyfunc model).
         with tempfile.TemporaryDirectory(dir=bundle_dir.parent, prefix=f".{bundle_dir.name}-archive-") as scratch:
             archive = pack_bundle(bundle_dir, Path(scratch))
             mlflow.log_artifact(str(archive), artifact_path=BUNDLE_ARTIFACT)
             registered = self._log_pyfunc(archive, features, registered_model, claim_champion)
+        for artifact in artifacts() if callable(artifacts) else artifacts:
+            mlflow.log_artifact(str(artifact), artifact_path="plots")
         mlflow.end_run()
         return registered
 
