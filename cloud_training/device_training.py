@@ -30,17 +30,17 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from cloud_training.correction import apply_correction, correction_to_json, fit_correction
+from cloud_training.device_rows import device_arrays, epoch_seconds
 from cloud_training.families import make_estimator, trusted_fitting
 from cloud_training.knobs import EdgeBudget, ModelKnobs
 from edgefleet.bundle import Correction
 from edgefleet.feature_reference import reference_from_values
-from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN
+from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN
 
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 25
 JOBLIB_COMPRESS_LEVEL = 3
-_EPOCH = pd.Timestamp(0, tz="UTC")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 REFERENCE_BINS = 10
 # A feature reference must cover the features' daily cycle: the edge compares it with a day of
@@ -220,10 +220,8 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
             device_id, "too_few_rows", f"{n_rows} rows; at least {config.min_rows} are needed", n_rows=n_rows
         )
     columns = [*config.features, config.target]
-    values = frame[columns].to_numpy(dtype=float)
-    # cache=False: the cache first scans the column for repeats, which device timestamps never have.
-    ts = pd.to_datetime(frame[TS_COLUMN], utc=True, cache=False)
-    good = np.isfinite(values).all(axis=1) & ts.notna().to_numpy()
+    values, stamps = device_arrays(frame, columns)
+    good = np.isfinite(values).all(axis=1) & ~np.isnat(stamps)
     n_dropped = int((~good).sum())
     if n_dropped > config.max_bad_row_fraction * n_rows:
         bad_cols = [c for c, col_ok in zip(columns, np.isfinite(values).all(axis=0), strict=True) if not col_ok]
@@ -236,11 +234,10 @@ def prepare_device(frame: pd.DataFrame, config: TrainingConfig, device_id: str) 
             n_dropped=n_dropped,
         )
     counts: dict[str, Any] = {"n_rows": n_rows, "n_dropped": n_dropped}
-    # Sorted as datetime64 in the column's own unit: a tz-aware column's plain to_numpy() makes one
-    # Timestamp object per row (half of this function's time).
-    order = np.argsort(ts[good].to_numpy(dtype=f"datetime64[{ts.dt.unit}]"), kind="stable")
+    stamps = stamps[good]
+    order = np.argsort(stamps, kind="stable")
     values = values[good][order]
-    ts_s = ((ts[good] - _EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)[order]
+    ts_s = epoch_seconds(stamps)[order]
     n = values.shape[0]
     if n < config.min_rows:
         return DeviceResult.skipped(

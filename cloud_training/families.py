@@ -12,7 +12,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cloud_training.sample_weights import install_sample_weight_fast_path
+from cloud_training.fast_paths import install_fast_paths
 
 
 def _ridge(seed: int) -> Any:
@@ -59,10 +59,11 @@ def trusted_fitting() -> AbstractContextManager[None]:
     Only for the fixed parameters above, which `tests/cloud_training/test_families.py` validates.
     Gradient boosting re-validates its parameters on every one of its trees: 11% of a device's CPU,
     for bit-identical predictions. Input checks stay on: they refuse a finite reading that overflows
-    float32 (`1e300`), which `assume_finite` would let train. The trees' sample-weight check
-    takes a fast path with the same answers (`sample_weights.py`): another 15-19%.
+    float32 (`1e300`), which `assume_finite` would let train. The trees' per-tree overheads (their
+    sample-weight check, a new random state per tree, parameter names read by signature on every
+    clone, boosting's per-stage loss average) take fast paths with the same answers (`fast_paths.py`).
     """
-    install_sample_weight_fast_path()
+    install_fast_paths()
     return sklearn.config_context(skip_parameter_validation=True)
 
 

@@ -72,8 +72,11 @@ class FleetModel:
         return FleetPredictors(inner, self.model, self.prior_rows)
 
 
-def fleet_sample_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
-    """Return one device's contribution to the fleet model: one SAMPLE_DDL row (null rows when it sends none)."""
+SampleRecord = dict[str, Any]  # one SAMPLE_DDL row: device_id, last_ts_s, fit_rows, inner_rows
+
+
+def fleet_sample_record(frame: pd.DataFrame, config: TrainingConfig) -> SampleRecord:
+    """Return one device's contribution to the fleet model as one SAMPLE_DDL record (nulls when it sends none)."""
     device_id = str(frame[DEVICE_COLUMN].iloc[0]) if len(frame) else "<empty>"
     try:
         data = prepare_device(frame, config, device_id)
@@ -82,16 +85,24 @@ def fleet_sample_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFr
         logger.info("device %s sends no fleet rows: %s", device_id, err)
         sample = None
     if sample is None or isinstance(data, DeviceResult):
-        # One row with no rows in it: an empty frame of binary columns does not cross Arrow.
-        return pd.DataFrame({DEVICE_COLUMN: [device_id], "last_ts_s": [None], "fit_rows": [None], "inner_rows": [None]})
-    return pd.DataFrame(
-        {
-            DEVICE_COLUMN: [device_id],
-            "last_ts_s": [data.last_ts_s],
-            "fit_rows": [encode_rows(sample[0])],
-            "inner_rows": [encode_rows(sample[1])],
-        }
-    )
+        return {DEVICE_COLUMN: device_id, "last_ts_s": None, "fit_rows": None, "inner_rows": None}
+    return {
+        DEVICE_COLUMN: device_id,
+        "last_ts_s": data.last_ts_s,
+        "fit_rows": encode_rows(sample[0]),
+        "inner_rows": encode_rows(sample[1]),
+    }
+
+
+def fleet_sample_frame(frame: pd.DataFrame, config: TrainingConfig) -> pd.DataFrame:
+    """Return one device's contribution as a one-row SAMPLE_DDL frame, as Spark's grouped map wants it."""
+    # One row with nulls in it when the device sends none: an empty frame of binary columns does not cross Arrow.
+    return pd.DataFrame({name: [value] for name, value in fleet_sample_record(frame, config).items()})
+
+
+def samples_frame(records: Iterable[SampleRecord]) -> pd.DataFrame:
+    """Return the devices' sample records as the frame the sample pass collects."""
+    return pd.DataFrame.from_records(list(records), columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
 
 
 def device_samples(samples: pd.DataFrame, config: TrainingConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -246,8 +257,7 @@ def select_fleet(fit_rows: np.ndarray, inner_rows: np.ndarray, config: TrainingC
 
 def fleet_samples_locally(frames: Iterable[pd.DataFrame], config: TrainingConfig) -> pd.DataFrame:
     """Return every device's fleet sample, in this process: the sample pass without Spark."""
-    records = [row for frame in frames for row in fleet_sample_frame(frame, config).to_dict("records")]
-    return pd.DataFrame.from_records(records, columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
+    return samples_frame(fleet_sample_record(frame, config) for frame in frames)
 
 
 def fleet_from_samples(

@@ -29,7 +29,7 @@ from cloud_training.device_training import (
     results_frame,
     train_device,
 )
-from cloud_training.fleet import FleetModel, fleet_from_samples, fleet_sample_frame
+from cloud_training.fleet import FleetModel, SampleRecord, fleet_from_samples, fleet_sample_record, samples_frame
 from edgefleet.errors import EdgefleetError, HistoryError
 from edgefleet.history import DEVICE_COLUMN, LABEL_COLUMN, TS_COLUMN, check_columns, infer_features
 
@@ -105,8 +105,8 @@ def _init_worker(config: TrainingConfig, predictors: FleetPredictors | None) -> 
     _WORKER.update(config=config, predictors=predictors, limits=threadpool_limits(limits=1))
 
 
-def _sample_worker(frame: pd.DataFrame) -> pd.DataFrame:
-    return fleet_sample_frame(frame, _WORKER["config"])
+def _sample_worker(frame: pd.DataFrame) -> SampleRecord:
+    return fleet_sample_record(frame, _WORKER["config"])
 
 
 def _train_worker(frame: pd.DataFrame) -> DeviceResult:
@@ -167,10 +167,8 @@ def train_fleet_in_processes(
     import time
 
     started = time.perf_counter()
-    # Records, not concat: a device that sends no rows is a row of nulls, which concat warns about.
-    sampled_frames = _pool_map(_sample_worker, frames, workers, (config, None))
-    records = [row for sample in sampled_frames for row in sample.to_dict("records")]
-    samples = pd.DataFrame.from_records(records, columns=[DEVICE_COLUMN, "last_ts_s", "fit_rows", "inner_rows"])
+    # Records, not frames: a frame per device costs more to build, pickle and concatenate than its sample.
+    samples = samples_frame(_pool_map(_sample_worker, frames, workers, (config, None)))
     sampled = time.perf_counter()
     try:
         fleet = fleet_from_samples(samples, config, fleet_max_rows, threads=workers)

@@ -17,19 +17,12 @@ predictions.
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["install_sample_weight_fast_path", "lean_check"]
-
-logger = logging.getLogger(__name__)
-
-_lock = threading.Lock()
-_installed = False
+__all__ = ["lean_check"]
 
 
 def lean_check(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,19 +51,3 @@ def lean_check(original: Callable[..., Any]) -> Callable[..., Any]:
 
     check.__wrapped__ = original  # type: ignore[attr-defined]
     return check
-
-
-def install_sample_weight_fast_path() -> None:
-    """Give scikit-learn's tree module the fast path, once per process (a no-op where the check has moved)."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
-        from sklearn.tree import _classes
-
-        original = getattr(_classes, "_check_sample_weight", None)
-        if original is None:
-            logger.info("scikit-learn's trees no longer check sample weights by name; training at its own speed")
-            return
-        _classes._check_sample_weight = lean_check(original)

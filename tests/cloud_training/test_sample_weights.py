@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from sklearn.tree import _classes
 
-from cloud_training.families import FLEET_FAMILIES, make_estimator, trusted_fitting
-from cloud_training.sample_weights import install_sample_weight_fast_path, lean_check
+from cloud_training.fast_paths import original_of
+from cloud_training.sample_weights import lean_check
 
 pytestmark = pytest.mark.fast
 
@@ -13,8 +12,7 @@ X = np.zeros((5, 3), dtype=np.float32)
 
 
 def scikit_learns_check():
-    install_sample_weight_fast_path()
-    return _classes._check_sample_weight.__wrapped__
+    return original_of("sklearn.tree._classes", "_check_sample_weight")
 
 
 def answer(check, weights, x=X, **kwargs):
@@ -68,23 +66,3 @@ def test_the_fast_check_asks_scikit_learn_about_a_non_array_x():
     assert answer(lean_check(original), weights, x=[[0.0], [1.0], [2.0]]) == answer(
         original, weights, x=[[0.0], [1.0], [2.0]]
     )
-
-
-@pytest.mark.parametrize("family", sorted(FLEET_FAMILIES))
-def test_every_family_fits_the_same_model_with_the_fast_check(family, monkeypatch):
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, 4))
-    y = 3.0 * x[:, 0] + np.sin(x[:, 1]) + rng.normal(0.0, 0.1, 400)
-    with trusted_fitting():
-        fast = make_estimator(family, seed=11).fit(x, y)
-        monkeypatch.setattr(_classes, "_check_sample_weight", scikit_learns_check())
-        checked = make_estimator(family, seed=11).fit(x, y)
-
-    assert np.array_equal(fast.predict(x), checked.predict(x))
-
-
-def test_trusted_fitting_puts_the_fast_check_in_the_trees_module():
-    with trusted_fitting():
-        pass
-
-    assert _classes._check_sample_weight.__wrapped__ is not None
