@@ -22,20 +22,23 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: `benchmarks` is found from the repository root
 
-import pandas as pd
-from threadpoolctl import threadpool_limits
+import pandas as pd  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.train_throughput import baseline_config, device_frames, make_history, train_settings
-from cloud_training.device_training import DeviceResult, FleetPredictors, TrainingConfig, train_device
-from cloud_training.fast_paths import FAST_PATHS, fast_paths_off, install_fast_paths
-from cloud_training.fleet import fleet_from_samples, fleet_samples_locally
+from benchmarks.train_throughput import baseline_config, device_frames, make_history, train_settings  # noqa: E402
+from cloud_training.device_training import DeviceResult, FleetPredictors, TrainingConfig, train_device  # noqa: E402
+from cloud_training.fast_paths import FAST_PATHS, fast_paths_off, install_fast_paths  # noqa: E402
+from cloud_training.fleet import fleet_from_samples, fleet_samples_locally  # noqa: E402
 
 ALL_ON = "every path on"
 ALL_OFF = "scikit-learn as shipped"

@@ -20,6 +20,7 @@ from cloud_training.loss_average import lean_average
 from cloud_training.param_names import kept_param_names
 from cloud_training.random_states import reseeded_bootstrap, reseeded_check
 from cloud_training.sample_weights import lean_check
+from cloud_training.tree_checks import kept_is_classifier, lean_is_fitted
 
 __all__ = ["FAST_PATHS", "fast_paths_off", "install_fast_paths", "original_of"]
 
@@ -32,6 +33,8 @@ FAST_PATHS: tuple[tuple[str, str, Callable[[Callable[..., Any]], Callable[..., A
     ("sklearn.ensemble._forest", "_generate_sample_indices", reseeded_bootstrap),
     ("sklearn.base", "BaseEstimator._get_param_names", kept_param_names),
     ("sklearn._loss.loss", "BaseLoss.__call__", lean_average),
+    ("sklearn.tree._classes", "is_classifier", kept_is_classifier),
+    ("sklearn.tree._classes", "check_is_fitted", lean_is_fitted),
 )
 
 _lock = threading.Lock()
